@@ -1,0 +1,1 @@
+"""Feature files researchers already have -> prepared TFRecord directories."""

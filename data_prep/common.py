@@ -1,0 +1,107 @@
+"""What every format reader shares: dataset definitions, NaN policy, split files."""
+
+import json
+import os
+
+import numpy as np
+
+from mcur_jax import data
+from mcur_jax import schema
+
+# Dataset name -> task and class names (None for regression in [-3, 3]).
+DATASETS = {
+    "mosi": ("regression", None),
+    "mosei": ("regression", None),
+    "iemocap4": ("classification", ["happy", "sad", "neutral", "angry"]),
+    "iemocap6": ("classification", ["happy", "sad", "neutral", "angry",
+                                    "excited", "frustrated"]),
+}
+# What to do with a feature vector holding NaN or inf: fail naming it
+# ("error"), or zero it and mark the modality absent for that utterance.
+NAN_POLICIES = ("error", "zero")
+
+
+def dataset_task(dataset: str):
+  """(task, classes) of a dataset name; DataError if unknown."""
+  if dataset not in DATASETS:
+    raise schema.DataError("command line", "--dataset",
+                           f"unknown {dataset!r} (known: {', '.join(DATASETS)})")
+  return DATASETS[dataset]
+
+
+def apply_nan_policy(matrix: np.ndarray, available: np.ndarray, policy: str,
+                     file: str, field: str, ids=None):
+  """Enforces the NaN policy on the rows of `matrix` marked available.
+
+  Returns (matrix, available, notes): with policy "zero", non-finite rows
+  become zeros marked absent and `notes` says how many; with "error", the
+  first such row raises DataError naming `file`, `field` and the utterance.
+  """
+  bad = available & ~np.isfinite(matrix).all(axis=1)
+  if not bad.any():
+    return matrix, available, []
+  if policy == "error":
+    i = int(np.flatnonzero(bad)[0])
+    who = f"utterance {ids[i]!r}" if ids is not None else f"row {i}"
+    raise schema.DataError(file, field, f"NaN or inf in {int(bad.sum())} "
+                           f"vectors, first at {who} (see --nan_policy)")
+  matrix = np.where(bad[:, None], 0, matrix).astype(np.float32)
+  note = (f"{field}: {int(bad.sum())} vectors with NaN/inf in "
+          f"{os.path.basename(file)} zeroed and marked absent (--nan_policy zero)")
+  return matrix, available & ~bad, [note]
+
+
+def read_split_file(path: str) -> dict[str, str]:
+  """`{"train": [group ids], "valid": [...], "test": [...]}` -> group -> split."""
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise schema.DataError(path, "split_file", f"unreadable ({e})") from None
+  if not isinstance(raw, dict):
+    raise schema.DataError(path, "split_file", "not a JSON object")
+  assignment = {}
+  for split in schema.SPLITS:
+    groups = raw.get(split)
+    if not isinstance(groups, list) or not groups:
+      raise schema.DataError(path, split, "missing or not a non-empty list "
+                             "of group ids")
+    for g in groups:
+      if g in assignment:
+        raise schema.DataError(path, split, f"group {g!r} is also in "
+                               f"{assignment[g]!r}")
+      assignment[str(g)] = split
+  for key in sorted(raw.keys() - set(schema.SPLITS)):
+    raise schema.DataError(path, key, "unknown split (use train/valid/test)")
+  return assignment
+
+
+def split_from_file(path: str, group_id: np.ndarray) -> np.ndarray:
+  """The split of each row, from a split file that must name every group."""
+  assignment = read_split_file(path)
+  present = set(group_id.tolist())
+  unlisted = sorted(present - assignment.keys())
+  if unlisted:
+    raise schema.DataError(path, "split_file", f"{len(unlisted)} groups of "
+                           f"the data are in no split, e.g. {unlisted[0]!r}")
+  unknown = sorted(assignment.keys() - present)
+  if unknown:
+    raise schema.DataError(path, "split_file", f"{len(unknown)} groups are "
+                           f"not in the data, e.g. {unknown[0]!r}")
+  return np.array([assignment[g] for g in group_id.tolist()])
+
+
+def make_rows(*, utt_id, group_id, position, label, features, available,
+              speaker=None, session=None, extras=None) -> data.Split:
+  """A raw `data.Split` from columns; speaker '' and session 0 by default."""
+  n = len(utt_id)
+  return data.Split(
+      features={m: np.asarray(features[m], np.float32)
+                for m in schema.MODALITIES},
+      available=np.asarray(available, bool), label=np.asarray(label),
+      utt_id=np.asarray(utt_id, str), group_id=np.asarray(group_id, str),
+      speaker=np.asarray(speaker if speaker is not None else [""] * n, str),
+      position=np.asarray(position, np.int64),
+      session=np.asarray(session if session is not None else np.zeros(n),
+                         np.int64),
+      extras={k: np.asarray(v, np.int64) for k, v in (extras or {}).items()})

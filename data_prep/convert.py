@@ -1,0 +1,76 @@
+"""Converts feature files to a prepared directory of TFRecords + manifest.json.
+
+    python -m data_prep.convert --format FORMAT --dataset NAME [inputs] --out DIR
+
+Formats (see README, "Preparing data"): gcnet (GCNet/MoMKE/SDR-GNN label
+pickle + per-utterance .npy folders), mmsa (MMSA aligned_50.pkl /
+unaligned_50.pkl), poria (Poria et al. 2017 CSV folder), npz (a plain
+interchange file). `--split_file` (JSON lists of group ids for
+train/valid/test) overrides the split of any format.
+
+Bad input ends with a one-line error naming the file and field, exit status 2,
+and no output directory.
+"""
+
+import argparse
+import sys
+
+from data_prep import common
+from data_prep import formats
+from data_prep import writer
+from mcur_jax import schema
+from mcur_jax import tfrecord
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m data_prep.convert", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--format", required=True,
+                 help=f"input format: {', '.join(formats.FORMATS)}")
+  p.add_argument("--dataset", required=True,
+                 help=f"dataset: {', '.join(common.DATASETS)}")
+  p.add_argument("--input", help="the input file or folder (mmsa, npz, poria)")
+  p.add_argument("--labels", help="GCNet-style label pickle (gcnet; optional "
+                 "for poria, giving continuous labels)")
+  p.add_argument("--split_file", help="JSON {train, valid, test: [group ids]}"
+                 " overriding the format's own split")
+  p.add_argument("--nan_policy", default="error", choices=common.NAN_POLICIES,
+                 help="NaN/inf features: fail (error) or zero them and mark "
+                 "the modality absent (zero)")
+  p.add_argument("--out", required=True, help="output directory (new)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace --out if it exists")
+  for name, module in formats.FORMATS.items():
+    module.add_arguments(p.add_argument_group(f"{name} format"))
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
+  try:
+    if args.format not in formats.FORMATS:
+      raise schema.DataError("command line", "--format",
+                             f"unknown format {args.format!r} "
+                             f"(known: {', '.join(formats.FORMATS)})")
+    table = formats.FORMATS[args.format].read(args)
+    if args.split_file:
+      table.split = common.split_from_file(args.split_file, table.rows.group_id)
+      table.origin["split"] = args.split_file
+      table.split_source = f"split file {args.split_file}"
+      table.session_folds = False
+    manifest = writer.write(table, args.out, overwrite=args.overwrite)
+  except (schema.DataError, tfrecord.CorruptRecordError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for note in manifest.notes:
+    print(f"note: {note}")
+  counts = ", ".join(f"{s} {v['count']}" for s, v in manifest.splits.items())
+  dims = ", ".join(f"{m} {d}" for m, d in manifest.dims.items())
+  print(f"wrote {args.out}: {manifest.dataset} ({manifest.task}), {counts}; "
+        f"dims {dims}; split from {manifest.split_source}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,9 @@
+"""TODO: npz format (being written)."""
+
+
+def add_arguments(group):
+  del group
+
+
+def read(args):
+  raise NotImplementedError

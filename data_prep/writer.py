@@ -1,0 +1,215 @@
+"""Checks a converted table of utterances and writes it as a prepared directory.
+
+Every format reader under `data_prep/formats` produces a `Table`; `write`
+validates it (unique ids, finite features, labels in range, each group in one
+split) and writes TFRecord shards plus `manifest.json` into a temporary
+sibling directory that is renamed into place only when everything succeeded,
+so a failed conversion never leaves a half-written output.
+"""
+
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from mcur_jax import data
+from mcur_jax import schema
+from mcur_jax import tfrecord
+
+# Regression labels (MOSI/MOSEI sentiment) must lie in this range.
+LABEL_RANGE = (-3.0, 3.0)
+# Shards are cut to hold about this many bytes of records each.
+SHARD_BYTES = 64 << 20
+# Cross-validation over sessions (IEMOCAP): the validation part of each fold
+# is this fraction of the training dialogues, carved with this seed.
+FOLD_VALID_FRACTION = 0.2
+FOLD_SEED = 0
+
+
+@dataclasses.dataclass
+class Table:
+  """Every utterance of a dataset, its split, and where each field came from."""
+
+  dataset: str
+  task: str
+  classes: list[str] | None
+  # Raw (unnormalised) features and ids, in any order.
+  rows: data.Split
+  # Per row: "train" / "valid" / "test", or "all" for session folds.
+  split: np.ndarray
+  # Field -> the file it was read from, to name in error messages.
+  origin: dict[str, str]
+  format: str
+  split_source: str
+  sources: list[dict[str, Any]]
+  notes: list[str] = dataclasses.field(default_factory=list)
+  # True: cross-validation over `session` (IEMOCAP) instead of fixed splits.
+  session_folds: bool = False
+
+
+def sha256_source(path: str | os.PathLike, role: str) -> dict[str, Any]:
+  """A provenance entry: sha256 of a file, or of a directory tree (sorted
+  relative paths and contents of every file under it)."""
+  path = os.fspath(path)
+  digest, files = hashlib.sha256(), 0
+  if os.path.isdir(path):
+    for root, dirs, names in os.walk(path):
+      dirs.sort()
+      for name in sorted(names):
+        full = os.path.join(root, name)
+        digest.update(os.path.relpath(full, path).encode() + b"\0")
+        with open(full, "rb") as f:
+          digest.update(hashlib.sha256(f.read()).digest())
+        files += 1
+  else:
+    with open(path, "rb") as f:
+      digest.update(f.read())
+    files = 1
+  return {"role": role, "name": os.path.basename(path.rstrip(os.sep)),
+          "sha256": digest.hexdigest(), "files": files}
+
+
+def check(table: Table) -> None:
+  """Raises `schema.DataError` (naming file and field) on an invalid table."""
+  rows, origin = table.rows, table.origin
+  n = len(rows)
+  if n == 0:
+    raise schema.DataError(origin["utt_id"], "utt_id", "no utterances found")
+  ids, counts = np.unique(rows.utt_id, return_counts=True)
+  if (counts > 1).any():
+    dup = ids[counts > 1]
+    raise schema.DataError(origin["utt_id"], "utt_id",
+                           f"{len(dup)} duplicate ids, e.g. {dup[0]!r}")
+  for j, m in enumerate(schema.MODALITIES):
+    present = rows.features[m][rows.available[:, j]]
+    if not np.isfinite(present).all():
+      raise schema.DataError(origin[m], m, "NaN or inf values")
+  label = rows.label
+  if table.task == "regression":
+    lo, hi = LABEL_RANGE
+    bad = ~((label >= lo) & (label <= hi))
+    expected = f"in [{lo}, {hi}]"
+  else:
+    bad = ~((label >= 0) & (label < len(table.classes)) & (label % 1 == 0))
+    expected = f"a class index in [0, {len(table.classes)})"
+  if bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    raise schema.DataError(origin["label"], "label",
+                           f"{int(bad.sum())} labels not {expected}, e.g. "
+                           f"{label[i]!r} of {rows.utt_id[i]!r}")
+  pairs = np.unique(np.stack([rows.group_id, table.split], 1), axis=0)
+  groups, counts = np.unique(pairs[:, 0], return_counts=True)
+  if (counts > 1).any():
+    g = groups[counts > 1][0]
+    where = sorted(pairs[pairs[:, 0] == g, 1])
+    raise schema.DataError(origin["split"], "split",
+                           f"group {g!r} is in more than one split: {where}")
+  needed = (schema.ALL_SPLIT,) if table.session_folds else schema.SPLITS
+  for s in needed:
+    if not (table.split == s).any():
+      raise schema.DataError(origin["split"], "split", f"no {s!r} utterances")
+  extra = set(np.unique(table.split)) - set(needed)
+  if extra:
+    raise schema.DataError(origin["split"], "split",
+                           f"unknown split names {sorted(extra)}")
+
+
+def _record(rows: data.Split, i: int) -> bytes:
+  fields = {"utt_id": rows.utt_id[i], "group_id": rows.group_id[i],
+            "speaker": rows.speaker[i],
+            "position": rows.position[i:i + 1],
+            "session": rows.session[i:i + 1], "label": rows.label[i:i + 1]}
+  for j, m in enumerate(schema.MODALITIES):
+    present = rows.available[i, j]
+    fields[m] = rows.features[m][i] if present else np.zeros(0, np.float32)
+    fields[schema.available_field(m)] = np.array([present], np.int64)
+  for name, values in rows.extras.items():
+    fields[name] = values[i:i + 1]
+  return tfrecord.encode_example(fields)
+
+
+def _normalization(table: Table, folds) -> dict:
+  if folds is None:
+    return {"train": data.feature_stats(table.rows.take(table.split == "train"))}
+  stats = {}
+  for fold in folds["values"]:
+    names = data.fold_assignment(table.rows.group_id, table.rows.session, fold,
+                                 folds["valid_fraction"], folds["seed"])
+    stats[data.fold_name(fold)] = data.feature_stats(
+        table.rows.take(names == "train"))
+  return stats
+
+
+def _write_shards(table: Table, directory: str) -> dict[str, dict[str, Any]]:
+  """Writes the shards of every split; returns the manifest's `splits`."""
+  rows = table.rows
+  row_bytes = 4 * sum(x.shape[1] for x in rows.features.values()) + 256
+  splits = {}
+  for s in sorted(set(table.split.tolist())):
+    index = np.flatnonzero(table.split == s)
+    # Records sorted by group and position: shards read as whole videos.
+    index = index[np.lexsort((rows.position[index], rows.group_id[index]))]
+    count = max(1, math.ceil(len(index) * row_bytes / SHARD_BYTES))
+    files = []
+    for k, part in enumerate(np.array_split(index, count)):
+      name = schema.shard_name(s, k, count)
+      tfrecord.write_records(os.path.join(directory, name),
+                             (_record(rows, int(i)) for i in part))
+      files.append(name)
+    splits[s] = {
+        "count": len(index),
+        "groups": len(set(rows.group_id[index].tolist())),
+        "files": files,
+        "available": {m: int(rows.available[index, j].sum())
+                      for j, m in enumerate(schema.MODALITIES)},
+    }
+  return splits
+
+
+def write(table: Table, out: str | os.PathLike, overwrite: bool = False
+          ) -> schema.Manifest:
+  """Checks `table` and writes it to `out` atomically; returns the manifest."""
+  out = os.path.abspath(os.fspath(out))
+  if os.path.exists(out) and not overwrite:
+    raise schema.DataError(out, "--out",
+                           "exists; pass --overwrite to replace it")
+  check(table)
+  table = dataclasses.replace(table, rows=dataclasses.replace(
+      table.rows, label=table.rows.label.astype(
+          np.float32 if table.task == "regression" else np.int64)))
+  folds = None
+  if table.session_folds:
+    folds = {"key": "session",
+             "values": sorted(set(table.rows.session.tolist())),
+             "valid_fraction": FOLD_VALID_FRACTION, "seed": FOLD_SEED}
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+  try:
+    manifest = schema.Manifest(
+        dataset=table.dataset, task=table.task, classes=table.classes,
+        dims={m: int(x.shape[1]) for m, x in table.rows.features.items()},
+        splits=_write_shards(table, tmp),
+        normalization=_normalization(table, folds), folds=folds,
+        label_range=list(LABEL_RANGE) if table.task == "regression" else None,
+        extra_fields=sorted(table.rows.extras), format=table.format,
+        split_source=table.split_source, sources=table.sources,
+        notes=table.notes)
+    with open(os.path.join(tmp, schema.MANIFEST), "w") as f:
+      f.write(manifest.to_json())
+    if os.path.exists(out):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=parent)
+      os.rename(out, os.path.join(old, "x"))
+      os.rename(tmp, out)
+      shutil.rmtree(old)
+    else:
+      os.rename(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return manifest

@@ -1,0 +1,1 @@
+"""MCUR in JAX/Flax: multimodal emotion recognition robust to missing modalities."""

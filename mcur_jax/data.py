@@ -1,0 +1,218 @@
+"""A prepared directory -> per-split NumPy arrays: CRC and schema checked, folds, normalisation.
+
+`load(directory)` is the entry point: it reads `manifest.json`, every record
+(through `tfrecord.read_records`, which checks framing and CRCs), checks each
+record against the manifest, and returns a `Dataset` of `Split`s with the
+features standardised by the train-split statistics stored in the manifest.
+The datasets are small (MOSEI ~23k utterances), so everything is read once
+into memory; no TensorFlow is needed.
+
+Datasets with cross-validation folds (IEMOCAP) store all records in the `all`
+split; `load(directory, fold=k)` selects test = session k and carves a
+validation part from the training sessions by dialogue (`carve_groups`).
+"""
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from mcur_jax import schema
+from mcur_jax import tfrecord
+
+_STRING_FIELDS = ("utt_id", "group_id", "speaker")
+_INT_FIELDS = ("position", "session")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """The utterances of one split as columns (row i = one utterance)."""
+
+  # modality -> [N, dim] float32; rows of absent modalities are zeros.
+  features: dict[str, np.ndarray]
+  # [N, 3] bool, column m = MODALITIES[m] natively present.
+  available: np.ndarray
+  # [N] float32 score (regression) or int32 class index (classification).
+  label: np.ndarray
+  utt_id: np.ndarray
+  group_id: np.ndarray
+  speaker: np.ndarray
+  position: np.ndarray
+  session: np.ndarray
+  # Extra int fields named in the manifest (e.g. `corrupted` of synthetic data).
+  extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  def __len__(self) -> int:
+    return len(self.label)
+
+  def take(self, index: np.ndarray) -> "Split":
+    """The rows `index` (an int array or boolean mask), as a new Split."""
+    return Split(
+        features={m: x[index] for m, x in self.features.items()},
+        available=self.available[index], label=self.label[index],
+        **{f: getattr(self, f)[index] for f in _STRING_FIELDS + _INT_FIELDS},
+        extras={k: v[index] for k, v in self.extras.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  manifest: schema.Manifest
+  train: Split
+  valid: Split
+  test: Split
+
+
+def shard_paths(directory, manifest: schema.Manifest, split: str) -> list[str]:
+  return [os.path.join(directory, f) for f in manifest.splits[split]["files"]]
+
+
+def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
+               split: str) -> Split:
+  """Reads the raw (unnormalised) records of `split`, checking each one.
+
+  Raises:
+    tfrecord.CorruptRecordError: a shard is truncated or fails its CRC.
+    schema.DataError: a record or the record count disagrees with the manifest.
+  """
+  info = manifest.splits[split]
+  n = info["count"]
+  regression = manifest.task == "regression"
+  features = {m: np.zeros((n, d), np.float32) for m, d in manifest.dims.items()}
+  available = np.zeros((n, len(schema.MODALITIES)), bool)
+  label = np.zeros(n, np.float32 if regression else np.int32)
+  strings = {f: [] for f in _STRING_FIELDS}
+  ints = {f: np.zeros(n, np.int64) for f in _INT_FIELDS + tuple(
+      manifest.extra_fields)}
+  i = 0
+  for path in shard_paths(directory, manifest, split):
+    for data in tfrecord.read_records(path):
+      if i >= n:
+        raise schema.DataError(path, "count",
+                               f"more records than the manifest's {n}")
+      feature = tfrecord.parse_example(data).features.feature
+
+      def get(name, kind):
+        if name not in feature or feature[name].WhichOneof("kind") != kind:
+          raise schema.DataError(path, name, f"record {i}: missing or not {kind}")
+        return getattr(feature[name], kind).value
+
+      for f in _STRING_FIELDS:
+        strings[f].append(get(f, "bytes_list")[0].decode())
+      for f in ints:
+        ints[f][i] = get(f, "int64_list")[0]
+      label[i] = get("label", "float_list" if regression else "int64_list")[0]
+      for j, (m, d) in enumerate(manifest.dims.items()):
+        present = get(schema.available_field(m), "int64_list")[0]
+        values = get(m, "float_list")
+        if len(values) != (d if present else 0):
+          raise schema.DataError(
+              path, m, f"record {i}: length {len(values)}, expected "
+              f"{d if present else 0} (available={present})")
+        if present:
+          features[m][i] = values
+          available[i, j] = True
+      i += 1
+  if i != n:
+    raise schema.DataError(os.path.join(directory, schema.MANIFEST),
+                           f"splits.{split}.count",
+                           f"says {n} records, the shards hold {i}")
+  return Split(features=features, available=available, label=label,
+               **{f: np.asarray(v) for f, v in strings.items()},
+               **{f: ints[f] for f in _INT_FIELDS},
+               extras={f: ints[f] for f in manifest.extra_fields})
+
+
+def feature_stats(split: Split) -> dict[str, dict[str, list[float]]]:
+  """Per-modality mean and std over the rows where the modality is present."""
+  stats = {}
+  for j, m in enumerate(schema.MODALITIES):
+    rows = split.features[m][split.available[:, j]].astype(np.float64)
+    if len(rows):
+      mean, std = rows.mean(0), rows.std(0)
+    else:
+      mean = std = np.zeros(split.features[m].shape[1])
+    stats[m] = {"mean": mean.tolist(), "std": std.tolist()}
+  return stats
+
+
+def normalize(split: Split, stats) -> Split:
+  """Standardises present rows with `stats`; a constant column keeps std 1.
+
+  Absent rows stay exactly zero (the model never reads them; the mask does).
+  """
+  features = {}
+  for j, m in enumerate(schema.MODALITIES):
+    mean = np.asarray(stats[m]["mean"], np.float32)
+    std = np.asarray(stats[m]["std"], np.float32)
+    std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+    x = (split.features[m] - mean) / std
+    features[m] = np.where(split.available[:, j:j + 1], x, 0).astype(np.float32)
+  return dataclasses.replace(split, features=features)
+
+
+def carve_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
+  """A fixed-seed subset of whole groups: the first round(fraction * n) of
+  the sorted unique groups permuted by `np.random.RandomState(seed)`.
+
+  This is how `poria_split.json` carves validation videos out of the Poria
+  test videos, and how IEMOCAP folds carve validation dialogues out of the
+  training sessions.
+  """
+  unique = np.array(sorted(set(groups)))
+  order = np.random.RandomState(seed).permutation(len(unique))
+  return set(unique[order[:round(fraction * len(unique))]].tolist())
+
+
+def fold_assignment(group_id: np.ndarray, fold_key: np.ndarray, fold,
+                    valid_fraction: float, seed: int) -> np.ndarray:
+  """Split name per row for cross-validation fold `fold`.
+
+  test = rows whose `fold_key` (the session) equals `fold`; valid = whole
+  groups (dialogues) carved from the rest by `carve_groups`; train = the rest.
+  """
+  test = fold_key == fold
+  valid_groups = carve_groups(group_id[~test], valid_fraction, seed)
+  valid = ~test & np.isin(group_id, list(valid_groups))
+  return np.where(test, "test", np.where(valid, "valid", "train"))
+
+
+def fold_name(fold) -> str:
+  return f"fold{fold}"
+
+
+def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
+         reader=read_split) -> Dataset:
+  """Reads a prepared directory into train/valid/test `Split`s.
+
+  Args:
+    directory: made by `python -m data_prep.convert` or `data_prep.synthetic`.
+    fold: for datasets with folds (IEMOCAP), the held-out session; required
+      there, and an error elsewhere.
+    normalized: standardise features with the manifest's train statistics.
+    reader: `read_split` or a function of the same signature (the tf.data
+      reader of `mcur_jax.data_tf`).
+  """
+  manifest = schema.Manifest.load(directory)
+  path = os.path.join(directory, schema.MANIFEST)
+  if manifest.folds:
+    values = manifest.folds["values"]
+    if fold not in values:
+      raise schema.DataError(path, "folds", f"fold={fold!r}: pass one of "
+                             f"{values} (the held-out {manifest.folds['key']})")
+    everything = reader(directory, manifest, schema.ALL_SPLIT)
+    names = fold_assignment(everything.group_id,
+                            getattr(everything, manifest.folds["key"]), fold,
+                            manifest.folds["valid_fraction"],
+                            manifest.folds["seed"])
+    parts = {s: everything.take(names == s) for s in schema.SPLITS}
+    stats = manifest.normalization[fold_name(fold)]
+  else:
+    if fold is not None:
+      raise schema.DataError(path, "folds", f"fold={fold!r} given, but this "
+                             "dataset has fixed train/valid/test splits")
+    parts = {s: reader(directory, manifest, s) for s in schema.SPLITS}
+    stats = manifest.normalization["train"]
+  if normalized:
+    parts = {s: normalize(p, stats) for s, p in parts.items()}
+  return Dataset(manifest=manifest, **parts)
