@@ -13,6 +13,7 @@ and no output directory.
 """
 
 import argparse
+import os
 import sys
 
 from data_prep import common
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
     if args.split_file:
       table.split = common.split_from_file(args.split_file, table.rows.group_id)
       table.origin["split"] = args.split_file
-      table.split_source = f"split file {args.split_file}"
+      table.split_source = f"split file {os.path.basename(args.split_file)}"
+      table.sources.append(writer.sha256_source(args.split_file, "split_file"))
       table.session_folds = False
     manifest = writer.write(table, args.out, overwrite=args.overwrite)
   except (schema.DataError, tfrecord.CorruptRecordError, OSError) as e:

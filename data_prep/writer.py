@@ -105,8 +105,8 @@ def check(table: Table) -> None:
   pairs = np.unique(np.stack([rows.group_id, table.split], 1), axis=0)
   groups, counts = np.unique(pairs[:, 0], return_counts=True)
   if (counts > 1).any():
-    g = groups[counts > 1][0]
-    where = sorted(pairs[pairs[:, 0] == g, 1])
+    g = str(groups[counts > 1][0])
+    where = sorted(pairs[pairs[:, 0] == g, 1].tolist())
     raise schema.DataError(origin["split"], "split",
                            f"group {g!r} is in more than one split: {where}")
   needed = (schema.ALL_SPLIT,) if table.session_folds else schema.SPLITS
@@ -150,8 +150,10 @@ def _write_shards(table: Table, directory: str) -> dict[str, dict[str, Any]]:
   rows = table.rows
   row_bytes = 4 * sum(x.shape[1] for x in rows.features.values()) + 256
   splits = {}
-  for s in sorted(set(table.split.tolist())):
+  for s in (*schema.SPLITS, schema.ALL_SPLIT):
     index = np.flatnonzero(table.split == s)
+    if not len(index):
+      continue
     # Records sorted by group and position: shards read as whole videos.
     index = index[np.lexsort((rows.position[index], rows.group_id[index]))]
     count = max(1, math.ceil(len(index) * row_bytes / SHARD_BYTES))

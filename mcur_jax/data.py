@@ -16,6 +16,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 
+from google.protobuf import message
 import numpy as np
 
 from mcur_jax import schema
@@ -90,7 +91,11 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
       if i >= n:
         raise schema.DataError(path, "count",
                                f"more records than the manifest's {n}")
-      feature = tfrecord.parse_example(data).features.feature
+      try:
+        feature = tfrecord.parse_example(data).features.feature
+      except message.DecodeError:
+        raise schema.DataError(path, "record", f"record {i} is not a "
+                               "tf.train.Example") from None
 
       def get(name, kind):
         if name not in feature or feature[name].WhichOneof("kind") != kind:

@@ -22,6 +22,7 @@ A natively absent modality is stored as an empty list with `available_<m>`
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -82,7 +83,10 @@ class Manifest:
     return len(self.classes) if self.classes else 1
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
+    """Indented JSON with each list of numbers on one line."""
+    text = json.dumps(dataclasses.asdict(self), indent=1)
+    return re.sub(r"\[[-+.\deE,\s]*\]",
+                  lambda m: re.sub(r"\s+", " ", m.group(0)), text) + "\n"
 
   @classmethod
   def load(cls, directory: str | os.PathLike) -> "Manifest":

@@ -105,7 +105,8 @@ def encode_example(features: Mapping[str, Value]) -> bytes:
       continue
     array = np.asarray(value)
     if array.dtype.kind in "iub":
-      feature[name].int64_list.value.extend(array.reshape(-1).tolist())
+      feature[name].int64_list.value.extend(
+          array.astype(np.int64).reshape(-1).tolist())
     elif array.dtype.kind == "f":
       feature[name].float_list.value.extend(
           array.astype(np.float32).reshape(-1).tolist())

@@ -1,0 +1,44 @@
+"""`python -m data_prep.inspect`: verification and summary of prepared directories."""
+
+import json
+
+from data_prep import inspect
+from data_prep import writer
+from mcur_jax import schema
+from tests import test_data
+
+
+def test_summary_of_a_regression_dataset(tmp_path, capsys):
+  table = test_data.make_table()
+  writer.write(table, tmp_path / "d")
+  assert inspect.main([str(tmp_path / "d")]) == 0
+  out = capsys.readouterr().out
+  n_train = int((table.split == "train").sum())
+  assert f"train: {n_train} utterances in 4 groups" in out
+  assert "dims: audio 3, text 4, video 2" in out
+  assert "7-class [" in out and "corrupted: " in out
+  absent = int((~table.rows.available[table.split == "test", 0]).sum())
+  assert f"available: audio {20 - absent}, text 20" in out
+  assert "OK: 60 records verified" in out
+
+
+def test_summary_of_a_fold_dataset_checks_every_fold(tmp_path, capsys):
+  writer.write(test_data.make_table(sessions=True), tmp_path / "d")
+  assert inspect.main([str(tmp_path / "d")]) == 0
+  out = capsys.readouterr().out
+  assert "folds: by session [1, 2, 3, 4]" in out and "all: 60 utterances" in out
+  path = tmp_path / "d" / schema.MANIFEST
+  raw = json.loads(path.read_text())
+  raw["normalization"]["fold3"]["text"]["mean"][0] += 0.5
+  path.write_text(json.dumps(raw))
+  assert inspect.main([str(tmp_path / "d")]) == 2
+  assert "normalization.fold3.text.mean: does not match" in (
+      capsys.readouterr().err)
+
+
+def test_stray_shard_is_reported(tmp_path, capsys):
+  writer.write(test_data.make_table(), tmp_path / "d")
+  (tmp_path / "d" / "train-00009-of-00010.tfrecord").write_bytes(b"")
+  assert inspect.main([str(tmp_path / "d")]) == 2
+  assert "train-00009-of-00010.tfrecord: file: shard not listed" in (
+      capsys.readouterr().err)
