@@ -30,24 +30,26 @@ def dataset_task(dataset: str):
 
 
 def apply_nan_policy(matrix: np.ndarray, available: np.ndarray, policy: str,
-                     file: str, field: str, ids=None):
+                     file, field: str, ids=None):
   """Enforces the NaN policy on the rows of `matrix` marked available.
 
+  `file` is the path the matrix came from, or a sequence of one path per row.
   Returns (matrix, available, notes): with policy "zero", non-finite rows
   become zeros marked absent and `notes` says how many; with "error", the
-  first such row raises DataError naming `file`, `field` and the utterance.
+  first such row raises DataError naming its file, `field` and utterance.
   """
   bad = available & ~np.isfinite(matrix).all(axis=1)
   if not bad.any():
     return matrix, available, []
+  i = int(np.flatnonzero(bad)[0])
   if policy == "error":
-    i = int(np.flatnonzero(bad)[0])
-    who = f"utterance {ids[i]!r}" if ids is not None else f"row {i}"
-    raise schema.DataError(file, field, f"NaN or inf in {int(bad.sum())} "
-                           f"vectors, first at {who} (see --nan_policy)")
+    who = f"utterance {str(ids[i])!r}" if ids is not None else f"row {i}"
+    raise schema.DataError(file if isinstance(file, str) else file[i], field,
+                           f"NaN or inf in {int(bad.sum())} vectors, first at "
+                           f"{who} (see --nan_policy)")
   matrix = np.where(bad[:, None], 0, matrix).astype(np.float32)
-  note = (f"{field}: {int(bad.sum())} vectors with NaN/inf in "
-          f"{os.path.basename(file)} zeroed and marked absent (--nan_policy zero)")
+  note = (f"{field}: {int(bad.sum())} vectors with NaN/inf zeroed and marked "
+          "absent (--nan_policy zero)")
   return matrix, available & ~bad, [note]
 
 

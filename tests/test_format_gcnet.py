@@ -23,7 +23,8 @@ GCNET_DIMS = {"audio": 512, "text": 1024, "video": 1024}
 TINY_DIMS = {"audio": 3, "text": 4, "video": 5}
 MOSI_PICKLE = "CMUMOSI/gcnet_labels/CMUMOSI_features_raw_2way.pkl"
 IEMOCAP_PICKLE = "IEMOCAP/gcnet_labels/IEMOCAP_features_raw_{}way.pkl"
-# SOURCES.md: per-session 4-way counts.
+# SOURCES.md: utterance counts, and per session for 4-way.
+IEMOCAP_COUNTS = {"iemocap4": 5531, "iemocap6": 7433}
 IEMOCAP4_SESSIONS = {1: 1085, 2: 1023, 3: 1151, 4: 1031, 5: 1241}
 
 
@@ -100,8 +101,8 @@ def _all_rows(dataset: data.Dataset) -> data.Split:
   return data.Split(**merged)
 
 
-def _assert_rows_equal(loaded: data.Split, table: writer.Table):
-  expected = table.rows.take(np.argsort(table.rows.utt_id))
+def _assert_rows_equal(loaded: data.Split, expected: data.Split):
+  expected = expected.take(np.argsort(expected.utt_id))
   np.testing.assert_array_equal(loaded.utt_id, expected.utt_id)
   np.testing.assert_array_equal(loaded.available, expected.available)
   for m in schema.MODALITIES:
@@ -112,28 +113,20 @@ def _assert_rows_equal(loaded: data.Split, table: writer.Table):
     np.testing.assert_array_equal(getattr(loaded, f), getattr(expected, f))
 
 
-@pytest.mark.parametrize("dataset, pickle_name", [
-    ("mosi", MOSI_PICKLE),
-    ("iemocap4", IEMOCAP_PICKLE.format(4)),
-    ("iemocap6", IEMOCAP_PICKLE.format(6)),
-])
-def test_round_trip_real_label_pickle(shared_data, tmp_path, dataset,
-                                      pickle_name):
-  real_pickle = shared_data / pickle_name
-  labels = label_pickle.read(str(real_pickle), dataset)
-  table = _table(dataset, labels, GCNET_DIMS)
-  written_pickle, features_dir = gcnet.write_layout(table, tmp_path / "layout")
-  # write_layout's own pickle reads back as the real one; the real one is
-  # the label file converted.
-  rewritten = label_pickle.read(written_pickle, dataset)
+def _assert_same_labels(pickle_path: str, expected: label_pickle.Labels,
+                        dataset: str):
+  got = label_pickle.read(pickle_path, dataset)
   for f in ("utt_id", "group_id", "position", "label", "speaker", "session",
             "split"):
-    np.testing.assert_array_equal(getattr(rewritten, f), getattr(labels, f))
-  out = tmp_path / "prepared"
-  assert _convert(out, dataset, real_pickle, features_dir) == 0
+    np.testing.assert_array_equal(getattr(got, f), getattr(expected, f))
 
-  iemocap = dataset != "mosi"
-  loaded = data.load(out, fold=1 if iemocap else None, normalized=False)
+
+def _convert_real(tmp_path, dataset, real_pickle, features_dir):
+  """Converts with the real pickle; checks the manifest; all rows, raw."""
+  out = tmp_path / f"prepared_{dataset}"
+  assert _convert(out, dataset, real_pickle, features_dir) == 0
+  loaded = data.load(out, fold=1 if dataset != "mosi" else None,
+                     normalized=False)
   manifest = loaded.manifest
   assert manifest.dims == GCNET_DIMS
   assert manifest.format == "gcnet"
@@ -141,23 +134,54 @@ def test_round_trip_real_label_pickle(shared_data, tmp_path, dataset,
       "labels", "audio features", "text features", "video features"]
   assert manifest.sources[0]["sha256"] == writer.sha256_source(
       real_pickle, "labels")["sha256"]
-  if iemocap:
-    sessions = np.unique(labels.session, return_counts=True)
-    assert manifest.splits[schema.ALL_SPLIT]["count"] == len(labels.utt_id)
-    assert len(loaded.test) == dict(zip(*sessions))[1]
-    assert set(loaded.test.session.tolist()) == {1}
-    assert 1 not in set(loaded.train.session) | set(loaded.valid.session)
-  else:
-    assert {s: len(getattr(loaded, s)) for s in schema.SPLITS} == {
-        "train": 1284, "valid": 229, "test": 686}
   rows = _all_rows(loaded)
-  if dataset == "iemocap4":
-    assert len(rows) == 5531
-    assert dict(zip(*np.unique(rows.session, return_counts=True))) == (
-        IEMOCAP4_SESSIONS)
-  _assert_rows_equal(rows, table)
   assert 0 < (~rows.available[:, 2]).sum() < len(rows)
   assert not rows.features["video"][~rows.available[:, 2]].any()
+  return loaded, rows
+
+
+def test_round_trip_real_mosi_pickle(shared_data, tmp_path):
+  real_pickle = shared_data / MOSI_PICKLE
+  labels = label_pickle.read(str(real_pickle), "mosi")
+  table = _table("mosi", labels, GCNET_DIMS)
+  written_pickle, features_dir = gcnet.write_layout(table, tmp_path / "layout")
+  _assert_same_labels(written_pickle, labels, "mosi")
+  loaded, rows = _convert_real(tmp_path, "mosi", real_pickle, features_dir)
+  assert {s: len(getattr(loaded, s)) for s in schema.SPLITS} == {
+      "train": 1284, "valid": 229, "test": 686}
+  for s in schema.SPLITS:
+    expected = set(labels.utt_id[labels.split == s].tolist())
+    assert set(getattr(loaded, s).utt_id.tolist()) == expected
+  _assert_rows_equal(rows, table.rows)
+
+
+def test_round_trip_real_iemocap_pickles(shared_data, tmp_path):
+  """Both pickles read one features folder written for the 6-way
+  utterances, a superset of the 4-way ones (as in GCNet's dataset folder)."""
+  pickles = {f"iemocap{k}": shared_data / IEMOCAP_PICKLE.format(k)
+             for k in (4, 6)}
+  labels6 = label_pickle.read(str(pickles["iemocap6"]), "iemocap6")
+  table6 = _table("iemocap6", labels6, GCNET_DIMS)
+  written_pickle, features_dir = gcnet.write_layout(table6, tmp_path / "layout")
+  _assert_same_labels(written_pickle, labels6, "iemocap6")
+  row_of = {u: i for i, u in enumerate(table6.rows.utt_id.tolist())}
+  for dataset, real_pickle in pickles.items():
+    labels = label_pickle.read(str(real_pickle), dataset)
+    source = table6.rows.take(np.array([row_of[u] for u in labels.utt_id]))
+    expected = common.make_rows(
+        utt_id=labels.utt_id, group_id=labels.group_id,
+        position=labels.position, label=labels.label,
+        features=source.features, available=source.available,
+        speaker=labels.speaker, session=labels.session)
+    loaded, rows = _convert_real(tmp_path, dataset, real_pickle, features_dir)
+    assert loaded.manifest.splits[schema.ALL_SPLIT]["count"] == len(expected)
+    assert set(loaded.test.session.tolist()) == {1}
+    assert len(loaded.test) == (labels.session == 1).sum()
+    _assert_rows_equal(rows, expected)
+    assert len(rows) == IEMOCAP_COUNTS[dataset]
+    if dataset == "iemocap4":
+      assert dict(zip(*np.unique(rows.session, return_counts=True))) == (
+          IEMOCAP4_SESSIONS)
 
 
 def test_time_series_features_are_averaged_over_time(tiny, tmp_path):
@@ -211,7 +235,7 @@ def test_iemocap_uses_own_speaker_faces(tmp_path):
   expected = table.rows
   expected.available[:3, 2] = False
   expected.features["video"][:3] = 0
-  _assert_rows_equal(_all_rows(loaded), table)
+  _assert_rows_equal(_all_rows(loaded), expected)
 
 
 def _remove_labels(_, argv):
@@ -245,10 +269,10 @@ def _wrong_dimension(table, argv):
 
 
 def _nan(table, argv):
-  folder = os.path.join(argv["features_dir"], "wav2vec-large-c-UTT")
-  np.save(os.path.join(folder, table.rows.utt_id[3] + ".npy"),
-          np.full(TINY_DIMS["audio"], np.nan, np.float32))
-  return folder, "audio"
+  path = os.path.join(argv["features_dir"], "wav2vec-large-c-UTT",
+                      table.rows.utt_id[3] + ".npy")
+  np.save(path, np.full(TINY_DIMS["audio"], np.nan, np.float32))
+  return path, "audio"
 
 
 def _unreadable(table, argv):

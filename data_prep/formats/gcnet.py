@@ -1,9 +1,9 @@
 """GCNet / MoMKE / SDR-GNN layout: a label pickle plus one .npy per utterance.
 
-    --labels        <DS>_features_raw_{2,4,6}way.pkl   (see data_prep.label_pickle)
-    --features_dir  FEATURES_DIR/<audio_feature>/<utt_id>.npy     [D] or [T, D]
-                    FEATURES_DIR/<text_feature>/<utt_id>.npy      [D] or [T, D]
-                    FEATURES_DIR/<video_feature>/<utt_id>/*.npy   one per face frame
+    --labels        <DS>_features_raw_{2,4,6}way.pkl (data_prep.label_pickle)
+    --features_dir  <audio_feature>/<utt_id>.npy     [D] or [T, D]
+                    <text_feature>/<utt_id>.npy      [D] or [T, D]
+                    <video_feature>/<utt_id>/*.npy   one [D] per face frame
 
 Every entry may be a `<utt_id>.npy` file or a `<utt_id>/` folder of frame
 files; a file is squeezed and averaged over T, a folder's frames are stacked
@@ -18,7 +18,10 @@ person in the clip. An utterance uses the frames of its own speaker (the
 pickle's videoSpeakers); GCNet's rule assigns a frame file to F if its name
 holds an 'F', else to M if it holds an 'M'. No file of the speaker: absent.
 
-Feature dimensions come from the files; every file of a modality must agree.
+Entries are matched by exact name (GCNet's IEMOCAP loader globs `<utt_id>*`
+and asserts one hit, which is the same for its files). Feature dimensions come
+from the files; every file of a modality must agree. `write_layout` is the
+inverse, for tests and benchmarks.
 """
 
 import collections
@@ -62,13 +65,14 @@ def read(args) -> writer.Table:
   features, available, notes = {}, [], []
   for m in schema.MODALITIES:
     folder = os.path.join(features_dir, getattr(args, f"{m}_feature"))
-    matrix, present, zeros = _read_modality(folder, m, labels.utt_id, speakers)
+    matrix, present, zeros, paths = _read_modality(folder, m, labels.utt_id,
+                                                   speakers)
     if zeros:
       notes.append(f"{m}: {zeros} all-zero vectors in "
                    f"{os.path.basename(folder)} (GCNet's 'no face') marked "
                    "absent")
     matrix, present, nan_notes = common.apply_nan_policy(
-        matrix, present, args.nan_policy, folder, m, labels.utt_id)
+        matrix, present, args.nan_policy, paths, m, labels.utt_id)
     features[m] = matrix
     available.append(present)
     notes.extend(nan_notes)
@@ -101,32 +105,39 @@ def _read_modality(folder: str, modality: str, utt_ids: np.ndarray,
                    speakers: np.ndarray | None):
   """The [N, D] features of one folder, in `utt_ids` order.
 
-  Returns (matrix, available, zeros): absent rows are zeros, `zeros` counts
-  all-zero video vectors read as absent.
+  Returns (matrix, available, zeros, paths): absent rows are zeros, `zeros`
+  counts the all-zero video vectors read as absent, `paths` names the file or
+  frame folder of each row.
   """
   try:
     names = set(os.listdir(folder))
   except OSError as e:
-    raise schema.DataError(folder, modality,
-                           f"feature folder unreadable ({e.strerror})") from None
-  vectors, paths, zeros = [None] * len(utt_ids), [None] * len(utt_ids), 0
+    raise schema.DataError(folder, modality, "feature folder unreadable "
+                           f"({e.strerror})") from None
+  vectors, paths, zeros = [], [], 0
   for i, utt in enumerate(utt_ids.tolist()):
-    if utt + ".npy" in names:
-      path = os.path.join(folder, utt + ".npy")
-      vectors[i] = _load_rows(path, modality).mean(0)
-    elif utt in names:
-      path = os.path.join(folder, utt)
-      speaker = speakers[i] if speakers is not None else None
-      vectors[i] = _read_frames(path, modality, speaker)
-    else:
-      raise schema.DataError(os.path.join(folder, utt + ".npy"), modality,
-                             f"no feature file (nor folder) for utterance "
-                             f"{utt!r}")
-    paths[i] = path
-    if modality == "video" and vectors[i] is not None and not vectors[i].any():
-      vectors[i], zeros = None, zeros + 1
+    speaker = speakers[i] if speakers is not None else None
+    path, vector = _read_entry(folder, names, utt, modality, speaker)
+    if modality == "video" and vector is not None and not vector.any():
+      vector, zeros = None, zeros + 1
+    vectors.append(vector)
+    paths.append(path)
   matrix, available = _stack(vectors, paths, folder, modality)
-  return matrix, available, zeros
+  return matrix, available, zeros, paths
+
+
+def _read_entry(folder: str, names: set[str], utt: str, modality: str,
+                speaker: str | None):
+  """(path, vector) of one utterance: `<utt>.npy` or the folder `<utt>/`;
+  the vector is None when the folder holds no frames (of `speaker`)."""
+  if utt + ".npy" in names:
+    path = os.path.join(folder, utt + ".npy")
+    return path, _load_rows(path, modality).mean(0)
+  if utt in names:
+    path = os.path.join(folder, utt)
+    return path, _read_frames(path, modality, speaker)
+  raise schema.DataError(os.path.join(folder, utt + ".npy"), modality,
+                         f"no feature file (nor folder) for utterance {utt!r}")
 
 
 def _read_frames(path: str, modality: str, speaker: str | None):
@@ -166,7 +177,8 @@ def _frame_speaker(folder: str, name: str, modality: str) -> str:
 def _load_rows(path: str, modality: str) -> np.ndarray:
   """A .npy file as a [T, D] array (squeezed; [D] becomes [1, D])."""
   try:
-    x = np.load(path, allow_pickle=False)
+    with open(path, "rb") as f:
+      x = np.lib.format.read_array(f, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
     raise schema.DataError(path, modality, f"unreadable .npy ({e})") from None
   x = np.atleast_2d(np.squeeze(x))
@@ -241,7 +253,7 @@ def write_layout(table: writer.Table, out_dir: str | os.PathLike, *,
 
 
 def _write_frames(folder: str, x: np.ndarray | None, count: int) -> None:
-  """`count` frame files x * (1 + d_k) with sum_k d_k = 0, so their mean is x."""
+  """`count` frames x * (1 + d_k) with sum_k d_k = 0: their mean is x."""
   os.mkdir(folder)
   if x is None:
     return
@@ -256,7 +268,8 @@ def _write_speaker_faces(folder: str, x: np.ndarray | None, speaker: str):
   if x is None:
     return
   for s in IEMOCAP_SPEAKERS:
-    np.save(os.path.join(folder, f"compress_{s}.npy"), x if s == speaker else -x)
+    np.save(os.path.join(folder, f"compress_{s}.npy"),
+            x if s == speaker else -x)
 
 
 def _label_lists(table: writer.Table, iemocap: bool) -> list:
@@ -264,9 +277,9 @@ def _label_lists(table: writer.Table, iemocap: bool) -> list:
   the split sets."""
   rows = table.rows
   ids, labels, speakers, sentences = {}, {}, {}, {}
-  groups = {}
+  groups, group_id = {}, rows.group_id.tolist()
   for i in np.lexsort((rows.position, rows.group_id)).tolist():
-    groups.setdefault(rows.group_id[i], []).append(i)
+    groups.setdefault(group_id[i], []).append(i)
   for g, index in groups.items():
     ids[g] = rows.utt_id[index].tolist()
     labels[g] = (rows.label[index].astype(int).tolist() if iemocap

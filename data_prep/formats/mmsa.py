@@ -130,6 +130,7 @@ def _frame_key(modality: str, text_key: str) -> str:
 
 
 def _load(path: str) -> dict:
+  """The unpickled dict, checked to hold a dict per split."""
   try:
     with open(path, "rb") as f:
       raw = pickle.load(f)
@@ -143,6 +144,10 @@ def _load(path: str) -> dict:
   if not isinstance(raw, dict):
     raise schema.DataError(path, "pickle", f"a {type(raw).__name__}, not a "
                            "dict with train/valid/test")
+  for split in schema.SPLITS:
+    if not isinstance(raw.get(split), dict):
+      raise schema.DataError(path, split, "missing or not a dict of arrays "
+                             f"(keys: {', '.join(sorted(map(str, raw)))})")
   return raw
 
 
@@ -171,9 +176,6 @@ def _numeric(path, split, key, value: np.ndarray, ndim: int) -> np.ndarray:
 
 def _read_split(path, raw, split, text_key) -> dict:
   """One split's ids, labels and pooled features, checked."""
-  if not isinstance(raw.get(split), dict):
-    raise schema.DataError(path, split, "missing or not a dict of arrays "
-                           f"(keys: {', '.join(sorted(map(str, raw)))})")
   part = raw[split]
   if text_key not in part and TOKENS_KEY in part:
     raise schema.DataError(path, f"{split}.{text_key}", f"missing; only "

@@ -1,9 +1,248 @@
-"""TODO: npz format (being written)."""
+"""A plain interchange format: one `.npz` of utterance-level arrays -> a `writer.Table`.
+
+    python -m data_prep.convert --format npz --dataset mosi \\
+        --input features.npz --out prepared/mosi
+
+Use it for features from any extractor: pool them to one vector per
+utterance and modality, and save the columns below with `np.savez` (or
+`np.savez_compressed`). Row i of every array is utterance i. Strings must be
+NumPy str (or bytes) arrays, not object arrays: the file is read with
+`allow_pickle=False`.
+
+| key               | shape, dtype        | required | meaning                 |
+|-------------------|---------------------|----------|-------------------------|
+| `audio`, `text`,  | [N, d_m] numbers    | yes      | one feature vector per  |
+| `video`           |                     |          | utterance; d_m free     |
+| `label`           | [N] numbers         | yes      | score in [-3, 3] (mosi, |
+|                   |                     |          | mosei) or class index   |
+|                   |                     |          | (iemocap4, iemocap6)    |
+| `split`           | [N] str or int      | yes, but | `train`/`valid`/`test`, |
+|                   |                     | see below| or 0/1/2 for the same   |
+| `group_id`        | [N] str or int      | yes      | video or dialogue       |
+| `utt_id`          | [N] str or int      | no       | default                 |
+|                   |                     |          | `<group_id>_<position>` |
+| `position`        | [N] int >= 0        | no       | place in the group;     |
+|                   |                     |          | default: row order      |
+|                   |                     |          | within the group        |
+| `speaker`         | [N] str or int      | no       | default ''              |
+| `session`         | [N] int             | no       | default 0               |
+| `available_audio`,| [N] bool (or 0/1)   | no       | modality natively       |
+| `available_text`, |                     |          | present; default all    |
+| `available_video` |                     |          | True                    |
+
+- A row whose modality is not available may hold anything (zeros, say) in
+  that modality's array: it is ignored and stored as absent.
+- `split`: with `--split_file` (JSON lists of group ids) the key is not read
+  at all; every row is provisionally "train" and the split file assigns the
+  real split. A `split` of `all` on every row asks for cross-validation over
+  `session` instead (IEMOCAP's leave-one-session-out folds), which needs the
+  `session` key.
+- Keys the fields do not use are ignored.
+- `--key FIELD=NPZKEY` (repeatable) reads FIELD from another key, e.g. the
+  project's derived MOSI file (see shared/data/SOURCES.md) converts with
+
+      --input mosi_poria2017_utterance_features.npz \\
+      --key label=label_reg --key group_id=video_id --key position=utt_pos \\
+      --split_file poria_split.json
+
+Errors name the file and the npz key: a missing key, a wrong shape or dtype,
+a row count that differs from `label`'s, NaN or inf features (see
+`--nan_policy`); out-of-range labels and duplicate ids are caught by the
+writer.
+"""
+
+import os
+import zipfile
+
+import numpy as np
+
+from data_prep import common
+from data_prep import writer
+from mcur_jax import schema
+
+AVAILABLE_FIELDS = tuple(schema.available_field(m) for m in schema.MODALITIES)
+FIELDS = (schema.MODALITIES + ("label", "split", "utt_id", "group_id",
+                               "position", "speaker", "session")
+          + AVAILABLE_FIELDS)
+# Integer split codes.
+SPLIT_CODES = dict(enumerate(schema.SPLITS))
+# Provisional split of every row when --split_file assigns the real one.
+PLACEHOLDER_SPLIT = "train"
+# Allowed `dtype.kind` letters of the columns, and how errors name them.
+NUMBERS, INTEGERS, IDS = "biuf", "biu", "USiu"
+_KIND_NAMES = {NUMBERS: "numbers", INTEGERS: "integers",
+               IDS: "strings or integers"}
 
 
 def add_arguments(group):
-  del group
+  group.add_argument("--key", action="append", metavar="FIELD=NPZKEY",
+                     help="npz: read FIELD from key NPZKEY (repeatable); "
+                     f"fields: {', '.join(FIELDS)}")
 
 
-def read(args):
-  raise NotImplementedError
+def read(args) -> writer.Table:
+  """Reads `args.input` and returns its table (see the module docstring)."""
+  task, classes = common.dataset_task(args.dataset)
+  keys = _key_map(args.key or [])
+  if not args.input:
+    raise schema.DataError("command line", "--input",
+                           "the npz format needs --input FILE.npz")
+  path = args.input
+  with _open(path) as archive:
+    columns = _Columns(path, archive, keys)
+    label = columns.get("label", NUMBERS)
+    n = len(label)
+    group_id = columns.get("group_id", IDS, n).astype(str)
+    position = columns.get("position", INTEGERS, n, required=False)
+    if position is None:
+      position = _row_order(group_id)
+    elif (position < 0).any():
+      raise schema.DataError(path, columns.name("position"), "negative values")
+    utt_id = columns.get("utt_id", IDS, n, required=False)
+    if utt_id is None:
+      utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
+    session = columns.get("session", INTEGERS, n, required=False)
+    split, folds = _split(columns, n, bool(args.split_file), session)
+    features, available, notes = _features(columns, n, args.nan_policy, utt_id)
+    rows = common.make_rows(
+        utt_id=utt_id, group_id=group_id, position=position, label=label,
+        features=features, available=available,
+        speaker=columns.get("speaker", IDS, n, required=False),
+        session=session)
+  return writer.Table(
+      dataset=args.dataset, task=task, classes=classes, rows=rows, split=split,
+      origin={f: path for f in FIELDS}, format="npz",
+      split_source=f"{columns.name('split')} of {os.path.basename(path)}",
+      sources=[writer.sha256_source(path, "features, labels and ids")],
+      notes=notes, session_folds=folds)
+
+
+def _features(columns: "_Columns", n: int, nan_policy: str, utt_id):
+  """The feature matrices with their availability, under the NaN policy.
+
+  Returns ({modality: [n, d] float32}, [n, 3] bool available, notes). Rows
+  of an absent modality are zeroed, whatever the file holds there.
+  """
+  features, available, notes = {}, [], []
+  for m, field in zip(schema.MODALITIES, AVAILABLE_FIELDS):
+    present = columns.get(field, INTEGERS, n, required=False)
+    if present is not None and not np.isin(present, (0, 1)).all():
+      raise schema.DataError(columns.path, columns.name(field),
+                             "values other than 0/1 (True/False)")
+    present = np.ones(n, bool) if present is None else present.astype(bool)
+    matrix = np.where(present[:, None], columns.get(m, NUMBERS, n, ndim=2),
+                      0).astype(np.float32)
+    matrix, present, nan_notes = common.apply_nan_policy(
+        matrix, present, nan_policy, columns.path, columns.name(m), utt_id)
+    features[m] = matrix
+    available.append(present)
+    notes += nan_notes
+  return features, np.stack(available, 1), notes
+
+
+def _key_map(pairs: list[str]) -> dict[str, str]:
+  """`--key FIELD=NPZKEY` arguments -> {field: npz key} for every field."""
+  keys = {f: f for f in FIELDS}
+  mapped = set()
+  for pair in pairs:
+    field, sep, key = pair.partition("=")
+    if not (sep and key):
+      raise schema.DataError("command line", "--key",
+                             f"{pair!r} is not FIELD=NPZKEY")
+    if field not in keys:
+      raise schema.DataError("command line", "--key", f"unknown field "
+                             f"{field!r} (fields: {', '.join(FIELDS)})")
+    if field in mapped:
+      raise schema.DataError("command line", "--key",
+                             f"field {field!r} mapped twice")
+    keys[field] = key
+    mapped.add(field)
+  return keys
+
+
+def _open(path: str) -> np.lib.npyio.NpzFile:
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except OSError as e:
+    raise schema.DataError(path, "--input", f"unreadable ({e})") from None
+  except (ValueError, zipfile.BadZipFile) as e:
+    raise schema.DataError(path, "--input", f"not an .npz file ({e})"
+                           ) from None
+  if not isinstance(archive, np.lib.npyio.NpzFile):
+    raise schema.DataError(path, "--input", "a single .npy array, not an .npz"
+                           " archive of named arrays")
+  return archive
+
+
+class _Columns:
+  """The arrays of an npz archive by field, checked as they are read."""
+
+  def __init__(self, path: str, archive, keys: dict[str, str]):
+    self.path, self.archive, self.keys = path, archive, keys
+
+  def name(self, field: str) -> str:
+    """How errors name a field: its npz key, and the field if mapped."""
+    key = self.keys[field]
+    return key if key == field else f"{key} (--key {field}={key})"
+
+  def get(self, field, kinds, n=None, ndim=1, required=True):
+    """The array of `field`, or None if optional and absent.
+
+    Args:
+      field: one of FIELDS.
+      kinds: the allowed `dtype.kind` letters.
+      n: the row count it must have (None: any).
+      ndim: its number of dimensions.
+      required: a missing key is an error (else None).
+    """
+    key = self.keys[field]
+    if key not in self.archive.files:
+      if not required:
+        return None
+      also = " or pass --split_file" if field == "split" else ""
+      raise schema.DataError(self.path, self.name(field), "missing (keys in "
+                             f"the file: {', '.join(self.archive.files)}; "
+                             f"map one with --key {field}=KEY{also})")
+    try:
+      value = self.archive[key]
+    except ValueError as e:  # an object array, which needs pickle
+      raise schema.DataError(self.path, self.name(field), f"unreadable ({e});"
+                             " store numbers or NumPy str arrays") from None
+    if value.dtype.kind not in kinds or value.ndim != ndim:
+      raise schema.DataError(self.path, self.name(field), f"{value.dtype} "
+                             f"array of shape {value.shape}, expected "
+                             f"{ndim}-D {_KIND_NAMES[kinds]}")
+    if n is not None and len(value) != n:
+      raise schema.DataError(self.path, self.name(field), f"{len(value)} "
+                             f"rows, but {self.name('label')} has {n}")
+    return value
+
+
+def _row_order(group_id: np.ndarray) -> np.ndarray:
+  """0-based order of each row among the rows of its group."""
+  position = np.zeros(len(group_id), np.int64)
+  seen = {}
+  for i, g in enumerate(group_id.tolist()):
+    position[i] = seen.get(g, 0)
+    seen[g] = position[i] + 1
+  return position
+
+
+def _split(columns: _Columns, n: int, split_file: bool, session):
+  """(split name per row, session folds?) from the `split` column."""
+  if split_file:
+    return np.full(n, PLACEHOLDER_SPLIT), False
+  split = columns.get("split", IDS, n)
+  if split.dtype.kind in INTEGERS:
+    unknown = sorted(set(split.tolist()) - SPLIT_CODES.keys())
+    if unknown:
+      raise schema.DataError(columns.path, columns.name("split"), f"codes "
+                             f"{unknown}; use 0/1/2 = train/valid/test")
+    return np.array([SPLIT_CODES[c] for c in split.tolist()], str), False
+  split = split.astype(str)
+  folds = bool(n) and (split == schema.ALL_SPLIT).all()
+  if folds and session is None:
+    raise schema.DataError(columns.path, columns.name("session"), "missing, "
+                           f"but split {schema.ALL_SPLIT!r} (cross-validation "
+                           "over sessions) needs it")
+  return split, folds
