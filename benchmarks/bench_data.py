@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 
+from data_prep import common
 from data_prep import convert
 from data_prep import synthetic
 from data_prep.formats import gcnet
@@ -23,7 +24,7 @@ from mcur_jax import data
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--like", default="mosei", choices=synthetic.LIKE)
+  parser.add_argument("--like", default="mosei", choices=sorted(common.DATASETS))
   parser.add_argument("--scale", type=float, default=1.0)
   parser.add_argument("--workdir", help="where to write (default: a temp dir)")
   args = parser.parse_args()

@@ -112,7 +112,7 @@ def encode_example(features: Mapping[str, Value]) -> bytes:
           array.astype(np.float32).reshape(-1).tolist())
     else:
       raise TypeError(f"feature {name!r}: unsupported type {array.dtype}")
-  return example.SerializeToString()
+  return example.SerializeToString(deterministic=True)
 
 
 def parse_example(data: bytes) -> tf_example_pb2.Example:
