@@ -1,0 +1,15 @@
+"""MCUR on CMU-MOSEI (sentiment regression in [-3, 3]); fields as in mosi.py."""
+
+import ml_collections
+
+from experiments.configs import mosi
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = mosi.get_config(arg)
+  c.dataset = "mosei"
+  if not arg:
+    # Ten times MOSI's data: fewer passes and larger batches.
+    c.num_epochs = 15
+    c.batch_size = 128
+  return c

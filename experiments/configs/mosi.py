@@ -1,0 +1,91 @@
+"""MCUR on CMU-MOSI (sentiment regression in [-3, 3]).
+
+    python -m experiments.mosi --data_dir prepared/mosi --workdir runs/mosi
+    python -m experiments.mosi --config experiments/configs/mosi.py:tiny
+    python -m experiments.mosi --config.seeds=0,1,2,3,4 --config.num_epochs=6
+
+Every field can be overridden as `--config.FIELD=VALUE`.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Dataset name; must match the prepared directory's manifest.
+  c.dataset = "mosi"
+  # Prepared directory (data_prep.convert); "" = prepared/<dataset> if it
+  # exists, else the synthetic MOSI-like data (set by the entry point).
+  c.data_dir = ""
+  # Cross-validation fold (IEMOCAP's held-out session); 0 for fixed splits.
+  c.fold = 0
+  # Seeds trained together in one program (jax.vmap over the training state).
+  c.seeds = (0, 1, 2, 3, 4)
+  # Passes over the training split.
+  c.num_epochs = 30
+  # Global batch size (split over devices; must divide by the device count).
+  c.batch_size = 64
+  # Peak learning rate of AdamW (after linear warm-up, then cosine decay).
+  c.learning_rate = 1e-3
+  # Epochs of linear learning-rate warm-up.
+  c.warmup_epochs = 2
+  # Final learning rate as a fraction of the peak (end of the cosine).
+  c.final_lr_fraction = 0.01
+  # AdamW decoupled weight decay (on weight matrices, not biases or norms).
+  c.weight_decay = 1e-4
+  # Gradient clipping by global norm.
+  c.grad_clip_norm = 1.0
+  # Width D of encoders, tokens and Transformer.
+  c.hidden_dim = 256
+  # Fusion Transformer layers.
+  c.num_layers = 2
+  # Attention heads (divide hidden_dim).
+  c.num_heads = 4
+  # Transformer MLP width as a multiple of hidden_dim.
+  c.mlp_ratio = 2
+  # Dropout rate in encoders and Transformer.
+  c.dropout = 0.1
+  # Output size of the projection head g (MCB-CL space).
+  c.proj_dim = 128
+  # Who attends to a missing modality's token: cls_only | masked | visible.
+  c.missing_tokens = "cls_only"
+  # Task loss: l1 | mse (regression), ce (classification).
+  c.task_loss = "l1"
+  # SUGR: uncertainty-weighted task loss (False = plain mean task loss).
+  c.sugr = True
+  # SUGR log-variance clip bound s_max.
+  c.sugr_s_max = 3.0
+  # Epochs with all SUGR weights 1 before the weighting starts.
+  c.sugr_warmup_epochs = 3
+  # Also weight each anchor's MCB-CL term by stop_grad(w_i).
+  c.sugr_weight_contrastive = False
+  # Weight lambda of MCB-CL in the total loss (0 = MCB-CL off).
+  c.mcb_weight = 0.1
+  # MCB-CL temperature tau.
+  c.tau = 0.1
+  # MCB-CL positives: class_and_combo | class | combo | class_plus_combo.
+  c.positives = "class_and_combo"
+  # Category of a regression label for MCB-CL: sign | seven.
+  c.regression_categories = "sign"
+  # Training draw weights of the combinations a, t, v, at, av, tv, atv.
+  c.combo_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+  # Samples per evaluation chunk (rounded up to a multiple of the devices).
+  c.eval_batch_size = 512
+  # Save a checkpoint every this many epochs (and always after the last).
+  c.checkpoint_every = 1
+  # Devices of the ("data",) mesh; 0 = all.
+  c.num_devices = 0
+  # Call jax.distributed.initialize() first (multi-host TPU VM slices).
+  c.distributed = False
+  if arg == "tiny":
+    c.seeds = (0, 1)
+    c.num_epochs = 3
+    c.batch_size = 32
+    c.hidden_dim = 32
+    c.num_heads = 2
+    c.proj_dim = 16
+    c.eval_batch_size = 64
+    c.sugr_warmup_epochs = 1
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r} (known: tiny)")
+  return c

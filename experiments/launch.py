@@ -1,0 +1,72 @@
+"""What the entry points share: flags, finding the data, and clean failures.
+
+    python -m experiments.mosi [--data_dir DIR] [--workdir DIR] [--config FILE[:tiny]] [--config.FIELD=VALUE ...]
+
+Data: `--data_dir` (a prepared directory) when given; else `prepared/<dataset>`
+if it exists; else, for a dataset the synthetic generator knows, a synthetic
+dataset shaped like it, generated once into `WORKDIR/synthetic-<dataset>`
+and announced as such in the first lines and in results.json.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from data_prep import synthetic
+from data_prep import writer
+from mcur_jax import schema
+from mcur_jax import tfrecord
+from mcur_jax import train
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
+FLAGS = flags.FLAGS
+
+
+def find_data(config, workdir: str) -> str:
+  """The prepared directory to train on (see the module docstring)."""
+  if config.data_dir:
+    return config.data_dir
+  prepared = os.path.join("prepared", config.dataset)
+  if os.path.exists(os.path.join(prepared, schema.MANIFEST)):
+    return prepared
+  out = os.path.join(workdir, f"synthetic-{config.dataset}")
+  print(f"NOTE: no prepared data (no --data_dir, no {prepared}/): using "
+        f"SYNTHETIC {config.dataset}-like data in {out} (see data_prep/"
+        "synthetic.py); prepare real data with `python -m data_prep.convert`.")
+  if not os.path.exists(os.path.join(out, schema.MANIFEST)):
+    writer.write(synthetic.generate(config.dataset), out, overwrite=True)
+  return out
+
+
+def _main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  config, workdir = FLAGS.config, FLAGS.workdir
+  try:
+    config.data_dir = FLAGS.data_dir or find_data(config, workdir)
+    train.train_and_evaluate(config, workdir)
+  except (schema.DataError, tfrecord.CorruptRecordError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except train.TrainingDiverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+def run(name: str) -> None:
+  """Defines the flags for `configs/<name>.py` and runs training."""
+  flags.DEFINE_string("data_dir", None, "prepared directory (data_prep); "
+                      f"default prepared/<dataset>, else synthetic data")
+  flags.DEFINE_string("workdir", os.path.join("runs", name),
+                      "output directory: checkpoints, logs, results")
+  config_flags.DEFINE_config_file(
+      "config", os.path.join(CONFIGS, f"{name}.py"),
+      "config file (FILE or FILE:tiny); override fields with --config.x=...",
+      lock_config=True)
+  app.run(_main)

@@ -1,0 +1,78 @@
+"""orbax checkpoints of the training state: save, resume, restore for inference.
+
+`WORKDIR/checkpoints/<epoch>/` holds the whole training state after that
+many epochs (parameters and optimizer state of every seed, and each seed's
+best parameters so far by the validation headline metric), so the newest
+checkpoint is both the resume point and the best model. The manager keeps
+the latest `keep` checkpoints; the config is stored in the manager's
+metadata and beside it as `WORKDIR/config.json`.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from mcur_jax import model as model_lib
+from mcur_jax import schema
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir: str, config: ml_collections.ConfigDict | None = None,
+            keep: int = 1) -> ocp.CheckpointManager:
+  """The workdir's checkpoint manager; saves whenever asked (the training
+  loop decides when), keeps the latest `keep`."""
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=checkpoint_managers.LatestN(keep),
+      enable_async_checkpointing=False)
+  return ocp.CheckpointManager(
+      directory(workdir), options=options,
+      metadata=None if config is None else config.to_dict())
+
+
+def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
+  mngr.save(epoch, args=ocp.args.StandardSave(state), force=True)
+  mngr.wait_until_finished()
+
+
+def restore(mngr: ocp.CheckpointManager, epoch: int, like):
+  """The state saved after `epoch`, with the shapes and shardings of `like`."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  return mngr.restore(epoch, args=ocp.args.StandardRestore(abstract))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(workdir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_for_inference(workdir: str):
+  """The selected (best-on-validation) model of every seed of a run.
+
+  Returns:
+    (graphdef, params, config, manifest): `params` has a leading seed axis
+    in the order of `config.seeds`; `model.apply(graphdef,
+    jax.tree.map(lambda x: x[i], params), features, mask)` predicts with
+    seed i. The prepared data's manifest gives dims and task.
+  """
+  config = load_config(workdir)
+  manifest = schema.Manifest.load(config.data_dir)
+  graphdef, params = model_lib.create(config, manifest.dims,
+                                      manifest.num_classes, jax.random.key(0))
+  mngr = manager(workdir)
+  epoch = mngr.latest_step()
+  if epoch is None:
+    raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
+  stacked = jax.tree.map(lambda x: jax.numpy.stack([x] * len(config.seeds)),
+                         params)
+  like = {"best_params": stacked}
+  restored = mngr.restore(epoch, args=ocp.args.StandardRestore(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, like)), )
+  mngr.close()
+  return graphdef, restored["best_params"], config, manifest

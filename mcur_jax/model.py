@@ -1,0 +1,174 @@
+"""The MCUR network as Flax NNX modules, used functionally.
+
+    features (a, t, v) --encoder per modality--> tokens
+    absent modality    --> learned missing embedding instead of its encoding
+    + learned modality-type embedding
+    [CLS, a, t, v] --pre-LN Transformer, availability mask--> h = CLS output
+    h --> task head (K logits or 1 score), projection head z (L2-normalised,
+          for MCB-CL), uncertainty head s (log-variance, for SUGR)
+
+No module stores RNG state: dropout keys arrive with each call (`key=None`
+means deterministic), so `apply` is a pure function that works under
+`jax.grad`, `jax.jit` and `jax.vmap`.
+
+Attention and the missing embeddings (`missing_tokens`). DESIGN masks absent
+modalities out of attention, yet asks that a sample with no modality at all
+is still predicted "from the missing embeddings alone"; if nothing could see
+the missing embeddings, they would get no gradient and that prediction would
+come from CLS alone. The default, "cls_only", keeps both: a missing token is
+invisible to the modality tokens (no placeholder leaks into real content) and
+visible to CLS only, which thereby knows which modalities are absent.
+"masked" hides missing tokens from every query (the missing embeddings then
+have no effect on h) and "visible" lets every token attend to them.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mcur_jax import schema
+
+MISSING_TOKENS = ("cls_only", "masked", "visible")
+
+
+class Encoder(nnx.Module):
+  """LayerNorm -> Dense(d_in, D) -> GELU -> Dropout -> Dense(D, D)."""
+
+  def __init__(self, d_in: int, hidden: int, dropout: float, *, rngs):
+    self.norm = nnx.LayerNorm(d_in, rngs=rngs)
+    self.fc1 = nnx.Linear(d_in, hidden, rngs=rngs)
+    self.drop = nnx.Dropout(dropout)
+    self.fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
+
+  def __call__(self, x, rngs):
+    h = nnx.gelu(self.fc1(self.norm(x)))
+    return self.fc2(self.drop(h, deterministic=rngs is None, rngs=rngs))
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention with a boolean [B, T, T] (query, key) mask."""
+
+  def __init__(self, dim: int, num_heads: int, *, rngs):
+    if dim % num_heads:
+      raise ValueError(f"hidden {dim} is not divisible by {num_heads} heads")
+    self.num_heads = num_heads
+    self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+    self.out = nnx.Linear(dim, dim, rngs=rngs)
+
+  def __call__(self, x, mask):
+    b, t, d = x.shape
+    q, k, v = jnp.split(self.qkv(x).reshape(b, t, 3, self.num_heads, -1), 3, 2)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])
+    logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d))
+
+
+class Block(nnx.Module):
+  """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: int,
+               dropout: float, *, rngs):
+    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+    self.attn = SelfAttention(dim, num_heads, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, mlp_ratio * dim, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_ratio * dim, dim, rngs=rngs)
+    self.drop = nnx.Dropout(dropout)
+
+  def __call__(self, x, mask, rngs):
+    drop = lambda y: self.drop(y, deterministic=rngs is None, rngs=rngs)
+    x = x + drop(self.attn(self.norm1(x), mask))
+    return x + drop(self.fc2(nnx.gelu(self.fc1(self.norm2(x)))))
+
+
+class MCUR(nnx.Module):
+  """Encoders, fusion Transformer over [CLS, a, t, v], and three heads."""
+
+  def __init__(self, dims: dict[str, int], num_outputs: int, *,
+               hidden: int = 256, num_layers: int = 2, num_heads: int = 4,
+               mlp_ratio: int = 2, dropout: float = 0.1, proj_dim: int = 128,
+               missing_tokens: str = "cls_only", rngs: nnx.Rngs):
+    if missing_tokens not in MISSING_TOKENS:
+      raise ValueError(f"missing_tokens={missing_tokens!r}, not one of "
+                       f"{MISSING_TOKENS}")
+    self.missing_tokens = missing_tokens
+    self.encoders = nnx.Dict({m: Encoder(dims[m], hidden, dropout, rngs=rngs)
+                              for m in schema.MODALITIES})
+    init = nnx.initializers.normal(0.02)
+    n = len(schema.MODALITIES)
+    self.type_embedding = nnx.Param(init(rngs.params(), (n, hidden)))
+    self.missing_embedding = nnx.Param(init(rngs.params(), (n, hidden)))
+    self.cls = nnx.Param(init(rngs.params(), (hidden,)))
+    self.blocks = nnx.List([
+        Block(hidden, num_heads, mlp_ratio, dropout, rngs=rngs)
+        for _ in range(num_layers)])
+    self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+    self.task_head = nnx.Linear(hidden, num_outputs, rngs=rngs)
+    self.proj1 = nnx.Linear(hidden, hidden, rngs=rngs)
+    self.proj2 = nnx.Linear(hidden, proj_dim, rngs=rngs)
+    self.uncertainty_head = nnx.Linear(hidden, 1, rngs=rngs)
+
+  def attention_mask(self, mask: jax.Array) -> jax.Array:
+    """[B, 3] modality mask -> [B, 4, 4] (query, key) mask over [CLS, a, t, v]."""
+    b = mask.shape[0]
+    keys = jnp.concatenate([jnp.ones((b, 1), bool), mask], 1)  # [B, 4]
+    allowed = jnp.broadcast_to(keys[:, None, :], (b, 4, 4))
+    if self.missing_tokens == "visible":
+      allowed = jnp.ones_like(allowed)
+    elif self.missing_tokens == "cls_only":
+      allowed = allowed.at[:, 0, :].set(True)
+    return allowed | jnp.eye(4, dtype=bool)  # Every token sees itself.
+
+  def __call__(self, features: dict[str, jax.Array], mask: jax.Array,
+               key: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Forward pass.
+
+    Args:
+      features: modality -> [B, d_m] (values of absent modalities are ignored).
+      mask: [B, 3] bool, the modalities the model may use.
+      key: dropout PRNG key; None for deterministic evaluation.
+
+    Returns:
+      pred [B, K], z [B, proj_dim] (unit norm), s [B] (log-variance),
+      h [B, hidden] (the fused representation).
+    """
+    rngs = None if key is None else nnx.Rngs(dropout=key)
+    tokens = []
+    for j, m in enumerate(schema.MODALITIES):
+      encoded = self.encoders[m](features[m], rngs)
+      encoded = jnp.where(mask[:, j:j + 1], encoded, self.missing_embedding[j])
+      tokens.append(encoded + self.type_embedding[j])
+    b = mask.shape[0]
+    x = jnp.stack([jnp.broadcast_to(self.cls[...], (b, self.cls.shape[0])),
+                   *tokens], 1)
+    attention = self.attention_mask(mask)
+    for block in self.blocks:
+      x = block(x, attention, rngs)
+    h = self.norm(x[:, 0])
+    z = self.proj2(nnx.gelu(self.proj1(h)))
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    return {"pred": self.task_head(h), "z": z,
+            "s": self.uncertainty_head(h)[:, 0], "h": h}
+
+
+def create(config, dims: dict[str, int], num_outputs: int):
+  """The model of a config, functionally: (graphdef, init).
+
+  `init(key) -> params` is pure, so it runs under `jax.jit` and `jax.vmap`
+  (one parameter set per seed); `graphdef` is shared by all of them.
+  """
+  def build(key):
+    return MCUR(dims, num_outputs, hidden=config.hidden_dim,
+                num_layers=config.num_layers, num_heads=config.num_heads,
+                mlp_ratio=config.mlp_ratio, dropout=config.dropout,
+                proj_dim=config.proj_dim, missing_tokens=config.missing_tokens,
+                rngs=nnx.Rngs(params=key))
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))
+  return graphdef, lambda key: nnx.split(build(key))[1]
+
+
+def apply(graphdef, params, features, mask, key=None) -> dict[str, jax.Array]:
+  """The pure forward function of `(graphdef, params)`."""
+  return nnx.merge(graphdef, params)(features, mask, key)
