@@ -8,9 +8,29 @@ dataset shaped like it, generated once into `WORKDIR/synthetic-<dataset>`
 and announced as such in the first lines and in results.json.
 """
 
+import ctypes
 import os
 import sys
 
+
+def _limit_malloc_arenas(count: int = 2) -> None:
+  """Caps glibc's malloc arenas (M_ARENA_MAX) before any thread starts.
+
+  glibc gives busy threads arenas of their own, and memory freed into them is
+  rarely returned: with XLA's and orbax's thread pools the resident memory of
+  a run grew by ~30 MB per checkpoint (1.52 GB peak for the default MOSI
+  run on 2 cores; 1.1 GB with 2 arenas, at no measured speed cost). No-op
+  off glibc.
+  """
+  try:
+    ctypes.CDLL("libc.so.6").mallopt(-8, count)  # -8 = M_ARENA_MAX
+  except (OSError, AttributeError):
+    pass
+
+
+_limit_malloc_arenas()
+
+# pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging

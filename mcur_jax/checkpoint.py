@@ -57,22 +57,25 @@ def restore_for_inference(workdir: str):
 
   Returns:
     (graphdef, params, config, manifest): `params` has a leading seed axis
-    in the order of `config.seeds`; `model.apply(graphdef,
+    in the order of `config.seeds`, and `model.apply(graphdef,
     jax.tree.map(lambda x: x[i], params), features, mask)` predicts with
-    seed i. The prepared data's manifest gives dims and task.
+    seed i; the prepared data's manifest gives dims and task.
   """
   config = load_config(workdir)
   manifest = schema.Manifest.load(config.data_dir)
-  graphdef, params = model_lib.create(config, manifest.dims,
-                                      manifest.num_classes, jax.random.key(0))
+  graphdef, init = model_lib.create(config, manifest.dims,
+                                    manifest.num_classes)
+  seeds = jax.numpy.asarray(config.seeds)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(jax.vmap(lambda s: init(jax.random.key(s))), seeds))
   mngr = manager(workdir)
   epoch = mngr.latest_step()
   if epoch is None:
+    mngr.close()
     raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
-  stacked = jax.tree.map(lambda x: jax.numpy.stack([x] * len(config.seeds)),
-                         params)
-  like = {"best_params": stacked}
-  restored = mngr.restore(epoch, args=ocp.args.StandardRestore(
-      jax.tree.map(ocp.utils.to_shape_dtype_struct, like)), )
+  restored = mngr.restore(epoch, args=ocp.args.PyTreeRestore(
+      {"best_params": abstract}, partial_restore=True))
   mngr.close()
   return graphdef, restored["best_params"], config, manifest
