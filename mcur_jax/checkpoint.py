@@ -75,7 +75,9 @@ def restore_for_inference(workdir: str):
   if epoch is None:
     mngr.close()
     raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
+  item = {"best_params": abstract}
   restored = mngr.restore(epoch, args=ocp.args.PyTreeRestore(
-      {"best_params": abstract}, partial_restore=True))
+      item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True))
   mngr.close()
   return graphdef, restored["best_params"], config, manifest
