@@ -73,6 +73,12 @@ def device_arrays(split: data_lib.Split, sharding, pad_to: int = 1) -> dict:
           for k, v in host.items()}
 
 
+def to_host(tree):
+  """NumPy copies of replicated arrays: each process reads its local replica
+  (`jax.device_get` would need every shard addressable, false multi-host)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
   total = max(config.num_epochs * steps_per_epoch, 1)
@@ -186,7 +192,7 @@ def make_evaluate(config, graphdef, mesh):
 
   def evaluate(params, arrays):
     n = arrays["label"].shape[0]
-    parts = [jax.device_get(evaluate_chunk(
+    parts = [to_host(evaluate_chunk(
         params, jax.tree.map(lambda x: x[i:i + chunk], arrays)))
              for i in range(0, n, chunk)]
     return tuple(np.concatenate(x, axis=2) for x in zip(*parts))
@@ -330,7 +336,7 @@ def _train_fold(config, workdir: str) -> dict:
   progress = report.Progress(config.num_epochs, start, enabled=main_process)
   for epoch in range(start, config.num_epochs):
     state, stats = train_epoch(state, train, seeds, epoch)
-    stats = jax.device_get(stats)
+    stats = to_host(stats)
     if not _finite(stats):
       bad = [config.seeds[i] for i in np.flatnonzero(~np.isfinite(
           stats["loss"]))]
@@ -343,7 +349,7 @@ def _train_fold(config, workdir: str) -> dict:
     pred, _ = evaluate(state["params"], evaluation["valid"])
     valid = split_metrics(task, pred, dataset.valid)
     score = np.array([headline_average(task, v) for v in valid])
-    improved = score > np.asarray(state["best_metric"])
+    improved = score > to_host(state["best_metric"])
     state = update_best(state, improved, score.astype(np.float32), epoch)
     log.write(epoch + 1, config.seeds, stats, valid, score, task)
     progress.update(epoch + 1, stats, score, metrics.HEADLINE[task])
@@ -361,7 +367,7 @@ def _train_fold(config, workdir: str) -> dict:
       config=config, manifest=manifest, task=task,
       test=split_metrics(task, best_pred, dataset.test),
       valid=split_metrics(task, best_valid, dataset.valid),
-      selected_epoch=(np.asarray(state["best_epoch"]) + 1).tolist(),
+      selected_epoch=(to_host(state["best_epoch"]) + 1).tolist(),
       no_modality={name: int((~(combos.MASKS[c] & dataset.test.available)
                               .any(1)).sum())
                    for c, name in enumerate(combos.NAMES)},
