@@ -15,9 +15,10 @@ Attention and the missing embeddings (`missing_tokens`). DESIGN masks absent
 modalities out of attention, yet asks that a sample with no modality at all
 is still predicted "from the missing embeddings alone"; if nothing could see
 the missing embeddings, they would get no gradient and that prediction would
-come from CLS alone. The default, "cls_only", keeps both: a missing token is
-invisible to the modality tokens (no placeholder leaks into real content) and
-visible to CLS only, which thereby knows which modalities are absent.
+come from CLS alone. The default, "cls_only", keeps both: only CLS attends
+to a missing token, so CLS knows which modalities are absent, while the
+modality tokens never attend to it directly (from the second layer on they
+see it only through CLS).
 "masked" hides missing tokens from every query (the missing embeddings then
 have no effect on h) and "visible" lets every token attend to them.
 """

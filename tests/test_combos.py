@@ -1,0 +1,143 @@
+"""The 7 modality combinations and the per-sample training masks (DESIGN 2)."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mcur_jax import combos
+
+LETTERS = "atv"  # Column order of a mask; bit of column m is 2**m.
+# Every availability pattern: row r = the bits of r (a = 1, t = 2, v = 4).
+ALL_AVAILABLE = np.array(list(itertools.product([False, True], repeat=3)))[
+    :, ::-1]
+
+
+def mask_of(name):
+  return np.array([c in name for c in LETTERS])
+
+
+def test_names_bits_masks_follow_design():
+  """Order a t v at av tv atv; a = 1, t = 2, v = 4; masks agree with both."""
+  assert combos.NAMES == ("a", "t", "v", "at", "av", "tv", "atv")
+  np.testing.assert_array_equal(combos.BITS, [1, 2, 4, 3, 5, 6, 7])
+  assert combos.MASKS.shape == (7, 3) and combos.MASKS.dtype == bool
+  for c, name in enumerate(combos.NAMES):
+    np.testing.assert_array_equal(combos.MASKS[c], mask_of(name))
+    assert combos.BITS[c] == sum({"a": 1, "t": 2, "v": 4}[x] for x in name)
+
+
+def test_bits_of():
+  """Bits of every mask, on any leading shape; the empty mask is 0."""
+  np.testing.assert_array_equal(combos.bits_of(jnp.asarray(ALL_AVAILABLE)),
+                                np.arange(8))
+  np.testing.assert_array_equal(combos.bits_of(jnp.asarray(combos.MASKS)),
+                                combos.BITS)
+  stacked = jnp.asarray(ALL_AVAILABLE).reshape(2, 4, 3)
+  np.testing.assert_array_equal(combos.bits_of(stacked),
+                                np.arange(8).reshape(2, 4))
+
+
+def test_restrict():
+  """Every combination against every availability: elementwise and."""
+  for combo, avail in itertools.product(combos.MASKS, ALL_AVAILABLE):
+    got = np.asarray(combos.restrict(jnp.asarray(combo), jnp.asarray(avail)))
+    np.testing.assert_array_equal(
+        got, [combo[m] and avail[m] for m in range(3)])
+  # Broadcast one combination over a batch; an empty result stays empty.
+  got = combos.restrict(jnp.asarray(mask_of("v")), jnp.asarray(ALL_AVAILABLE))
+  np.testing.assert_array_equal(got[:, 2], ALL_AVAILABLE[:, 2])
+  assert not np.asarray(got[:, :2]).any()
+
+
+def counts(mask):
+  """How often each of the 7 combinations occurs, in NAMES order."""
+  bits = np.asarray(combos.bits_of(mask))
+  return np.array([(bits == b).sum() for b in combos.BITS])
+
+
+@pytest.mark.parametrize("weights", [np.ones(7), np.arange(1.0, 8.0)])
+def test_draw_frequencies(weights):
+  """Fully available samples: combination c with frequency w_c / sum(w),
+  within 5 binomial standard deviations."""
+  n = 70_000
+  mask = combos.sample_train_masks(jax.random.key(0), jnp.ones((n, 3), bool),
+                                   jnp.asarray(weights))
+  got = counts(mask)
+  assert got.sum() == n
+  p = weights / weights.sum()
+  bound = 5 * np.sqrt(n * p * (1 - p))
+  assert (np.abs(got - n * p) < bound).all(), (got, n * p)
+
+
+def test_uniform_is_uniform_over_seeds():
+  """Uniform weights on 7 keys of 7k samples: each combination near 1/7."""
+  n = 7_000
+  for seed in range(3):
+    got = counts(combos.sample_train_masks(
+        jax.random.key(seed), jnp.ones((n, 3), bool), jnp.ones(7)))
+    assert (np.abs(got - n / 7) < 5 * np.sqrt(n / 7 * 6 / 7)).all()
+
+
+def test_mask_is_a_nonempty_subset_of_availability():
+  """Never a natively absent modality; empty only when nothing is available."""
+  rng = np.random.default_rng(0)
+  avail = jnp.asarray(rng.random((5_000, 3)) < 0.6)
+  for seed in range(3):
+    weights = jnp.asarray(rng.uniform(0, 1, 7))
+    mask = np.asarray(combos.sample_train_masks(jax.random.key(seed), avail,
+                                                weights))
+    assert not (mask & ~np.asarray(avail)).any()
+    np.testing.assert_array_equal(mask.any(-1), np.asarray(avail).any(-1))
+
+
+def test_fallback_to_native_availability():
+  """A draw that misses every available modality falls back to availability."""
+  only_video = jnp.array([[False, False, True]] * 50)
+  all_on_a = jnp.asarray(np.eye(7)[0])
+  mask = combos.sample_train_masks(jax.random.key(1), only_video, all_on_a)
+  np.testing.assert_array_equal(mask, only_video)
+  audio_text = jnp.array([[True, True, False]] * 50)
+  all_on_v = jnp.asarray(np.eye(7)[2])
+  mask = combos.sample_train_masks(jax.random.key(2), audio_text, all_on_v)
+  np.testing.assert_array_equal(mask, audio_text)
+  # 'tv' against {a, v} intersects in v: no fallback.
+  audio_video = jnp.array([[True, False, True]] * 50)
+  all_on_tv = jnp.asarray(np.eye(7)[5])
+  mask = combos.sample_train_masks(jax.random.key(3), audio_video, all_on_tv)
+  np.testing.assert_array_equal(mask, jnp.array([[False, False, True]] * 50))
+  # Nothing available: the mask stays empty.
+  mask = combos.sample_train_masks(jax.random.key(4),
+                                   jnp.zeros((50, 3), bool), jnp.ones(7))
+  assert not np.asarray(mask).any()
+
+
+@pytest.mark.parametrize("c", range(7))
+def test_one_hot_weights_give_that_combination(c):
+  """Weight only on combination c: c & availability, or availability when
+  that is empty, for every availability pattern."""
+  avail = np.repeat(ALL_AVAILABLE, 20, axis=0)
+  mask = np.asarray(combos.sample_train_masks(
+      jax.random.key(c), jnp.asarray(avail), jnp.asarray(np.eye(7)[c])))
+  for row, a in zip(mask, avail):
+    want = combos.MASKS[c] & a
+    np.testing.assert_array_equal(row, want if want.any() else a)
+  full = mask[avail.all(-1)]
+  np.testing.assert_array_equal(full, np.broadcast_to(combos.MASKS[c],
+                                                      full.shape))
+
+
+def test_deterministic_for_a_key_and_jittable():
+  """Same key, same masks (also under jit); another key, other masks."""
+  avail, weights = jnp.ones((500, 3), bool), jnp.ones(7)
+  one = combos.sample_train_masks(jax.random.key(5), avail, weights)
+  np.testing.assert_array_equal(
+      one, combos.sample_train_masks(jax.random.key(5), avail, weights))
+  np.testing.assert_array_equal(
+      one, jax.jit(combos.sample_train_masks)(jax.random.key(5), avail,
+                                              weights))
+  other = combos.sample_train_masks(jax.random.key(6), avail, weights)
+  assert (np.asarray(one) != np.asarray(other)).any()
+  assert one.shape == (500, 3) and one.dtype == jnp.bool_

@@ -1,0 +1,197 @@
+"""The metrics of DESIGN section 5 against scikit-learn and NumPy."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from mcur_jax import metrics
+
+
+def sk_classification(pred, label):
+  return {
+      "wa": skm.accuracy_score(label, pred),
+      "ua": skm.recall_score(label, pred, average="macro", zero_division=0),
+      "wf1": skm.f1_score(label, pred, average="weighted", zero_division=0),
+      "mf1": skm.f1_score(label, pred, average="macro", zero_division=0),
+  }
+
+
+def sk_binary(true, pred):
+  """(accuracy, weighted F1), NaN on an empty subset."""
+  if not len(true):
+    return math.nan, math.nan
+  return (skm.accuracy_score(true, pred),
+          skm.f1_score(true, pred, average="weighted", zero_division=0))
+
+
+def np_corr(pred, label):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.corrcoef(pred, label)[0, 1] if len(pred) > 1 else math.nan
+
+
+def sk_regression(pred, label):
+  """Non0 over label != 0 with > 0; Has0 over all with >= 0."""
+  pred, label = np.asarray(pred, float), np.asarray(label, float)
+  nz = label != 0
+  acc2_non0, f1_non0 = sk_binary(label[nz] > 0, pred[nz] > 0)
+  acc2_has0, f1_has0 = sk_binary(label >= 0, pred >= 0)
+  seven = lambda x: np.round(np.clip(x, -3, 3))
+  return {
+      "acc2_non0": acc2_non0, "f1_non0": f1_non0,
+      "acc2_has0": acc2_has0, "f1_has0": f1_has0,
+      "mae": np.mean(np.abs(pred - label)),
+      "corr": np_corr(pred, label),
+      "acc7": skm.accuracy_score(seven(label), seven(pred)),
+  }
+
+
+def assert_same(got, want):
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12,
+                               err_msg=k)
+
+
+def mosi_labels(rng, n):
+  """Scores on the MOSI grid of thirds in [-3, 3], exact zeros included."""
+  return rng.integers(-9, 10, n) / 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_classification_matches_sklearn(seed):
+  rng = np.random.default_rng(seed)
+  k = int(rng.integers(2, 7))
+  label = rng.integers(0, k, 40)
+  pred = np.where(rng.random(40) < 0.5, label, rng.integers(0, k, 40))
+  assert_same(metrics.classification(pred, label),
+              sk_classification(pred, label))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_regression_matches_sklearn(seed):
+  """Predictions partly outside [-3, 3], labels with exact zeros."""
+  rng = np.random.default_rng(seed)
+  label = mosi_labels(rng, 60)
+  pred = np.clip(label + rng.normal(0, 1.5, 60), -4.5, 4.5)
+  assert (label == 0).any() and (np.abs(pred) > 3).any()
+  assert_same(metrics.regression(pred, label), sk_regression(pred, label))
+
+
+def test_class_absent_from_predictions():
+  label = np.array([0, 1, 2, 3, 3, 2, 1, 0])
+  pred = np.array([0, 1, 2, 2, 2, 2, 1, 0])  # 3 never predicted.
+  got = metrics.classification(pred, label)
+  assert_same(got, sk_classification(pred, label))
+  assert got["ua"] == pytest.approx(0.75)
+
+
+def test_predicted_class_absent_from_labels():
+  label = np.array([0, 0, 1, 1, 1])
+  pred = np.array([0, 2, 1, 1, 2])  # 2 never a label.
+  got = metrics.classification(pred, label)
+  assert_same(got, sk_classification(pred, label))
+  # Macro averages run over 3 classes: recall (1/2 + 2/3 + 0) / 3.
+  assert got["ua"] == pytest.approx((0.5 + 2 / 3) / 3)
+
+
+def test_single_sample():
+  assert_same(metrics.classification(np.array([2]), np.array([2])),
+              sk_classification(np.array([2]), np.array([2])))
+  assert_same(metrics.classification(np.array([1]), np.array([2])),
+              sk_classification(np.array([1]), np.array([2])))
+  got = metrics.regression(np.array([1.2]), np.array([0.4]))
+  assert_same(got, sk_regression([1.2], [0.4]))
+  assert math.isnan(got["corr"])
+  assert got["acc2_non0"] == 1.0 and got["mae"] == pytest.approx(0.8)
+
+
+def test_no_nonzero_label_makes_non0_nan():
+  """All labels 0: Non0 metrics are NaN, Has0 and the rest are defined."""
+  label = np.zeros(6)
+  pred = np.array([-1.0, 0.5, 0.0, 2.0, -0.2, 0.1])
+  got = metrics.regression(pred, label)
+  assert math.isnan(got["acc2_non0"]) and math.isnan(got["f1_non0"])
+  assert math.isnan(got["corr"])  # Constant labels.
+  want = sk_regression(pred, label)
+  for k in ("acc2_has0", "f1_has0", "mae", "acc7"):
+    assert got[k] == pytest.approx(want[k])
+  assert got["acc2_has0"] == pytest.approx(4 / 6)
+
+
+def test_constant_predictions_give_nan_corr():
+  label = np.array([-2.0, -1.0, 0.5, 1.0, 3.0])
+  got = metrics.regression(np.full(5, 0.7), label)
+  assert math.isnan(got["corr"])
+  want = sk_regression(np.full(5, 0.7), label)
+  for k in ("acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "mae", "acc7"):
+    assert got[k] == pytest.approx(want[k])
+
+
+def test_zero_label_and_zero_prediction_semantics():
+  """Non0 drops label 0 and counts pred 0 as negative; Has0 keeps label 0 as
+  non-negative and counts pred 0 as non-negative."""
+  label = np.array([0.0, 0.0, 1.0, -1.0])
+  pred = np.array([-0.5, 0.5, 1.0, -1.0])
+  got = metrics.regression(pred, label)
+  assert got["acc2_non0"] == 1.0
+  assert got["acc2_has0"] == 0.75
+  got = metrics.regression(np.array([0.0, -1.0]), np.array([-1.0, -2.0]))
+  assert got["acc2_non0"] == 1.0
+  assert got["acc2_has0"] == 0.5
+  got = metrics.regression(np.array([0.0, 1.0]), np.array([2.0, 1.0]))
+  assert got["acc2_non0"] == 0.5
+  assert got["acc2_has0"] == 1.0
+
+
+def test_acc7_clips_predictions_outside_range():
+  """round(clip(x, -3, 3)): 5 -> 3, -4 -> -3, 3.4 -> 3, -2.6 -> -3, 2.4 -> 2."""
+  pred = np.array([5.0, -4.0, 3.4, -2.6, 2.4])
+  label = np.array([3.0, -3.0, 3.0, -3.0, 3.0])
+  assert metrics.regression(pred, label)["acc7"] == pytest.approx(0.8)
+
+
+def test_helpers_match_sklearn_and_numpy():
+  rng = np.random.default_rng(11)
+  true, pred = rng.integers(0, 4, 30), rng.integers(0, 5, 30)
+  assert metrics.accuracy(true, pred) == pytest.approx(
+      skm.accuracy_score(true, pred))
+  assert metrics.weighted_f1(true, pred) == pytest.approx(
+      skm.f1_score(true, pred, average="weighted", zero_division=0))
+  assert metrics.macro(true, pred, "recall") == pytest.approx(
+      skm.recall_score(true, pred, average="macro", zero_division=0))
+  assert metrics.macro(true, pred, "f1") == pytest.approx(
+      skm.f1_score(true, pred, average="macro", zero_division=0))
+  x, y = rng.normal(size=30), rng.normal(size=30)
+  assert metrics.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+  assert math.isnan(metrics.pearson(np.ones(4), y[:4]))
+
+
+def test_helpers_on_empty_input_are_nan():
+  empty = np.zeros(0, int)
+  assert math.isnan(metrics.accuracy(empty, empty))
+  assert math.isnan(metrics.weighted_f1(empty, empty))
+  assert math.isnan(metrics.macro(empty, empty, "recall"))
+  assert math.isnan(metrics.macro(empty, empty, "f1"))
+
+
+def test_compute_reads_raw_outputs():
+  """Regression: column 0 as the score; classification: argmax of logits."""
+  rng = np.random.default_rng(3)
+  label = mosi_labels(rng, 20)
+  scores = label + rng.normal(0, 1, 20)
+  assert_same(metrics.compute("regression", scores[:, None], label),
+              sk_regression(scores, label))
+  logits = rng.normal(size=(20, 4))
+  classes = rng.integers(0, 4, 20)
+  assert_same(metrics.compute("classification", logits, classes),
+              sk_classification(logits.argmax(-1), classes))
+
+
+def test_headline_metric_follows_design():
+  """F1 Non0 for MOSI/MOSEI, weighted F1 for IEMOCAP."""
+  assert metrics.HEADLINE == {"regression": "f1_non0",
+                              "classification": "wf1"}
