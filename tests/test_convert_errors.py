@@ -9,18 +9,16 @@ from data_prep import convert
 from data_prep import inspect
 from mcur_jax import data
 from mcur_jax import tfrecord
+from tests import cli
 from tests import poria_files
 
 
 def run(capsys, tmp_path, *args):
   """Runs the CLI; returns (status, stderr) and checks nothing was left."""
   status = convert.main([*args, "--out", str(tmp_path / "out")])
-  err = capsys.readouterr().err
   if status:
-    assert not (tmp_path / "out").exists()
-    assert not list(tmp_path.glob(".out*")), "temporary output left behind"
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
-  return status, err
+    return status, cli.assert_failed_cleanly(capsys, tmp_path / "out")
+  return status, capsys.readouterr().err
 
 
 @pytest.fixture

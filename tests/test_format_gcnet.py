@@ -17,6 +17,7 @@ from data_prep import label_pickle
 from data_prep import writer
 from data_prep.formats import gcnet
 from mcur_jax import data
+from tests import cli
 from mcur_jax import schema
 
 GCNET_DIMS = {"audio": 512, "text": 1024, "video": 1024}
@@ -301,11 +302,7 @@ def test_bad_input_fails_with_one_line(tiny, tmp_path, capsys, breakage):
   out = tmp_path / "prepared"
   capsys.readouterr()
   assert _convert(out, "mosi", argv["labels"], argv["features_dir"]) == 2
-  err = capsys.readouterr().err
-  assert len(err.splitlines()) == 1, err
-  assert err.startswith(f"error: {file}: {field}: "), err
-  assert not out.exists()
-  assert not [p for p in os.listdir(tmp_path) if p.startswith(".prepared")]
+  cli.assert_failed_cleanly(capsys, out, file, field)
 
 
 def test_nan_policy_zero_marks_absent(tiny, tmp_path, capsys):

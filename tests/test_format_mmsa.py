@@ -7,6 +7,7 @@ import pytest
 
 from data_prep import convert
 from mcur_jax import data
+from tests import cli
 
 T = 50
 DIMS = {"text": 768, "audio": 5, "vision": 20}  # BERT MOSI
@@ -75,16 +76,6 @@ def _by_id(dataset):
     for i, u in enumerate(part.utt_id):
       rows[u] = (s, part, i)
   return rows
-
-
-def _assert_one_error(capsys, file, field, out):
-  """Exit status 2 came with one `error:` line naming file and field, and
-  left no output (nor a temporary directory) behind."""
-  lines = capsys.readouterr().err.splitlines()
-  assert len(lines) == 1, lines
-  assert lines[0].startswith(f"error: {file}: {field}: "), lines[0]
-  assert not out.exists()
-  assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]
 
 
 def _expected(frames, valid):
@@ -234,7 +225,7 @@ def _duplicate_id(raw):
 def test_bad_pickle(tmp_path, capsys, edit, field):
   path, _ = _pickle(tmp_path, edit=edit)
   assert _convert(path, tmp_path / "out") == 2
-  _assert_one_error(capsys, path, field, tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, field)
 
 
 @pytest.mark.parametrize("args,field", [
@@ -244,7 +235,7 @@ def test_bad_pickle(tmp_path, capsys, edit, field):
 def test_bad_arguments(tmp_path, capsys, args, field):
   path, _ = _pickle(tmp_path)
   assert _convert(path, tmp_path / "out", *args) == 2
-  _assert_one_error(capsys, "command line", field, tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", "command line", field)
 
 
 def test_lengths_out_of_range(tmp_path, capsys):
@@ -252,7 +243,7 @@ def test_lengths_out_of_range(tmp_path, capsys):
                     edit=_set("test", "vision_lengths",
                               lambda x: x + UNALIGNED_FRAMES["vision"]))
   assert _convert(path, tmp_path / "out") == 2
-  _assert_one_error(capsys, path, "test.vision_lengths", tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "test.vision_lengths")
 
 
 @pytest.mark.parametrize("content,field", [
@@ -265,11 +256,11 @@ def test_not_an_mmsa_pickle(tmp_path, capsys, content, field):
   with open(path, "wb") as f:
     pickle.dump(content, f)
   assert _convert(path, tmp_path / "out") == 2
-  _assert_one_error(capsys, path, field, tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, field)
 
 
 def test_not_a_pickle(tmp_path, capsys):
   path = tmp_path / "x.pkl"
   path.write_bytes(b"not a pickle at all")
   assert _convert(path, tmp_path / "out") == 2
-  _assert_one_error(capsys, path, "pickle", tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "pickle")

@@ -7,6 +7,7 @@ import pytest
 
 from data_prep import convert
 from mcur_jax import data
+from tests import cli
 
 DIMS = {"audio": 7, "text": 12, "video": 9}
 SPLITS = ("train", "valid", "test")
@@ -40,16 +41,6 @@ def _all_rows(dataset):
   """utt_id -> (split name, Split, row)."""
   return {u: (s, getattr(dataset, s), i) for s in SPLITS
           for i, u in enumerate(getattr(dataset, s).utt_id)}
-
-
-def _assert_one_error(capsys, file, field, out):
-  """Exit status 2 came with one `error:` line naming file and field, and
-  left no output (nor a temporary directory) behind."""
-  lines = capsys.readouterr().err.splitlines()
-  assert len(lines) == 1, lines
-  assert lines[0].startswith(f"error: {file}: {field}: "), lines[0]
-  assert not out.exists()
-  assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]
 
 
 def test_minimal_file_and_defaults(tmp_path):
@@ -140,7 +131,7 @@ def test_nan_policy_zero(tmp_path, capsys):
   columns["text"][5, 3] = np.inf
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "bad") == 2
-  _assert_one_error(capsys, path, "text", tmp_path / "bad")
+  cli.assert_failed_cleanly(capsys, tmp_path / "bad", path, "text")
   assert _convert(path, tmp_path / "out", "--nan_policy", "zero") == 0
   assert "text: 1 vectors with NaN/inf" in capsys.readouterr().out
   _, part, j = _all_rows(data.load(tmp_path / "out", normalized=False))[
@@ -180,14 +171,13 @@ def test_bad_file(tmp_path, capsys, edit, field):
   edit(columns)
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "out") == 2
-  _assert_one_error(capsys, path, field, tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, field)
 
 
 def test_mapped_key_missing(tmp_path, capsys):
   path = _save(tmp_path, _columns())
   assert _convert(path, tmp_path / "out", "--key", "label=label_reg") == 2
-  _assert_one_error(capsys, path, "label_reg (--key label=label_reg)",
-                    tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "label_reg (--key label=label_reg)")
 
 
 @pytest.mark.parametrize("keys", [["loudness=audio"], ["label"], ["label="],
@@ -196,7 +186,7 @@ def test_bad_key_argument(tmp_path, capsys, keys):
   path = _save(tmp_path, _columns())
   args = [a for k in keys for a in ("--key", k)]
   assert _convert(path, tmp_path / "out", *args) == 2
-  _assert_one_error(capsys, "command line", "--key", tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", "command line", "--key")
 
 
 @pytest.mark.parametrize("content", [b"not a zip file", None])
@@ -208,7 +198,7 @@ def test_not_an_npz(tmp_path, capsys, content):
   else:
     path.write_bytes(content)
   assert _convert(path, tmp_path / "out") == 2
-  _assert_one_error(capsys, path, "--input", tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "--input")
 
 
 def test_object_array(tmp_path, capsys):
@@ -216,7 +206,7 @@ def test_object_array(tmp_path, capsys):
   columns["group_id"] = columns["group_id"].astype(object)
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "out") == 2
-  _assert_one_error(capsys, path, "group_id", tmp_path / "out")
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "group_id")
 
 
 def test_real_mosi_file(tmp_path, shared_data):

@@ -1,0 +1,519 @@
+"""End-to-end tests of mcur_jax.train and the entry points on small synthetic data.
+
+Every run uses the `tiny` config on 8 fake CPU devices unless a test says
+otherwise. The module keeps a persistent XLA compilation cache, so runs of a
+config compiled before (the resumed run, the CLI runs, the single IEMOCAP
+fold) load their executables instead of compiling them again; traces, which
+`train.COMPILES` counts, are unaffected.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import chex
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from data_prep import synthetic
+from data_prep import writer
+from experiments.configs import iemocap as iemocap_config
+from experiments.configs import mosi as mosi_config
+from mcur_jax import checkpoint
+from mcur_jax import combos
+from mcur_jax import data
+from mcur_jax import metrics
+from mcur_jax import model
+from mcur_jax import report
+from mcur_jax import schema
+from mcur_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
+# Metrics that are fractions (all but MAE and Pearson correlation).
+FRACTIONS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7",
+             "wa", "ua", "wf1", "mf1"}
+ALL_COMBOS = set(combos.NAMES) | {"avg"}
+# The model's forward pass, compiled once per input shape.
+predict = jax.jit(model.apply, static_argnums=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def xla_cache(tmp_path_factory):
+  """A persistent compilation cache for this module (and its subprocesses)."""
+  path = str(tmp_path_factory.mktemp("xla-cache"))
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs")
+  before = {name: getattr(jax.config, name) for name in names}
+  jax.config.update(names[0], path)
+  jax.config.update(names[1], 0)
+  compilation_cache.reset_cache()
+  yield path
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def mosi_dir(tmp_path_factory):
+  """Synthetic MOSI at scale 0.15: train/valid/test 193/34/103 utterances."""
+  out = tmp_path_factory.mktemp("data") / "mosi"
+  writer.write(synthetic.generate("mosi", 0, 0.15), out)
+  return out
+
+
+def tiny(data_dir, base=mosi_config, **overrides):
+  config = base.get_config("tiny")
+  config.data_dir = str(data_dir)
+  config.update(overrides)
+  return config
+
+
+def run(data_dir, workdir, **overrides) -> dict:
+  return train.train_and_evaluate(tiny(data_dir, **overrides), str(workdir))
+
+
+@pytest.fixture(scope="module")
+def baseline(mosi_dir, tmp_path_factory):
+  """(workdir, results, COMPILES) of the tiny config: seeds 0 and 1, 3
+  epochs, 8 devices."""
+  workdir = tmp_path_factory.mktemp("baseline")
+  results = run(mosi_dir, workdir)
+  return workdir, results, dict(train.COMPILES)
+
+
+def saved_state(workdir) -> dict:
+  """The whole training state in a run's latest checkpoint, as NumPy."""
+  mngr = checkpoint.manager(str(workdir))
+  try:
+    return jax.device_get(mngr.restore(mngr.latest_step(),
+                                       args=ocp.args.StandardRestore()))
+  finally:
+    mngr.close()
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  mngr = checkpoint.manager(str(workdir))
+  try:
+    return list(mngr.all_steps())
+  finally:
+    mngr.close()
+
+
+def without_key_bias(params) -> dict:
+  """`params` with the key part of every attention qkv bias set to 0.
+
+  That bias adds the same q.b to every logit of a query, which softmax
+  ignores: its gradient is 0 up to rounding, and Adam scales the rounding
+  noise into steps of up to the learning rate, so it drifts apart (~1e-4 in
+  3 epochs) between runs that differ only in reduction order, without any
+  effect on the outputs. The other parameters agree to ~2e-7.
+  """
+  params = jax.tree.map(np.array, params)
+  for block in params["blocks"].values():
+    bias = block["attn"]["qkv"]["bias"]["value"]
+    d = bias.shape[-1] // 3
+    bias[..., d:2 * d] = 0
+  return params
+
+
+def metric_lines(workdir) -> list[dict]:
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def run_metrics(results: dict, split: str, i: int) -> dict:
+  """{combo: {metric: value}} of run i of a results dict."""
+  return {c: {k: v["per_run"][i] for k, v in results[split][c].items()}
+          for c in ALL_COMBOS}
+
+
+def assert_metrics_close(got: dict, want: dict, atol: float) -> None:
+  assert got.keys() == want.keys()
+  for c in want:
+    assert got[c].keys() == want[c].keys()
+    for k in want[c]:
+      assert got[c][k] == pytest.approx(want[c][k], rel=0, abs=atol), (c, k)
+
+
+def cli(*args, cwd=ROOT, dataset="mosi"):
+  """Runs `python -m experiments.<dataset> ARGS` with this module's cache."""
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.
+         jax_compilation_cache_dir,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  return subprocess.run([sys.executable, "-m", f"experiments.{dataset}",
+                         *map(str, args)], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# Compilation
+# -----------
+
+
+def test_compiles_once(baseline):
+  """3 epochs, 2 seeds and 7 combinations trace the epoch and the evaluation
+  once each (masks and epochs are data), as results.json records."""
+  workdir, results, compiles = baseline
+  assert jax.device_count() == 8
+  assert compiles == {"train_epoch": 1, "evaluate": 1}
+  assert results["compiles"] == compiles
+  saved = json.loads((workdir / "results.json").read_text())
+  assert saved["compiles"] == compiles
+
+
+# Data parallelism and vmap over seeds
+# ------------------------------------
+
+
+def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
+                                                capsys):
+  """A run on 1 device ends with the parameters (to 1e-6: float32
+  reduction order, 18 steps) and the metrics (to 1e-6) of the same run on
+  8 devices."""
+  workdir, results, _ = baseline
+  single = run(mosi_dir, tmp_path, num_devices=1)
+  assert "; 1 device(s);" in capsys.readouterr().out
+  sharded_state, single_state = saved_state(workdir), saved_state(tmp_path)
+  for key in ("params", "best_params"):
+    chex.assert_trees_all_close(without_key_bias(single_state[key]),
+                                without_key_bias(sharded_state[key]),
+                                rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(single_state["best_epoch"],
+                                sharded_state["best_epoch"])
+  for split in ("valid", "test"):
+    for i in range(2):
+      assert_metrics_close(run_metrics(single, split, i),
+                           run_metrics(results, split, i), atol=1e-6)
+
+
+def test_one_data_parallel_step_equals_single_device(mosi_dir):
+  """One SUGR-active step on a batch sharded over 8 devices (gradient
+  all-reduce, MCB-CL over the global batch) gives the losses (rtol 1e-6)
+  and gradients (to 1e-5 of each leaf's largest entry) of 1 device."""
+  config = tiny(mosi_dir)
+  dataset = data.load(mosi_dir)
+  batch = dataset.train.take(np.arange(config.batch_size))
+  graphdef, init = model.create(config, dataset.manifest.dims, 1)
+  tx = train.make_optimizer(config, steps_per_epoch=1)
+  out = {}
+  for devices in (1, 8):
+    mesh = train.make_mesh(devices)
+    repl = NamedSharding(mesh, P())
+    seeds = jax.device_put(jnp.asarray(config.seeds, jnp.int32), repl)
+    state = train.init_state(init, tx, seeds, repl)
+    epoch = train.make_train_epoch(config, graphdef, tx, "regression", mesh,
+                                   config.batch_size)
+    state, stats = epoch(state, train.device_arrays(batch, repl), seeds,
+                         config.sugr_warmup_epochs)
+    # Adam's first moment after one step: (1 - b1) * the clipped gradient.
+    grads = optax.tree_utils.tree_get(state["opt_state"], "mu")
+    out[devices] = jax.device_get((grads, stats))
+  (grads_1, stats_1), (grads_8, stats_8) = out[1], out[8]
+  assert not np.allclose(stats_8["sugr_weight"], 1.0)  # SUGR was active.
+  assert (stats_8["mcb_loss"] > 0).all()
+  chex.assert_trees_all_close(stats_1, stats_8, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads_1), jax.tree.leaves(grads_8)):
+    assert np.abs(b).max() > 0
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_vmapped_seed_equals_seed_alone(baseline, mosi_dir, tmp_path):
+  """Seed 1 trained beside seed 0 (vmap) ends as seed 1 trained alone:
+  parameters and metrics to 1e-6 (float32 rounding of batched kernels)."""
+  workdir, results, _ = baseline
+  alone = run(mosi_dir, tmp_path, seeds=(1,))
+  assert alone["seeds"] == [1]
+  both, one = saved_state(workdir), saved_state(tmp_path)
+  second = lambda tree: jax.tree.map(lambda x: x[1], tree)
+  first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+  for key in ("params", "best_params"):
+    chex.assert_trees_all_close(without_key_bias(first(one[key])),
+                                without_key_bias(second(both[key])),
+                                rtol=0, atol=1e-6)
+  assert one["best_epoch"][0] == both["best_epoch"][1]
+  for split in ("valid", "test"):
+    assert_metrics_close(run_metrics(alone, split, 0),
+                         run_metrics(results, split, 1), atol=1e-6)
+
+
+# Resume
+# ------
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
+                                         monkeypatch, capsys):
+  """A run killed after logging epoch 2 but before saving its checkpoint
+  resumes after epoch 1, drops the stale epoch-2 lines of metrics.jsonl and
+  ends bitwise equal to the uninterrupted run: state, metrics.jsonl and
+  results."""
+  workdir, results, _ = baseline
+  update = report.Progress.update
+
+  def update_then_die(self, epoch, *args):
+    update(self, epoch, *args)
+    if epoch == 2:
+      raise Interrupted
+
+  monkeypatch.setattr(report.Progress, "update", update_then_die)
+  with pytest.raises(Interrupted):
+    run(mosi_dir, tmp_path)
+  monkeypatch.undo()
+  assert checkpoint_steps(tmp_path) == [1]
+  assert [line["epoch"] for line in metric_lines(tmp_path)] == [1, 1, 2, 2]
+  capsys.readouterr()
+
+  resumed = run(mosi_dir, tmp_path)
+  assert "resuming after epoch 1" in capsys.readouterr().out
+  assert checkpoint_steps(tmp_path) == [3]
+  assert ((tmp_path / "metrics.jsonl").read_text()
+          == (workdir / "metrics.jsonl").read_text())
+  chex.assert_trees_all_equal(saved_state(tmp_path), saved_state(workdir))
+  for key in ("test", "valid", "selected_epoch"):
+    assert resumed[key] == results[key]
+
+
+# Divergence
+# ----------
+
+
+def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path):
+  """A loss that turns NaN in epoch 2 (SUGR starts after 1 warm-up epoch
+  with s_max NaN) raises TrainingDiverged naming the epoch, the seeds and
+  the kept checkpoint; epoch 1's checkpoint and log lines stay."""
+  with pytest.raises(train.TrainingDiverged) as info:
+    run(mosi_dir, tmp_path, sugr_s_max=float("nan"))
+  message = str(info.value)
+  assert message.startswith("epoch 2: ")
+  assert "seed(s) [0, 1]" in message
+  assert "last good checkpoint (after epoch 1)" in message
+  assert checkpoint_steps(tmp_path) == [1]
+  assert [(line["epoch"], line["seed"]) for line in metric_lines(tmp_path)
+          ] == [(1, 0), (1, 1)]
+  assert not (tmp_path / "results.json").exists()
+
+
+def test_cli_nan_loss_exits_3(mosi_dir, tmp_path):
+  """Through the CLI a diverged run exits with status 3 and one `error:`
+  line, no traceback."""
+  result = cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
+               f"{MOSI_CONFIG}:tiny", "--config.sugr_s_max=nan")
+  assert result.returncode == 3, result.stderr
+  [line] = error_lines(result.stderr)
+  assert line.startswith("error: epoch 2: training loss is NaN/inf")
+  assert "Traceback" not in result.stderr
+  assert checkpoint_steps(tmp_path) == [1]
+
+
+# SUGR
+# ----
+
+
+def test_sugr_down_weights_corrupted_labels(tmp_path_factory):
+  """The uncertainty head gives the 10 % corrupted training labels a lower
+  SUGR weight w = exp(-clip(s)) than the clean ones.
+
+  A label is corrupted at random, independently of the features, so only
+  fitting the training samples themselves can reveal it: w is measured on
+  the training split, with the last parameters (model selection may pick an
+  epoch before SUGR took hold), pooled over 3 seeds.
+  """
+  data_dir = tmp_path_factory.mktemp("sugr") / "mosi"
+  writer.write(synthetic.generate("mosi", 1, 0.3), data_dir)
+  workdir = tmp_path_factory.mktemp("sugr-run")
+  config = tiny(data_dir, seeds=(0, 1, 2), num_epochs=20,
+                sugr_warmup_epochs=2, num_devices=1, checkpoint_every=20)
+  train.train_and_evaluate(config, str(workdir))
+  graphdef, _, _, _ = checkpoint.restore_for_inference(str(workdir))
+  params = saved_state(workdir)["params"]
+  split = data.load(data_dir).train
+  corrupted = split.extras["corrupted"] == 1
+  assert corrupted.sum() == round(0.1 * len(split))
+  weights = []
+  for i in range(3):
+    out = predict(graphdef, jax.tree.map(lambda x: x[i], params),
+                  split.features, split.available)
+    s = np.clip(np.asarray(out["s"]), -config.sugr_s_max, config.sugr_s_max)
+    weights.append(np.exp(-s))
+  weights = np.array(weights)
+  ratio = weights[:, corrupted].mean() / weights[:, ~corrupted].mean()
+  assert ratio < 0.9, ratio
+  for w in weights:
+    assert w[corrupted].mean() < w[~corrupted].mean()
+
+
+# results.json and restore
+# ------------------------
+
+
+def test_results_json(baseline, mosi_dir):
+  """results.json: selected on valid, per-combination and Avg test metrics
+  with mean/std/per_run over the seeds, fractions in [0, 1], the synthetic
+  flag and the test samples left without a modality."""
+  workdir, results, _ = baseline
+  saved = json.loads((workdir / "results.json").read_text())
+  assert saved == results
+  assert saved["selected_on"] == "valid"
+  assert saved["dataset"] == "mosi" and saved["headline"] == "f1_non0"
+  assert saved["data"] == {"dir": str(mosi_dir), "format": "synthetic",
+                           "synthetic": True}
+  assert saved["seeds"] == [0, 1]
+  assert len(saved["selected_epoch"]) == 2
+  assert all(1 <= e <= 3 for e in saved["selected_epoch"])
+  for split in ("test", "valid"):
+    assert set(saved[split]) == ALL_COMBOS
+    for c, per_metric in saved[split].items():
+      assert set(per_metric) == {"acc2_non0", "f1_non0", "acc2_has0",
+                                 "f1_has0", "mae", "corr", "acc7"}
+      for k, v in per_metric.items():
+        assert len(v["per_run"]) == 2
+        assert v["mean"] == pytest.approx(np.mean(v["per_run"]))
+        assert v["std"] == pytest.approx(np.std(v["per_run"], ddof=1))
+        if k in FRACTIONS:
+          assert all(0 <= x <= 1 for x in v["per_run"]), (c, k)
+    for i in range(2):
+      assert saved[split]["avg"]["f1_non0"]["per_run"][i] == pytest.approx(
+          np.mean([saved[split][c]["f1_non0"]["per_run"][i]
+                   for c in combos.NAMES]))
+  test = data.load(mosi_dir).test
+  no_video = int((~test.available[:, schema.MODALITIES.index("video")]).sum())
+  assert no_video == round(0.1 * len(test))
+  assert saved["test_samples_without_modality"] == {
+      c: no_video if c == "v" else 0 for c in combos.NAMES}
+
+
+def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
+  """Seed 0's restored best model, predicting the test split under `atv`
+  and native availability, gives results.json's test metrics: the same
+  decisions exactly, MAE and Corr to rtol 1e-6 (the predictions round
+  differently outside training's vmapped, chunked evaluation)."""
+  workdir, results, _ = baseline
+  graphdef, params, config, manifest = checkpoint.restore_for_inference(
+      str(workdir))
+  assert list(config.seeds) == [0, 1]
+  test = data.load(mosi_dir).test
+  mask = combos.restrict(combos.MASKS[combos.NAMES.index("atv")],
+                         test.available)
+  out = predict(graphdef, jax.tree.map(lambda x: x[0], params),
+                test.features, mask)
+  got = metrics.compute(manifest.task, np.asarray(out["pred"]), test.label)
+  want = {k: v["per_run"][0] for k, v in results["test"]["atv"].items()}
+  assert got.keys() == want.keys()
+  for k in want:
+    if k in FRACTIONS:
+      assert got[k] == want[k], k
+    else:
+      assert got[k] == pytest.approx(want[k], rel=1e-6), k
+
+
+# Entry points
+# ------------
+
+
+def test_cli_trains_and_prints_table(baseline, mosi_dir, tmp_path):
+  """`python -m experiments.mosi --data_dir ... --config ...:tiny` exits 0,
+  prints the test table and writes the results of the same in-process run."""
+  _, results, _ = baseline
+  result = cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
+               f"{MOSI_CONFIG}:tiny", "--config.seeds=0,1")
+  assert result.returncode == 0, result.stderr
+  assert report.table(results) in result.stdout
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["test"] == results["test"]
+
+
+def test_cli_without_data_uses_synthetic_and_says_so(tmp_path):
+  """Without --data_dir and without prepared/mosi in the working directory
+  the CLI trains on generated MOSI-like data and says so in its first line
+  and in results.json."""
+  result = cli("--workdir", "run", "--config", f"{MOSI_CONFIG}:tiny",
+               "--config.seeds=0", "--config.num_epochs=1", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  first = result.stdout.splitlines()[0]
+  assert first.startswith("NOTE: ") and "SYNTHETIC mosi-like data" in first
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert saved["data"] == {"dir": os.path.join("run", "synthetic-mosi"),
+                           "format": "synthetic", "synthetic": True}
+  assert "[SYNTHETIC DATA]" in result.stdout
+
+
+def test_cli_missing_data_dir_exits_2(tmp_path):
+  """A --data_dir that is not a prepared directory: status 2 and one
+  `error:` line naming its manifest.json."""
+  missing = tmp_path / "missing"
+  result = cli("--data_dir", missing, "--workdir", tmp_path / "run")
+  assert result.returncode == 2, result.stderr
+  [line] = error_lines(result.stderr)
+  assert line.startswith(f"error: {missing / schema.MANIFEST}: ")
+  assert "Traceback" not in result.stderr
+
+
+# IEMOCAP folds
+# -------------
+
+
+@pytest.fixture(scope="module")
+def iemocap_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("data") / "iemocap4"
+  writer.write(synthetic.generate("iemocap4", 0, 0.06), out)
+  return out
+
+
+def iemocap(data_dir, workdir, fold: int) -> dict:
+  config = tiny(data_dir, base=iemocap_config, fold=fold, seeds=(0,),
+                num_epochs=1, num_devices=1)
+  return train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.fixture(scope="module")
+def all_folds(iemocap_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("iemocap")
+  return workdir, iemocap(iemocap_dir, workdir, fold=0)
+
+
+def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
+  """fold=0 trains the 5 sessions in WORKDIR/fold1..fold5 and
+  WORKDIR/results.json pools their runs (5 folds x 1 seed)."""
+  workdir, results = all_folds
+  folds = [json.loads((workdir / f"fold{k}" / "results.json").read_text())
+           for k in range(1, 6)]
+  assert [r["fold"] for r in folds] == [1, 2, 3, 4, 5]
+  assert results["folds"] == [1, 2, 3, 4, 5]
+  assert json.loads((workdir / "results.json").read_text()) == results
+  assert results["task"] == "classification" and results["headline"] == "wf1"
+  for split in ("test", "valid"):
+    for c in ALL_COMBOS:
+      for k, v in results[split][c].items():
+        per_run = [x for r in folds for x in r[split][c][k]["per_run"]]
+        assert v["per_run"] == per_run and len(per_run) == 5
+        assert v["mean"] == pytest.approx(np.mean(per_run))
+        if k in FRACTIONS:
+          assert all(0 <= x <= 1 for x in per_run)
+
+
+def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
+  """fold=2 trains session 2 only, directly in WORKDIR, exactly as fold 2
+  of the fold=0 run."""
+  workdir, _ = all_folds
+  results = iemocap(iemocap_dir, tmp_path, fold=2)
+  assert results["fold"] == 2
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json",
+                                          "metrics.jsonl", "results.json"]
+  fold2 = json.loads((workdir / "fold2" / "results.json").read_text())
+  assert results["test"] == fold2["test"]
