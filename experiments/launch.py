@@ -69,7 +69,9 @@ def _main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
-    config.data_dir = FLAGS.data_dir or find_data(config, workdir)
+    # Absolute, so that config.json finds the data from anywhere.
+    config.data_dir = os.path.abspath(FLAGS.data_dir or
+                                      find_data(config, workdir))
     train.train_and_evaluate(config, workdir)
   except (schema.DataError, tfrecord.CorruptRecordError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -62,9 +62,10 @@ class Progress:
   """A one-line progress bar over epochs (a line per epoch when not a TTY)."""
 
   def __init__(self, total: int, start: int, enabled: bool = True,
-               stream=sys.stdout):
-    self.total, self.enabled, self.stream = total, enabled, stream
-    self.tty = stream.isatty()
+               stream=None):
+    self.total, self.enabled = total, enabled
+    self.stream = stream or sys.stdout  # sys.stdout as it is now.
+    self.tty = self.stream.isatty()
     self.best = -math.inf
     if enabled and start:
       self.stream.write(f"resumed at epoch {start}/{total}\n")

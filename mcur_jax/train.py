@@ -334,30 +334,33 @@ def _train_fold(config, workdir: str) -> dict:
   # Train
   # -----
   progress = report.Progress(config.num_epochs, start, enabled=main_process)
-  for epoch in range(start, config.num_epochs):
-    state, stats = train_epoch(state, train, seeds, epoch)
-    stats = to_host(stats)
-    if not _finite(stats):
-      bad = [config.seeds[i] for i in np.flatnonzero(~np.isfinite(
-          stats["loss"]))]
-      last = mngr.latest_step()
-      mngr.close()
-      raise TrainingDiverged(
-          f"epoch {epoch + 1}: training loss is NaN/inf for seed(s) {bad}; "
-          f"stopped. Kept: the last good checkpoint (after epoch {last}) in "
-          f"{checkpoint.directory(workdir)} and the logs in {workdir}.")
-    pred, _ = evaluate(state["params"], evaluation["valid"])
-    valid = split_metrics(task, pred, dataset.valid)
-    score = np.array([headline_average(task, v) for v in valid])
-    improved = score > to_host(state["best_metric"])
-    state = update_best(state, improved, score.astype(np.float32), epoch)
-    log.write(epoch + 1, config.seeds, stats, valid, score, task)
-    progress.update(epoch + 1, stats, score, metrics.HEADLINE[task])
-    if (epoch + 1) % config.checkpoint_every == 0 or (
-        epoch + 1 == config.num_epochs):
-      checkpoint.save(mngr, epoch + 1, state)
-  progress.close()
-  mngr.close()
+  try:
+    for epoch in range(start, config.num_epochs):
+      state, stats = train_epoch(state, train, seeds, epoch)
+      stats = to_host(stats)
+      if not _finite(stats):
+        bad = [config.seeds[i] for i in np.flatnonzero(~np.isfinite(
+            stats["loss"]))]
+        last = mngr.latest_step()
+        kept = (f"the last good checkpoint (after epoch {last}) in "
+                f"{checkpoint.directory(workdir)} and " if last else
+                "no checkpoint yet (see checkpoint_every); ")
+        raise TrainingDiverged(
+            f"epoch {epoch + 1}: training loss is NaN/inf for seed(s) {bad}; "
+            f"stopped. Kept: {kept}the logs in {workdir}.")
+      pred, _ = evaluate(state["params"], evaluation["valid"])
+      valid = split_metrics(task, pred, dataset.valid)
+      score = np.array([headline_average(task, v) for v in valid])
+      improved = score > to_host(state["best_metric"])
+      state = update_best(state, improved, score.astype(np.float32), epoch)
+      log.write(epoch + 1, config.seeds, stats, valid, score, task)
+      progress.update(epoch + 1, stats, score, metrics.HEADLINE[task])
+      if (epoch + 1) % config.checkpoint_every == 0 or (
+          epoch + 1 == config.num_epochs):
+        checkpoint.save(mngr, epoch + 1, state)
+  finally:
+    progress.close()
+    mngr.close()
 
   # Test the selected models
   # ------------------------
