@@ -1,7 +1,6 @@
 """What every format reader shares: dataset definitions, NaN policy, split files."""
 
 import json
-import os
 
 import numpy as np
 

@@ -84,7 +84,7 @@ def _main(argv) -> None:
 def run(name: str) -> None:
   """Defines the flags for `configs/<name>.py` and runs training."""
   flags.DEFINE_string("data_dir", None, "prepared directory (data_prep); "
-                      f"default prepared/<dataset>, else synthetic data")
+                      "default prepared/<dataset>, else synthetic data")
   flags.DEFINE_string("workdir", os.path.join("runs", name),
                       "output directory: checkpoints, logs, results")
   config_flags.DEFINE_config_file(
