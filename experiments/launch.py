@@ -34,6 +34,7 @@ _limit_malloc_arenas()
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from data_prep import synthetic
@@ -62,18 +63,25 @@ def find_data(config, workdir: str) -> str:
   return out
 
 
-def _main(argv) -> None:
+def execute(argv, job) -> None:
+  """Runs `job(config, workdir)` with the parsed flags: quiet logging,
+  `jax.distributed.initialize()` when `config.distributed`, the data found,
+  and bad input or divergence turned into one `error:` line and an exit
+  status (2: bad data or arguments, 3: training diverged)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
   config, workdir = FLAGS.config, FLAGS.workdir
+  if config.distributed:
+    jax.distributed.initialize()
   try:
     # Absolute, so that config.json finds the data from anywhere.
     config.data_dir = os.path.abspath(FLAGS.data_dir or
                                       find_data(config, workdir))
-    train.train_and_evaluate(config, workdir)
-  except (schema.DataError, tfrecord.CorruptRecordError) as e:
+    job(config, workdir)
+  except (schema.DataError, tfrecord.CorruptRecordError, ValueError,
+          KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except train.TrainingDiverged as e:
@@ -81,14 +89,20 @@ def _main(argv) -> None:
     sys.exit(3)
 
 
-def run(name: str) -> None:
-  """Defines the flags for `configs/<name>.py` and runs training."""
+def define_flags(name: str, workdir: str) -> None:
+  """--data_dir, --workdir (default `workdir`) and --config (default
+  `configs/<name>.py`, fields overridable as --config.x=...)."""
   flags.DEFINE_string("data_dir", None, "prepared directory (data_prep); "
                       "default prepared/<dataset>, else synthetic data")
-  flags.DEFINE_string("workdir", os.path.join("runs", name),
+  flags.DEFINE_string("workdir", workdir,
                       "output directory: checkpoints, logs, results")
   config_flags.DEFINE_config_file(
       "config", os.path.join(CONFIGS, f"{name}.py"),
       "config file (FILE or FILE:tiny); override fields with --config.x=...",
       lock_config=True)
-  app.run(_main)
+
+
+def run(name: str) -> None:
+  """The entry point of `python -m experiments.<name>`: trains once."""
+  define_flags(name, os.path.join("runs", name))
+  app.run(lambda argv: execute(argv, train.train_and_evaluate))

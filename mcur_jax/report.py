@@ -154,9 +154,12 @@ def combine_folds(runs: list[dict]) -> dict:
 
 
 def write_results(workdir: str, results_dict: dict) -> None:
-  with open(os.path.join(workdir, "results.json"), "w") as f:
+  """Writes results.json atomically: its presence means the run finished."""
+  path = os.path.join(workdir, "results.json")
+  with open(path + ".tmp", "w") as f:
     json.dump(results_dict, f, indent=1)
     f.write("\n")
+  os.replace(path + ".tmp", path)
 
 
 _SHOWN = {"regression": ("f1_non0", "acc2_non0", "mae", "corr", "acc7"),

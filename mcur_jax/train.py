@@ -252,8 +252,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       the logs stay).
     schema.DataError, tfrecord.CorruptRecordError: bad prepared data.
   """
-  if config.distributed:
-    jax.distributed.initialize()
   manifest = schema.Manifest.load(config.data_dir)
   if not (manifest.folds and not config.fold):
     return _train_fold(config, workdir)

@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 1
   # Devices of the ("data",) mesh; 0 = all.
   c.num_devices = 0
-  # Call jax.distributed.initialize() first (multi-host TPU VM slices).
+  # Entry points call jax.distributed.initialize() first (multi-host slices).
   c.distributed = False
   if arg == "tiny":
     c.seeds = (0, 1)

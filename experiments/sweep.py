@@ -1,0 +1,57 @@
+"""Runs a sweep: every point of a grid, each into WORKDIR/<point-name>/.
+
+    python -m experiments.sweep --config experiments/configs/mosi.py \\
+        --workdir runs/sweep --data_dir prepared/mosi \\
+        --grid learning_rate=1e-3,3e-4 --grid tau=0.05,0.1 \\
+        [--sweep experiments/sweeps/mosi_small.py] [--shard i/n] \\
+        [--config.seeds=0,1,2] [--config.x=...]
+
+Points: the product of the `--grid FIELD=V1,V2,...` flags (tuple values as
+`a;b`), or the list returned by `get_sweep()` of a `--sweep` file, or both
+(each sweep-file point crossed with the grid). `--config.*` overrides apply
+to every point; the seeds of a point train together (jax.vmap). Rerunning
+the same command skips finished points and resumes unfinished ones.
+`--shard i/n` runs points i, i+n, ... so n machines can share one workdir.
+Then `python -m experiments.sweep_report WORKDIR`.
+"""
+
+import runpy
+
+from absl import app
+from absl import flags
+
+from experiments import launch
+from mcur_jax import sweep
+
+flags.DEFINE_string("sweep", None, "Python file whose get_sweep() returns a "
+                    "list of {field: value} points")
+flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: sweep FIELD over the "
+                          "values (repeat for a product)")
+flags.DEFINE_string("shard", "0/1", "i/n: run only points i, i+n, i+2n, ...")
+FLAGS = flags.FLAGS
+
+
+def points(config) -> list[dict]:
+  """The sweep's points in a fixed order: file points x grid points."""
+  from_file = [{}]
+  if FLAGS.sweep:
+    from_file = runpy.run_path(FLAGS.sweep)["get_sweep"]()
+  grid = sweep.grid_points(config, FLAGS.grid)
+  return [{**a, **b} for a in from_file for b in grid]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  index, sep, count = text.partition("/")
+  if not (sep and index.isdigit() and count.isdigit()):
+    raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4")
+  return int(index), int(count)
+
+
+def main(argv) -> None:
+  launch.execute(argv, lambda config, workdir: sweep.run(
+      config, workdir, points(config), parse_shard(FLAGS.shard)))
+
+
+if __name__ == "__main__":
+  launch.define_flags("mosi", "runs/sweep")
+  app.run(main)

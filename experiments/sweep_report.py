@@ -1,0 +1,27 @@
+"""Summarises a sweep: `python -m experiments.sweep_report WORKDIR`.
+
+Writes WORKDIR/sweep_report.{md,csv,png} (rows sorted by the validation
+metric, never by test) and prints the Markdown table.
+"""
+
+import sys
+
+from mcur_jax import sweep_report
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 1:
+    print("usage: python -m experiments.sweep_report WORKDIR", file=sys.stderr)
+    return 2
+  try:
+    print(sweep_report.write(argv[0]), end="")
+  except FileNotFoundError as e:
+    print(f"error: {e.filename}: not a sweep workdir (no sweep.json)",
+          file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

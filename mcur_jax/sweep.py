@@ -1,0 +1,133 @@
+"""Sweeps: a list of config points, each trained into `WORKDIR/<point-name>/`.
+
+A point is a dict of config overrides, e.g. `{"learning_rate": 3e-4,
+"tau": 0.05}`. Points come from a sweep file (a Python file whose
+`get_sweep()` returns a list of such dicts; `product(...)` builds grids) or
+from `--grid FIELD=V1,V2,...` flags (their Cartesian product). The seeds of
+a point (`config.seeds`) train together in one program with `jax.vmap`.
+
+Restartable: a point whose `results.json` exists is skipped; an unfinished
+one resumes from its checkpoints (`train.train_and_evaluate` does that). So
+rerunning the same command after a crash or a preempted VM completes the
+sweep with the results an uninterrupted one would have had.
+
+Many machines: `shard=(i, n)` makes a process take points i, i+n, i+2n, ...
+of the sweep's fixed order, so n machines sharing one workdir (a mounted
+bucket or NFS) run disjoint slices without any scheduler.
+"""
+
+import itertools
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from mcur_jax import train
+
+SWEEP_FILE = "sweep.json"
+
+
+def product(**fields: Sequence[Any]) -> list[dict[str, Any]]:
+  """The Cartesian product of field values, e.g.
+  `product(learning_rate=[1e-3, 3e-4], tau=[0.05, 0.1])` -> 4 points."""
+  names = list(fields)
+  return [dict(zip(names, values))
+          for values in itertools.product(*(fields[n] for n in names))]
+
+
+def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
+  """`text` as the type of `config.field` (tuples as comma-free `a;b`)."""
+  if field not in config:
+    raise KeyError(f"--grid {field}: no such config field")
+  current = config[field]
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"--grid {field}: {text!r} is not a bool")
+    return text.lower() in ("true", "1")
+  if isinstance(current, tuple):
+    kind = type(current[0]) if current else str
+    return tuple(kind(v) for v in text.split(";"))
+  return type(current)(text)
+
+
+def grid_points(config, grid: Sequence[str]) -> list[dict[str, Any]]:
+  """Points of `--grid FIELD=V1,V2` flags (tuple values written `a;b`)."""
+  fields = {}
+  for item in grid:
+    field, sep, values = item.partition("=")
+    if not sep or not values:
+      raise ValueError(f"--grid {item!r}: expected FIELD=V1,V2,...")
+    fields[field] = [parse_value(config, field, v) for v in values.split(",")]
+  return product(**fields)
+
+
+def point_name(point: dict[str, Any]) -> str:
+  """A stable directory name, e.g. `learning_rate=0.0003,tau=0.05`."""
+  if not point:
+    return "base"
+  def text(v):
+    return ";".join(map(str, v)) if isinstance(v, tuple) else str(v)
+  name = ",".join(f"{k}={text(v)}" for k, v in sorted(point.items()))
+  return re.sub(r"[^A-Za-z0-9._=,;+-]", "_", name)
+
+
+def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
+  """A copy of `base` with the point's overrides (unknown fields fail)."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  for field, value in point.items():
+    if field not in config:
+      raise KeyError(f"sweep point {point}: no config field {field!r}")
+    if field == "seeds":
+      raise KeyError("sweep points may not set seeds: the seeds of a point "
+                     "train together; set --config.seeds for the sweep")
+    config[field] = value
+  return config
+
+
+def shard_points(points: list, index: int, count: int) -> list:
+  """Points index, index + count, ... (0 <= index < count)."""
+  if not 0 <= index < count:
+    raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
+  return points[index::count]
+
+
+def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
+  """Writes `WORKDIR/sweep.json` (every point, for the report); the same
+  content from every shard, written atomically."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, SWEEP_FILE)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump({"base": json.loads(base.to_json_best_effort()),
+               "points": [{"name": point_name(p), "overrides": p}
+                          for p in points]}, f, indent=1, default=str)
+  os.replace(tmp, path)
+
+
+def run(base: ml_collections.ConfigDict, workdir: str,
+        points: list[dict[str, Any]], shard: tuple[int, int] = (0, 1),
+        log=print) -> dict[str, str]:
+  """Trains this shard's points; returns {name: "done" | "skipped"}.
+
+  Names must be unique (two points with the same overrides are one point).
+  """
+  names = [point_name(p) for p in points]
+  if len(set(names)) != len(names):
+    raise ValueError("the sweep has duplicate points")
+  record(workdir, base, points)
+  status = {}
+  mine = shard_points(points, *shard)
+  for k, point in enumerate(mine):
+    name = point_name(point)
+    out = os.path.join(workdir, name)
+    if os.path.exists(os.path.join(out, "results.json")):
+      log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")
+      status[name] = "skipped"
+      continue
+    log(f"[{k + 1}/{len(mine)}] {name}")
+    train.train_and_evaluate(point_config(base, point), out)
+    status[name] = "done"
+  return status

@@ -1,0 +1,140 @@
+"""One table over a sweep's points, sorted by VALIDATION metric, and a plot.
+
+For a sweep workdir (see `mcur_jax.sweep`) this reads `sweep.json` and each
+point's `results.json` and writes:
+
+* `sweep_report.md` and `sweep_report.csv`: per point, the swept fields,
+  the validation headline metric averaged over the 7 combinations (mean and
+  std over seeds and folds) of the selected models, then the test metrics
+  (Avg and each combination). Rows are sorted by the validation metric, never
+  by test; unfinished points are listed last.
+* `sweep_report.png`: the validation (and, for information, test) metric
+  against each swept field, with error bars over seeds.
+"""
+
+import csv
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no display needed.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from mcur_jax import combos  # pylint: disable=wrong-import-position
+from mcur_jax import sweep  # pylint: disable=wrong-import-position
+
+
+def collect(workdir: str) -> tuple[list[str], list[dict]]:
+  """(swept fields, rows): one row per point, finished ones first, sorted
+  by the validation headline metric (best first)."""
+  with open(os.path.join(workdir, sweep.SWEEP_FILE)) as f:
+    spec = json.load(f)
+  fields = sorted({k for p in spec["points"] for k in p["overrides"]})
+  rows = []
+  for point in spec["points"]:
+    row = {"name": point["name"], **point["overrides"]}
+    path = os.path.join(workdir, point["name"], "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        results = json.load(f)
+      key = results["headline"]
+      row.update(
+          headline=key,
+          valid=results["valid"]["avg"][key]["mean"],
+          valid_std=results["valid"]["avg"][key]["std"],
+          test=results["test"]["avg"][key]["mean"],
+          test_std=results["test"]["avg"][key]["std"],
+          runs=len(results["test"]["avg"][key]["per_run"]),
+          **{f"test_{c}": results["test"][c][key]["mean"]
+             for c in combos.NAMES})
+    rows.append(row)
+  finished = [r for r in rows if "valid" in r]
+  finished.sort(key=lambda r: -(r["valid"] if r["valid"] is not None
+                                else -math.inf))
+  return fields, finished + [r for r in rows if "valid" not in r]
+
+
+def _fmt(x, std=None) -> str:
+  if x is None:
+    return "n/a"
+  return f"{x:.4f}" if std is None else f"{x:.4f} ± {std:.4f}"
+
+
+def markdown(fields: list[str], rows: list[dict]) -> str:
+  key = next((r["headline"] for r in rows if "headline" in r), "metric")
+  head = (["rank", *fields, f"valid {key} (avg)", f"test {key} (avg)"] +
+          [f"test {c}" for c in combos.NAMES])
+  lines = [f"Sorted by validation {key} (average over the 7 combinations of"
+           " each seed's selected model; mean ± std over runs). Test is "
+           "shown, never used to rank.", "",
+           "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for rank, r in enumerate(rows, 1):
+    if "valid" not in r:
+      cells = ["-", *(str(r[f]) for f in fields), "unfinished", "",
+               *[""] * len(combos.NAMES)]
+    else:
+      cells = [str(rank), *(str(r[f]) for f in fields),
+               _fmt(r["valid"], r["valid_std"]), _fmt(r["test"], r["test_std"]),
+               *(_fmt(r[f"test_{c}"]) for c in combos.NAMES)]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
+  columns = ["name", *fields, "valid", "valid_std", "test", "test_std",
+             "runs", *(f"test_{c}" for c in combos.NAMES)]
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+
+
+def plot(path: str, fields: list[str], rows: list[dict]) -> None:
+  """Metric vs each swept field; the other fields' points share an x."""
+  done = [r for r in rows if r.get("valid") is not None]
+  if not fields or not done:
+    return
+  key = done[0]["headline"]
+  fig, axes = plt.subplots(1, len(fields), figsize=(4.2 * len(fields), 3.6),
+                           squeeze=False)
+  for ax, field in zip(axes[0], fields):
+    values = sorted({r[field] for r in done}, key=str)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in values)
+    position = ({v: v for v in values} if numeric
+                else {v: i for i, v in enumerate(values)})
+    for split, marker, style in (("valid", "o", "-"), ("test", "s", ":")):
+      x = np.array([position[r[field]] for r in done], float)
+      y = np.array([r[split] for r in done], float)
+      err = np.array([r[f"{split}_std"] for r in done], float)
+      ax.errorbar(x, y, yerr=err, fmt=marker, alpha=0.5, capsize=2,
+                  label=f"{split} (each point)")
+      means = [np.mean(y[x == position[v]]) for v in values]
+      ax.plot([position[v] for v in values], means, style, color="k",
+              linewidth=1, label=f"{split} (mean over other fields)")
+    if numeric and min(values) > 0 and max(values) / min(values) > 9:
+      ax.set_xscale("log")
+    if not numeric:
+      ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(field)
+    ax.set_ylabel(f"{key} (avg over 7 combinations)")
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle("Sweep: selection uses validation only", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(workdir: str) -> str:
+  """Writes the Markdown, CSV and PNG reports; returns the Markdown."""
+  fields, rows = collect(workdir)
+  text = markdown(fields, rows)
+  with open(os.path.join(workdir, "sweep_report.md"), "w") as f:
+    f.write(text)
+  write_csv(os.path.join(workdir, "sweep_report.csv"), fields, rows)
+  plot(os.path.join(workdir, "sweep_report.png"), fields, rows)
+  return text
