@@ -80,8 +80,7 @@ def execute(argv, job) -> None:
     config.data_dir = os.path.abspath(FLAGS.data_dir or
                                       find_data(config, workdir))
     job(config, workdir)
-  except (schema.DataError, tfrecord.CorruptRecordError, ValueError,
-          KeyError) as e:
+  except (schema.DataError, tfrecord.CorruptRecordError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except train.TrainingDiverged as e:

@@ -41,7 +41,7 @@ def product(**fields: Sequence[Any]) -> list[dict[str, Any]]:
 def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
   """`text` as the type of `config.field` (tuples as comma-free `a;b`)."""
   if field not in config:
-    raise KeyError(f"--grid {field}: no such config field")
+    raise ValueError(f"--grid {field}: no such config field")
   current = config[field]
   if isinstance(current, bool):
     if text.lower() not in ("true", "false", "1", "0"):
@@ -79,9 +79,9 @@ def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
   config = ml_collections.ConfigDict(base.to_dict())
   for field, value in point.items():
     if field not in config:
-      raise KeyError(f"sweep point {point}: no config field {field!r}")
+      raise ValueError(f"sweep point {point}: no config field {field!r}")
     if field == "seeds":
-      raise KeyError("sweep points may not set seeds: the seeds of a point "
+      raise ValueError("sweep points may not set seeds: the seeds of a point "
                      "train together; set --config.seeds for the sweep")
     config[field] = value
   return config

@@ -1,0 +1,197 @@
+"""Sweeps: points, names, shards, restart after a kill, and the report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from data_prep import synthetic
+from data_prep import writer
+from experiments.configs import mosi
+from mcur_jax import combos
+from mcur_jax import sweep
+from mcur_jax import sweep_report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRID = ["--grid", "learning_rate=1e-3,3e-4", "--grid", "tau=0.05,0.1"]
+
+
+def test_product_and_grid_points_parse_with_the_fields_types():
+  config = mosi.get_config("tiny")
+  points = sweep.grid_points(config, ["learning_rate=1e-3,3e-4",
+                                      "sugr=true,false", "num_layers=1",
+                                      "combo_weights=1;0;0;0;0;0;1"])
+  assert len(points) == 4
+  assert points[0] == {"learning_rate": 1e-3, "sugr": True, "num_layers": 1,
+                       "combo_weights": (1.0, 0, 0, 0, 0, 0, 1.0)}
+  assert sweep.product(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"},
+                                              {"a": 2, "b": "x"}]
+  with pytest.raises(ValueError, match="no such config field"):
+    sweep.grid_points(config, ["lr=1"])
+  with pytest.raises(ValueError):
+    sweep.grid_points(config, ["sugr=maybe"])
+
+
+def test_point_names_are_stable_and_distinct():
+  a = sweep.point_name({"tau": 0.1, "learning_rate": 0.001})
+  assert a == sweep.point_name({"learning_rate": 0.001, "tau": 0.1})
+  assert a == "learning_rate=0.001,tau=0.1"
+  assert sweep.point_name({}) == "base"
+  assert "/" not in sweep.point_name({"missing_tokens": "a/b"})
+
+
+def test_point_config_overrides_a_copy_and_rejects_unknown_fields():
+  base = mosi.get_config("tiny")
+  config = sweep.point_config(base, {"tau": 0.3})
+  assert config.tau == 0.3 and base.tau == 0.1
+  with pytest.raises(ValueError, match="no config field"):
+    sweep.point_config(base, {"tua": 0.3})
+  with pytest.raises(ValueError, match="seeds"):
+    sweep.point_config(base, {"seeds": (1,)})
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_partition_the_points(count):
+  points = [{"i": i} for i in range(10)]
+  shards = [sweep.shard_points(points, i, count) for i in range(count)]
+  flat = [p["i"] for s in shards for p in s]
+  assert sorted(flat) == list(range(10))
+  assert all(len(s) in (10 // count, -(-10 // count)) for s in shards)
+  with pytest.raises(ValueError):
+    sweep.shard_points(points, count, count)
+
+
+def test_duplicate_points_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="duplicate"):
+    sweep.run(mosi.get_config("tiny"), str(tmp_path), [{"tau": 0.1}] * 2)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """Subprocess environment sharing one persistent XLA compilation cache,
+  so the repeated sweeps of this module compile each function once."""
+  return {**os.environ,
+          "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("data") / "mosi"
+  writer.write(synthetic.generate("mosi", seed=0, scale=0.1), out)
+  return str(out)
+
+
+def run_sweep(env, data_dir, workdir, *extra, wait=True):
+  """`python -m experiments.sweep` on the tiny config; the completed
+  process, or with wait=False the running one."""
+  command = [sys.executable, "-m", "experiments.sweep", "--config",
+             os.path.join(ROOT, "experiments/configs/mosi.py:tiny"),
+             "--data_dir", data_dir, "--workdir", str(workdir),
+             "--config.seeds=0", "--config.num_devices=1", *extra]
+  if not wait:
+    return subprocess.Popen(command, cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  return subprocess.run(command, cwd=ROOT, env=env, capture_output=True,
+                        text=True)
+
+
+def results(workdir):
+  out = {}
+  for name in sorted(os.listdir(workdir)):
+    path = os.path.join(workdir, name, "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        r = json.load(f)
+      out[name] = (r["test"], r["valid"], r["selected_epoch"])
+  return out
+
+
+def test_killed_sweep_completes_on_rerun_with_uninterrupted_results(
+    env, data_dir, tmp_path):
+  """A sweep killed (SIGKILL) inside its second point completes when rerun:
+  the finished point is skipped, the other resumes from its checkpoint, and
+  every point's results equal those of an uninterrupted sweep."""
+  args = ("--grid", "tau=0.05,0.1", "--config.num_epochs=6")
+  whole = tmp_path / "whole"
+  assert run_sweep(env, data_dir, whole, *args).returncode == 0
+  assert len(results(whole)) == 2
+
+  killed = tmp_path / "killed"
+  proc = run_sweep(env, data_dir, killed, *args, wait=False)
+  second = killed / "tau=0.1" / "checkpoints"
+  deadline = time.time() + 300
+  while not (second.exists() and any(p.isdigit() for p in os.listdir(second))):
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert list(results(killed)) == ["tau=0.05"]
+
+  rerun = run_sweep(env, data_dir, killed, *args)
+  assert rerun.returncode == 0, rerun.stderr
+  assert "tau=0.05: finished before, skipped" in rerun.stdout
+  assert "resuming after epoch" in rerun.stdout
+  assert results(killed) == results(whole)
+
+
+def test_sharded_processes_cover_the_sweep(env, data_dir, tmp_path):
+  for shard in ("0/2", "1/2"):
+    proc = run_sweep(env, data_dir, tmp_path, *GRID, "--shard", shard,
+                     "--config.num_epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("] learning_rate=") == 2
+  assert len(results(tmp_path)) == 4
+
+
+def test_bad_grid_exits_2_with_one_line(env, data_dir, tmp_path):
+  proc = run_sweep(env, data_dir, tmp_path, "--grid", "nope=1")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --grid nope: no such config field"]
+
+
+def fake_sweep(workdir, scores):
+  """A sweep workdir with results whose valid and test scores are given:
+  {tau: (valid, test)}; the point with tau 0.3 is unfinished."""
+  base = ml_collections.ConfigDict({"tau": 0.1})
+  points = [{"tau": t} for t in [*scores, 0.3]]
+  sweep.record(str(workdir), base, points)
+  for tau, (valid, test) in scores.items():
+    def part(value):
+      entry = {"mean": value, "std": 0.01, "per_run": [value - 0.01,
+                                                        value + 0.01]}
+      return {c: {"f1_non0": entry} for c in [*combos.NAMES, "avg"]}
+    out = workdir / sweep.point_name({"tau": tau})
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(
+        {"headline": "f1_non0", "valid": part(valid), "test": part(test)}))
+
+
+def test_report_ranks_by_validation_never_test(tmp_path):
+  fake_sweep(tmp_path, {0.05: (0.70, 0.60), 0.1: (0.65, 0.80),
+                        0.2: (0.72, 0.50)})
+  text = sweep_report.write(str(tmp_path))
+  rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+  taus = [line.split("|")[2].strip() for line in rows]
+  assert taus == ["0.2", "0.05", "0.1", "0.3"]
+  assert "unfinished" in rows[-1]
+  with open(tmp_path / "sweep_report.csv") as f:
+    lines = f.read().splitlines()
+  assert lines[0].startswith("name,tau,valid,valid_std,test")
+  assert [float(line.split(",")[2]) for line in lines[1:4]] == [0.72, 0.70,
+                                                                 0.65]
+  png = (tmp_path / "sweep_report.png").read_bytes()
+  assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_report_cli_without_sweep_exits_2(tmp_path, capsys):
+  from experiments import sweep_report as cli  # pylint: disable=g-import-not-at-top
+  assert cli.main([str(tmp_path)]) == 2
+  assert "not a sweep workdir" in capsys.readouterr().err
