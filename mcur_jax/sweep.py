@@ -23,7 +23,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from mcur_jax import train
 
@@ -107,6 +110,15 @@ def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
   os.replace(tmp, path)
 
 
+def _finished(out: str) -> bool:
+  """Whether the point in `out` has its results; on a multi-host slice
+  process 0 decides for all, so every host takes the same branch."""
+  done = os.path.exists(os.path.join(out, "results.json"))
+  if jax.process_count() > 1:
+    done = bool(multihost_utils.broadcast_one_to_all(np.array(done)))
+  return done
+
+
 def run(base: ml_collections.ConfigDict, workdir: str,
         points: list[dict[str, Any]], shard: tuple[int, int] = (0, 1),
         log=print) -> dict[str, str]:
@@ -123,7 +135,7 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   for k, point in enumerate(mine):
     name = point_name(point)
     out = os.path.join(workdir, name)
-    if os.path.exists(os.path.join(out, "results.json")):
+    if _finished(out):
       log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")
       status[name] = "skipped"
       continue
