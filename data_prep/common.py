@@ -28,6 +28,27 @@ def dataset_task(dataset: str):
   return DATASETS[dataset]
 
 
+def require(value, fmt: str, flag: str, usage: str):
+  """`value` of a command-line flag the format needs; DataError if unset."""
+  if not value:
+    raise schema.DataError("command line", flag,
+                           f"the {fmt} format needs {flag} {usage}")
+  return value
+
+
+def positions_in_group(group_id: np.ndarray, order_key: np.ndarray
+                       ) -> np.ndarray:
+  """0-based rank of each row within its group, ordered by `order_key`
+  (clip number, utterance suffix, or row index)."""
+  order = np.lexsort((order_key, group_id))
+  sorted_groups = group_id[order]
+  starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]
+  first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+  positions = np.empty(len(order), np.int64)
+  positions[order] = np.arange(len(order)) - first
+  return positions
+
+
 def apply_nan_policy(matrix: np.ndarray, available: np.ndarray, policy: str,
                      file, field: str, ids=None):
   """Enforces the NaN policy on the rows of `matrix` marked available.

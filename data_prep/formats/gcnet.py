@@ -54,8 +54,9 @@ def add_arguments(group) -> None:
 
 def read(args) -> writer.Table:
   """Reads `--labels` and the three feature folders under `--features_dir`."""
-  labels_path = _required(args.labels, "--labels")
-  features_dir = _required(args.features_dir, "--features_dir")
+  labels_path = common.require(args.labels, "gcnet", "--labels", "PICKLE")
+  features_dir = common.require(args.features_dir, "gcnet", "--features_dir",
+                                "DIR")
   task, classes = common.dataset_task(args.dataset)
   labels = label_pickle.read(labels_path, args.dataset)
   speakers = labels.speaker if labels.session_folds else None
@@ -92,13 +93,6 @@ def read(args) -> writer.Table:
                       format="gcnet", split_source=split_source,
                       sources=sources, notes=notes,
                       session_folds=labels.session_folds)
-
-
-def _required(value, flag: str) -> str:
-  if not value:
-    raise schema.DataError("command line", flag,
-                           "required by --format gcnet")
-  return value
 
 
 def _read_modality(folder: str, modality: str, utt_ids: np.ndarray,

@@ -87,9 +87,7 @@ def read(args) -> writer.Table:
     raise schema.DataError("command line", "--dataset", f"{args.dataset!r} is "
                            "a classification dataset; mmsa pickles hold "
                            "sentiment scores (use mosi or mosei)")
-  if not args.input:
-    raise schema.DataError("command line", "--input",
-                           "the mmsa format needs --input PICKLE")
+  common.require(args.input, "mmsa", "--input", "PICKLE")
   if args.text_key == TOKENS_KEY:
     raise schema.DataError("command line", "--text_key",
                            f"{TOKENS_KEY} holds BERT token ids, not features")
@@ -112,7 +110,7 @@ def read(args) -> writer.Table:
   groups = np.concatenate([p["group"] for p in parts])
   rows = common.make_rows(
       utt_id=ids, group_id=groups,
-      position=_positions(groups, np.concatenate([p["clip"] for p in parts])),
+      position=common.positions_in_group(groups, np.concatenate([p["clip"] for p in parts])),
       label=np.concatenate([p["label"] for p in parts]), features=features,
       available=np.stack([available[m] for m in schema.MODALITIES], 1))
   split = np.concatenate([np.full(len(p["id"]), s)
@@ -277,17 +275,6 @@ def _parse_ids(path, split, ids):
     groups.append(group)
     clips.append(int(clip))
   return np.array(groups, str), np.array(clips, np.int64)
-
-
-def _positions(groups: np.ndarray, clips: np.ndarray) -> np.ndarray:
-  """0-based rank of each clip number within its group."""
-  order = np.lexsort((clips, groups))
-  sorted_groups = groups[order]
-  starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]
-  first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
-  positions = np.empty(len(order), np.int64)
-  positions[order] = np.arange(len(order)) - first
-  return positions
 
 
 def _check_dims(path, parts, text_key):

@@ -84,10 +84,7 @@ def read(args) -> writer.Table:
   """Reads `args.input` and returns its table (see the module docstring)."""
   task, classes = common.dataset_task(args.dataset)
   keys = _key_map(args.key or [])
-  if not args.input:
-    raise schema.DataError("command line", "--input",
-                           "the npz format needs --input FILE.npz")
-  path = args.input
+  path = common.require(args.input, "npz", "--input", "FILE.npz")
   with _open(path) as archive:
     columns = _Columns(path, archive, keys)
     label = columns.get("label", NUMBERS)
@@ -95,7 +92,7 @@ def read(args) -> writer.Table:
     group_id = columns.get("group_id", IDS, n).astype(str)
     position = columns.get("position", INTEGERS, n, required=False)
     if position is None:
-      position = _row_order(group_id)
+      position = common.positions_in_group(group_id, np.arange(n))
     elif (position < 0).any():
       raise schema.DataError(path, columns.name("position"), "negative values")
     utt_id = columns.get("utt_id", IDS, n, required=False)
@@ -216,16 +213,6 @@ class _Columns:
       raise schema.DataError(self.path, self.name(field), f"{len(value)} "
                              f"rows, but {self.name('label')} has {n}")
     return value
-
-
-def _row_order(group_id: np.ndarray) -> np.ndarray:
-  """0-based order of each row among the rows of its group."""
-  position = np.zeros(len(group_id), np.int64)
-  seen = {}
-  for i, g in enumerate(group_id.tolist()):
-    position[i] = seen.get(g, 0)
-    seen[g] = position[i] + 1
-  return position
 
 
 def _split(columns: _Columns, n: int, split_file: bool, session):

@@ -89,10 +89,7 @@ def _read_poria_split(folder: str, split: str, transcripts: dict):
 
 
 def read(args) -> writer.Table:
-  folder = args.input
-  if not folder:
-    raise schema.DataError("command line", "--input",
-                           "the poria format needs --input CSV_FOLDER")
+  folder = common.require(args.input, "poria", "--input", "CSV_FOLDER")
   task, classes = common.dataset_task(args.dataset)
   if task != "regression":
     raise schema.DataError("command line", "--dataset", "the Poria CSVs hold "
@@ -150,10 +147,7 @@ def read(args) -> writer.Table:
     task, classes, label = "classification", POSITIVE_CLASSES, binary
     notes.append("no --labels: binary labels (1 = score >= 0) as a 2-class task")
     suffix = np.array([int(u.rsplit("_", 1)[1]) for u in utt])
-    position = np.zeros(n, np.int64)
-    for g in set(group.tolist()):
-      rows = np.flatnonzero(group == g)
-      position[rows[np.argsort(suffix[rows])]] = np.arange(len(rows))
+    position = common.positions_in_group(group, suffix)
 
   poria_split = np.array(poria_split)
   valid = data.carve_groups(group[poria_split == "test"], VALID_FRACTION,
