@@ -51,3 +51,38 @@ def sample_train_masks(key: jax.Array, available: jax.Array,
   drawn = jax.random.categorical(key, logits, shape=available.shape[:1])
   mask = jnp.asarray(MASKS)[drawn] & available
   return jnp.where(mask.any(-1, keepdims=True), mask, available)
+
+
+MISSING_RATES = tuple(round(0.1 * i, 1) for i in range(8))
+
+
+def missing_rate_mask(rng: np.random.Generator, n: int,
+                      rate: float) -> np.ndarray:
+  """GCNet's random missing-rate mask for n samples: [n, 3] bool.
+
+  The fraction of dropped (False) entries is `rate`, every row keeps at
+  least one modality, and the kept entries are otherwise uniform:
+  * 1 - rate <= 1/3: exactly one random modality per row (so rate 0.7 gives
+    2/3, as in GCNet);
+  * rate 0: all kept;
+  * otherwise one guaranteed random modality per row, plus
+    round(3 n (1 - rate)) - n more entries drawn without replacement among
+    the other 2n. GCNet redraws Bernoulli masks until the realised rate is
+    within 0.005 of `rate`; fixing the count gives the same distribution
+    conditioned on the count, and a realised rate within 1 / (3n) of it.
+
+  Raises:
+    ValueError: rate outside [0, 0.7] (GCNet asserts the same range).
+  """
+  if not 0 <= rate <= 0.7 + 1e-9:
+    raise ValueError(f"missing rate {rate} outside [0, 0.7]")
+  keep = 1.0 - rate
+  if keep >= 1:
+    return np.ones((n, 3), bool)
+  mask = np.zeros((n, 3), bool)
+  mask[np.arange(n), rng.integers(0, 3, n)] = True
+  if keep > 1 / 3 + 1e-9:
+    extra = int(round(3 * n * keep)) - n
+    free = np.flatnonzero(~mask.ravel())
+    mask.ravel()[rng.choice(free, extra, replace=False)] = True
+  return mask

@@ -7,6 +7,8 @@ MOSI / MOSEI (regression scores in [-3, 3]):
   * `mae`, `corr`: mean absolute error and Pearson correlation over all
     utterances (MMSA); `corr` is NaN when either side is constant.
   * `acc7`: equality of round(clip(x, -3, 3)).
+  * `mae_non0`, `corr_non0`: MAE and Corr over the non-zero labels only,
+    as MoMKE computes them, for comparison with its papers.
 IEMOCAP (classes):
   * `wa` accuracy, `ua` macro recall (MoMKE's "UA"), `wf1` weighted F1,
     `mf1` macro F1 (MMIN).
@@ -14,9 +16,29 @@ Averages run over the classes present in labels or predictions, and a
 precision or recall with a zero denominator counts as 0, as in
 scikit-learn's defaults. A metric over an empty subset is NaN.
 
+Uncertainty (`uncertainty`), from the SUGR log-variance `s` of each
+prediction. The decision scored is the one of the headline metric (the sign
+on non-zero labels; the argmax class), and its confidence is:
+  * regression: the probability that the label has the predicted sign under
+    the predictive distribution SUGR implies. With the L1 loss the optimum
+    of `exp(-s) |e| + s` is `exp(s) = E|e|`, a Laplace scale b, so
+    P = 1 - exp(-|pred| / b) / 2; with MSE, `exp(s) = E e^2`, a Gaussian
+    variance, so P = Phi(|pred| / sqrt(exp(s))).
+  * classification: the largest softmax probability (SUGR's `s` does not
+    rescale the logits, so it gives no probability of its own).
+  * `ece`: expected calibration error of that confidence, 10 equal-width
+    bins over [0, 1], bins weighted by their share of samples.
+  * `sel_acc_80`, `sel_acc_50`: accuracy of the decision on the 80% / 50%
+    of samples with the smallest `s` (the most uncertain withheld).
+  * `s_err_spearman`: Spearman correlation between `s` and the per-sample
+    error (|pred - label|; the cross-entropy for classes): positive when
+    `s` knows which predictions are bad.
+
 The headline metric (model selection, the Avg column) is `f1_non0` for
 regression and `wf1` for classification.
 """
+
+import math
 
 import numpy as np
 
@@ -77,6 +99,9 @@ def regression(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
       "mae": float(np.mean(np.abs(pred - label))),
       "corr": pearson(pred, label),
       "acc7": accuracy(seven(label), seven(pred)),
+      "mae_non0": (float(np.mean(np.abs(pred - label)[nonzero]))
+                   if nonzero.any() else float("nan")),
+      "corr_non0": pearson(pred[nonzero], label[nonzero]),
   }
 
 
@@ -87,8 +112,82 @@ def classification(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
           "wf1": weighted_f1(label, pred), "mf1": macro(label, pred, "f1")}
 
 
-def compute(task: str, outputs: np.ndarray, label: np.ndarray):
-  """Metrics of raw model outputs [N, K] (scores when K = 1)."""
+def decisions(task: str, outputs: np.ndarray, label: np.ndarray, s: np.ndarray,
+              task_loss: str = "l1"):
+  """(correct, confidence, error, s) over the samples the headline decision
+  is defined on (non-zero labels for regression); see the module docstring."""
+  outputs = np.asarray(outputs, np.float64)
+  label, s = np.asarray(label), np.asarray(s, np.float64)
   if task == "regression":
-    return regression(outputs[:, 0], label)
-  return classification(outputs.argmax(-1), label)
+    pred, keep = outputs[:, 0], label != 0
+    pred, label, s = pred[keep], label[keep], s[keep]
+    scale = np.exp(s)
+    if task_loss == "mse":
+      z = np.abs(pred) / np.sqrt(scale)
+      confidence = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+    else:
+      confidence = 1 - 0.5 * np.exp(-np.abs(pred) / scale)
+    return (pred > 0) == (label > 0), confidence, np.abs(pred - label), s
+  logits = outputs - outputs.max(-1, keepdims=True)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  error = -log_p[np.arange(len(label)), label]
+  return (outputs.argmax(-1) == label, np.exp(log_p.max(-1)), error, s)
+
+
+def ece(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> float:
+  """Expected calibration error with `bins` equal-width bins over [0, 1]."""
+  if not len(correct):
+    return float("nan")
+  which = np.minimum((confidence * bins).astype(int), bins - 1)
+  total = 0.0
+  for b in np.unique(which):
+    in_bin = which == b
+    total += in_bin.sum() * abs(correct[in_bin].mean() -
+                                confidence[in_bin].mean())
+  return float(total / len(correct))
+
+
+def coverage_curve(correct: np.ndarray, uncertainty: np.ndarray,
+                   coverages=np.linspace(0.1, 1.0, 10)):
+  """Accuracy on the ceil(q N) least uncertain samples, for each coverage q
+  (ties in `uncertainty` are broken by sample order)."""
+  if not len(correct):
+    return np.full(len(coverages), np.nan)
+  hits = np.cumsum(correct[np.argsort(uncertainty, kind="stable")])
+  counts = np.maximum(np.ceil(np.asarray(coverages) * len(correct) - 1e-9),
+                      1).astype(int)
+  return hits[counts - 1] / counts
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+  """Ranks with ties given their average rank (as scipy's rankdata)."""
+  order = np.argsort(x, kind="stable")
+  ranks = np.empty(len(x))
+  ranks[order] = np.arange(len(x))
+  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+  sums = np.bincount(inverse, ranks)
+  return sums[inverse] / counts[inverse]
+
+
+def uncertainty(task: str, outputs: np.ndarray, label: np.ndarray,
+                s: np.ndarray, task_loss: str = "l1") -> dict[str, float]:
+  """`ece`, `sel_acc_80`, `sel_acc_50`, `s_err_spearman` (module docstring)."""
+  correct, confidence, error, s = decisions(task, outputs, label, s, task_loss)
+  sel_80, sel_50 = coverage_curve(correct, s, [0.8, 0.5])
+  return {"ece": ece(correct, confidence),
+          "sel_acc_80": float(sel_80), "sel_acc_50": float(sel_50),
+          "s_err_spearman": (pearson(_ranks(s), _ranks(error))
+                             if len(s) > 1 else float("nan"))}
+
+
+def compute(task: str, outputs: np.ndarray, label: np.ndarray,
+            s: np.ndarray | None = None, task_loss: str = "l1"):
+  """Metrics of raw model outputs [N, K] (scores when K = 1), and with the
+  SUGR scores `s` [N] also the uncertainty metrics."""
+  if task == "regression":
+    out = regression(outputs[:, 0], label)
+  else:
+    out = classification(outputs.argmax(-1), label)
+  if s is not None:
+    out.update(uncertainty(task, outputs, label, s, task_loss))
+  return out

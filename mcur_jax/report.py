@@ -15,6 +15,7 @@ import numpy as np
 
 from mcur_jax import combos
 from mcur_jax import metrics
+from mcur_jax import plots
 
 
 def _clean(x):
@@ -46,13 +47,15 @@ class MetricsLog:
     with open(path, "w") as f:
       f.writelines(kept)
 
-  def write(self, epoch, seeds, stats, valid, score, task):
+  def write(self, epoch, members, stats, valid, score, task):
+    """One line per member: its training stats, the validation metrics of
+    the combinations it serves and its selection score."""
     if not self.enabled:
       return
     with open(self.path, "a") as f:
-      for i, seed in enumerate(seeds):
+      for i in range(len(members)):
         f.write(json.dumps(_clean({
-            "epoch": epoch, "seed": seed,
+            "epoch": epoch, **members.describe(i),
             "train": {k: v[i] for k, v in stats.items()},
             "valid": valid[i],
             f"valid_avg_{metrics.HEADLINE[task]}": score[i]})) + "\n")
@@ -87,6 +90,19 @@ class Progress:
       self.stream.write("\n")
 
 
+def summarize_flat(per_run: list[dict]) -> dict:
+  """[{metric: value}] per run -> {metric: {"mean", "std", "per_run"}}."""
+  out = {}
+  for k in per_run[0]:
+    values = np.array([np.nan if run[k] is None else run[k]
+                       for run in per_run], np.float64)
+    out[k] = {"mean": float(np.mean(values)),
+              "std": float(np.std(values, ddof=1)) if len(values) > 1
+              else 0.0,
+              "per_run": values.tolist()}
+  return out
+
+
 def summarize(per_run: list[dict]) -> dict:
   """[{combo: {metric: value}}] per run -> {combo or "avg": {metric:
   {"mean", "std", "per_run"}}}, "avg" being each run's mean over the 7."""
@@ -94,25 +110,46 @@ def summarize(per_run: list[dict]) -> dict:
   metric_names = list(per_run[0][names[0]])
   with_avg = [{**run, "avg": {k: float(np.mean([run[c][k] for c in names]))
                               for k in metric_names}} for run in per_run]
-  out = {}
-  for c in names + ["avg"]:
-    out[c] = {}
-    for k in metric_names:
-      values = np.array([np.nan if run[c][k] is None else run[c][k]
-                         for run in with_avg], np.float64)
-      out[c][k] = {"mean": float(np.mean(values)),
-                   "std": float(np.std(values, ddof=1)) if len(values) > 1
-                   else 0.0,
-                   "per_run": values.tolist()}
-  return out
+  return {c: summarize_flat([run[c] for run in with_avg])
+          for c in names + ["avg"]}
 
 
-def results(*, config, manifest, task, test, valid, selected_epoch,
-            no_modality, compiles, seconds) -> dict:
-  """The results.json dict of one run (one fold)."""
+def method(config) -> str:
+  """A row label of the paper-style table for a config: MCUR or the
+  ablation it is."""
+  off = [name for name, on in (("MCB-CL", config.mcb_weight),
+                               ("SUGR", config.sugr)) if not on]
+  label = "MCUR" + (" w/o " + " & ".join(off) if off else "")
+  return label + (" (per-condition)" if config.regime == "per_condition"
+                  else "")
+
+
+def selected_epochs(members, epochs: np.ndarray):
+  """The selected (1-based) epoch of each seed, or of each seed per
+  combination ({combination: [per seed]}) in the per-condition regime."""
+  if not members.per_condition:
+    return epochs.tolist()
+  return {c: epochs[members.owner[:, i]].tolist()
+          for i, c in enumerate(combos.NAMES)}
+
+
+def _missing_rate(config, found: dict) -> dict:
+  return {"split": "test", "draws": config.missing_rate_draws,
+          "seed": config.missing_rate_seed,
+          "rates": {r: summarize_flat(v)
+                    for r, v in found["missing_rate"].items()},
+          "samples_without_modality": found["without_modality"]}
+
+
+def results(*, config, manifest, task, found, selected_epoch, compiles,
+            seconds) -> dict:
+  """The results.json dict of one run (one fold); `found` holds the
+  `evaluation.run` outputs of "valid" (fixed) and "test" (all)."""
   return _clean({
       "dataset": manifest.dataset,
       "task": task,
+      "method": method(config),
+      "regime": config.regime,
       "data": {"dir": config.data_dir, "format": manifest.format,
                "synthetic": manifest.format == "synthetic"},
       "fold": config.fold or None,
@@ -120,31 +157,59 @@ def results(*, config, manifest, task, test, valid, selected_epoch,
       "headline": metrics.HEADLINE[task],
       "seeds": list(config.seeds),
       "selected_epoch": selected_epoch,
-      "test": summarize(test),
-      "valid": summarize(valid),
-      "test_samples_without_modality": no_modality,
+      "test": summarize(found["test"]["fixed"]),
+      "valid": summarize(found["valid"]["fixed"]),
+      "missing_rate": _missing_rate(config, found["test"]),
+      "test_samples_without_modality": found["test"]["fixed_without_modality"],
       "compiles": compiles,
       "seconds": round(seconds, 1),
   })
 
 
+def evaluation_results(config, manifest, task, split: str, found: dict,
+                       source: str) -> dict:
+  """`experiments.evaluate`'s output: results.json's fields for one split
+  and the protocols that ran."""
+  out = {"dataset": manifest.dataset, "task": task, "method": method(config),
+         "regime": config.regime, "fold": config.fold or None,
+         "headline": metrics.HEADLINE[task], "seeds": list(config.seeds),
+         "selected_on": "valid", "evaluated": source,
+         "data": {"dir": config.data_dir, "format": manifest.format,
+                  "synthetic": manifest.format == "synthetic"}}
+  if "fixed" in found:
+    out[split] = summarize(found["fixed"])
+    out[f"{split}_samples_without_modality"] = found["fixed_without_modality"]
+  if "missing_rate" in found:
+    out["missing_rate"] = {**_missing_rate(config, found), "split": split}
+  return _clean(out)
+
+
 def combine_folds(runs: list[dict]) -> dict:
   """Pools the results of every fold: statistics over all (fold, seed) runs."""
+  def per_run(part, names):
+    n = len(next(iter(part[names[0]].values()))["per_run"])
+    return [{c: {k: v["per_run"][i] for k, v in part[c].items()}
+             for c in names} for i in range(n)]
   def pool(split):
-    per_run = []
-    for r in runs:
-      part = r[split]
-      for i in range(len(part["avg"][r["headline"]]["per_run"])):
-        per_run.append({c: {k: v["per_run"][i] for k, v in part[c].items()}
-                        for c in combos.NAMES})
-    return summarize(per_run)
+    return summarize([r for run in runs
+                      for r in per_run(run[split], combos.NAMES)])
+  rates = runs[0]["missing_rate"]["rates"]
   first = runs[0]
   return _clean({
-      **{k: first[k] for k in ("dataset", "task", "data", "selected_on",
-                               "headline", "seeds")},
+      **{k: first[k] for k in ("dataset", "task", "method", "regime", "data",
+                               "selected_on", "headline", "seeds")},
       "fold": None, "folds": [r["fold"] for r in runs],
       "selected_epoch": [r["selected_epoch"] for r in runs],
       "test": pool("test"), "valid": pool("valid"),
+      "missing_rate": {
+          **{k: first["missing_rate"][k] for k in ("split", "draws", "seed")},
+          "rates": {rate: summarize_flat([
+              r[rate] for run in runs
+              for r in per_run(run["missing_rate"]["rates"], [rate])])
+                    for rate in rates},
+          "samples_without_modality": {
+              rate: sum(r["missing_rate"]["samples_without_modality"][rate]
+                        for r in runs) for rate in rates}},
       "test_samples_without_modality": {
           c: sum(r["test_samples_without_modality"][c] for r in runs)
           for c in combos.NAMES},
@@ -154,7 +219,10 @@ def combine_folds(runs: list[dict]) -> dict:
 
 
 def write_results(workdir: str, results_dict: dict) -> None:
-  """Writes results.json atomically: its presence means the run finished."""
+  """Writes results.md, then results.json atomically: the presence of
+  results.json means the run finished."""
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(markdown([(results_dict["method"], results_dict)]))
   path = os.path.join(workdir, "results.json")
   with open(path + ".tmp", "w") as f:
     json.dump(results_dict, f, indent=1)
@@ -164,6 +232,104 @@ def write_results(workdir: str, results_dict: dict) -> None:
 
 _SHOWN = {"regression": ("f1_non0", "acc2_non0", "mae", "corr", "acc7"),
           "classification": ("wf1", "wa", "ua", "mf1")}
+_UNCERTAINTY = ("ece", "sel_acc_80", "sel_acc_50", "s_err_spearman")
+
+
+def _cell(m: dict) -> str:
+  return ("n/a" if m["mean"] is None else
+          f"{m['mean']:.3f} ± {m['std'] or 0:.3f}")
+
+
+def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
+  """Paper-style Markdown tables over runs (rows = methods or ablations).
+
+  One table per main metric (columns `a t v at av tv atv Avg`), one of the
+  headline metric against the missing rate, and one of the uncertainty
+  metrics averaged over the combinations; cells are mean ± std over seeds
+  (and folds). `rows` pairs a label with a results.json dict.
+  """
+  first = rows[0][1]
+  cols = list(combos.NAMES) + ["avg"]
+  runs = len(first[split]["avg"][first["headline"]]["per_run"])
+  out = [f"# {first['dataset']}: {split} metrics of the models selected on "
+         f"{first['selected_on']}",
+         "",
+         f"Mean ± std over {runs} run(s) (seeds, and folds where there are).",
+         "**SYNTHETIC DATA: these numbers say nothing about MCUR.**"
+         if first["data"]["synthetic"] else
+         f"Data: {first['data']['format']} features in {first['data']['dir']}."]
+  for k in _SHOWN[first["task"]]:
+    out += ["", f"## {k}", "", "| method | " + " | ".join(
+        "Avg" if c == "avg" else c for c in cols) + " |",
+            "|---" * (len(cols) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(_cell(r[split][c][k]) for c in cols)
+            + " |" for name, r in rows]
+  with_rates = [(name, r) for name, r in rows if "missing_rate" in r]
+  if with_rates:
+    mr = with_rates[0][1]["missing_rate"]
+    rates = list(mr["rates"])
+    out += ["", f"## {first['headline']} against the missing rate "
+            f"({mr['split']}, GCNet semantics, mean of {mr['draws']} draws "
+            "per run)", "", "| method | " + " | ".join(rates) + " |",
+            "|---" * (len(rates) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(
+        _cell(r["missing_rate"]["rates"][rate][first["headline"]])
+        for rate in rates) + " |" for name, r in with_rates]
+  if _UNCERTAINTY[0] in first[split]["avg"]:
+    out += ["", "## uncertainty (SUGR score; Avg over the 7 combinations)",
+            "", "| method | " + " | ".join(_UNCERTAINTY) + " |",
+            "|---" * (len(_UNCERTAINTY) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(_cell(r[split]["avg"][k])
+                                         for k in _UNCERTAINTY) + " |"
+            for name, r in rows]
+  return "\n".join(out) + "\n"
+
+
+def _categories(task: str, label: np.ndarray, rule: str):
+  """(category per sample, names): MCB-CL's categories (losses.category)."""
+  if task == "classification":
+    return label.astype(int), [str(c) for c in range(int(label.max()) + 1)]
+  if rule == "seven":
+    return (np.round(np.clip(label, -3, 3)).astype(int) + 3,
+            [str(c) for c in range(-3, 4)])
+  return (label >= 0).astype(int), ["negative (< 0)", "non-negative (>= 0)"]
+
+
+def write_summary_figures(workdir: str, results_dict: dict):
+  """The figures made from results.json alone (also for pooled folds):
+  per-combination bars and the missing-rate curve. Returns name -> path."""
+  out = os.path.join(workdir, "figures")
+  os.makedirs(out, exist_ok=True)
+  path = lambda name: os.path.join(out, name + ".png")
+  plots.combination_bars(results_dict, path("combinations"))
+  plots.missing_rate_curve(results_dict, path("missing_rate"))
+  return path
+
+
+def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
+                  test_split, reps: dict) -> None:
+  """The PNG figures of a run in WORKDIR/figures/ (see plots.py)."""
+  path = write_summary_figures(workdir, results_dict)
+  task, seed = results_dict["task"], results_dict["seeds"][0]
+  selected = results_dict["selected_epoch"]
+  plots.training_curves(
+      os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],
+      path("training"), sum(selected.values(), []) if isinstance(
+          selected, dict) else selected)
+  category, names = _categories(task, test_split.label,
+                                config.regression_categories)
+  plots.representation_map(
+      {"h (fused)": reps["h"], "z (MCB-CL projection)": reps["z"]},
+      category, names, path("representation"),
+      f"{results_dict['dataset']} test, seed {seed}: PCA of the fused "
+      "representation under each combination")
+  pred, s = test_found["outputs"]
+  plots.uncertainty_plot(
+      task, pred[:, 0].reshape(-1, pred.shape[-1]),
+      np.tile(test_split.label, pred.shape[0]), s[:, 0].reshape(-1),
+      path("uncertainty"), config.task_loss,
+      f"{results_dict['dataset']} test, seed {seed}, all 7 combinations "
+      "pooled")
 
 
 def table(results_dict: dict, split: str = "test") -> str:
@@ -177,10 +343,6 @@ def table(results_dict: dict, split: str = "test") -> str:
            "| metric | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
   for k in _SHOWN[results_dict["task"]]:
-    cells = []
-    for c in cols:
-      m = part[c][k]
-      cells.append("n/a" if m["mean"] is None else
-                   f"{m['mean']:.3f} ± {m['std'] or 0:.3f}")
-    lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append(f"| {k} | " + " | ".join(_cell(part[c][k]) for c in cols)
+                 + " |")
   return "\n".join(lines)

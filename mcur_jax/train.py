@@ -1,8 +1,10 @@
 """`train_and_evaluate(config, workdir)`: the one MCUR training loop.
 
-Sections: mesh -> data on device -> model and optimizer (one state per
-seed, stacked and trained with `jax.vmap`) -> resume -> epochs -> final
-test evaluation of each seed's selected model.
+Sections: mesh -> data on device -> members, model and optimizer (one
+state per member, stacked and trained with `jax.vmap`; a member is a seed,
+or a (seed, combination) pair in the per-condition regime, see
+`regime.py`) -> resume -> epochs -> evaluation of the selected models under
+every protocol (`evaluation.py`) -> results.json, results.md and figures.
 
 * An epoch is one compiled `lax.scan` over batches of an on-device
   permutation keyed by (seed, epoch); each step draws every sample's
@@ -12,17 +14,17 @@ test evaluation of each seed's selected model.
 * Data parallel: a ("data",) mesh, the data and parameters replicated, each
   batch sharded over "data"; XLA adds the gradient all-reduce, and MCB-CL
   sees the global batch.
-* Model selection: after every epoch each seed is evaluated on validation
-  under all 7 combinations; its best parameters by the average headline
-  metric are kept in the state. Test is evaluated once, at the end, with
-  those parameters.
+* Model selection: after every epoch each member is evaluated on validation
+  under the combinations it serves (all 7 in the mixed regime); its best
+  parameters by their average headline metric are kept in the state. With
+  `ema_decay` the evaluated and kept parameters are the moving average.
+  Test is evaluated once, at the end, with the kept parameters.
 * The state is checkpointed with orbax every `checkpoint_every` epochs; a
   run started on a workdir with checkpoints resumes from the latest and
   ends with exactly the parameters of an uninterrupted run.
 """
 
 import collections
-import functools
 import os
 import time
 
@@ -37,9 +39,11 @@ from jax.sharding import PartitionSpec as P
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data as data_lib
+from mcur_jax import evaluation
 from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import model as model_lib
+from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
 
@@ -60,25 +64,6 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
-def device_arrays(split: data_lib.Split, sharding, pad_to: int = 1) -> dict:
-  """A split's model inputs as replicated device arrays, rows padded with
-  zeros (no modality available) to a multiple of `pad_to`."""
-  n = len(split)
-  pad = -n % pad_to
-  host = {**split.features, "available": split.available,
-          "label": split.label}
-  host = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
-          for k, v in host.items()}
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in host.items()}
-
-
-def to_host(tree):
-  """NumPy copies of replicated arrays: each process reads its local replica
-  (`jax.device_get` would need every shard addressable, false multi-host)."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
   total = max(config.num_epochs * steps_per_epoch, 1)
@@ -93,12 +78,16 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
 
 def make_loss_fn(config, graphdef, task: str):
-  """loss_fn(params, batch, key, epoch) -> (loss, stats) for one seed."""
-  weights = jnp.asarray(config.combo_weights, jnp.float32)
+  """loss_fn(params, batch, key, epoch, draw_weights) -> (loss, stats) for
+  one member; `draw_weights` [7] are its combination draw weights."""
 
-  def loss_fn(params, batch, key, epoch):
+  def loss_fn(params, batch, key, epoch, draw_weights):
     mask_key, dropout_key = jax.random.split(key)
-    mask = combos.sample_train_masks(mask_key, batch["available"], weights)
+    mask = combos.sample_train_masks(mask_key, batch["available"],
+                                     draw_weights)
+    # MoMKE's first stage: every natively available modality.
+    mask = jnp.where(epoch < config.full_modality_epochs, batch["available"],
+                     mask)
     features = {m: batch[m] for m in schema.MODALITIES}
     out = model_lib.apply(graphdef, params, features, mask, dropout_key)
     per_sample = losses.task_loss(out["pred"], batch["label"], config.task_loss)
@@ -124,98 +113,62 @@ def make_loss_fn(config, graphdef, task: str):
 
 
 def make_train_epoch(config, graphdef, tx, task, mesh, num_train: int):
-  """The jitted epoch: (state, data, seeds, epoch) -> (state, mean stats)."""
+  """The jitted epoch: (state, data, members, epoch) -> (state, mean stats).
+
+  `members` = {"seeds": [M], "draw_weights": [M, 7]} (`regime.Members`).
+  With `config.ema_decay` > 0, `state["ema_params"]` follows an exponential
+  moving average of the parameters, updated after every step.
+  """
   batch = config.batch_size
   steps = num_train // batch
   loss_fn = make_loss_fn(config, graphdef, task)
   batch_sharding = NamedSharding(mesh, P(None, "data"))
+  decay = config.ema_decay
 
-  def seed_update(params, opt_state, batch_data, key, epoch):
+  def member_update(params, opt_state, batch_data, key, epoch, draw_weights):
     grads, stats = jax.grad(loss_fn, has_aux=True)(params, batch_data, key,
-                                                  epoch)
+                                                  epoch, draw_weights)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, stats
 
-  def train_epoch(state, train, seeds, epoch):
+  def train_epoch(state, train, members, epoch):
     COMPILES["train_epoch"] += 1
-    keys = jax.vmap(lambda s: jax.random.fold_in(seed_key(s, 1), epoch))(seeds)
+    keys = jax.vmap(lambda s: jax.random.fold_in(seed_key(s, 1), epoch))(
+        members["seeds"])
     order = jax.vmap(lambda k: jax.random.permutation(
         jax.random.fold_in(k, 0), num_train)[:steps * batch])(keys)
-    order = order.reshape(len(seeds), steps, batch).transpose(1, 0, 2)
+    order = order.reshape(len(keys), steps, batch).transpose(1, 0, 2)
 
     def step(carry, xs):
-      params, opt_state = carry
       index, i = xs
-      batch_data = jax.tree.map(lambda x: x[index], train)  # [S, B, ...]
+      batch_data = jax.tree.map(lambda x: x[index], train)  # [M, B, ...]
       batch_data = jax.lax.with_sharding_constraint(batch_data, batch_sharding)
       step_keys = jax.vmap(lambda k: jax.random.fold_in(
           jax.random.fold_in(k, 1), i))(keys)
       params, opt_state, stats = jax.vmap(
-          seed_update, in_axes=(0, 0, 0, 0, None))(
-              params, opt_state, batch_data, step_keys, epoch)
-      return (params, opt_state), stats
+          member_update, in_axes=(0, 0, 0, 0, None, 0))(
+              carry["params"], carry["opt_state"], batch_data, step_keys,
+              epoch, members["draw_weights"])
+      carry = {**carry, "params": params, "opt_state": opt_state}
+      if decay:
+        carry["ema_params"] = jax.tree.map(
+            lambda e, p: decay * e + (1 - decay) * p, carry["ema_params"],
+            params)
+      return carry, stats
 
-    (params, opt_state), stats = jax.lax.scan(
-        step, (state["params"], state["opt_state"]),
-        (order, jnp.arange(steps)))
-    state = {**state, "params": params, "opt_state": opt_state}
-    return state, jax.tree.map(lambda x: x.mean(0), stats)  # [S] each
+    trained = ("params", "opt_state") + (("ema_params",) if decay else ())
+    carry, stats = jax.lax.scan(step, {k: state[k] for k in trained},
+                                (order, jnp.arange(steps)))
+    return {**state, **carry}, jax.tree.map(lambda x: x.mean(0), stats)
 
   repl = NamedSharding(mesh, P())
   return jax.jit(train_epoch, donate_argnums=0, out_shardings=repl)
 
 
-def make_evaluate(config, graphdef, mesh):
-  """Evaluation of all seeds under each of the 7 combinations.
-
-  Returns evaluate(params [S...], arrays) -> (pred [7, S, N, K], s [7, S, N])
-  as NumPy arrays. It runs one compiled function over fixed-size chunks of
-  the (padded) rows, so every split shares one compilation.
-  """
-  chunk_sharding = NamedSharding(mesh, P("data"))
-  masks = jnp.asarray(combos.MASKS)
-
-  @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
-  def evaluate_chunk(params, part):
-    COMPILES["evaluate"] += 1
-    part = jax.lax.with_sharding_constraint(part, chunk_sharding)
-    features = {m: part[m] for m in schema.MODALITIES}
-
-    def one_combo(combo_mask):
-      mask = combos.restrict(combo_mask, part["available"])
-      out = jax.vmap(lambda p: model_lib.apply(graphdef, p, features, mask)
-                     )(params)
-      return out["pred"], out["s"]
-    return jax.lax.map(one_combo, masks)
-
-  chunk = chunk_size(config, mesh)
-
-  def evaluate(params, arrays):
-    n = arrays["label"].shape[0]
-    parts = [to_host(evaluate_chunk(
-        params, jax.tree.map(lambda x: x[i:i + chunk], arrays)))
-             for i in range(0, n, chunk)]
-    return tuple(np.concatenate(x, axis=2) for x in zip(*parts))
-
-  return evaluate
-
-
-def chunk_size(config, mesh) -> int:
-  devices = mesh.devices.size
-  return -(-config.eval_batch_size // devices) * devices
-
-
-def split_metrics(task: str, pred: np.ndarray, split: data_lib.Split):
-  """{combo name: metrics} per seed from pred [7, S, N_pad, K]."""
-  n = len(split)
-  return [{name: metrics.compute(task, pred[c, s, :n], split.label)
-           for c, name in enumerate(combos.NAMES)}
-          for s in range(pred.shape[1])]
-
-
-def headline_average(task: str, per_combo: dict) -> float:
-  key = metrics.HEADLINE[task]
-  return float(np.mean([per_combo[name][key] for name in combos.NAMES]))
+def selected_params(state: dict) -> dict:
+  """The parameters that are evaluated and selected: the moving average
+  when there is one (`config.ema_decay`), else the parameters."""
+  return state.get("ema_params", state["params"])
 
 
 def seed_key(seed, stream: int) -> jax.Array:
@@ -223,14 +176,19 @@ def seed_key(seed, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), stream)
 
 
-def init_state(init_params, tx, seeds: jax.Array, repl) -> dict:
-  """The stacked training state of all seeds, replicated on the mesh."""
+def init_state(init_params, tx, seeds: jax.Array, repl,
+               ema: bool = False) -> dict:
+  """The stacked training state of all members (one per entry of `seeds`),
+  replicated on the mesh."""
   def init(seeds):
     params = jax.vmap(lambda s: init_params(seed_key(s, 0)))(seeds)
-    return {"params": params, "opt_state": jax.vmap(tx.init)(params),
-            "best_params": params,
-            "best_metric": jnp.full(seeds.shape, -jnp.inf, jnp.float32),
-            "best_epoch": jnp.full(seeds.shape, -1, jnp.int32)}
+    state = {"params": params, "opt_state": jax.vmap(tx.init)(params),
+             "best_params": params,
+             "best_metric": jnp.full(seeds.shape, -jnp.inf, jnp.float32),
+             "best_epoch": jnp.full(seeds.shape, -1, jnp.int32)}
+    if ema:
+      state["ema_params"] = params
+    return state
   return jax.jit(init, out_shardings=repl)(seeds)
 
 
@@ -264,6 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = report.combine_folds(runs)
   if jax.process_index() == 0:
     report.write_results(workdir, results)
+    if config.plots:
+      report.write_summary_figures(workdir, results)
     print(report.table(results))
   return results
 
@@ -293,22 +253,26 @@ def _train_fold(config, workdir: str) -> dict:
     raise ValueError(f"batch_size {config.batch_size} exceeds the "
                      f"{len(dataset.train)} training utterances")
   repl = NamedSharding(mesh, P())
-  chunk = chunk_size(config, mesh)
-  train = device_arrays(dataset.train, repl)
-  evaluation = {s: device_arrays(getattr(dataset, s), repl, chunk)
-                for s in ("valid", "test")}
+  chunk = evaluation.chunk_size(config.eval_batch_size, mesh)
+  train = evaluation.device_arrays(dataset.train, repl)
+  arrays = {s: evaluation.device_arrays(getattr(dataset, s), repl, chunk)
+            for s in ("valid", "test")}
 
-  # Model, optimizer, state
-  # -----------------------
+  # Members, model, optimizer, state
+  # --------------------------------
+  members = regime.members(config)
   graphdef, init_params = model_lib.create(config, manifest.dims,
                                            manifest.num_classes)
   steps_per_epoch = len(dataset.train) // config.batch_size
   tx = make_optimizer(config, steps_per_epoch)
-  seeds = jax.device_put(jnp.asarray(config.seeds, jnp.int32), repl)
-  state = init_state(init_params, tx, seeds, repl)
+  member_data = jax.device_put(
+      {"seeds": jnp.asarray(members.seeds),
+       "draw_weights": jnp.asarray(members.draw_weights)}, repl)
+  state = init_state(init_params, tx, member_data["seeds"], repl,
+                     ema=bool(config.ema_decay))
   train_epoch = make_train_epoch(config, graphdef, tx, task, mesh,
                                  len(dataset.train))
-  evaluate = make_evaluate(config, graphdef, mesh)
+  predict = evaluation.make_predict(config, graphdef, mesh, COMPILES)
   update_best = make_update_best(mesh)
 
   # Resume
@@ -326,32 +290,35 @@ def _train_fold(config, workdir: str) -> dict:
     print(f"{manifest.dataset}: train {len(dataset.train)}, valid "
           f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
           f"{config.data_dir} ({manifest.format}); seeds "
-          f"{list(config.seeds)}; {devices} device(s); "
+          f"{list(config.seeds)}, {config.regime} regime ({len(members)} "
+          f"models); {devices} device(s); "
           + (f"resuming after epoch {start}" if start else "from scratch"))
 
   # Train
   # -----
+  valid_masks = evaluation.fixed_masks(
+      evaluation.to_host(arrays["valid"]["available"]))
   progress = report.Progress(config.num_epochs, start, enabled=main_process)
   try:
     for epoch in range(start, config.num_epochs):
-      state, stats = train_epoch(state, train, seeds, epoch)
-      stats = to_host(stats)
+      state, stats = train_epoch(state, train, member_data, epoch)
+      stats = evaluation.to_host(stats)
       if not _finite(stats):
-        bad = [config.seeds[i] for i in np.flatnonzero(~np.isfinite(
+        bad = [members.describe(i) for i in np.flatnonzero(~np.isfinite(
             stats["loss"]))]
         last = mngr.latest_step()
         kept = (f"the last good checkpoint (after epoch {last}) in "
                 f"{checkpoint.directory(workdir)} and " if last else
                 "no checkpoint yet (see checkpoint_every); ")
         raise TrainingDiverged(
-            f"epoch {epoch + 1}: training loss is NaN/inf for seed(s) {bad}; "
+            f"epoch {epoch + 1}: training loss is NaN/inf for {bad}; "
             f"stopped. Kept: {kept}the logs in {workdir}.")
-      pred, _ = evaluate(state["params"], evaluation["valid"])
-      valid = split_metrics(task, pred, dataset.valid)
-      score = np.array([headline_average(task, v) for v in valid])
-      improved = score > to_host(state["best_metric"])
+      pred, _ = predict(selected_params(state), arrays["valid"], valid_masks)
+      valid, score = evaluation.member_scores(task, pred, dataset.valid,
+                                              members)
+      improved = score > evaluation.to_host(state["best_metric"])
       state = update_best(state, improved, score.astype(np.float32), epoch)
-      log.write(epoch + 1, config.seeds, stats, valid, score, task)
+      log.write(epoch + 1, members, stats, valid, score, task)
       progress.update(epoch + 1, stats, score, metrics.HEADLINE[task])
       if (epoch + 1) % config.checkpoint_every == 0 or (
           epoch + 1 == config.num_epochs):
@@ -360,21 +327,25 @@ def _train_fold(config, workdir: str) -> dict:
     progress.close()
     mngr.close()
 
-  # Test the selected models
-  # ------------------------
-  best_pred, _ = evaluate(state["best_params"], evaluation["test"])
-  best_valid, _ = evaluate(state["best_params"], evaluation["valid"])
+  # Evaluate the selected models
+  # ----------------------------
+  best = state["best_params"]
+  found = {split: evaluation.run(config, predict, best, getattr(dataset, split),
+                                 arrays[split], members, task,
+                                 "all" if split == "test" else "fixed")
+           for split in ("valid", "test")}
   results = report.results(
-      config=config, manifest=manifest, task=task,
-      test=split_metrics(task, best_pred, dataset.test),
-      valid=split_metrics(task, best_valid, dataset.valid),
-      selected_epoch=(to_host(state["best_epoch"]) + 1).tolist(),
-      no_modality={name: int((~(combos.MASKS[c] & dataset.test.available)
-                              .any(1)).sum())
-                   for c, name in enumerate(combos.NAMES)},
+      config=config, manifest=manifest, task=task, found=found,
+      selected_epoch=report.selected_epochs(
+          members, evaluation.to_host(state["best_epoch"]) + 1),
       compiles=dict(COMPILES), seconds=time.time() - started)
   if main_process:
     report.write_results(workdir, results)
+    if config.plots:
+      report.write_figures(
+          workdir, results, config, found["test"], dataset.test,
+          evaluation.representations(graphdef, best, members,
+                                     arrays["test"], len(dataset.test)))
     print(report.table(results))
   return results
 
@@ -383,7 +354,7 @@ def make_update_best(mesh):
   """(state, improved [S], score [S], epoch) -> state whose best_* fields
   take each improved seed's current parameters, score and epoch."""
   def update_best(state, improved, score, epoch):
-    current = {"best_params": state["params"], "best_metric": score,
+    current = {"best_params": selected_params(state), "best_metric": score,
                "best_epoch": jnp.full(score.shape, epoch, jnp.int32)}
     def pick(new, old):
       return jnp.where(improved.reshape(improved.shape + (1,) * (new.ndim - 1)),

@@ -69,6 +69,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.regression_categories = "sign"
   # Training draw weights of the combinations a, t, v, at, av, tv, atv.
   c.combo_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+  # mixed: one model, per-sample combination draws (MCUR); per_condition:
+  # one model per combination, fixed for the whole run (MoMKE).
+  c.regime = "mixed"
+  # First epochs trained with every available modality (MoMKE's stage 1).
+  c.full_modality_epochs = 0
+  # Decay of the parameters' moving average that is evaluated, selected and
+  # kept (per step); 0 = off, evaluate the raw parameters.
+  c.ema_decay = 0.0
+  # Missing rates of the missing-rate protocol (GCNet semantics, <= 0.7).
+  c.missing_rates = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+  # Fixed-seed mask draws per missing rate (metrics averaged over them).
+  c.missing_rate_draws = 5
+  # Seed of the missing-rate masks (the same masks for every run).
+  c.missing_rate_seed = 0
+  # Write the PNG figures at the end of a run.
+  c.plots = True
   # Samples per evaluation chunk (rounded up to a multiple of the devices).
   c.eval_batch_size = 512
   # Save a checkpoint every this many epochs (and always after the last).
