@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from mcur_jax import model as model_lib
+from mcur_jax import regime
 from mcur_jax import schema
 
 
@@ -52,21 +53,28 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_for_inference(workdir: str):
-  """The selected (best-on-validation) model of every seed of a run.
+def restore_for_inference(workdir: str, sharding=None):
+  """The selected (best-on-validation) model of every member of a run.
+
+  Args:
+    workdir: the run's workdir.
+    sharding: where to put the parameters; default the first local device.
 
   Returns:
-    (graphdef, params, config, manifest): `params` has a leading seed axis
-    in the order of `config.seeds`, and `model.apply(graphdef,
-    jax.tree.map(lambda x: x[i], params), features, mask)` predicts with
-    seed i; the prepared data's manifest gives dims and task.
+    (graphdef, params, config, manifest): `params` has a leading member
+    axis in the order of `regime.members(config)` (the seeds, or (seed,
+    combination) pairs in the per-condition regime), and
+    `model.apply(graphdef, jax.tree.map(lambda x: x[i], params), features,
+    mask)` predicts with member i; the prepared data's manifest gives dims
+    and task.
   """
   config = load_config(workdir)
   manifest = schema.Manifest.load(config.data_dir)
   graphdef, init = model_lib.create(config, manifest.dims,
                                     manifest.num_classes)
-  seeds = jax.numpy.asarray(config.seeds)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  seeds = jax.numpy.asarray(regime.members(config).seeds)
+  device = sharding or jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       jax.eval_shape(jax.vmap(lambda s: init(jax.random.key(s))), seeds))

@@ -81,6 +81,8 @@ def macro(true: np.ndarray, pred: np.ndarray, which: str) -> float:
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
+  if len(x) < 2:
+    return float("nan")
   x, y = x - x.mean(), y - y.mean()
   denom = np.sqrt((x * x).sum() * (y * y).sum())
   return float((x * y).sum() / denom) if denom > 0 else float("nan")
@@ -176,8 +178,7 @@ def uncertainty(task: str, outputs: np.ndarray, label: np.ndarray,
   sel_80, sel_50 = coverage_curve(correct, s, [0.8, 0.5])
   return {"ece": ece(correct, confidence),
           "sel_acc_80": float(sel_80), "sel_acc_50": float(sel_50),
-          "s_err_spearman": (pearson(_ranks(s), _ranks(error))
-                             if len(s) > 1 else float("nan"))}
+          "s_err_spearman": pearson(_ranks(s), _ranks(error))}
 
 
 def compute(task: str, outputs: np.ndarray, label: np.ndarray,

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # Files only; no display needed.
 from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from mcur_jax import combos  # pylint: disable=wrong-import-position
@@ -29,7 +30,7 @@ ACCURACY = {"regression": "acc2_non0", "classification": "wa"}
 MAX_POINTS = 1500
 _SUBSAMPLE_SEED = 0
 # One colour per combination (NAMES order), shared by every figure.
-COMBO_COLORS = dict(zip(combos.NAMES, plt.get_cmap("Dark2").colors))
+COMBO_COLORS = dict(zip(combos.NAMES, plt.get_cmap("tab10").colors))
 _DPI = 110
 
 
@@ -44,6 +45,10 @@ def _mean_std(entries: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
           np.array([_value(e[key]["std"]) for e in entries]))
 
 
+def _runs(n: int) -> str:
+  return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def _synthetic(results: dict) -> str:
   return " [SYNTHETIC DATA]" if results["data"]["synthetic"] else ""
 
@@ -51,6 +56,18 @@ def _synthetic(results: dict) -> str:
 def _save(fig, path: str) -> None:
   fig.savefig(path, dpi=_DPI)
   plt.close(fig)
+
+
+def _bar_labels(ax, xs, mean, std) -> float:
+  """Writes each value above its error bar ("n/a" at the base where there is
+  no bar); returns the highest label position (0 without any)."""
+  tops = mean + np.nan_to_num(std)
+  for x, m, y in zip(xs, mean, tops):
+    if np.isfinite(m):
+      ax.text(x, y + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
+    else:
+      ax.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=7)
+  return float(np.nanmax(tops, initial=0.0))
 
 
 def combination_bars(results: dict, path: str, split: str = "test") -> None:
@@ -79,13 +96,7 @@ def combination_bars(results: dict, path: str, split: str = "test") -> None:
     ok = np.isfinite(mean)
     ax.bar(xs[ok], mean[ok], width, yerr=std[ok], capsize=3, color=f"C{i}",
            label=key)
-    label_y = mean + np.nan_to_num(std)
-    for xi, m, y in zip(xs, mean, label_y):
-      ax.text(xi, y + 0.01 if np.isfinite(m) else 0.01,
-              f"{m:.3f}" if np.isfinite(m) else "n/a",
-              ha="center", va="bottom", fontsize=7)
-    if ok.any():
-      top = max(top, label_y[ok].max())
+    top = max(top, _bar_labels(ax, xs, mean, std))
   ax.axvline(len(combos.NAMES) - 0.5, color="grey", linestyle=":", lw=1)
   ax.set_xticks(x, list(combos.NAMES) + ["Avg"])
   ax.set_ylim(0, top + 0.08)
@@ -95,7 +106,7 @@ def combination_bars(results: dict, path: str, split: str = "test") -> None:
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
   ax.grid(axis="y", alpha=0.3)
   ax.set_title(f"{results['dataset']} {split}: {keys[0]} and {keys[1]} per "
-               f"modality combination\nmean ± std over {runs} runs"
+               f"modality combination\nmean ± std over {_runs(runs)}"
                f"{_synthetic(results)}")
   _save(fig, path)
 
@@ -123,7 +134,8 @@ def missing_rate_curve(results: dict, path: str) -> None:
   fig, ax = plt.subplots(figsize=(7, 4.6), layout="constrained")
   for i, key in enumerate(keys):
     mean, std = _mean_std([curve["rates"][k] for k in rates], key)
-    ax.errorbar(r, mean, yerr=std, fmt="o-", capsize=3, color=f"C{i}",
+    dodge = (i - 0.5) * 0.008  # Keeps the two metrics' error bars apart.
+    ax.errorbar(r + dodge, mean, yerr=std, fmt="o-", capsize=3, color=f"C{i}",
                 label=key)
   ax.set_xticks(r, rates)
   ax.set_xlabel(f"missing rate r (GCNet semantics, {curve['draws']} draws)")
@@ -131,7 +143,7 @@ def missing_rate_curve(results: dict, path: str) -> None:
   ax.legend()
   ax.grid(alpha=0.3)
   ax.set_title(f"{results['dataset']} {curve['split']}: {keys[0]} and "
-               f"{keys[1]} vs missing rate\nmean ± std over {runs} runs"
+               f"{keys[1]} vs missing rate\nmean ± std over {_runs(runs)}"
                f"{_synthetic(results)}")
   _save(fig, path)
 
@@ -164,7 +176,9 @@ def _per_epoch(lines: list[dict], epochs: np.ndarray, *keys) -> np.ndarray:
 
 
 def _band(ax, epochs, stats, label, color, lw=1.8) -> None:
-  """A mean line with its min-max band."""
+  """A mean line with its min-max band; nothing for a never-logged value."""
+  if np.isnan(stats[0]).all():
+    return
   ax.fill_between(epochs, stats[1], stats[2], color=color, alpha=0.2, lw=0)
   ax.plot(epochs, stats[0], color=color, lw=lw, label=label)
 
@@ -232,8 +246,9 @@ def training_curves(metrics_jsonl: str, headline: str, path: str,
 
   for ax in (loss_ax, sugr_ax, valid_ax):
     ax.grid(alpha=0.3)
-  what = (f"{len(runs)} runs ({len(conditions)} conditions × seeds, one "
-          "model per condition)" if conditions else f"{len(runs)} runs")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  what = (f"{_runs(len(runs))} ({len(conditions)} conditions × seeds, one "
+          "model per condition)" if conditions else _runs(len(runs)))
   fig.suptitle(f"Training curves: mean over {what}, shaded band = min–max "
                "over runs")
   _save(fig, path)
@@ -299,7 +314,8 @@ def representation_map(reps: dict[str, np.ndarray], category: np.ndarray,
   """
   n = next(iter(reps.values())).shape[1]
   keep = _subsample(n)
-  cmap = plt.get_cmap("tab10" if len(category_names) <= 10 else "tab20")
+  # Set1 (red, blue, ...) keeps categories apart from the tab10 combinations.
+  cmap = plt.get_cmap("Set1" if len(category_names) <= 9 else "tab20")
   cat_colors = np.array([cmap(i) for i in range(len(category_names))])
   combo_colors = np.array([COMBO_COLORS[c] for c in combos.NAMES])
   point_cat = np.tile(np.asarray(category)[keep], len(combos.NAMES))
@@ -339,7 +355,7 @@ def _binned_error(s: np.ndarray, error: np.ndarray, bins: int = 10):
 
 
 def _error_panel(ax, task, s, error, spearman) -> None:
-  ax.scatter(s, error, s=4, alpha=0.3, color="C0", linewidths=0,
+  ax.scatter(s, error, s=5, alpha=0.3, color="C0", linewidths=0,
              label="one sample")
   centre, mean_error = _binned_error(s, error)
   ax.plot(centre, mean_error, "o-", color="C3",
@@ -363,9 +379,8 @@ def _reliability_panel(ax, task, correct, confidence, ece) -> None:
   ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
   ax.scatter(mean_conf, accuracy, s=20 + 180 * counts / counts.max(),
              color="C3", zorder=3, label="(mean confidence, accuracy)")
-  for b, a, k in zip(used, accuracy, counts):
-    ax.text((b + 0.5) / bins, min(a, 0.93) + 0.02, f"n={k}", ha="center",
-            fontsize=7)
+  for b, k in zip(used, counts):
+    ax.text((b + 0.5) / bins, 0.02, f"n={k}", ha="center", fontsize=7)
   ax.set(xlim=(0, 1), ylim=(0, 1.05),
          title=f"(b) reliability, ECE = {ece:.3f}",
          xlabel=("confidence: P(label has the predicted sign)"
@@ -381,8 +396,9 @@ def _coverage_panel(ax, correct, confidence, s) -> None:
           color="C3", label="least uncertain first by s (SUGR)")
   ax.plot(coverages, metrics.coverage_curve(correct, 1 - confidence,
                                             coverages),
-          "s--", color="C0", label="most confident first")
+          "s--", color="C0", label="most confident first (by 1 − confidence)")
   ax.axhline(correct.mean(), color="grey", lw=1, label="all samples")
+  ax.margins(y=0.08)
   ax.set(title="(c) selective accuracy",
          xlabel="coverage (fraction of samples kept)",
          ylabel="accuracy on the kept samples")

@@ -185,37 +185,41 @@ def evaluation_results(config, manifest, task, split: str, found: dict,
 
 
 def combine_folds(runs: list[dict]) -> dict:
-  """Pools the results of every fold: statistics over all (fold, seed) runs."""
+  """Pools the results of every fold (results.json or
+  `evaluation_results` dicts): statistics over all (fold, seed) runs."""
   def per_run(part, names):
     n = len(next(iter(part[names[0]].values()))["per_run"])
     return [{c: {k: v["per_run"][i] for k, v in part[c].items()}
              for c in names} for i in range(n)]
-  def pool(split):
-    return summarize([r for run in runs
-                      for r in per_run(run[split], combos.NAMES)])
-  rates = runs[0]["missing_rate"]["rates"]
   first = runs[0]
-  return _clean({
-      **{k: first[k] for k in ("dataset", "task", "method", "regime", "data",
-                               "selected_on", "headline", "seeds")},
-      "fold": None, "folds": [r["fold"] for r in runs],
-      "selected_epoch": [r["selected_epoch"] for r in runs],
-      "test": pool("test"), "valid": pool("valid"),
-      "missing_rate": {
-          **{k: first["missing_rate"][k] for k in ("split", "draws", "seed")},
-          "rates": {rate: summarize_flat([
-              r[rate] for run in runs
-              for r in per_run(run["missing_rate"]["rates"], [rate])])
-                    for rate in rates},
-          "samples_without_modality": {
-              rate: sum(r["missing_rate"]["samples_without_modality"][rate]
-                        for r in runs) for rate in rates}},
-      "test_samples_without_modality": {
-          c: sum(r["test_samples_without_modality"][c] for r in runs)
-          for c in combos.NAMES},
-      "compiles": [r["compiles"] for r in runs],
-      "seconds": round(sum(r["seconds"] for r in runs), 1),
-  })
+  out = {k: first[k] for k in ("dataset", "task", "method", "regime", "data",
+                               "selected_on", "headline", "seeds",
+                               "evaluated") if k in first}
+  out.update(fold=None, folds=[r["fold"] for r in runs])
+  for split in ("test", "valid"):
+    if split in first:
+      out[split] = summarize([r for run in runs
+                              for r in per_run(run[split], combos.NAMES)])
+    count = f"{split}_samples_without_modality"
+    if count in first:
+      out[count] = {c: sum(r[count][c] for r in runs) for c in combos.NAMES}
+  if "missing_rate" in first:
+    rates = first["missing_rate"]["rates"]
+    out["missing_rate"] = {
+        **{k: first["missing_rate"][k] for k in ("split", "draws", "seed")},
+        "rates": {rate: summarize_flat([
+            r[rate] for run in runs
+            for r in per_run(run["missing_rate"]["rates"], [rate])])
+                  for rate in rates},
+        "samples_without_modality": {
+            rate: sum(r["missing_rate"]["samples_without_modality"][rate]
+                      for r in runs) for rate in rates}}
+  for k in ("selected_epoch", "compiles"):
+    if k in first:
+      out[k] = [r[k] for r in runs]
+  if "seconds" in first:
+    out["seconds"] = round(sum(r["seconds"] for r in runs), 1)
+  return _clean(out)
 
 
 def write_results(workdir: str, results_dict: dict) -> None:
@@ -302,7 +306,8 @@ def write_summary_figures(workdir: str, results_dict: dict):
   os.makedirs(out, exist_ok=True)
   path = lambda name: os.path.join(out, name + ".png")
   plots.combination_bars(results_dict, path("combinations"))
-  plots.missing_rate_curve(results_dict, path("missing_rate"))
+  if "missing_rate" in results_dict:
+    plots.missing_rate_curve(results_dict, path("missing_rate"))
   return path
 
 
@@ -311,6 +316,8 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
   """The PNG figures of a run in WORKDIR/figures/ (see plots.py)."""
   path = write_summary_figures(workdir, results_dict)
   task, seed = results_dict["task"], results_dict["seeds"][0]
+  source = (f"{results_dict['dataset']} test"
+            + (" [SYNTHETIC DATA]" if results_dict["data"]["synthetic"] else ""))
   selected = results_dict["selected_epoch"]
   plots.training_curves(
       os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],
@@ -321,15 +328,14 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
   plots.representation_map(
       {"h (fused)": reps["h"], "z (MCB-CL projection)": reps["z"]},
       category, names, path("representation"),
-      f"{results_dict['dataset']} test, seed {seed}: PCA of the fused "
-      "representation under each combination")
+      f"{source}, seed {seed}: PCA of the fused representation under each "
+      "combination")
   pred, s = test_found["outputs"]
   plots.uncertainty_plot(
       task, pred[:, 0].reshape(-1, pred.shape[-1]),
       np.tile(test_split.label, pred.shape[0]), s[:, 0].reshape(-1),
       path("uncertainty"), config.task_loss,
-      f"{results_dict['dataset']} test, seed {seed}, all 7 combinations "
-      "pooled")
+      f"{source}, seed {seed}, all 7 combinations pooled")
 
 
 def table(results_dict: dict, split: str = "test") -> str:

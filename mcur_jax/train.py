@@ -304,8 +304,9 @@ def _train_fold(config, workdir: str) -> dict:
       state, stats = train_epoch(state, train, member_data, epoch)
       stats = evaluation.to_host(stats)
       if not _finite(stats):
-        bad = [members.describe(i) for i in np.flatnonzero(~np.isfinite(
-            stats["loss"]))]
+        bad = ", ".join(
+            " ".join(f"{k} {v}" for k, v in members.describe(i).items())
+            for i in np.flatnonzero(~np.isfinite(stats["loss"])))
         last = mngr.latest_step()
         kept = (f"the last good checkpoint (after epoch {last}) in "
                 f"{checkpoint.directory(workdir)} and " if last else

@@ -141,3 +141,37 @@ def test_deterministic_for_a_key_and_jittable():
   other = combos.sample_train_masks(jax.random.key(6), avail, weights)
   assert (np.asarray(one) != np.asarray(other)).any()
   assert one.shape == (500, 3) and one.dtype == jnp.bool_
+
+
+# Missing-rate masks (GCNet semantics)
+# ------------------------------------
+
+
+@pytest.mark.parametrize("rate", combos.MISSING_RATES)
+def test_missing_rate_realised_and_at_least_one_kept(rate):
+  """Over many samples the fraction of dropped entries is within 0.01 of r
+  (r = 0.7 gives 2/3, as GCNet), every sample keeps a modality, and each
+  modality is dropped equally often."""
+  mask = combos.missing_rate_mask(np.random.default_rng(0), 3000, rate)
+  assert mask.shape == (3000, 3) and mask.dtype == bool
+  assert mask.any(1).all()
+  want = 2 / 3 if rate == 0.7 else rate
+  assert abs((~mask).mean() - want) <= 0.01
+  np.testing.assert_allclose((~mask).mean(0), want, atol=0.04)
+
+
+def test_missing_rate_mask_is_random_and_seeded():
+  """The same seed gives the same mask, another seed another one; rate 0.7
+  keeps exactly one modality per sample."""
+  draw = lambda seed, rate: combos.missing_rate_mask(
+      np.random.default_rng(seed), 500, rate)
+  np.testing.assert_array_equal(draw(1, 0.4), draw(1, 0.4))
+  assert (draw(1, 0.4) != draw(2, 0.4)).any()
+  assert (draw(3, 0.7).sum(1) == 1).all()
+  assert draw(3, 0.0).all()
+
+
+@pytest.mark.parametrize("rate", [-0.1, 0.75, 1.0])
+def test_missing_rate_outside_gcnet_range_is_refused(rate):
+  with pytest.raises(ValueError, match="outside"):
+    combos.missing_rate_mask(np.random.default_rng(0), 10, rate)

@@ -46,12 +46,18 @@ def sk_regression(pred, label):
       "mae": np.mean(np.abs(pred - label)),
       "corr": np_corr(pred, label),
       "acc7": skm.accuracy_score(seven(label), seven(pred)),
+      "mae_non0": (skm.mean_absolute_error(label[nz], pred[nz]) if nz.any()
+                   else math.nan),
+      "corr_non0": np_corr(pred[nz], label[nz]),
   }
 
 
 def assert_same(got, want):
   assert set(got) == set(want)
   for k in want:
+    if math.isnan(want[k]):
+      assert math.isnan(got[k]), k
+      continue
     np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12,
                                err_msg=k)
 
@@ -195,3 +201,90 @@ def test_headline_metric_follows_design():
   """F1 Non0 for MOSI/MOSEI, weighted F1 for IEMOCAP."""
   assert metrics.HEADLINE == {"regression": "f1_non0",
                               "classification": "wf1"}
+
+
+# Uncertainty
+# -----------
+
+
+def np_ece(correct, confidence, bins=10):
+  """ECE by explicit loops over the bins [b/10, (b+1)/10)."""
+  total = 0.0
+  for b in range(bins):
+    lo, hi = b / bins, (b + 1) / bins
+    in_bin = (confidence >= lo) & ((confidence < hi) | (b == bins - 1))
+    if in_bin.any():
+      total += in_bin.sum() * abs(correct[in_bin].mean()
+                                  - confidence[in_bin].mean())
+  return total / len(correct)
+
+
+def test_ece_and_coverage_match_references():
+  rng = np.random.default_rng(5)
+  confidence = rng.uniform(0.3, 1.0, 200)
+  correct = rng.random(200) < confidence ** 2
+  assert metrics.ece(correct, confidence) == pytest.approx(
+      np_ece(correct, confidence))
+  uncertainty = rng.normal(size=200)
+  order = np.argsort(uncertainty)
+  for q in (0.1, 0.5, 0.8, 1.0):
+    k = int(np.ceil(q * 200))
+    [got] = metrics.coverage_curve(correct, uncertainty, [q])
+    assert got == pytest.approx(correct[order[:k]].mean())
+
+
+@pytest.mark.parametrize("task_loss", ["l1", "mse"])
+def test_sign_confidence_is_calibrated_under_its_own_model(task_loss):
+  """Labels drawn from the predictive distribution SUGR implies (Laplace
+  with scale exp(s) for L1, Gaussian with variance exp(s) for MSE) give an
+  ECE near 0, and a deliberately overconfident s a large one."""
+  rng = np.random.default_rng(0)
+  n = 40000
+  pred, s = rng.normal(0, 1, n), rng.uniform(-1.5, 1, n)
+  if task_loss == "l1":
+    label = pred + rng.laplace(0, np.exp(s))
+  else:
+    label = pred + rng.normal(0, np.sqrt(np.exp(s)))
+  got = metrics.uncertainty("regression", pred[:, None], label, s, task_loss)
+  assert got["ece"] < 0.01
+  assert metrics.uncertainty("regression", pred[:, None], label, s - 3,
+                             task_loss)["ece"] > 0.1
+  # s is the scale of the error: larger s, larger errors.
+  assert got["s_err_spearman"] > 0.3
+  assert got["sel_acc_50"] > got["sel_acc_80"]
+
+
+def test_classification_uncertainty_against_scipy():
+  """Confidence = max softmax probability; the Spearman correlation of s
+  and the cross-entropy equals scipy's."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(2)
+  logits, label = rng.normal(size=(300, 4)) * 2, rng.integers(0, 4, 300)
+  s = rng.normal(size=300)
+  correct, confidence, error, _ = metrics.decisions(
+      "classification", logits, label, s)
+  p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  np.testing.assert_allclose(confidence, p.max(-1))
+  np.testing.assert_allclose(error, -np.log(p[np.arange(300), label]))
+  np.testing.assert_array_equal(correct, logits.argmax(-1) == label)
+  got = metrics.uncertainty("classification", logits, label, s)
+  assert got["s_err_spearman"] == pytest.approx(
+      stats.spearmanr(s, error).statistic)
+  assert got["ece"] == pytest.approx(np_ece(correct, confidence))
+
+
+def test_uncertainty_scores_non0_samples_and_handles_ties():
+  """Regression decisions drop zero labels; tied s values get average ranks
+  (Spearman = 1 for s = the error itself, with ties)."""
+  label = np.array([0.0, 1.0, -1.0, 2.0, -2.0])
+  pred = np.array([[0.3], [0.5], [0.5], [1.0], [-3.0]])
+  correct, _, error, s = metrics.decisions("regression", pred, label,
+                                           np.zeros(5))
+  np.testing.assert_array_equal(correct, [True, False, True, True])
+  np.testing.assert_allclose(error, [0.5, 1.5, 1.0, 1.0])
+  assert len(s) == 4
+  got = metrics.uncertainty("regression", pred, label,
+                            np.array([9.0, 0.5, 1.5, 1.0, 1.0]))
+  assert got["s_err_spearman"] == pytest.approx(1.0)
+  empty = metrics.uncertainty("regression", pred, np.zeros(5), np.zeros(5))
+  assert all(math.isnan(v) for v in empty.values())

@@ -138,7 +138,8 @@ def test_combination_bars_skips_none_and_omits_the_tag_on_real_data(
   assert_png(path)
   shown = texts(figures[0])
   assert len(figures[0].axes[0].patches) == 15
-  assert "n/a" in shown and "over 1 runs" in shown
+  assert "n/a" in shown and "mean ± std over 1 run" in shown
+  assert "1 runs" not in shown
   assert "SYNTHETIC" not in shown
 
 

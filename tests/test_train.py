@@ -31,17 +31,22 @@ from experiments.configs import mosi as mosi_config
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
+from mcur_jax import evaluation
 from mcur_jax import metrics
 from mcur_jax import model
+from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
-# Metrics that are fractions (all but MAE and Pearson correlation).
+# Metrics that are fractions (all but MAE and the correlations).
 FRACTIONS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7",
-             "wa", "ua", "wf1", "mf1"}
+             "wa", "ua", "wf1", "mf1", "ece", "sel_acc_80", "sel_acc_50"}
+REGRESSION_METRICS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "mae",
+                      "corr", "acc7", "mae_non0", "corr_non0", "ece",
+                      "sel_acc_80", "sel_acc_50", "s_err_spearman"}
 ALL_COMBOS = set(combos.NAMES) | {"avg"}
 # The model's forward pass, compiled once per input shape.
 predict = jax.jit(model.apply, static_argnums=0)
@@ -195,12 +200,14 @@ def test_one_data_parallel_step_equals_single_device(mosi_dir):
   for devices in (1, 8):
     mesh = train.make_mesh(devices)
     repl = NamedSharding(mesh, P())
-    seeds = jax.device_put(jnp.asarray(config.seeds, jnp.int32), repl)
-    state = train.init_state(init, tx, seeds, repl)
+    members = regime.members(config)
+    member_data = jax.device_put({"seeds": members.seeds,
+                                  "draw_weights": members.draw_weights}, repl)
+    state = train.init_state(init, tx, member_data["seeds"], repl)
     epoch = train.make_train_epoch(config, graphdef, tx, "regression", mesh,
                                    config.batch_size)
-    state, stats = epoch(state, train.device_arrays(batch, repl), seeds,
-                         config.sugr_warmup_epochs)
+    state, stats = epoch(state, evaluation.device_arrays(batch, repl),
+                         member_data, config.sugr_warmup_epochs)
     # Adam's first moment after one step: (1 - b1) * the clipped gradient.
     grads = optax.tree_utils.tree_get(state["opt_state"], "mu")
     out[devices] = jax.device_get((grads, stats))
@@ -294,7 +301,7 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path):
     run(mosi_dir, tmp_path, sugr_s_max=float("nan"))
   message = str(info.value)
   assert message.startswith("epoch 2: ")
-  assert "seed(s) [0, 1]" in message
+  assert "NaN/inf for seed 0, seed 1;" in message
   assert "last good checkpoint (after epoch 1)" in message
   assert checkpoint_steps(tmp_path) == [1]
   assert [(line["epoch"], line["seed"]) for line in metric_lines(tmp_path)
@@ -370,7 +377,8 @@ def test_sugr_down_weights_corrupted_labels(tmp_path_factory):
 def test_results_json(baseline, mosi_dir):
   """results.json: selected on valid, per-combination and Avg test metrics
   with mean/std/per_run over the seeds, fractions in [0, 1], the synthetic
-  flag and the test samples left without a modality."""
+  flag, the test samples left without a modality, and the missing-rate
+  protocol per rate; results.md and the figures beside it."""
   workdir, results, _ = baseline
   saved = json.loads((workdir / "results.json").read_text())
   assert saved == results
@@ -384,8 +392,7 @@ def test_results_json(baseline, mosi_dir):
   for split in ("test", "valid"):
     assert set(saved[split]) == ALL_COMBOS
     for c, per_metric in saved[split].items():
-      assert set(per_metric) == {"acc2_non0", "f1_non0", "acc2_has0",
-                                 "f1_has0", "mae", "corr", "acc7"}
+      assert set(per_metric) == REGRESSION_METRICS
       for k, v in per_metric.items():
         assert len(v["per_run"]) == 2
         assert v["mean"] == pytest.approx(np.mean(v["per_run"]))
@@ -401,13 +408,33 @@ def test_results_json(baseline, mosi_dir):
   assert no_video == round(0.1 * len(test))
   assert saved["test_samples_without_modality"] == {
       c: no_video if c == "v" else 0 for c in combos.NAMES}
+  rates = saved["missing_rate"]
+  assert (rates["split"], rates["draws"]) == ("test", 5)
+  assert list(rates["rates"]) == [f"{r:.1f}" for r in combos.MISSING_RATES]
+  for per_metric in rates["rates"].values():
+    assert set(per_metric) == REGRESSION_METRICS - {
+        "ece", "sel_acc_80", "sel_acc_50", "s_err_spearman"}
+    assert len(per_metric["f1_non0"]["per_run"]) == 2
+  # Natively absent video: a sample keeping only video at some rate has none.
+  assert rates["samples_without_modality"]["0.0"] == 0
+  assert rates["samples_without_modality"]["0.7"] > 0
+  # At rate 0 every sample keeps all it has: the atv column of the table.
+  assert rates["rates"]["0.0"]["f1_non0"]["per_run"] == saved["test"]["atv"][
+      "f1_non0"]["per_run"]
+  md = (workdir / "results.md").read_text()
+  assert "| MCUR | " in md and "SYNTHETIC DATA" in md
+  assert sorted(os.listdir(workdir / "figures")) == [
+      f"{name}.png" for name in ("combinations", "missing_rate",
+                                 "representation", "training", "uncertainty")]
 
 
 def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
   """Seed 0's restored best model, predicting the test split under `atv`
   and native availability, gives results.json's test metrics: the same
-  decisions exactly, MAE and Corr to rtol 1e-6 (the predictions round
-  differently outside training's vmapped, chunked evaluation)."""
+  decisions exactly, MAE, Corr and the uncertainty metrics to rtol 1e-5
+  (the predictions round differently outside training's vmapped, chunked
+  evaluation; the selective accuracies to 0.02, as near-ties of s may
+  swap)."""
   workdir, results, _ = baseline
   graphdef, params, config, manifest = checkpoint.restore_for_inference(
       str(workdir))
@@ -417,14 +444,17 @@ def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
                          test.available)
   out = predict(graphdef, jax.tree.map(lambda x: x[0], params),
                 test.features, mask)
-  got = metrics.compute(manifest.task, np.asarray(out["pred"]), test.label)
+  got = metrics.compute(manifest.task, np.asarray(out["pred"]), test.label,
+                        np.asarray(out["s"]))
   want = {k: v["per_run"][0] for k, v in results["test"]["atv"].items()}
   assert got.keys() == want.keys()
   for k in want:
-    if k in FRACTIONS:
+    if k.startswith("sel_acc"):  # Near-ties of s may reorder a sample.
+      assert got[k] == pytest.approx(want[k], abs=0.02), k
+    elif k in FRACTIONS - {"ece"}:
       assert got[k] == want[k], k
     else:
-      assert got[k] == pytest.approx(want[k], rel=1e-6), k
+      assert got[k] == pytest.approx(want[k], rel=1e-5), k
 
 
 # Entry points
@@ -519,7 +549,8 @@ def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
   workdir, _ = all_folds
   results = iemocap(iemocap_dir, tmp_path, fold=2)
   assert results["fold"] == 2
-  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json",
-                                          "metrics.jsonl", "results.json"]
+  assert sorted(os.listdir(tmp_path)) == [
+      "checkpoints", "config.json", "figures", "metrics.jsonl", "results.json",
+      "results.md"]
   fold2 = json.loads((workdir / "fold2" / "results.json").read_text())
   assert results["test"] == fold2["test"]

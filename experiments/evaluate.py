@@ -1,0 +1,57 @@
+"""Evaluates a finished run's selected models from its orbax checkpoint.
+
+    python -m experiments.evaluate --workdir runs/mosi [--protocol fixed|missing_rate|all] [--split valid|test] [--out FILE]
+
+Prints the per-combination table (fixed protocol) and the headline metric
+per missing rate; with --out, writes the numbers as JSON in the schema of
+results.json. They equal the numbers training wrote at its end.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mcur_jax import evaluation
+from mcur_jax import inference
+from mcur_jax import report
+from mcur_jax import schema
+from mcur_jax import tfrecord
+
+flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
+flags.DEFINE_enum("protocol", "all", evaluation.PROTOCOLS,
+                  "fixed: the 7 combinations; missing_rate: GCNet rates")
+flags.DEFINE_enum("split", "test", ["valid", "test"], "split to evaluate")
+flags.DEFINE_string("out", None, "write the results as JSON to this file")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
+                                         FLAGS.protocol)
+  except (FileNotFoundError, schema.DataError, tfrecord.CorruptRecordError,
+          ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.split in results:
+    print(report.table(results, FLAGS.split))
+  if "missing_rate" in results:
+    key = results["headline"]
+    print(f"{key} against the missing rate ({FLAGS.split}): " + ", ".join(
+        f"{r}: {v[key]['mean']:.3f}"
+        for r, v in results["missing_rate"]["rates"].items()))
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(results, f, indent=1)
+      f.write("\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
