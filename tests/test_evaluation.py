@@ -1,0 +1,293 @@
+"""Regimes, evaluation protocols, EMA and `experiments.evaluate` on small synthetic MOSI.
+
+Runs use the `tiny` config on the 8 fake CPU devices of conftest.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import chex
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from data_prep import synthetic
+from data_prep import writer
+from experiments.configs import mosi as mosi_config
+from mcur_jax import checkpoint
+from mcur_jax import combos
+from mcur_jax import data
+from mcur_jax import evaluation
+from mcur_jax import inference
+from mcur_jax import model
+from mcur_jax import regime
+from mcur_jax import report
+from mcur_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def mosi_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("data") / "mosi"
+  writer.write(synthetic.generate("mosi", 0, 0.15), out)
+  return out
+
+
+def tiny(data_dir, **overrides):
+  config = mosi_config.get_config("tiny")
+  config.data_dir = str(data_dir)
+  config.update(overrides)
+  return config
+
+
+def final_params(workdir) -> dict:
+  mngr = checkpoint.manager(str(workdir))
+  try:
+    state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore())
+  finally:
+    mngr.close()
+  return jax.device_get(state)
+
+
+# Members and routing
+# -------------------
+
+
+def test_members_of_each_regime():
+  config = ml_collections.ConfigDict({
+      "seeds": (3, 5), "regime": "mixed", "combo_weights": (1.0,) * 7})
+  mixed = regime.members(config)
+  assert len(mixed) == 2 and not mixed.per_condition
+  np.testing.assert_array_equal(mixed.owner, [[0] * 7, [1] * 7])
+  np.testing.assert_allclose(mixed.selection.sum(1), 1)
+  config.regime = "per_condition"
+  per = regime.members(config)
+  assert len(per) == 14 and per.per_condition
+  np.testing.assert_array_equal(per.seeds, [3] * 7 + [5] * 7)
+  # Member owner[s, c] is seed s trained and selected on combination c only.
+  for s, seed in enumerate((3, 5)):
+    for c in range(7):
+      m = per.owner[s, c]
+      assert per.seeds[m] == seed and per.condition[m] == c
+      np.testing.assert_array_equal(per.draw_weights[m], np.eye(7)[c])
+      np.testing.assert_array_equal(per.selection[m], np.eye(7)[c])
+  assert per.describe(per.owner[1, 3]) == {"seed": 5, "condition": "at"}
+  config.regime = "per_sample"
+  with pytest.raises(ValueError, match="regime 'per_sample'"):
+    regime.members(config)
+  config.regime, config.combo_weights = "mixed", (0.0,) * 7
+  with pytest.raises(ValueError, match="combo_weights"):
+    regime.members(config)
+
+
+def test_combo_index_and_route():
+  """Masks map to their combination (no modality -> atv); route takes each
+  sample from the member that owns its combination."""
+  masks = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 0, 0]], bool)
+  np.testing.assert_array_equal(evaluation.combo_index(masks), [0, 5, 6, 6])
+  owner = np.arange(14).reshape(2, 7)  # per-condition, 2 seeds
+  values = np.arange(2 * 14 * 4).reshape(2, 14, 4)  # [C, M, N]
+  which = np.array([[0, 5, 6, 6], [1, 1, 2, 3]])
+  got = evaluation.route(values, owner, which)
+  assert got.shape == (2, 2, 4)
+  for c in range(2):
+    for s in range(2):
+      for n in range(4):
+        assert got[c, s, n] == values[c, owner[s, which[c, n]], n]
+  np.testing.assert_array_equal(
+      evaluation.route(values[:, :2], np.zeros((1, 7), int), which)[:, 0],
+      values[:, 0])
+
+
+def test_missing_rate_masks_are_shared_and_respect_availability():
+  config = ml_collections.ConfigDict({
+      "missing_rates": (0.0, 0.3, 0.7), "missing_rate_draws": 3,
+      "missing_rate_seed": 4})
+  available = np.ones((400, 3), bool)
+  available[::5, 2] = False
+  masks = evaluation.missing_rate_masks(config, available)
+  assert masks.shape == (3, 3, 400, 3)
+  np.testing.assert_array_equal(masks,
+                                evaluation.missing_rate_masks(config,
+                                                              available))
+  assert not (masks & ~available).any()
+  np.testing.assert_array_equal(masks[0, 0], available)
+  assert (masks[2].sum(-1) <= 1).all()
+  assert (masks[1, 0] != masks[1, 1]).any()  # Draws differ.
+
+
+# EMA
+# ---
+
+
+def test_ema_tracks_parameters_without_changing_training(mosi_dir):
+  """The moving average leaves the trained parameters bitwise unchanged;
+  decay ~1 keeps the initial parameters; it is what selection evaluates."""
+  dataset = data.load(mosi_dir)
+  out = {}
+  for decay in (0.0, 0.5, 1 - 1e-7):
+    config = tiny(mosi_dir, ema_decay=decay, warmup_epochs=0)
+    graphdef, init = model.create(config, dataset.manifest.dims, 1)
+    tx = train.make_optimizer(config, steps_per_epoch=3)
+    mesh = train.make_mesh()
+    repl = NamedSharding(mesh, P())
+    members = regime.members(config)
+    member_data = jax.device_put({"seeds": members.seeds,
+                                  "draw_weights": members.draw_weights}, repl)
+    state = train.init_state(init, tx, member_data["seeds"], repl,
+                             ema=bool(decay))
+    initial = jax.device_get(state["params"])
+    epoch = train.make_train_epoch(config, graphdef, tx, "regression", mesh,
+                                   3 * config.batch_size)
+    state, _ = epoch(state, evaluation.device_arrays(dataset.train, repl),
+                     member_data, 0)
+    out[decay] = jax.device_get(state), initial
+  plain, initial = out[0.0]
+  assert "ema_params" not in plain
+  assert train.selected_params(plain) is plain["params"]
+  for decay in (0.5, 1 - 1e-7):
+    state, _ = out[decay]
+    chex.assert_trees_all_equal(state["params"], plain["params"])
+    assert train.selected_params(state) is state["ema_params"]
+  chex.assert_trees_all_close(out[1 - 1e-7][0]["ema_params"], initial,
+                              atol=1e-5)
+  # Decay 0.5 over 3 steps: between the start and the end, nearer the end.
+  half = out[0.5][0]["ema_params"]
+  moved = 0
+  for e, p, i in zip(jax.tree.leaves(half), jax.tree.leaves(plain["params"]),
+                     jax.tree.leaves(initial)):
+    if np.abs(p - i).max() > 1e-4:
+      moved += 1
+      assert 0 < np.abs(e - p).max() < 0.9 * np.abs(i - p).max()
+  assert moved > 10
+
+
+# Per-condition regime
+# --------------------
+
+
+@pytest.fixture(scope="module")
+def per_condition(mosi_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("per-condition")
+  config = tiny(mosi_dir, seeds=(0,), num_epochs=2, regime="per_condition")
+  return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_per_condition_member_equals_a_run_fixed_to_its_combination(
+    per_condition, mosi_dir, tmp_path):
+  """The per-condition model of `t` is trained exactly as a mixed run whose
+  draw weights are one-hot on `t` (parameters to 1e-6, vmapped with the
+  other 6 or alone); results name the regime and each model's epoch."""
+  workdir, results = per_condition
+  assert results["method"] == "MCUR (per-condition)"
+  assert set(results["selected_epoch"]) == set(combos.NAMES)
+  t = combos.NAMES.index("t")
+  train.train_and_evaluate(
+      tiny(mosi_dir, seeds=(0,), num_epochs=2,
+           combo_weights=tuple(float(c == t) for c in range(7))),
+      str(tmp_path))
+  member = regime.members(tiny(mosi_dir, seeds=(0,),
+                               regime="per_condition")).owner[0, t]
+  chex.assert_trees_all_close(
+      jax.tree.map(lambda x: x[member], final_params(workdir)["params"]),
+      jax.tree.map(lambda x: x[0], final_params(tmp_path)["params"]),
+      atol=1e-6)
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").open()]
+  assert [(x["epoch"], x["condition"]) for x in lines[:7]] == [
+      (1, c) for c in combos.NAMES]
+  assert all(list(x["valid"]) == [x["condition"]] for x in lines)
+
+
+def test_full_modality_stage_trains_every_condition_alike(mosi_dir, tmp_path):
+  """With the full-modality first stage covering the whole run, the 7
+  per-condition models of a seed see the same masks: equal parameters."""
+  train.train_and_evaluate(
+      tiny(mosi_dir, seeds=(0,), num_epochs=1, regime="per_condition",
+           full_modality_epochs=1, plots=False), str(tmp_path))
+  params = final_params(tmp_path)["params"]
+  for leaf in jax.tree.leaves(params):
+    np.testing.assert_allclose(leaf, np.broadcast_to(leaf[:1], leaf.shape),
+                               rtol=0, atol=1e-6)
+
+
+# experiments.evaluate
+# --------------------
+
+
+@pytest.fixture(scope="module")
+def mixed(mosi_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("mixed")
+  config = tiny(mosi_dir, num_epochs=2, ema_decay=0.9)
+  return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.mark.parametrize("run", ["mixed", "per_condition"])
+def test_evaluate_reproduces_end_of_training_numbers(run, request):
+  """Restored from the checkpoint, the selected models give exactly the
+  numbers training wrote: test under both protocols, valid fixed."""
+  workdir, results = request.getfixturevalue(run)
+  found = inference.evaluate_workdir(str(workdir), "test", "all")
+  assert found["test"] == results["test"]
+  assert found["missing_rate"] == results["missing_rate"]
+  assert found["test_samples_without_modality"] == results[
+      "test_samples_without_modality"]
+  valid = inference.evaluate_workdir(str(workdir), "valid", "fixed")
+  assert valid["valid"] == results["valid"]
+  assert "missing_rate" not in valid and "test" not in valid
+  only_rates = inference.evaluate_workdir(str(workdir), "test",
+                                          "missing_rate")
+  assert "test" not in only_rates
+  assert only_rates["missing_rate"] == results["missing_rate"]
+
+
+def test_evaluate_cli_writes_results_schema(mixed, tmp_path):
+  workdir, results = mixed
+  out = tmp_path / "eval.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", "--workdir",
+       str(workdir), "--out", str(out)], cwd=ROOT, capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert report.table(results) in result.stdout
+  assert "f1_non0 against the missing rate (test): 0.0: " in result.stdout
+  saved = json.loads(out.read_text())
+  for key in ("dataset", "task", "method", "headline", "seeds", "test",
+              "missing_rate", "test_samples_without_modality"):
+    assert saved[key] == results[key], key
+
+
+def test_evaluate_cli_without_checkpoint_exits_2(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", "--workdir",
+       str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "config.json" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+# Reports
+# -------
+
+
+def test_markdown_table_has_a_row_per_method(mixed, per_condition):
+  """results.md: rows = methods, columns = a..atv and Avg, cells mean ±
+  std of results.json; a missing-rate table and an uncertainty table."""
+  (_, mixed_results), (workdir, per_results) = mixed, per_condition
+  md = report.markdown([("MCUR", mixed_results),
+                        ("per-condition", per_results)])
+  header = "| method | a | t | v | at | av | tv | atv | Avg |"
+  assert md.count(header) == 5  # f1, acc, MAE, Corr, Acc-7
+  f1 = mixed_results["test"]["avg"]["f1_non0"]
+  assert f"{f1['mean']:.3f} ± {f1['std']:.3f} |" in md
+  assert "| per-condition | " in md and "## f1_non0 against the missing" in md
+  assert "| method | ece | sel_acc_80 | sel_acc_50 | s_err_spearman |" in md
+  assert (workdir / "results.md").read_text() == report.markdown(
+      [("MCUR (per-condition)", per_results)])
