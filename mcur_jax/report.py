@@ -262,7 +262,7 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
          "**SYNTHETIC DATA: these numbers say nothing about MCUR.**"
          if first["data"]["synthetic"] else
          f"Data: {first['data']['format']} features in {first['data']['dir']}."]
-  for k in _SHOWN[first["task"]]:
+  for k in (k for k in _SHOWN[first["task"]] if k in first[split]["avg"]):
     out += ["", f"## {k}", "", "| method | " + " | ".join(
         "Avg" if c == "avg" else c for c in cols) + " |",
             "|---" * (len(cols) + 1) + "|"]

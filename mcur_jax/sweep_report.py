@@ -10,6 +10,9 @@ point's `results.json` and writes:
   by test; unfinished points are listed last.
 * `sweep_report.png`: the validation (and, for information, test) metric
   against each swept field, with error bars over seeds.
+* `results.md`: the paper-style tables of `report.markdown` with a row per
+  point, in sweep order (e.g. the ablation table of
+  `experiments/sweeps/mosi_ablation.py`).
 """
 
 import csv
@@ -24,6 +27,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=wrong-import-position
 
 from mcur_jax import combos  # pylint: disable=wrong-import-position
+from mcur_jax import report  # pylint: disable=wrong-import-position
 from mcur_jax import sweep  # pylint: disable=wrong-import-position
 
 
@@ -129,9 +133,34 @@ def plot(path: str, fields: list[str], rows: list[dict]) -> None:
   plt.close(fig)
 
 
+def paper_table(workdir: str) -> str | None:
+  """`report.markdown` over the finished points in sweep order: rows =
+  methods (the point name added where two points share a method label, as
+  in a hyperparameter sweep); None before any point finished."""
+  with open(os.path.join(workdir, sweep.SWEEP_FILE)) as f:
+    points = json.load(f)["points"]
+  found = []
+  for point in points:
+    path = os.path.join(workdir, point["name"], "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        found.append((point["name"], json.load(f)))
+  if not found:
+    return None
+  labels = [r["method"] for _, r in found]
+  return report.markdown([
+      (r["method"] if labels.count(r["method"]) == 1
+       else f"{r['method']} [{name}]", r) for name, r in found])
+
+
 def write(workdir: str) -> str:
-  """Writes the Markdown, CSV and PNG reports; returns the Markdown."""
+  """Writes the Markdown, CSV and PNG reports and the paper-style
+  results.md; returns the sweep Markdown."""
   fields, rows = collect(workdir)
+  table = paper_table(workdir)
+  if table:
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(table)
   text = markdown(fields, rows)
   with open(os.path.join(workdir, "sweep_report.md"), "w") as f:
     f.write(text)

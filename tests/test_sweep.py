@@ -157,21 +157,24 @@ def test_bad_grid_exits_2_with_one_line(env, data_dir, tmp_path):
       "error: --grid nope: no such config field"]
 
 
-def fake_sweep(workdir, scores):
+def fake_sweep(workdir, scores, field="tau", methods=None):
   """A sweep workdir with results whose valid and test scores are given:
-  {tau: (valid, test)}; the point with tau 0.3 is unfinished."""
-  base = ml_collections.ConfigDict({"tau": 0.1})
-  points = [{"tau": t} for t in [*scores, 0.3]]
+  {value: (valid, test)}; the point with value 0.3 is unfinished."""
+  base = ml_collections.ConfigDict({field: 0.1})
+  points = [{field: t} for t in [*scores, 0.3]]
   sweep.record(str(workdir), base, points)
   for tau, (valid, test) in scores.items():
     def part(value):
       entry = {"mean": value, "std": 0.01, "per_run": [value - 0.01,
                                                         value + 0.01]}
       return {c: {"f1_non0": entry} for c in [*combos.NAMES, "avg"]}
-    out = workdir / sweep.point_name({"tau": tau})
+    out = workdir / sweep.point_name({field: tau})
     out.mkdir()
     (out / "results.json").write_text(json.dumps(
-        {"headline": "f1_non0", "valid": part(valid), "test": part(test)}))
+        {"headline": "f1_non0", "valid": part(valid), "test": part(test),
+         "dataset": "mosi", "task": "regression",
+         "method": (methods or {}).get(tau, "MCUR"), "selected_on": "valid",
+         "data": {"synthetic": False, "format": "poria", "dir": "d"}}))
 
 
 def test_report_ranks_by_validation_never_test(tmp_path):
@@ -189,6 +192,21 @@ def test_report_ranks_by_validation_never_test(tmp_path):
                                                                  0.65]
   png = (tmp_path / "sweep_report.png").read_bytes()
   assert png.startswith(b"\x89PNG") and len(png) > 5000
+  # results.md: the paper-style table, a row per finished point in sweep
+  # order, named by the point where the method labels coincide.
+  paper = (tmp_path / "results.md").read_text()
+  rows = [line.split("|")[1].strip() for line in paper.splitlines()
+          if line.startswith("| MCUR")]
+  assert rows[:3] == ["MCUR [tau=0.05]", "MCUR [tau=0.1]", "MCUR [tau=0.2]"]
+
+
+def test_ablation_rows_are_named_by_method(tmp_path):
+  fake_sweep(tmp_path, {0.0: (0.70, 0.60), 0.1: (0.65, 0.80)},
+             field="mcb_weight", methods={0.0: "MCUR w/o MCB-CL"})
+  sweep_report.write(str(tmp_path))
+  paper = (tmp_path / "results.md").read_text()
+  assert "| MCUR w/o MCB-CL | 0.600 ± 0.010 |" in paper
+  assert "| MCUR | 0.800 ± 0.010 |" in paper
 
 
 def test_report_cli_without_sweep_exits_2(tmp_path, capsys):

@@ -32,6 +32,7 @@ from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
 from mcur_jax import evaluation
+from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import model
 from mcur_jax import regime
@@ -554,3 +555,13 @@ def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
       "results.md"]
   fold2 = json.loads((workdir / "fold2" / "results.json").read_text())
   assert results["test"] == fold2["test"]
+
+
+def test_evaluate_pools_folds_like_training(all_folds):
+  """`experiments.evaluate` on a cross-validated workdir evaluates each
+  fold's checkpoint and pools them: training's pooled numbers exactly."""
+  workdir, results = all_folds
+  found = inference.evaluate_workdir(str(workdir), "test", "all")
+  assert found["folds"] == [1, 2, 3, 4, 5]
+  for key in ("test", "missing_rate", "test_samples_without_modality"):
+    assert found[key] == results[key], key
