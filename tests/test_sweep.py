@@ -47,8 +47,9 @@ def test_point_names_are_stable_and_distinct():
 
 def test_point_config_overrides_a_copy_and_rejects_unknown_fields():
   base = mosi.get_config("tiny")
-  config = sweep.point_config(base, {"tau": 0.3})
-  assert config.tau == 0.3 and base.tau == 0.1
+  before = base.tau
+  config = sweep.point_config(base, {"tau": before + 0.5})
+  assert config.tau == before + 0.5 and base.tau == before
   with pytest.raises(ValueError, match="no config field"):
     sweep.point_config(base, {"tua": 0.3})
   with pytest.raises(ValueError, match="seeds"):

@@ -349,8 +349,11 @@ def test_sugr_down_weights_corrupted_labels(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("sugr") / "mosi"
   writer.write(synthetic.generate("mosi", 1, 0.3), data_dir)
   workdir = tmp_path_factory.mktemp("sugr-run")
+  # The learning rate and dropout that let the tiny model fit its training
+  # split in 20 epochs (the MOSI defaults are tuned for real data).
   config = tiny(data_dir, seeds=(0, 1, 2), num_epochs=20,
-                sugr_warmup_epochs=2, num_devices=1, checkpoint_every=20)
+                sugr_warmup_epochs=2, num_devices=1, checkpoint_every=20,
+                learning_rate=1e-3, dropout=0.1, plots=False)
   train.train_and_evaluate(config, str(workdir))
   params = saved_state(workdir)["params"]
   dataset = data.load(data_dir)
@@ -420,8 +423,10 @@ def test_results_json(baseline, mosi_dir):
   assert rates["samples_without_modality"]["0.0"] == 0
   assert rates["samples_without_modality"]["0.7"] > 0
   # At rate 0 every sample keeps all it has: the atv column of the table.
-  assert rates["rates"]["0.0"]["f1_non0"]["per_run"] == saved["test"]["atv"][
-      "f1_non0"]["per_run"]
+  # (The mean of 5 identical draws, up to rounding.)
+  np.testing.assert_allclose(
+      rates["rates"]["0.0"]["f1_non0"]["per_run"],
+      saved["test"]["atv"]["f1_non0"]["per_run"], rtol=1e-12)
   md = (workdir / "results.md").read_text()
   assert "| MCUR | " in md and "SYNTHETIC DATA" in md
   assert sorted(os.listdir(workdir / "figures")) == [
