@@ -66,9 +66,11 @@ def to_host(tree):
 
 
 def make_predict(config, graphdef, mesh, compiles=None):
-  """predict(params [M...], arrays, masks [C, N_pad, 3]) -> (pred [C, M,
-  N_pad, K], s [C, M, N_pad]) as NumPy, for any number C of mask sets.
-  Traces are counted in `compiles["evaluate"]` (a Counter) when given."""
+  """predict(params [M...], arrays, masks [C, N, 3]) -> (pred [C, M, N, K],
+  s [C, M, N]) as NumPy, for any number C of mask sets over the split's N
+  rows (the padding rows of `arrays` are predicted with no modality and
+  dropped). Traces are counted in `compiles["evaluate"]` (a Counter) when
+  given."""
   chunk_sharding = NamedSharding(mesh, P("data"))
   mask_sharding = NamedSharding(mesh, P(None, "data"))
 
@@ -89,9 +91,12 @@ def make_predict(config, graphdef, mesh, compiles=None):
   chunk = chunk_size(config.eval_batch_size, mesh)
 
   def predict(params, arrays, masks):
-    n, sets = arrays["label"].shape[0], len(masks)
-    pad = -sets % MASK_SETS
-    masks = np.concatenate([masks, np.repeat(masks[-1:], pad, 0)])
+    sets, rows = masks.shape[:2]
+    n = arrays["label"].shape[0]
+    padded = np.zeros((sets - sets % -MASK_SETS, n, 3), bool)
+    padded[:sets, :rows] = masks
+    padded[sets:, :rows] = masks[-1]
+    masks = padded
     parts = []
     for j in range(0, len(masks), MASK_SETS):
       row = [to_host(predict_chunk(
@@ -99,7 +104,7 @@ def make_predict(config, graphdef, mesh, compiles=None):
           jnp.asarray(masks[j:j + MASK_SETS, i:i + chunk])))
              for i in range(0, n, chunk)]
       parts.append(tuple(np.concatenate(x, axis=2) for x in zip(*row)))
-    return tuple(np.concatenate(x)[:sets] for x in zip(*parts))
+    return tuple(np.concatenate(x)[:sets, :, :rows] for x in zip(*parts))
 
   return predict
 
@@ -111,10 +116,9 @@ def fixed_masks(available: np.ndarray) -> np.ndarray:
 
 def combo_index(mask: np.ndarray) -> np.ndarray:
   """Index into `combos.NAMES` of each [..., 3] mask; no modality -> atv."""
-  position = {int(b): i for i, b in enumerate(combos.BITS)}
-  position[0] = len(combos.NAMES) - 1
-  bits = (mask.astype(np.int32) * np.array([1, 2, 4])).sum(-1)
-  return np.vectorize(position.__getitem__, otypes=[np.int64])(bits)
+  position = np.full(len(combos.BITS) + 1, len(combos.NAMES) - 1)
+  position[combos.BITS] = np.arange(len(combos.NAMES))
+  return position[np.asarray(combos.bits_of(mask))]
 
 
 def route(values: np.ndarray, owner: np.ndarray,
@@ -129,13 +133,13 @@ def route(values: np.ndarray, owner: np.ndarray,
 def member_scores(task: str, pred: np.ndarray, split, members):
   """Per member: (validation metrics of the combinations it serves, its
   selection score = their weighted headline mean), from fixed-protocol
-  predictions [7, M, N_pad, K]."""
-  n, key = len(split), metrics.HEADLINE[task]
+  predictions [7, M, N, K]."""
+  key = metrics.HEADLINE[task]
   per_member, scores = [], []
   for m in range(len(members)):
     served = np.flatnonzero(members.selection[m])
-    found = {combos.NAMES[c]: metrics.compute(task, pred[c, m, :n],
-                                              split.label) for c in served}
+    found = {combos.NAMES[c]: metrics.compute(task, pred[c, m], split.label)
+             for c in served}
     per_member.append(found)
     scores.append(sum(members.selection[m, c] * found[combos.NAMES[c]][key]
                       for c in served))
@@ -145,16 +149,15 @@ def member_scores(task: str, pred: np.ndarray, split, members):
 def fixed(predict, params, arrays, split, members, task, task_loss):
   """The fixed protocol: per seed, {combination: metrics (with the
   uncertainty metrics)}; also the routed (pred, s) [7, S, N, ...]."""
-  n = len(split)
-  pred, s = predict(params, arrays, fixed_masks(to_host(arrays["available"])))
+  pred, s = predict(params, arrays, fixed_masks(split.available))
   which = np.broadcast_to(np.arange(len(combos.NAMES))[:, None],
-                          (len(combos.NAMES), pred.shape[2]))
+                          (len(combos.NAMES), len(split)))
   pred, s = route(pred, members.owner, which), route(s, members.owner, which)
-  per_seed = [{name: metrics.compute(task, pred[c, i, :n], split.label,
-                                     s[c, i, :n], task_loss)
+  per_seed = [{name: metrics.compute(task, pred[c, i], split.label, s[c, i],
+                                     task_loss)
                for c, name in enumerate(combos.NAMES)}
               for i in range(members.owner.shape[0])]
-  return per_seed, pred[:, :, :n], s[:, :, :n]
+  return per_seed, pred, s
 
 
 def missing_rate_masks(config, available: np.ndarray) -> np.ndarray:
@@ -171,13 +174,11 @@ def missing_rate_masks(config, available: np.ndarray) -> np.ndarray:
 def missing_rate(config, predict, params, arrays, split, members, task):
   """The missing-rate protocol: {rate: per seed {metric: mean over the K
   draws}}, and {rate: samples left without a modality, mean over draws}."""
-  n = len(split)
-  masks = missing_rate_masks(config, split.available)  # [R, K, n, 3]
+  masks = missing_rate_masks(config, split.available)  # [R, K, N, 3]
   rates, draws = masks.shape[:2]
-  padded = np.zeros((rates * draws, arrays["label"].shape[0], 3), bool)
-  padded[:, :n] = masks.reshape(rates * draws, n, 3)
-  pred, _ = predict(params, arrays, padded)
-  pred = route(pred, members.owner, combo_index(padded))[:, :, :n]
+  flat = masks.reshape(rates * draws, len(split), 3)
+  pred, _ = predict(params, arrays, flat)
+  pred = route(pred, members.owner, combo_index(flat))
   pred = pred.reshape(rates, draws, *pred.shape[1:])
   per_rate, empty = {}, {}
   for i, r in enumerate(config.missing_rates):
@@ -220,12 +221,12 @@ def run(config, predict, params, split, arrays, members, task,
   return out
 
 
-def representations(graphdef, params, members, arrays, n: int) -> dict:
-  """The first seed's fused representation h and MCB-CL projection z of the
-  first n rows under each combination: {"h": [7, n, D], "z": [7, n, P]}."""
-  masks = fixed_masks(to_host(arrays["available"]))[:, :n]
-  features = {m: to_host(arrays[m])[:n] for m in schema.MODALITIES}
-  apply = jax.jit(lambda p, mask: model_lib.apply(graphdef, p, features, mask))
+def representations(graphdef, params, members, split) -> dict:
+  """The first seed's fused representation h and MCB-CL projection z of a
+  split under each combination: {"h": [7, N, D], "z": [7, N, P]}."""
+  masks = fixed_masks(split.available)
+  apply = jax.jit(lambda p, mask: model_lib.apply(graphdef, p, split.features,
+                                                  mask))
   out = {"h": [], "z": []}
   for c in range(len(combos.NAMES)):
     member = members.owner[0, c]

@@ -11,9 +11,11 @@ import math
 import os
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 
 from mcur_jax import combos
+from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import plots
 
@@ -141,21 +143,23 @@ def _missing_rate(config, found: dict) -> dict:
           "samples_without_modality": found["without_modality"]}
 
 
+def _header(config, manifest, task) -> dict:
+  """The fields that say what was run, shared by results.json and
+  `experiments.evaluate`'s output."""
+  return {"dataset": manifest.dataset, "task": task, "method": method(config),
+          "regime": config.regime,
+          "data": {"dir": config.data_dir, "format": manifest.format,
+                   "synthetic": manifest.format == "synthetic"},
+          "fold": config.fold or None, "selected_on": "valid",
+          "headline": metrics.HEADLINE[task], "seeds": list(config.seeds)}
+
+
 def results(*, config, manifest, task, found, selected_epoch, compiles,
             seconds) -> dict:
   """The results.json dict of one run (one fold); `found` holds the
   `evaluation.run` outputs of "valid" (fixed) and "test" (all)."""
   return _clean({
-      "dataset": manifest.dataset,
-      "task": task,
-      "method": method(config),
-      "regime": config.regime,
-      "data": {"dir": config.data_dir, "format": manifest.format,
-               "synthetic": manifest.format == "synthetic"},
-      "fold": config.fold or None,
-      "selected_on": "valid",
-      "headline": metrics.HEADLINE[task],
-      "seeds": list(config.seeds),
+      **_header(config, manifest, task),
       "selected_epoch": selected_epoch,
       "test": summarize(found["test"]["fixed"]),
       "valid": summarize(found["valid"]["fixed"]),
@@ -170,12 +174,7 @@ def evaluation_results(config, manifest, task, split: str, found: dict,
                        source: str) -> dict:
   """`experiments.evaluate`'s output: results.json's fields for one split
   and the protocols that ran."""
-  out = {"dataset": manifest.dataset, "task": task, "method": method(config),
-         "regime": config.regime, "fold": config.fold or None,
-         "headline": metrics.HEADLINE[task], "seeds": list(config.seeds),
-         "selected_on": "valid", "evaluated": source,
-         "data": {"dir": config.data_dir, "format": manifest.format,
-                  "synthetic": manifest.format == "synthetic"}}
+  out = {**_header(config, manifest, task), "evaluated": source}
   if "fixed" in found:
     out[split] = summarize(found["fixed"])
     out[f"{split}_samples_without_modality"] = found["fixed_without_modality"]
@@ -290,51 +289,53 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
 
 
 def _categories(task: str, label: np.ndarray, rule: str):
-  """(category per sample, names): MCB-CL's categories (losses.category)."""
-  if task == "classification":
-    return label.astype(int), [str(c) for c in range(int(label.max()) + 1)]
-  if rule == "seven":
-    return (np.round(np.clip(label, -3, 3)).astype(int) + 3,
-            [str(c) for c in range(-3, 4)])
-  return (label >= 0).astype(int), ["negative (< 0)", "non-negative (>= 0)"]
+  """(index per sample, names) of MCB-CL's categories (`losses.category`)."""
+  values, index = np.unique(np.asarray(losses.category(
+      jnp.asarray(label), task, rule)), return_inverse=True)
+  if task == "regression" and rule == "sign":
+    return index, [("negative (< 0)", "non-negative (>= 0)")[v]
+                   for v in values]
+  return index, [str(v) for v in values]
 
 
-def write_summary_figures(workdir: str, results_dict: dict):
+def _figure(workdir: str, name: str) -> str:
+  """WORKDIR/figures/NAME.png, the folder made if needed."""
+  os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
+  return os.path.join(workdir, "figures", name + ".png")
+
+
+def write_summary_figures(workdir: str, results_dict: dict) -> None:
   """The figures made from results.json alone (also for pooled folds):
-  per-combination bars and the missing-rate curve. Returns name -> path."""
-  out = os.path.join(workdir, "figures")
-  os.makedirs(out, exist_ok=True)
-  path = lambda name: os.path.join(out, name + ".png")
-  plots.combination_bars(results_dict, path("combinations"))
+  per-combination bars and the missing-rate curve."""
+  plots.combination_bars(results_dict, _figure(workdir, "combinations"))
   if "missing_rate" in results_dict:
-    plots.missing_rate_curve(results_dict, path("missing_rate"))
-  return path
+    plots.missing_rate_curve(results_dict, _figure(workdir, "missing_rate"))
 
 
 def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
                   test_split, reps: dict) -> None:
   """The PNG figures of a run in WORKDIR/figures/ (see plots.py)."""
-  path = write_summary_figures(workdir, results_dict)
+  write_summary_figures(workdir, results_dict)
   task, seed = results_dict["task"], results_dict["seeds"][0]
   source = (f"{results_dict['dataset']} test"
             + (" [SYNTHETIC DATA]" if results_dict["data"]["synthetic"] else ""))
   selected = results_dict["selected_epoch"]
   plots.training_curves(
       os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],
-      path("training"), sum(selected.values(), []) if isinstance(
+      _figure(workdir, "training"), sum(selected.values(), []) if isinstance(
           selected, dict) else selected)
   category, names = _categories(task, test_split.label,
                                 config.regression_categories)
   plots.representation_map(
       {"h (fused)": reps["h"], "z (MCB-CL projection)": reps["z"]},
-      category, names, path("representation"),
+      category, names, _figure(workdir, "representation"),
       f"{source}, seed {seed}: PCA of the fused representation under each "
       "combination")
   pred, s = test_found["outputs"]
   plots.uncertainty_plot(
       task, pred[:, 0].reshape(-1, pred.shape[-1]),
       np.tile(test_split.label, pred.shape[0]), s[:, 0].reshape(-1),
-      path("uncertainty"), config.task_loss,
+      _figure(workdir, "uncertainty"), config.task_loss,
       f"{source}, seed {seed}, all 7 combinations pooled")
 
 

@@ -296,8 +296,7 @@ def _train_fold(config, workdir: str) -> dict:
 
   # Train
   # -----
-  valid_masks = evaluation.fixed_masks(
-      evaluation.to_host(arrays["valid"]["available"]))
+  valid_masks = evaluation.fixed_masks(dataset.valid.available)
   progress = report.Progress(config.num_epochs, start, enabled=main_process)
   try:
     for epoch in range(start, config.num_epochs):
@@ -345,8 +344,7 @@ def _train_fold(config, workdir: str) -> dict:
     if config.plots:
       report.write_figures(
           workdir, results, config, found["test"], dataset.test,
-          evaluation.representations(graphdef, best, members,
-                                     arrays["test"], len(dataset.test)))
+          evaluation.representations(graphdef, best, members, dataset.test))
     print(report.table(results))
   return results
 
