@@ -51,10 +51,12 @@ def sugr(per_sample: jax.Array, s: jax.Array, *, s_max: float,
   Returns:
     (loss, w) with w = exp(-s) when active, else ones.
   """
-  s = jnp.clip(s, -s_max, s_max)
+  # s = 0 during warm-up gives w = 1 and the plain mean, with no path from
+  # the uncertainty head into the loss: selecting between two finished losses
+  # instead would still backpropagate 0 * d exp(-s), NaN for a NaN s.
+  s = jnp.where(active, jnp.clip(s, -s_max, s_max), 0.0)
   w = jnp.exp(-s)
-  loss = jnp.where(active, jnp.mean(w * per_sample + s), jnp.mean(per_sample))
-  return loss, jnp.where(active, w, jnp.ones_like(w))
+  return jnp.mean(w * per_sample + s), w
 
 
 def category(label: jax.Array, task: str, rule: str = "sign") -> jax.Array:

@@ -236,6 +236,19 @@ def test_sugr_gradients(active):
     jtu.check_grads(jax.jit(f), (l, s), order=1, modes=("rev",))
 
 
+def test_sugr_warm_up_gives_the_uncertainty_head_no_gradient():
+  """During warm-up s gets an exactly zero gradient and l the plain mean's,
+  even for a non-finite s or s_max (no 0 * NaN from an unused branch)."""
+  l = jnp.array([1.0, 2.0, 4.0])
+  for s, s_max in ((jnp.array([0.3, -0.2, 9.0]), float("nan")),
+                   (jnp.array([jnp.nan, 0.0, jnp.inf]), 3.0)):
+    grad_l, grad_s = jax.grad(
+        lambda l, s: losses.sugr(l, s, s_max=s_max, active=False)[0],
+        argnums=(0, 1))(l, s)
+    np.testing.assert_array_equal(grad_s, 0.0)
+    np.testing.assert_allclose(grad_l, 1 / 3)
+
+
 @pytest.mark.parametrize("rule", RULES + ("class_plus_combo",))
 def test_mcb_cl_gradients(rule):
   """Gradients through a normalisation of unconstrained vectors (z unit-norm),
