@@ -451,7 +451,7 @@ def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
   out = predict(graphdef, jax.tree.map(lambda x: x[0], params),
                 test.features, mask)
   got = metrics.compute(manifest.task, np.asarray(out["pred"]), test.label,
-                        np.asarray(out["s"]))
+                        np.asarray(out["s"]), config.task_loss)
   want = {k: v["per_run"][0] for k, v in results["test"]["atv"].items()}
   assert got.keys() == want.keys()
   for k in want:
