@@ -43,6 +43,9 @@ import math
 import numpy as np
 
 HEADLINE = {"regression": "f1_non0", "classification": "wf1"}
+# The regression task losses (losses.TASK_LOSSES) and so the predictive
+# distributions the uncertainty metrics know: Laplace, Gaussian.
+REGRESSION_LOSSES = ("l1", "mse")
 
 
 def _per_class(true: np.ndarray, pred: np.ndarray):
@@ -115,9 +118,15 @@ def classification(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
 
 
 def decisions(task: str, outputs: np.ndarray, label: np.ndarray, s: np.ndarray,
-              task_loss: str = "l1"):
+              task_loss: str):
   """(correct, confidence, error, s) over the samples the headline decision
-  is defined on (non-zero labels for regression); see the module docstring."""
+  is defined on (non-zero labels for regression); see the module docstring.
+  `task_loss` (the run's `config.task_loss`) picks a regression score's
+  predictive distribution: "l1" Laplace, "mse" Gaussian; there is no
+  default, as a wrong one silently changes `ece`."""
+  if task == "regression" and task_loss not in REGRESSION_LOSSES:
+    raise ValueError(f"regression uncertainty needs task_loss in "
+                     f"{REGRESSION_LOSSES}, got {task_loss!r}")
   outputs = np.asarray(outputs, np.float64)
   label, s = np.asarray(label), np.asarray(s, np.float64)
   if task == "regression":
@@ -172,7 +181,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def uncertainty(task: str, outputs: np.ndarray, label: np.ndarray,
-                s: np.ndarray, task_loss: str = "l1") -> dict[str, float]:
+                s: np.ndarray, task_loss: str) -> dict[str, float]:
   """`ece`, `sel_acc_80`, `sel_acc_50`, `s_err_spearman` (module docstring)."""
   correct, confidence, error, s = decisions(task, outputs, label, s, task_loss)
   sel_80, sel_50 = coverage_curve(correct, s, [0.8, 0.5])
@@ -182,9 +191,10 @@ def uncertainty(task: str, outputs: np.ndarray, label: np.ndarray,
 
 
 def compute(task: str, outputs: np.ndarray, label: np.ndarray,
-            s: np.ndarray | None = None, task_loss: str = "l1"):
+            s: np.ndarray | None = None, task_loss: str | None = None):
   """Metrics of raw model outputs [N, K] (scores when K = 1), and with the
-  SUGR scores `s` [N] also the uncertainty metrics."""
+  SUGR scores `s` [N] and the run's `task_loss` also the uncertainty
+  metrics."""
   if task == "regression":
     out = regression(outputs[:, 0], label)
   else:

@@ -406,7 +406,7 @@ def _coverage_panel(ax, correct, confidence, s) -> None:
 
 
 def uncertainty_plot(task: str, outputs: np.ndarray, label: np.ndarray,
-                     s: np.ndarray, path: str, task_loss: str = "l1",
+                     s: np.ndarray, path: str, task_loss: str,
                      title: str = "") -> None:
   """How well SUGR's log-variance s tracks the errors of one model.
 
@@ -421,8 +421,8 @@ def uncertainty_plot(task: str, outputs: np.ndarray, label: np.ndarray,
     label: [N] labels.
     s: [N] SUGR log-variances.
     path: the PNG to write.
-    task_loss: "l1" or "mse", the regression loss that sets the predictive
-      distribution behind the confidence.
+    task_loss: the run's `config.task_loss`; for regression "l1" or "mse",
+      which sets the predictive distribution behind the confidence.
     title: leads the figure's title (say the dataset, split and model).
 
   Raises:

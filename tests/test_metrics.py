@@ -262,15 +262,30 @@ def test_classification_uncertainty_against_scipy():
   logits, label = rng.normal(size=(300, 4)) * 2, rng.integers(0, 4, 300)
   s = rng.normal(size=300)
   correct, confidence, error, _ = metrics.decisions(
-      "classification", logits, label, s)
+      "classification", logits, label, s, "ce")
   p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   np.testing.assert_allclose(confidence, p.max(-1))
   np.testing.assert_allclose(error, -np.log(p[np.arange(300), label]))
   np.testing.assert_array_equal(correct, logits.argmax(-1) == label)
-  got = metrics.uncertainty("classification", logits, label, s)
+  got = metrics.uncertainty("classification", logits, label, s, "ce")
   assert got["s_err_spearman"] == pytest.approx(
       stats.spearmanr(s, error).statistic)
   assert got["ece"] == pytest.approx(np_ece(correct, confidence))
+
+
+def test_regression_uncertainty_needs_the_run_task_loss():
+  """No silent default distribution: a regression score's confidence needs
+  the run's task loss (L1 and MSE give different ECEs), so without it, or
+  with a non-regression loss, the uncertainty metrics refuse."""
+  rng = np.random.default_rng(3)
+  pred, label, s = rng.normal(size=(50, 1)), rng.normal(size=50), rng.normal(
+      size=50)
+  assert (metrics.uncertainty("regression", pred, label, s, "l1")["ece"]
+          != metrics.uncertainty("regression", pred, label, s, "mse")["ece"])
+  for task_loss in (None, "ce", "MSE"):
+    with pytest.raises(ValueError, match="task_loss"):
+      metrics.compute("regression", pred, label, s, task_loss)
+  assert "ece" not in metrics.compute("regression", pred, label)
 
 
 def test_uncertainty_scores_non0_samples_and_handles_ties():
@@ -279,12 +294,13 @@ def test_uncertainty_scores_non0_samples_and_handles_ties():
   label = np.array([0.0, 1.0, -1.0, 2.0, -2.0])
   pred = np.array([[0.3], [0.5], [0.5], [1.0], [-3.0]])
   correct, _, error, s = metrics.decisions("regression", pred, label,
-                                           np.zeros(5))
+                                           np.zeros(5), "l1")
   np.testing.assert_array_equal(correct, [True, False, True, True])
   np.testing.assert_allclose(error, [0.5, 1.5, 1.0, 1.0])
   assert len(s) == 4
   got = metrics.uncertainty("regression", pred, label,
-                            np.array([9.0, 0.5, 1.5, 1.0, 1.0]))
+                            np.array([9.0, 0.5, 1.5, 1.0, 1.0]), "l1")
   assert got["s_err_spearman"] == pytest.approx(1.0)
-  empty = metrics.uncertainty("regression", pred, np.zeros(5), np.zeros(5))
+  empty = metrics.uncertainty("regression", pred, np.zeros(5), np.zeros(5),
+                              "l1")
   assert all(math.isnan(v) for v in empty.values())

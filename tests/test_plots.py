@@ -301,4 +301,4 @@ def test_uncertainty_plot_reports_the_metrics_values(tmp_path, figures, task,
 def test_uncertainty_plot_without_scored_samples_fails_clearly(tmp_path):
   with pytest.raises(ValueError, match="no scored sample"):
     plots.uncertainty_plot("regression", np.ones((5, 1)), np.zeros(5),
-                           np.zeros(5), str(tmp_path / "x.png"))
+                           np.zeros(5), str(tmp_path / "x.png"), "l1")
