@@ -183,7 +183,13 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 def uncertainty(task: str, outputs: np.ndarray, label: np.ndarray,
                 s: np.ndarray, task_loss: str) -> dict[str, float]:
   """`ece`, `sel_acc_80`, `sel_acc_50`, `s_err_spearman` (module docstring)."""
-  correct, confidence, error, s = decisions(task, outputs, label, s, task_loss)
+  return uncertainty_of(*decisions(task, outputs, label, s, task_loss))
+
+
+def uncertainty_of(correct: np.ndarray, confidence: np.ndarray,
+                   error: np.ndarray, s: np.ndarray) -> dict[str, float]:
+  """`uncertainty` from the outputs of `decisions`, for a caller that needs
+  both (the uncertainty figure)."""
   sel_80, sel_50 = coverage_curve(correct, s, [0.8, 0.5])
   return {"ece": ece(correct, confidence),
           "sel_acc_80": float(sel_80), "sel_acc_50": float(sel_50),

@@ -433,11 +433,10 @@ def uncertainty_plot(task: str, outputs: np.ndarray, label: np.ndarray,
   if not len(correct):
     raise ValueError("no scored sample: the decision is undefined on every "
                      "sample (regression labels all 0)")
-  scores = metrics.uncertainty(task, outputs, label, s, task_loss)
+  scores = metrics.uncertainty_of(correct, confidence, error, s_kept)
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
   _error_panel(axes[0], task, s_kept, error, scores["s_err_spearman"])
-  _reliability_panel(axes[1], task, correct, confidence,
-                     metrics.ece(correct, confidence))
+  _reliability_panel(axes[1], task, correct, confidence, scores["ece"])
   _coverage_panel(axes[2], correct, confidence, s_kept)
   scored = ("samples with a non-zero label" if task == "regression"
             else "samples")
