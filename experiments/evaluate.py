@@ -19,10 +19,11 @@ from mcur_jax import inference
 from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import tfrecord
+from mcur_jax import validate
 
 flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
 flags.DEFINE_enum("protocol", "all", evaluation.PROTOCOLS,
-                  "fixed: the 7 combinations; missing_rate: GCNet rates")
+                  "fixed: every combination; missing_rate: GCNet rates")
 flags.DEFINE_enum("split", "test", ["valid", "test"], "split to evaluate")
 flags.DEFINE_string("out", None, "write the results as JSON to this file")
 FLAGS = flags.FLAGS
@@ -37,7 +38,7 @@ def main(argv) -> None:
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
                                          FLAGS.protocol)
   except (FileNotFoundError, schema.DataError, tfrecord.CorruptRecordError,
-          ValueError) as e:
+          validate.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if FLAGS.split in results:

@@ -22,6 +22,7 @@ from absl import flags
 
 from experiments import launch
 from mcur_jax import sweep
+from mcur_jax import validate
 
 flags.DEFINE_string("sweep", None, "Python file whose get_sweep() returns a "
                     "list of {field: value} points")
@@ -43,7 +44,7 @@ def points(config) -> list[dict]:
 def parse_shard(text: str) -> tuple[int, int]:
   index, sep, count = text.partition("/")
   if not (sep and index.isdigit() and count.isdigit()):
-    raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4")
+    raise validate.ConfigError("--shard", f"{text!r}: expected i/n, e.g. 0/4")
   return int(index), int(count)
 
 

@@ -16,9 +16,11 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from mcur_jax import combos
 from mcur_jax import model as model_lib
 from mcur_jax import regime
 from mcur_jax import schema
+from mcur_jax import validate
 
 
 def directory(workdir: str) -> str:
@@ -62,17 +64,18 @@ def restore_for_inference(workdir: str, sharding=None):
 
   Returns:
     (graphdef, params, config, manifest): `params` has a leading member
-    axis in the order of `regime.members(config)` (the seeds, or (seed,
+    axis in the order of `regime.members` (the seeds, or (seed,
     combination) pairs in the per-condition regime), and
-    `model.apply(graphdef, jax.tree.map(lambda x: x[i], params), features,
-    mask)` predicts with member i; the prepared data's manifest gives dims
-    and task.
+    `model.apply(graphdef, jax.tree.map(lambda x: x[i], params), inputs,
+    mask)` predicts with member i (`inputs` as in `model.MCUR.__call__`);
+    the prepared data's manifest gives dims and task.
   """
   config = load_config(workdir)
   manifest = schema.Manifest.load(config.data_dir)
   graphdef, init = model_lib.create(config, manifest.dims,
                                     manifest.num_classes)
-  seeds = jax.numpy.asarray(regime.members(config).seeds)
+  seeds = jax.numpy.asarray(regime.members(config, combos.realisable(
+      validate.present_modalities(manifest))).seeds)
   device = sharding or jax.sharding.SingleDeviceSharding(
       jax.local_devices()[0])
   abstract = jax.tree.map(

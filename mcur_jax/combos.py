@@ -24,17 +24,25 @@ def bits_of(mask: jax.Array) -> jax.Array:
   return (mask.astype(jnp.int32) * jnp.array([1, 2, 4])).sum(-1)
 
 
-def restrict(combo_mask: jax.Array, available: jax.Array) -> jax.Array:
-  """The modalities of a combination that a sample natively has.
+def realisable(present: np.ndarray) -> np.ndarray:
+  """Indices into `NAMES` of the combinations a dataset can realise: those
+  whose every modality it has ([3] bool `present`: for some utterance).
+  A combination needing a modality the dataset lacks entirely (IEMOCAP's
+  video here) is left out of training draws, tables and Avg."""
+  return np.flatnonzero(~(MASKS & ~np.asarray(present, bool)).any(1))
 
-  A sample natively lacking every modality of the combination keeps an empty
-  mask: it is predicted from the missing embeddings alone.
-  """
-  return combo_mask & available
+
+def run_starts(segment: jax.Array) -> jax.Array:
+  """[B] index of the first position of each position's run of equal
+  consecutive `segment` values (a window's first utterance)."""
+  i = jnp.arange(segment.shape[0])
+  new = jnp.concatenate([jnp.ones(1, bool), segment[1:] != segment[:-1]])
+  return jax.lax.cummax(jnp.where(new, i, 0))
 
 
 def sample_train_masks(key: jax.Array, available: jax.Array,
-                       weights: jax.Array) -> jax.Array:
+                       weights: jax.Array,
+                       segment: jax.Array | None = None) -> jax.Array:
   """Draws one combination per sample, intersected with native availability.
 
   Args:
@@ -42,6 +50,8 @@ def sample_train_masks(key: jax.Array, available: jax.Array,
     available: [B, 3] bool native availability.
     weights: [7] non-negative weights of the combinations in `NAMES` order
       (uniform by default in the configs).
+    segment: [B] window ids; when given, one draw per window (per run of
+      equal consecutive ids) instead of one per sample.
 
   Returns:
     [B, 3] bool mask. Where the drawn combination and the native availability
@@ -49,40 +59,47 @@ def sample_train_masks(key: jax.Array, available: jax.Array,
   """
   logits = jnp.log(jnp.asarray(weights, jnp.float32))
   drawn = jax.random.categorical(key, logits, shape=available.shape[:1])
+  if segment is not None:
+    drawn = drawn[run_starts(segment)]
   mask = jnp.asarray(MASKS)[drawn] & available
   return jnp.where(mask.any(-1, keepdims=True), mask, available)
 
 
-MISSING_RATES = tuple(round(0.1 * i, 1) for i in range(8))
-
-
-def missing_rate_mask(rng: np.random.Generator, n: int,
-                      rate: float) -> np.ndarray:
+def missing_rate_mask(rng: np.random.Generator, n: int, rate: float,
+                      present: np.ndarray | None = None) -> np.ndarray:
   """GCNet's random missing-rate mask for n samples: [n, 3] bool.
 
-  The fraction of dropped (False) entries is `rate`, every row keeps at
-  least one modality, and the kept entries are otherwise uniform:
-  * 1 - rate <= 1/3: exactly one random modality per row (so rate 0.7 gives
-    2/3, as in GCNet);
+  Over the k modalities the dataset has (`present`, default all 3): the
+  fraction of dropped (False) entries is `rate`, every row keeps at least
+  one modality, and the kept entries are otherwise uniform:
+  * 1 - rate <= 1/k: exactly one random modality per row (so rate 0.7 gives
+    2/3 with 3 modalities, as in GCNet, and 1/2 with 2);
   * rate 0: all kept;
   * otherwise one guaranteed random modality per row, plus
-    round(3 n (1 - rate)) - n more entries drawn without replacement among
-    the other 2n. GCNet redraws Bernoulli masks until the realised rate is
-    within 0.005 of `rate`; fixing the count gives the same distribution
-    conditioned on the count, and a realised rate within 1 / (3n) of it.
+    round(k n (1 - rate)) - n more entries drawn without replacement among
+    the other (k - 1) n. GCNet redraws Bernoulli masks until the realised
+    rate is within 0.005 of `rate`; fixing the count gives the same
+    distribution conditioned on the count, and a realised rate within
+    1 / (k n) of it.
+  The columns of modalities the dataset lacks are False.
 
   Raises:
     ValueError: rate outside [0, 0.7] (GCNet asserts the same range).
   """
   if not 0 <= rate <= 0.7 + 1e-9:
     raise ValueError(f"missing rate {rate} outside [0, 0.7]")
+  columns = np.flatnonzero(np.ones(3, bool) if present is None else present)
+  k = len(columns)
   keep = 1.0 - rate
+  mask = np.zeros((n, k), bool)
   if keep >= 1:
-    return np.ones((n, 3), bool)
-  mask = np.zeros((n, 3), bool)
-  mask[np.arange(n), rng.integers(0, 3, n)] = True
-  if keep > 1 / 3 + 1e-9:
-    extra = int(round(3 * n * keep)) - n
-    free = np.flatnonzero(~mask.ravel())
-    mask.ravel()[rng.choice(free, extra, replace=False)] = True
-  return mask
+    mask[:] = True
+  else:
+    mask[np.arange(n), rng.integers(0, k, n)] = True
+    if keep > 1 / k + 1e-9:
+      extra = int(round(k * n * keep)) - n
+      free = np.flatnonzero(~mask.ravel())
+      mask.ravel()[rng.choice(free, extra, replace=False)] = True
+  full = np.zeros((n, 3), bool)
+  full[:, columns] = mask
+  return full

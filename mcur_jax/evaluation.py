@@ -1,76 +1,88 @@
-"""The evaluation protocols of DESIGN section 2, on a run's models.
+"""The evaluation protocols of DESIGN section 2, on a run's models, in context.
 
-* fixed: every sample under each of the 7 combinations, restricted to the
-  modalities it natively has -> metrics per combination and their Avg.
+Every utterance is predicted exactly once, in its evaluation window
+(`groups.EvalLayout`: the whole group when it fits `context_window`, else
+the window centred nearest to it), so with context on both sides where its
+group has it.
+
+* fixed: every utterance under each of the run's combinations (those the
+  dataset can realise, `combos.realisable`), a whole window under one
+  combination, restricted to the modalities each utterance natively has ->
+  metrics per combination and their Avg.
 * missing_rate: for each rate r in `config.missing_rates`, `K =
-  config.missing_rate_draws` masks drawn with GCNet's semantics
-  (`combos.missing_rate_mask`: fraction r of the (sample, modality) entries
-  dropped, at least one modality kept per sample), each intersected with
-  native availability. Draw k of rate index i uses the NumPy seed
-  (config.missing_rate_seed, i, k), so every run, seed and evaluation sees
-  the same masks; metrics are averaged over the K draws.
+  config.missing_rate_draws` masks drawn per utterance and modality with
+  GCNet's semantics over the modalities the dataset has
+  (`combos.missing_rate_mask`: fraction r of the (utterance, modality)
+  entries dropped, at least one modality kept per utterance), each
+  intersected with native availability. Draw k of rate index i uses the
+  NumPy seed (config.missing_rate_seed, i, k), so every run, seed and
+  evaluation sees the same masks; metrics are averaged over the K draws.
 
-Each sample's prediction comes from the member (`regime.Members`) that
+Each utterance's prediction comes from the member (`regime.Members`) that
 serves its combination: the seed's single model in the mixed regime; in the
 per-condition regime the model of the fixed combination (fixed protocol) or
-of the sample's drawn combination (missing-rate protocol; a sample left with
-no modality goes to the `atv` model).
+of the utterance's drawn combination (missing-rate protocol; one left with
+no modality goes to the model of the run's fullest combination).
 
 One compiled function runs every protocol: it predicts `MASK_SETS` mask
-sets over a fixed-size chunk of rows, so training, the final evaluation and
-`experiments.evaluate` share it and give bit-identical outputs.
+sets over a fixed-size chunk of window slots, so training, the final
+evaluation and `experiments.evaluate` share it and give bit-identical
+outputs.
 """
 
+import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcur_jax import combos
 from mcur_jax import data as data_lib
+from mcur_jax import groups as groups_lib
 from mcur_jax import metrics
 from mcur_jax import model as model_lib
 from mcur_jax import schema
+from mcur_jax import transfer
 
 # Mask sets predicted per compiled call: the 7 combinations of the fixed
 # protocol, or 7 missing-rate draws at a time.
 MASK_SETS = len(combos.NAMES)
 
 
-def chunk_size(eval_batch_size: int, mesh) -> int:
-  """Rows per compiled call: `eval_batch_size` rounded up to the devices."""
-  devices = mesh.devices.size
-  return -(-eval_batch_size // devices) * devices
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """A split laid out in evaluation windows, on the devices."""
 
+  split: data_lib.Split
+  layout: groups_lib.EvalLayout
+  # Per window slot, replicated: the modality features, "available",
+  # "segment", "rank", "speaker".
+  arrays: dict
 
-def device_arrays(split: data_lib.Split, sharding, pad_to: int = 1) -> dict:
-  """A split's model inputs as device arrays with `sharding`, rows padded
-  with zeros (no modality available) to a multiple of `pad_to`."""
-  n = len(split)
-  pad = -n % pad_to
-  host = {**split.features, "available": split.available,
-          "label": split.label}
-  host = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
-          for k, v in host.items()}
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in host.items()}
-
-
-def to_host(tree):
-  """NumPy copies of replicated arrays: each process reads its local replica
-  (`jax.device_get` would need every shard addressable, false multi-host)."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  @classmethod
+  def of(cls, split: data_lib.Split, config, mesh) -> "Inputs":
+    layout = groups_lib.EvalLayout.of(
+        groups_lib.Groups.of(split), groups_lib.context_window(config),
+        transfer.chunk_size(config.eval_batch_size, mesh))
+    index = np.maximum(layout.index, 0)
+    real = (layout.index >= 0)[:, None]
+    host = {m: np.where(real, split.features[m][index], 0).astype(np.float32)
+            for m in schema.MODALITIES}
+    host.update(available=split.available[index] & real,
+                segment=layout.segment, rank=layout.rank,
+                speaker=layout.speaker)
+    return cls(split=split, layout=layout, arrays=transfer.to_device(
+        host, NamedSharding(mesh, P())))
 
 
 def make_predict(config, graphdef, mesh, compiles=None):
-  """predict(params [M...], arrays, masks [C, N, 3]) -> (pred [C, M, N, K],
-  s [C, M, N]) as NumPy, for any number C of mask sets over the split's N
-  rows (the padding rows of `arrays` are predicted with no modality and
-  dropped). Traces are counted in `compiles["evaluate"]` (a Counter) when
-  given."""
+  """predict(params [M...], inputs, masks [C, N, 3], keys) -> {key: [C, M,
+  N, ...]} as NumPy for `keys` among pred, s, h, z: the outputs of each of
+  the C mask sets (per utterance of the split) and members, each utterance
+  predicted in its window. Traces are counted in `compiles["evaluate"]` (a
+  Counter) when given."""
   chunk_sharding = NamedSharding(mesh, P("data"))
   mask_sharding = NamedSharding(mesh, P(None, "data"))
 
@@ -80,43 +92,43 @@ def make_predict(config, graphdef, mesh, compiles=None):
       compiles["evaluate"] += 1
     part = jax.lax.with_sharding_constraint(part, chunk_sharding)
     masks = jax.lax.with_sharding_constraint(masks, mask_sharding)
-    features = {m: part[m] for m in schema.MODALITIES}
+    return jax.lax.map(lambda mask: jax.vmap(
+        lambda p: model_lib.apply(graphdef, p, part, mask))(params), masks)
 
-    def one_set(mask):
-      out = jax.vmap(lambda p: model_lib.apply(graphdef, p, features, mask)
-                     )(params)
-      return out["pred"], out["s"]
-    return jax.lax.map(one_set, masks)
+  chunk = transfer.chunk_size(config.eval_batch_size, mesh)
 
-  chunk = chunk_size(config.eval_batch_size, mesh)
-
-  def predict(params, arrays, masks):
-    sets, rows = masks.shape[:2]
-    n = arrays["label"].shape[0]
-    padded = np.zeros((sets - sets % -MASK_SETS, n, 3), bool)
-    padded[:sets, :rows] = masks
-    padded[sets:, :rows] = masks[-1]
-    masks = padded
+  def predict(params, inputs: Inputs, masks, keys=("pred", "s")):
+    layout = inputs.layout
+    slots = len(layout.index)
+    # Each slot under its utterance's mask; padding slots under none.
+    masks = masks[:, np.maximum(layout.index, 0)] & (
+        layout.index >= 0)[None, :, None]
+    sets = len(masks)
+    padded = np.zeros((sets - sets % -MASK_SETS, slots, 3), bool)
+    padded[:sets], padded[sets:] = masks, masks[-1]
     parts = []
-    for j in range(0, len(masks), MASK_SETS):
-      row = [to_host(predict_chunk(
-          params, jax.tree.map(lambda x: x[i:i + chunk], arrays),
-          jnp.asarray(masks[j:j + MASK_SETS, i:i + chunk])))
-             for i in range(0, n, chunk)]
-      parts.append(tuple(np.concatenate(x, axis=2) for x in zip(*row)))
-    return tuple(np.concatenate(x)[:sets, :, :rows] for x in zip(*parts))
+    for j in range(0, len(padded), MASK_SETS):
+      row = [transfer.to_host({k: v for k, v in predict_chunk(
+          params, jax.tree.map(lambda x: x[i:i + chunk], inputs.arrays),
+          padded[j:j + MASK_SETS, i:i + chunk]).items() if k in keys})
+             for i in range(0, slots, chunk)]
+      parts.append({k: np.concatenate([r[k] for r in row], axis=2)
+                    for k in keys})
+    return {k: np.concatenate([p[k] for p in parts])[:sets][:, :, layout.owner]
+            for k in keys}
 
   return predict
 
 
-def fixed_masks(available: np.ndarray) -> np.ndarray:
-  """[7, N, 3]: each combination restricted to native availability."""
-  return combos.MASKS[:, None, :] & available[None]
+def fixed_masks(available: np.ndarray, served: np.ndarray) -> np.ndarray:
+  """[C, N, 3]: each served combination restricted to native availability."""
+  return combos.MASKS[served][:, None, :] & available[None]
 
 
-def combo_index(mask: np.ndarray) -> np.ndarray:
-  """Index into `combos.NAMES` of each [..., 3] mask; no modality -> atv."""
-  position = np.full(len(combos.BITS) + 1, len(combos.NAMES) - 1)
+def combo_index(mask: np.ndarray, served: np.ndarray) -> np.ndarray:
+  """Index into `combos.NAMES` of each [..., 3] mask; no modality -> the
+  fullest served combination."""
+  position = np.full(len(combos.BITS) + 1, served[-1])
   position[combos.BITS] = np.arange(len(combos.NAMES))
   return position[np.asarray(combos.bits_of(mask))]
 
@@ -133,52 +145,59 @@ def route(values: np.ndarray, owner: np.ndarray,
 def member_scores(task: str, pred: np.ndarray, split, members):
   """Per member: (validation metrics of the combinations it serves, its
   selection score = their weighted headline mean), from fixed-protocol
-  predictions [7, M, N, K]."""
+  predictions [C, M, N, K] over `members.combos`."""
   key = metrics.HEADLINE[task]
   per_member, scores = [], []
   for m in range(len(members)):
-    served = np.flatnonzero(members.selection[m])
-    found = {combos.NAMES[c]: metrics.compute(task, pred[c, m], split.label)
-             for c in served}
+    found = {combos.NAMES[c]: metrics.compute(task, pred[i, m], split.label)
+             for i, c in enumerate(members.combos)
+             if members.selection[m, c]}
     per_member.append(found)
     scores.append(sum(members.selection[m, c] * found[combos.NAMES[c]][key]
-                      for c in served))
+                      for c in members.combos if members.selection[m, c]))
   return per_member, np.array(scores)
 
 
-def fixed(predict, params, arrays, split, members, task, task_loss):
+def fixed(predict, params, inputs: Inputs, members, task, task_loss):
   """The fixed protocol: per seed, {combination: metrics (with the
-  uncertainty metrics)}; also the routed (pred, s) [7, S, N, ...]."""
-  pred, s = predict(params, arrays, fixed_masks(split.available))
-  which = np.broadcast_to(np.arange(len(combos.NAMES))[:, None],
-                          (len(combos.NAMES), len(split)))
-  pred, s = route(pred, members.owner, which), route(s, members.owner, which)
-  per_seed = [{name: metrics.compute(task, pred[c, i], split.label, s[c, i],
-                                     task_loss)
-               for c, name in enumerate(combos.NAMES)}
-              for i in range(members.owner.shape[0])]
-  return per_seed, pred, s
+  uncertainty metrics)}; also the routed outputs {pred, s, h, z} [C, S, N,
+  ...] over `members.combos`."""
+  split = inputs.split
+  out = predict(params, inputs, fixed_masks(split.available, members.combos),
+                keys=("pred", "s", "h", "z"))
+  which = np.broadcast_to(members.combos[:, None],
+                          (len(members.combos), len(split)))
+  out = {k: route(v, members.owner, which) for k, v in out.items()}
+  per_seed = [{combos.NAMES[c]: metrics.compute(
+      task, out["pred"][i, s], split.label, out["s"][i, s], task_loss)
+               for i, c in enumerate(members.combos)}
+              for s in range(members.owner.shape[0])]
+  return per_seed, out
 
 
-def missing_rate_masks(config, available: np.ndarray) -> np.ndarray:
-  """[R, K, N, 3]: the K fixed-seed draws of every rate, intersected with
-  native availability."""
+def missing_rate_masks(config, available: np.ndarray,
+                       present=None) -> np.ndarray:
+  """[R, K, N, 3]: the K fixed-seed draws of every rate over the `present`
+  modalities (default all), intersected with native availability."""
   n = len(available)
   return np.stack([np.stack([
       combos.missing_rate_mask(
-          np.random.default_rng((config.missing_rate_seed, i, k)), n, r)
-      & available for k in range(config.missing_rate_draws)])
+          np.random.default_rng((config.missing_rate_seed, i, k)), n, r,
+          present) & available for k in range(config.missing_rate_draws)])
                    for i, r in enumerate(config.missing_rates)])
 
 
-def missing_rate(config, predict, params, arrays, split, members, task):
+def missing_rate(config, predict, params, inputs: Inputs, members, task,
+                 present):
   """The missing-rate protocol: {rate: per seed {metric: mean over the K
-  draws}}, and {rate: samples left without a modality, mean over draws}."""
-  masks = missing_rate_masks(config, split.available)  # [R, K, N, 3]
+  draws}}, and {rate: utterances left without a modality, mean over
+  draws}."""
+  split = inputs.split
+  masks = missing_rate_masks(config, split.available, present)
   rates, draws = masks.shape[:2]
   flat = masks.reshape(rates * draws, len(split), 3)
-  pred, _ = predict(params, arrays, flat)
-  pred = route(pred, members.owner, combo_index(flat))
+  pred = predict(params, inputs, flat, keys=("pred",))["pred"]
+  pred = route(pred, members.owner, combo_index(flat, members.combos))
   pred = pred.reshape(rates, draws, *pred.shape[1:])
   per_rate, empty = {}, {}
   for i, r in enumerate(config.missing_rates):
@@ -196,41 +215,28 @@ def missing_rate(config, predict, params, arrays, split, members, task):
 PROTOCOLS = ("fixed", "missing_rate", "all")
 
 
-def run(config, predict, params, split, arrays, members, task,
+def run(config, predict, params, inputs: Inputs, members, task, present,
         protocol: str = "all") -> dict:
   """Evaluates the selected `params` [M...] on one split.
 
-  Returns {"fixed": per seed {combination: metrics}, "outputs": (pred, s)
-  routed [7, S, N, ...], "fixed_without_modality": {combination: samples
-  with none of its modalities}} and/or {"missing_rate": {rate: per seed metrics},
-  "without_modality": {rate: count}}, by `protocol` (fixed | missing_rate
-  | all).
+  Returns {"fixed": per seed {combination: metrics}, "outputs": {pred, s,
+  h, z} routed [C, S, N, ...], "fixed_without_modality": {combination:
+  utterances with none of its modalities}} and/or {"missing_rate": {rate:
+  per seed metrics}, "without_modality": {rate: count}}, by `protocol`
+  (fixed | missing_rate | all); `present` [3] bool are the modalities the
+  dataset has.
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
   out = {}
   if protocol in ("fixed", "all"):
-    per_seed, pred, s = fixed(predict, params, arrays, split, members, task,
+    per_seed, outputs = fixed(predict, params, inputs, members, task,
                               config.task_loss)
-    empty = ~fixed_masks(split.available).any(-1)  # [7, N]
-    out.update(fixed=per_seed, outputs=(pred, s), fixed_without_modality={
-        name: int(empty[c].sum()) for c, name in enumerate(combos.NAMES)})
+    empty = ~fixed_masks(inputs.split.available, members.combos).any(-1)
+    out.update(fixed=per_seed, outputs=outputs, fixed_without_modality={
+        combos.NAMES[c]: int(empty[i].sum())
+        for i, c in enumerate(members.combos)})
   if protocol in ("missing_rate", "all"):
     out["missing_rate"], out["without_modality"] = missing_rate(
-        config, predict, params, arrays, split, members, task)
+        config, predict, params, inputs, members, task, present)
   return out
-
-
-def representations(graphdef, params, members, split) -> dict:
-  """The first seed's fused representation h and MCB-CL projection z of a
-  split under each combination: {"h": [7, N, D], "z": [7, N, P]}."""
-  masks = fixed_masks(split.available)
-  apply = jax.jit(lambda p, mask: model_lib.apply(graphdef, p, split.features,
-                                                  mask))
-  out = {"h": [], "z": []}
-  for c in range(len(combos.NAMES)):
-    member = members.owner[0, c]
-    found = apply(jax.tree.map(lambda x: x[member], params), masks[c])
-    for k in out:
-      out[k].append(np.asarray(found[k]))
-  return {k: np.stack(v) for k, v in out.items()}

@@ -13,11 +13,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcur_jax import checkpoint
+from mcur_jax import combos
 from mcur_jax import data as data_lib
 from mcur_jax import evaluation
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import train
+from mcur_jax import validate
 
 
 def fold_workdirs(workdir: str) -> list[str]:
@@ -35,9 +37,10 @@ def evaluate_workdir(workdir: str, split: str = "test",
   cross-validated workdir (fold<k>/ subdirectories) is evaluated fold by
   fold and pooled over folds and seeds, as training does."""
   if split not in ("valid", "test"):
-    raise ValueError(f"split {split!r}: valid or test")
+    raise validate.ConfigError("--split", f"{split!r}: valid or test")
   if protocol not in evaluation.PROTOCOLS:
-    raise ValueError(f"protocol {protocol!r} not in {evaluation.PROTOCOLS}")
+    raise validate.ConfigError("--protocol", f"{protocol!r} not in "
+                               f"{evaluation.PROTOCOLS}")
   folds = fold_workdirs(workdir)
   if folds:
     return report.combine_folds([evaluate_workdir(d, split, protocol)
@@ -48,12 +51,12 @@ def evaluate_workdir(workdir: str, split: str = "test",
   graphdef, params, config, manifest = checkpoint.restore_for_inference(
       workdir, repl)
   dataset = data_lib.load(config.data_dir, fold=config.fold or None)
-  part = getattr(dataset, split)
-  arrays = evaluation.device_arrays(
-      part, repl, evaluation.chunk_size(config.eval_batch_size, mesh))
+  inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
   predict = evaluation.make_predict(config, graphdef, mesh)
-  found = evaluation.run(config, predict, params, part, arrays,
-                         regime.members(config), manifest.task, protocol)
+  present = validate.present_modalities(manifest)
+  found = evaluation.run(config, predict, params, inputs,
+                         regime.members(config, combos.realisable(present)),
+                         manifest.task, present, protocol)
   return report.evaluation_results(
-      config, manifest, manifest.task, split, found,
+      config, manifest, manifest.task, split, found, present,
       source=os.path.abspath(checkpoint.directory(workdir)))

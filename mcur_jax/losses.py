@@ -12,7 +12,12 @@
   `L_i = -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/tau) / sum_{k != i}
   exp(z_i.z_k/tau))`, averaged over anchors with a non-empty P(i). P(i) is
   set by `positives`: same category and same combination (default), same
-  category, same combination, or the sum of the class and combination terms.
+  category, same combination, or the sum of the class and combination terms;
+  `exclude` removes pairs from the positives (the same-group option).
+
+Every loss takes an optional `valid` [B] mask: padding positions of a batch
+(`groups.py`) contribute nothing, neither to sums nor to counts, and are no
+contrastive key.
 
 `tests/test_losses.py` checks each against a plain NumPy reference.
 """
@@ -38,8 +43,17 @@ def task_loss(pred: jax.Array, label: jax.Array, kind: str) -> jax.Array:
   raise ValueError(f"task loss {kind!r} not in {TASK_LOSSES}")
 
 
+def masked_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """Mean of x [B] over the valid entries (all when `valid` is None); 0
+  when none is valid."""
+  if valid is None:
+    return x.mean()
+  return jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
 def sugr(per_sample: jax.Array, s: jax.Array, *, s_max: float,
-         active) -> tuple[jax.Array, jax.Array]:
+         active, valid: jax.Array | None = None
+         ) -> tuple[jax.Array, jax.Array]:
   """Uncertainty-weighted task loss and the per-sample weights w_i.
 
   Args:
@@ -47,16 +61,18 @@ def sugr(per_sample: jax.Array, s: jax.Array, *, s_max: float,
     s: [B] predicted log-variances (clipped here to [-s_max, s_max]).
     s_max: the clipping bound.
     active: bool scalar (may be traced); False = warm-up, w_i = 1.
+    valid: [B] bool, the real utterances (None: all).
 
   Returns:
-    (loss, w) with w = exp(-s) when active, else ones.
+    (loss, w) with w = exp(-s) when active, else ones; the loss is the mean
+    over the valid entries.
   """
   # s = 0 during warm-up gives w = 1 and the plain mean, with no path from
   # the uncertainty head into the loss: selecting between two finished losses
   # instead would still backpropagate 0 * d exp(-s), NaN for a NaN s.
   s = jnp.where(active, jnp.clip(s, -s_max, s_max), 0.0)
   w = jnp.exp(-s)
-  return jnp.mean(w * per_sample + s), w
+  return masked_mean(w * per_sample + s, valid), w
 
 
 def category(label: jax.Array, task: str, rule: str = "sign") -> jax.Array:
@@ -73,19 +89,24 @@ def category(label: jax.Array, task: str, rule: str = "sign") -> jax.Array:
 
 
 def supcon(z: jax.Array, positives: jax.Array, tau: float,
-           anchor_weight: jax.Array | None = None) -> jax.Array:
+           anchor_weight: jax.Array | None = None,
+           valid: jax.Array | None = None) -> jax.Array:
   """SupCon loss of unit vectors z [B, P] with a [B, B] positive-pair mask.
 
   The diagonal of `positives` is ignored (p != i), as is k = i in the
   denominator. Anchors without positives contribute nothing; the result is
   the (optionally `anchor_weight`-ed) sum over the others divided by their
-  count, and 0 when no anchor has a positive.
+  count, and 0 when no anchor has a positive. Invalid entries (`valid`
+  False) are neither anchors, positives nor in any denominator.
   """
   b = z.shape[0]
-  self_pair = jnp.eye(b, dtype=bool)
-  logits = jnp.where(self_pair, -1e9, z @ z.T / tau)
+  excluded = jnp.eye(b, dtype=bool)
+  if valid is not None:
+    excluded = excluded | ~valid[None, :]
+    positives = positives & valid[:, None]
+  logits = jnp.where(excluded, -1e9, z @ z.T / tau)
   log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
-  positives = positives & ~self_pair
+  positives = positives & ~excluded
   count = positives.sum(1)
   per_anchor = -jnp.where(positives, log_prob, 0.0).sum(1) / jnp.maximum(
       count, 1)
@@ -96,8 +117,13 @@ def supcon(z: jax.Array, positives: jax.Array, tau: float,
 
 def mcb_cl(z: jax.Array, cat: jax.Array, combo: jax.Array, *, tau: float,
            positives: str = "class_and_combo",
-           anchor_weight: jax.Array | None = None) -> jax.Array:
-  """MCB-CL for categories `cat` [B] and combination bits `combo` [B]."""
+           anchor_weight: jax.Array | None = None,
+           valid: jax.Array | None = None,
+           exclude: jax.Array | None = None) -> jax.Array:
+  """MCB-CL for categories `cat` [B] and combination bits `combo` [B].
+
+  `exclude` [B, B] bool removes pairs from the positives (they stay in the
+  denominators), e.g. the pairs of one group."""
   same_class = cat[:, None] == cat[None, :]
   same_combo = combo[:, None] == combo[None, :]
   terms = {"class_and_combo": [same_class & same_combo],
@@ -105,4 +131,6 @@ def mcb_cl(z: jax.Array, cat: jax.Array, combo: jax.Array, *, tau: float,
            "class_plus_combo": [same_class, same_combo]}
   if positives not in terms:
     raise ValueError(f"positives {positives!r} not in {POSITIVES}")
-  return sum(supcon(z, p, tau, anchor_weight) for p in terms[positives])
+  keep = True if exclude is None else ~exclude
+  return sum(supcon(z, p & keep, tau, anchor_weight, valid)
+             for p in terms[positives])

@@ -3,9 +3,21 @@
     features (a, t, v) --encoder per modality--> tokens
     absent modality    --> learned missing embedding instead of its encoding
     + learned modality-type embedding
-    [CLS, a, t, v] --pre-LN Transformer, availability mask--> h = CLS output
+    [CLS, a, t, v] --pre-LN Transformer, availability mask--> u = CLS output
+    u + speaker embedding --context Transformer over the utterances of each
+          window (relative-position bias)--> h   (h = u without context)
     h --> task head (K logits or 1 score), projection head z (L2-normalised,
           for MCB-CL), uncertainty head s (log-variance, for SUGR)
+
+A batch is a flat list of utterances; each carries its window id
+("segment", `groups.PAD` for padding), its rank in its group and its
+speaker's rank (`groups.py`). The context Transformer attends from an
+utterance to the utterances of its own window only, so one batch holds many
+windows. `context_layers` 0 is the per-utterance model: no context module,
+h = u, and the window fields are not read.
+
+A modality the dataset does not have at all (dims[m] == 0) gets no encoder:
+its token is always the missing embedding.
 
 No module stores RNG state: dropout keys arrive with each call (`key=None`
 means deterministic), so `apply` is a pure function that works under
@@ -63,11 +75,15 @@ class SelfAttention(nnx.Module):
     self.value = nnx.Linear(dim, dim, rngs=rngs)
     self.out = nnx.Linear(dim, dim, rngs=rngs)
 
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, bias=None):
+    """x [B, T, D], mask [B, T, T] bool, bias [B or 1, H, T, T] added to the
+    logits (None: no bias)."""
     b, t, d = x.shape
     heads = lambda y: y.reshape(b, t, self.num_heads, -1)
     q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])
+    if bias is not None:
+      logits = logits + bias
     logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1)
     return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d))
@@ -85,25 +101,70 @@ class Block(nnx.Module):
     self.fc2 = nnx.Linear(mlp_ratio * dim, dim, rngs=rngs)
     self.drop = nnx.Dropout(dropout)
 
-  def __call__(self, x, mask, rngs):
+  def __call__(self, x, mask, rngs, bias=None):
     drop = lambda y: self.drop(y, deterministic=rngs is None, rngs=rngs)
-    x = x + drop(self.attn(self.norm1(x), mask))
+    x = x + drop(self.attn(self.norm1(x), mask, bias))
     return x + drop(self.fc2(nnx.gelu(self.fc1(self.norm2(x)))))
 
 
+class Context(nnx.Module):
+  """The context Transformer over the utterances of windows.
+
+  Adds a learned embedding of each utterance's speaker rank (speakers past
+  `num_speakers` - 1 share the last row), then pre-LN blocks whose attention
+  is masked to the same window and biased per head by the learned bias of
+  the clipped rank distance j - i (`max_distance` 0: no position
+  information), then a LayerNorm.
+  """
+
+  def __init__(self, dim: int, num_layers: int, num_heads: int,
+               mlp_ratio: int, dropout: float, max_distance: int,
+               num_speakers: int, *, rngs):
+    init = nnx.initializers.normal(0.02)
+    self.max_distance = max_distance
+    self.speaker_embedding = nnx.Param(init(rngs.params(),
+                                            (num_speakers, dim)))
+    if max_distance:
+      self.distance_bias = nnx.Param(jnp.zeros((num_heads,
+                                                2 * max_distance + 1)))
+    self.blocks = nnx.List([
+        Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs)
+        for _ in range(num_layers)])
+    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+
+  def __call__(self, u, segment, rank, speaker, rngs):
+    """u [B, D] -> h [B, D]; segment, rank, speaker [B] int."""
+    table = self.speaker_embedding[...]
+    x = u + table[jnp.clip(speaker, 0, table.shape[0] - 1)]
+    same = (segment[:, None] == segment[None, :]) & (segment[None, :] >= 0)
+    mask = (same | jnp.eye(len(segment), dtype=bool))[None]
+    bias = None
+    if self.max_distance:
+      d = self.max_distance
+      distance = jnp.clip(rank[None, :] - rank[:, None], -d, d) + d
+      bias = self.distance_bias[...][:, distance][None]  # [1, H, B, B]
+    x = x[None]
+    for block in self.blocks:
+      x = block(x, mask, rngs, bias)
+    return self.norm(x[0])
+
+
 class MCUR(nnx.Module):
-  """Encoders, fusion Transformer over [CLS, a, t, v], and three heads."""
+  """Encoders, fusion Transformer over [CLS, a, t, v], optional context
+  Transformer over windows, and three heads."""
 
   def __init__(self, dims: dict[str, int], num_outputs: int, *,
                hidden: int = 256, num_layers: int = 2, num_heads: int = 4,
                mlp_ratio: int = 2, dropout: float = 0.1, proj_dim: int = 128,
-               missing_tokens: str = "cls_only", rngs: nnx.Rngs):
+               missing_tokens: str = "cls_only", context_layers: int = 0,
+               context_heads: int = 4, context_max_distance: int = 8,
+               context_speakers: int = 2, rngs: nnx.Rngs):
     if missing_tokens not in MISSING_TOKENS:
       raise ValueError(f"missing_tokens={missing_tokens!r}, not one of "
                        f"{MISSING_TOKENS}")
     self.missing_tokens = missing_tokens
     self.encoders = nnx.Dict({m: Encoder(dims[m], hidden, dropout, rngs=rngs)
-                              for m in schema.MODALITIES})
+                              for m in schema.MODALITIES if dims[m]})
     init = nnx.initializers.normal(0.02)
     n = len(schema.MODALITIES)
     self.type_embedding = nnx.Param(init(rngs.params(), (n, hidden)))
@@ -113,6 +174,9 @@ class MCUR(nnx.Module):
         Block(hidden, num_heads, mlp_ratio, dropout, rngs=rngs)
         for _ in range(num_layers)])
     self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+    self.context = (Context(hidden, context_layers, context_heads, mlp_ratio,
+                            dropout, context_max_distance, context_speakers,
+                            rngs=rngs) if context_layers else None)
     self.task_head = nnx.Linear(hidden, num_outputs, rngs=rngs)
     self.proj1 = nnx.Linear(hidden, hidden, rngs=rngs)
     self.proj2 = nnx.Linear(hidden, proj_dim, rngs=rngs)
@@ -129,32 +193,40 @@ class MCUR(nnx.Module):
       allowed = allowed.at[:, 0, :].set(True)
     return allowed | jnp.eye(4, dtype=bool)  # Every token sees itself.
 
-  def __call__(self, features: dict[str, jax.Array], mask: jax.Array,
+  def __call__(self, inputs: dict[str, jax.Array], mask: jax.Array,
                key: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Forward pass.
+    """Forward pass over a flat batch of B utterances.
 
     Args:
-      features: modality -> [B, d_m] (values of absent modalities are ignored).
+      inputs: modality -> [B, d_m] features (values of absent modalities
+        are ignored); with context also "segment", "rank", "speaker" [B]
+        int (see the module docstring).
       mask: [B, 3] bool, the modalities the model may use.
       key: dropout PRNG key; None for deterministic evaluation.
 
     Returns:
       pred [B, K], z [B, proj_dim] (unit norm), s [B] (log-variance),
-      h [B, hidden] (the fused representation).
+      h [B, hidden] (the representation the heads read).
     """
     rngs = None if key is None else nnx.Rngs(dropout=key)
+    b = mask.shape[0]
     tokens = []
     for j, m in enumerate(schema.MODALITIES):
-      encoded = self.encoders[m](features[m], rngs)
-      encoded = jnp.where(mask[:, j:j + 1], encoded, self.missing_embedding[j])
-      tokens.append(encoded + self.type_embedding[j])
-    b = mask.shape[0]
+      token = jnp.broadcast_to(self.missing_embedding[j],
+                               (b, self.cls.shape[0]))
+      if m in self.encoders:
+        token = jnp.where(mask[:, j:j + 1], self.encoders[m](inputs[m], rngs),
+                          token)
+      tokens.append(token + self.type_embedding[j])
     x = jnp.stack([jnp.broadcast_to(self.cls[...], (b, self.cls.shape[0])),
                    *tokens], 1)
     attention = self.attention_mask(mask)
     for block in self.blocks:
       x = block(x, attention, rngs)
     h = self.norm(x[:, 0])
+    if self.context is not None:
+      h = self.context(h, inputs["segment"], inputs["rank"],
+                       inputs["speaker"], rngs)
     z = self.proj2(nnx.gelu(self.proj1(h)))
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
     return {"pred": self.task_head(h), "z": z,
@@ -172,11 +244,15 @@ def create(config, dims: dict[str, int], num_outputs: int):
                 num_layers=config.num_layers, num_heads=config.num_heads,
                 mlp_ratio=config.mlp_ratio, dropout=config.dropout,
                 proj_dim=config.proj_dim, missing_tokens=config.missing_tokens,
+                context_layers=config.context_layers,
+                context_heads=config.context_heads,
+                context_max_distance=config.context_max_distance,
+                context_speakers=config.context_speakers,
                 rngs=nnx.Rngs(params=key))
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))
   return graphdef, lambda key: nnx.split(build(key))[1]
 
 
-def apply(graphdef, params, features, mask, key=None) -> dict[str, jax.Array]:
+def apply(graphdef, params, inputs, mask, key=None) -> dict[str, jax.Array]:
   """The pure forward function of `(graphdef, params)`."""
-  return nnx.merge(graphdef, params)(features, mask, key)
+  return nnx.merge(graphdef, params)(inputs, mask, key)

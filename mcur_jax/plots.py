@@ -73,8 +73,8 @@ def _bar_labels(ax, xs, mean, std) -> float:
 def combination_bars(results: dict, path: str, split: str = "test") -> None:
   """Grouped bars of the headline metric and the accuracy per combination.
 
-  One group per combination in report order, then Avg (each run's mean over
-  the 7). Bars are means over runs with std error bars and value labels; a
+  One group per combination of the run in report order, then Avg (each
+  run's mean over them). Bars are means over runs with std error bars and value labels; a
   metric that is n/a (None) gets no bar, only an "n/a" mark.
 
   Args:
@@ -84,7 +84,8 @@ def combination_bars(results: dict, path: str, split: str = "test") -> None:
   """
   part = results[split]
   keys = (results["headline"], ACCURACY[results["task"]])
-  groups = list(combos.NAMES) + ["avg"]
+  names = results.get("combinations", list(combos.NAMES))
+  groups = names + ["avg"]
   runs = len(part["avg"][keys[0]]["per_run"])
   x = np.arange(len(groups))
   width = 0.4
@@ -97,11 +98,11 @@ def combination_bars(results: dict, path: str, split: str = "test") -> None:
     ax.bar(xs[ok], mean[ok], width, yerr=std[ok], capsize=3, color=f"C{i}",
            label=key)
     top = max(top, _bar_labels(ax, xs, mean, std))
-  ax.axvline(len(combos.NAMES) - 0.5, color="grey", linestyle=":", lw=1)
-  ax.set_xticks(x, list(combos.NAMES) + ["Avg"])
+  ax.axvline(len(names) - 0.5, color="grey", linestyle=":", lw=1)
+  ax.set_xticks(x, names + ["Avg"])
   ax.set_ylim(0, top + 0.08)
   ax.set_xlabel("modality combination at evaluation (a = audio, t = text, "
-                "v = video; Avg = mean over the 7)")
+                f"v = video; Avg = mean over the {len(names)})")
   ax.set_ylabel("metric value (fraction)")
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
   ax.grid(axis="y", alpha=0.3)
@@ -294,10 +295,10 @@ def _handle(color, label: str) -> Line2D:
   return Line2D([], [], marker="o", linestyle="", color=color, label=label)
 
 
-def representation_map(reps: dict[str, np.ndarray], category: np.ndarray,
-                       category_names: list[str], path: str,
-                       title: str) -> None:
-  """PCA maps of representations of the same samples under the 7
+def representation_map(reps: dict[str, np.ndarray], names: list[str],
+                       category: np.ndarray, category_names: list[str],
+                       path: str, title: str) -> None:
+  """PCA maps of representations of the same samples under the run's
   combinations, coloured by category (left) and by combination (right).
 
   Coloured by category, the classes should separate; coloured by
@@ -305,8 +306,9 @@ def representation_map(reps: dict[str, np.ndarray], category: np.ndarray,
   robust to missing modalities.
 
   Args:
-    reps: label -> [7, N, D], the representation of N test samples under
-      each combination in `combos.NAMES` order; one row of panels each.
+    reps: label -> [C, N, D], the representation of N test samples under
+      each of the C combinations `names`; one row of panels each.
+    names: the combinations, in the order of the reps' first axis.
     category: [N] ints indexing `category_names`.
     category_names: the category of each int.
     path: the PNG to write.
@@ -317,22 +319,22 @@ def representation_map(reps: dict[str, np.ndarray], category: np.ndarray,
   # Set1 (red, blue, ...) keeps categories apart from the tab10 combinations.
   cmap = plt.get_cmap("Set1" if len(category_names) <= 9 else "tab20")
   cat_colors = np.array([cmap(i) for i in range(len(category_names))])
-  combo_colors = np.array([COMBO_COLORS[c] for c in combos.NAMES])
-  point_cat = np.tile(np.asarray(category)[keep], len(combos.NAMES))
-  point_combo = np.repeat(np.arange(len(combos.NAMES)), len(keep))
+  combo_colors = np.array([COMBO_COLORS[c] for c in names])
+  point_cat = np.tile(np.asarray(category)[keep], len(names))
+  point_combo = np.repeat(np.arange(len(names)), len(keep))
   fig, axes = plt.subplots(len(reps), 2, figsize=(12, 4.6 * len(reps)),
                            layout="constrained", squeeze=False)
   for (label, rep), (left, right) in zip(reps.items(), axes):
     rep = np.asarray(rep)
     flat = rep.reshape(-1, rep.shape[-1])
-    xy = pca_2d(flat).reshape(len(combos.NAMES), n, 2)[:, keep].reshape(-1, 2)
+    xy = pca_2d(flat).reshape(len(names), n, 2)[:, keep].reshape(-1, 2)
     share = xy.var(0) / max(flat.var(0).sum(), 1e-12)
     _scatter(left, xy, cat_colors[point_cat],
              [_handle(cat_colors[i], name)
               for i, name in enumerate(category_names)])
     _scatter(right, xy, combo_colors[point_combo],
              [_handle(combo_colors[i], name)
-              for i, name in enumerate(combos.NAMES)])
+              for i, name in enumerate(names)])
     left.set_title(f"{label}: coloured by category")
     right.set_title(f"{label}: coloured by combination")
     for ax in (left, right):
@@ -340,8 +342,9 @@ def representation_map(reps: dict[str, np.ndarray], category: np.ndarray,
       ax.set_ylabel(f"PC2 ({share[1]:.0%} of variance)")
   shown = (f"{len(keep)} of {n} samples drawn at random (seed "
            f"{_SUBSAMPLE_SEED})" if len(keep) < n else f"{n} samples")
-  fig.suptitle(f"{title}\nPCA fit on all 7 × {n} points, one per (sample, "
-               f"combination); shown: {shown} × 7 combinations")
+  fig.suptitle(f"{title}\nPCA fit on all {len(names)} × {n} points, one per "
+               f"(sample, combination); shown: {shown} × {len(names)} "
+               "combinations")
   _save(fig, path)
 
 

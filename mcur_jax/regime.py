@@ -11,6 +11,10 @@
 Both are a stack of "members" trained together with `jax.vmap`: a member is
 a seed plus a row of combination draw weights (the config's for mixed,
 one-hot for per-condition), so one compiled epoch serves both regimes.
+
+Only the combinations the dataset can realise (`combos.realisable`) are
+drawn, served and scored: on a dataset without video, `v av tv atv` get no
+draw weight, no per-condition model, and no place in the selection score.
 """
 
 import dataclasses
@@ -27,14 +31,18 @@ class Members:
   """The models of a run, in stacking order.
 
   Attributes:
+    combos: indices into `combos.NAMES` of the run's (realisable)
+      combinations, in NAMES order.
     seeds: [M] seed of each member (parameters and data order).
     condition: [M] index into `combos.NAMES` of the member's fixed
       combination; -1 for a mixed member.
     draw_weights: [M, 7] training draw weights over the combinations.
     selection: [M, 7] weights of each combination in the member's
       validation score (the mean over the combinations it serves).
-    owner: [S, 7] the member serving combination c for the s-th seed.
+    owner: [S, 7] the member serving combination c for the s-th seed (-1
+      for a combination the run does not serve).
   """
+  combos: np.ndarray
   seeds: np.ndarray
   condition: np.ndarray
   draw_weights: np.ndarray
@@ -56,24 +64,27 @@ class Members:
     return out
 
 
-def members(config) -> Members:
-  """The members of `config.regime` over `config.seeds`."""
+def members(config, served: np.ndarray) -> Members:
+  """The members of `config.regime` over `config.seeds`, for the
+  combinations `served` (indices into `combos.NAMES`, e.g.
+  `combos.realisable(...)`); the config is checked by `validate.check`."""
   seeds = np.asarray(config.seeds, np.int32)
-  n, k = len(seeds), len(combos.NAMES)
+  served = np.asarray(served)
+  n, k, c = len(seeds), len(combos.NAMES), len(served)
+  on = np.zeros(k, np.float32)
+  on[served] = 1
   if config.regime == "mixed":
-    weights = np.asarray(config.combo_weights, np.float32)
-    if weights.shape != (k,) or (weights < 0).any() or not weights.sum():
-      raise ValueError(f"combo_weights {tuple(config.combo_weights)}: need "
-                       f"{k} non-negative weights, not all 0")
-    return Members(seeds=seeds, condition=np.full(n, -1, np.int32),
+    weights = np.asarray(config.combo_weights, np.float32) * on
+    return Members(combos=served, seeds=seeds,
+                   condition=np.full(n, -1, np.int32),
                    draw_weights=np.tile(weights, (n, 1)),
-                   selection=np.full((n, k), 1 / k, np.float32),
-                   owner=np.tile(np.arange(n)[:, None], (1, k)))
-  if config.regime == "per_condition":
-    eye = np.eye(k, dtype=np.float32)
-    return Members(seeds=np.repeat(seeds, k),
-                   condition=np.tile(np.arange(k, dtype=np.int32), n),
-                   draw_weights=np.tile(eye, (n, 1)),
-                   selection=np.tile(eye, (n, 1)),
-                   owner=np.arange(n * k).reshape(n, k))
-  raise ValueError(f"regime {config.regime!r} not in {REGIMES}")
+                   selection=np.tile(on / c, (n, 1)),
+                   owner=np.tile(np.where(on > 0, 0, -1), (n, 1))
+                   + np.where(on > 0, np.arange(n)[:, None], 0))
+  eye = np.eye(k, dtype=np.float32)[served]
+  owner = np.full((n, k), -1)
+  owner[:, served] = np.arange(n * c).reshape(n, c)
+  return Members(combos=served, seeds=np.repeat(seeds, c),
+                 condition=np.tile(served.astype(np.int32), n),
+                 draw_weights=np.tile(eye, (n, 1)),
+                 selection=np.tile(eye, (n, 1)), owner=owner)

@@ -18,6 +18,8 @@ from mcur_jax import combos
 from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import plots
+from mcur_jax import schema
+from mcur_jax import validate
 
 
 def _clean(x):
@@ -107,8 +109,9 @@ def summarize_flat(per_run: list[dict]) -> dict:
 
 def summarize(per_run: list[dict]) -> dict:
   """[{combo: {metric: value}}] per run -> {combo or "avg": {metric:
-  {"mean", "std", "per_run"}}}, "avg" being each run's mean over the 7."""
-  names = list(combos.NAMES)
+  {"mean", "std", "per_run"}}}, "avg" being each run's mean over its
+  combinations (the run's realisable ones)."""
+  names = [c for c in combos.NAMES if c in per_run[0]]
   metric_names = list(per_run[0][names[0]])
   with_avg = [{**run, "avg": {k: float(np.mean([run[c][k] for c in names]))
                               for k in metric_names}} for run in per_run]
@@ -120,7 +123,8 @@ def method(config) -> str:
   """A row label of the paper-style table for a config: MCUR or the
   ablation it is."""
   off = [name for name, on in (("MCB-CL", config.mcb_weight),
-                               ("SUGR", config.sugr)) if not on]
+                               ("SUGR", config.sugr),
+                               ("context", config.context_layers)) if not on]
   label = "MCUR" + (" w/o " + " & ".join(off) if off else "")
   return label + (" (per-condition)" if config.regime == "per_condition"
                   else "")
@@ -131,8 +135,25 @@ def selected_epochs(members, epochs: np.ndarray):
   combination ({combination: [per seed]}) in the per-condition regime."""
   if not members.per_condition:
     return epochs.tolist()
-  return {c: epochs[members.owner[:, i]].tolist()
-          for i, c in enumerate(combos.NAMES)}
+  return {combos.NAMES[c]: epochs[members.owner[:, c]].tolist()
+          for c in members.combos}
+
+
+def combinations(manifest) -> tuple[list[str], dict[str, str]]:
+  """(the dataset's realisable combinations, {left-out combination: why})."""
+  present = validate.present_modalities(manifest)
+  served = combos.realisable(present)
+  missing = [m for m, p in zip(schema.MODALITIES, present) if not p]
+  left_out = {combos.NAMES[c]: "needs " + " and ".join(
+      m for m, used in zip(schema.MODALITIES, combos.MASKS[c])
+      if used and m in missing) + ", which the dataset does not have"
+              for c in range(len(combos.NAMES)) if c not in served}
+  return [combos.NAMES[c] for c in served], left_out
+
+
+def names(results_dict: dict) -> list[str]:
+  """The combinations of a results dict, in table order."""
+  return results_dict.get("combinations", list(combos.NAMES))
 
 
 def _missing_rate(config, found: dict) -> dict:
@@ -146,8 +167,10 @@ def _missing_rate(config, found: dict) -> dict:
 def _header(config, manifest, task) -> dict:
   """The fields that say what was run, shared by results.json and
   `experiments.evaluate`'s output."""
+  served, left_out = combinations(manifest)
   return {"dataset": manifest.dataset, "task": task, "method": method(config),
-          "regime": config.regime,
+          "regime": config.regime, "combinations": served,
+          "left_out": left_out,
           "data": {"dir": config.data_dir, "format": manifest.format,
                    "synthetic": manifest.format == "synthetic"},
           "fold": config.fold or None, "selected_on": "valid",
@@ -155,7 +178,7 @@ def _header(config, manifest, task) -> dict:
 
 
 def results(*, config, manifest, task, found, selected_epoch, compiles,
-            seconds) -> dict:
+            seconds, padding) -> dict:
   """The results.json dict of one run (one fold); `found` holds the
   `evaluation.run` outputs of "valid" (fixed) and "test" (all)."""
   return _clean({
@@ -166,6 +189,7 @@ def results(*, config, manifest, task, found, selected_epoch, compiles,
       "missing_rate": _missing_rate(config, found["test"]),
       "test_samples_without_modality": found["test"]["fixed_without_modality"],
       "compiles": compiles,
+      "padding": padding,
       "seconds": round(seconds, 1),
   })
 
@@ -191,17 +215,19 @@ def combine_folds(runs: list[dict]) -> dict:
     return [{c: {k: v["per_run"][i] for k, v in part[c].items()}
              for c in names} for i in range(n)]
   first = runs[0]
-  out = {k: first[k] for k in ("dataset", "task", "method", "regime", "data",
+  out = {k: first[k] for k in ("dataset", "task", "method", "regime",
+                               "combinations", "left_out", "data",
                                "selected_on", "headline", "seeds",
                                "evaluated") if k in first}
+  served = names(first)
   out.update(fold=None, folds=[r["fold"] for r in runs])
   for split in ("test", "valid"):
     if split in first:
       out[split] = summarize([r for run in runs
-                              for r in per_run(run[split], combos.NAMES)])
+                              for r in per_run(run[split], served)])
     count = f"{split}_samples_without_modality"
     if count in first:
-      out[count] = {c: sum(r[count][c] for r in runs) for c in combos.NAMES}
+      out[count] = {c: sum(r[count][c] for r in runs) for c in served}
   if "missing_rate" in first:
     rates = first["missing_rate"]["rates"]
     out["missing_rate"] = {
@@ -213,7 +239,7 @@ def combine_folds(runs: list[dict]) -> dict:
         "samples_without_modality": {
             rate: sum(r["missing_rate"]["samples_without_modality"][rate]
                       for r in runs) for rate in rates}}
-  for k in ("selected_epoch", "compiles"):
+  for k in ("selected_epoch", "compiles", "padding"):
     if k in first:
       out[k] = [r[k] for r in runs]
   if "seconds" in first:
@@ -252,7 +278,7 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
   (and folds). `rows` pairs a label with a results.json dict.
   """
   first = rows[0][1]
-  cols = list(combos.NAMES) + ["avg"]
+  cols = names(first) + ["avg"]
   runs = len(first[split]["avg"][first["headline"]]["per_run"])
   out = [f"# {first['dataset']}: {split} metrics of the models selected on "
          f"{first['selected_on']}",
@@ -279,7 +305,7 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
         _cell(r["missing_rate"]["rates"][rate][first["headline"]])
         for rate in rates) + " |" for name, r in with_rates]
   if _UNCERTAINTY[0] in first[split]["avg"]:
-    out += ["", "## uncertainty (SUGR score; Avg over the 7 combinations)",
+    out += ["", "## uncertainty (SUGR score; Avg over the combinations)",
             "", "| method | " + " | ".join(_UNCERTAINTY) + " |",
             "|---" * (len(_UNCERTAINTY) + 1) + "|"]
     out += [f"| {name} | " + " | ".join(_cell(r[split]["avg"][k])
@@ -313,8 +339,9 @@ def write_summary_figures(workdir: str, results_dict: dict) -> None:
 
 
 def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
-                  test_split, reps: dict) -> None:
-  """The PNG figures of a run in WORKDIR/figures/ (see plots.py)."""
+                  test_split) -> None:
+  """The PNG figures of a run in WORKDIR/figures/ (see plots.py), from the
+  fixed-protocol test outputs of `evaluation.run` (`test_found`)."""
   write_summary_figures(workdir, results_dict)
   task, seed = results_dict["task"], results_dict["seeds"][0]
   source = (f"{results_dict['dataset']} test"
@@ -324,24 +351,26 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
       os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],
       _figure(workdir, "training"), sum(selected.values(), []) if isinstance(
           selected, dict) else selected)
-  category, names = _categories(task, test_split.label,
-                                config.regression_categories)
+  category, category_names = _categories(task, test_split.label,
+                                         config.regression_categories)
+  out = test_found["outputs"]
   plots.representation_map(
-      {"h (fused)": reps["h"], "z (MCB-CL projection)": reps["z"]},
-      category, names, _figure(workdir, "representation"),
-      f"{source}, seed {seed}: PCA of the fused representation under each "
+      {"h (fused)": out["h"][:, 0], "z (MCB-CL projection)": out["z"][:, 0]},
+      names(results_dict), category, category_names,
+      _figure(workdir, "representation"),
+      f"{source}, seed {seed}: PCA of the representation under each "
       "combination")
-  pred, s = test_found["outputs"]
+  pred, s = out["pred"], out["s"]
   plots.uncertainty_plot(
       task, pred[:, 0].reshape(-1, pred.shape[-1]),
       np.tile(test_split.label, pred.shape[0]), s[:, 0].reshape(-1),
       _figure(workdir, "uncertainty"), config.task_loss,
-      f"{source}, seed {seed}, all 7 combinations pooled")
+      f"{source}, seed {seed}, all {len(pred)} combinations pooled")
 
 
 def table(results_dict: dict, split: str = "test") -> str:
   """A Markdown table, rows = metrics, columns = combinations and Avg."""
-  cols = list(combos.NAMES) + ["avg"]
+  cols = names(results_dict) + ["avg"]
   part = results_dict[split]
   lines = [f"{results_dict['dataset']} {split}, mean ± std over "
            f"{len(part['avg'][results_dict['headline']]['per_run'])} run(s), "

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from mcur_jax import train
+from mcur_jax import validate
 
 SWEEP_FILE = "sweep.json"
 
@@ -44,11 +45,11 @@ def product(**fields: Sequence[Any]) -> list[dict[str, Any]]:
 def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
   """`text` as the type of `config.field` (tuples as comma-free `a;b`)."""
   if field not in config:
-    raise ValueError(f"--grid {field}: no such config field")
+    raise validate.ConfigError(f"--grid {field}", "no such config field")
   current = config[field]
   if isinstance(current, bool):
     if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"--grid {field}: {text!r} is not a bool")
+      raise validate.ConfigError(f"--grid {field}", f"{text!r} is not a bool")
     return text.lower() in ("true", "1")
   if isinstance(current, tuple):
     kind = type(current[0]) if current else str
@@ -62,7 +63,8 @@ def grid_points(config, grid: Sequence[str]) -> list[dict[str, Any]]:
   for item in grid:
     field, sep, values = item.partition("=")
     if not sep or not values:
-      raise ValueError(f"--grid {item!r}: expected FIELD=V1,V2,...")
+      raise validate.ConfigError("--grid", f"{item!r}: expected "
+                                 "FIELD=V1,V2,...")
     fields[field] = [parse_value(config, field, v) for v in values.split(",")]
   return product(**fields)
 
@@ -82,10 +84,12 @@ def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
   config = ml_collections.ConfigDict(base.to_dict())
   for field, value in point.items():
     if field not in config:
-      raise ValueError(f"sweep point {point}: no config field {field!r}")
+      raise validate.ConfigError(f"sweep point {point}",
+                                 f"no config field {field!r}")
     if field == "seeds":
-      raise ValueError("sweep points may not set seeds: the seeds of a point "
-                     "train together; set --config.seeds for the sweep")
+      raise validate.ConfigError(
+          f"sweep point {point}", "may not set seeds: the seeds of a point "
+          "train together; set --config.seeds for the sweep")
     config[field] = value
   return config
 
@@ -93,7 +97,8 @@ def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
 def shard_points(points: list, index: int, count: int) -> list:
   """Points index, index + count, ... (0 <= index < count)."""
   if not 0 <= index < count:
-    raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
+    raise validate.ConfigError("--shard", f"{index}/{count}: need "
+                               "0 <= i < n")
   return points[index::count]
 
 
@@ -128,7 +133,7 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   """
   names = [point_name(p) for p in points]
   if len(set(names)) != len(names):
-    raise ValueError("the sweep has duplicate points")
+    raise validate.ConfigError("sweep", "duplicate points")
   record(workdir, base, points)
   status = {}
   mine = shard_points(points, *shard)

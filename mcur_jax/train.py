@@ -1,21 +1,26 @@
 """`train_and_evaluate(config, workdir)`: the one MCUR training loop.
 
-Sections: mesh -> data on device -> members, model and optimizer (one
-state per member, stacked and trained with `jax.vmap`; a member is a seed,
-or a (seed, combination) pair in the per-condition regime, see
-`regime.py`) -> resume -> epochs -> evaluation of the selected models under
-every protocol (`evaluation.py`) -> results.json, results.md and figures.
+Three stages: `Run.setup` (data on device, config checks, members, model,
+optimizer: one state per member, stacked and trained with `jax.vmap`; a
+member is a seed, or a (seed, combination) pair in the per-condition
+regime, see `regime.py`) -> `fit` (resume, epochs, selection,
+checkpoints) -> `finish` (evaluation of the selected models under every
+protocol, `evaluation.py`; results.json, results.md and figures).
 
-* An epoch is one compiled `lax.scan` over batches of an on-device
-  permutation keyed by (seed, epoch); each step draws every sample's
-  modality combination from a key of (seed, epoch, step). Masks and epochs
-  are data, so the epoch and evaluation functions compile once per run
-  (`COMPILES` counts traces).
+* An epoch is one compiled `lax.scan` over batches of windows drawn on
+  device from (seed, epoch) (`groups.train_plan`: groups cut into windows
+  of at most `context_window` utterances at moving cut points, shuffled,
+  laid end to end into steps); each step draws every utterance's modality
+  combination (or one per window, `combo_draw`) from a key of (seed, epoch,
+  step). Masks and epochs are data, so the epoch and evaluation functions
+  compile once per run (`COMPILES` counts traces).
 * Data parallel: a ("data",) mesh, the data and parameters replicated, each
   batch sharded over "data"; XLA adds the gradient all-reduce, and MCB-CL
-  sees the global batch.
+  sees the global batch (the context Transformer attends across the
+  devices' shards of a window).
 * Model selection: after every epoch each member is evaluated on validation
-  under the combinations it serves (all 7 in the mixed regime); its best
+  under the combinations it serves (all the dataset can realise in the
+  mixed regime); its best
   parameters by their average headline metric are kept in the state. With
   `ema_decay` the evaluated and kept parameters are the moving average.
   Test is evaluated once, at the end, with the kept parameters.
@@ -25,6 +30,7 @@ every protocol (`evaluation.py`) -> results.json, results.md and figures.
 """
 
 import collections
+import dataclasses
 import os
 import time
 
@@ -40,12 +46,15 @@ from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data as data_lib
 from mcur_jax import evaluation
+from mcur_jax import groups
 from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import model as model_lib
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
+from mcur_jax import transfer
+from mcur_jax import validate
 
 # Trace counts of the compiled functions ("train_epoch", "evaluate"): each
 # must be 1 per run whatever the combinations, epochs or seeds.
@@ -79,48 +88,62 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
 def make_loss_fn(config, graphdef, task: str):
   """loss_fn(params, batch, key, epoch, draw_weights) -> (loss, stats) for
-  one member; `draw_weights` [7] are its combination draw weights."""
+  one member on a flat batch of windows (`groups.train_plan`);
+  `draw_weights` [7] are its combination draw weights. Padding positions
+  (segment `groups.PAD`) count nowhere."""
 
   def loss_fn(params, batch, key, epoch, draw_weights):
+    valid = batch["segment"] != groups.PAD
     mask_key, dropout_key = jax.random.split(key)
-    mask = combos.sample_train_masks(mask_key, batch["available"],
-                                     draw_weights)
+    mask = combos.sample_train_masks(
+        mask_key, batch["available"], draw_weights,
+        batch["segment"] if config.combo_draw == "window" else None)
     # MoMKE's first stage: every natively available modality.
     mask = jnp.where(epoch < config.full_modality_epochs, batch["available"],
                      mask)
-    features = {m: batch[m] for m in schema.MODALITIES}
-    out = model_lib.apply(graphdef, params, features, mask, dropout_key)
+    out = model_lib.apply(graphdef, params, batch, mask, dropout_key)
     per_sample = losses.task_loss(out["pred"], batch["label"], config.task_loss)
     if config.sugr:
       task_loss, w = losses.sugr(
           per_sample, out["s"], s_max=config.sugr_s_max,
-          active=epoch >= config.sugr_warmup_epochs)
+          active=epoch >= config.sugr_warmup_epochs, valid=valid)
     else:
-      task_loss, w = per_sample.mean(), jnp.ones_like(per_sample)
+      task_loss, w = (losses.masked_mean(per_sample, valid),
+                      jnp.ones_like(per_sample))
     mcb = jnp.zeros(())
     if config.mcb_weight:
+      exclude = (None if config.mcb_same_group_positives else
+                 batch["group"][:, None] == batch["group"][None, :])
       mcb = losses.mcb_cl(
           out["z"], losses.category(batch["label"], task,
                                     config.regression_categories),
           combos.bits_of(mask), tau=config.tau, positives=config.positives,
           anchor_weight=(jax.lax.stop_gradient(w)
-                         if config.sugr_weight_contrastive else None))
+                         if config.sugr_weight_contrastive else None),
+          valid=valid, exclude=exclude)
     loss = task_loss + config.mcb_weight * mcb
-    return loss, {"loss": loss, "task_loss": per_sample.mean(),
-                  "mcb_loss": mcb, "sugr_weight": w.mean()}
+    return loss, {"loss": loss,
+                  "task_loss": losses.masked_mean(per_sample, valid),
+                  "mcb_loss": mcb, "sugr_weight": losses.masked_mean(w, valid)}
 
   return loss_fn
 
 
 def make_train_epoch(config, graphdef, tx, task, mesh, num_train: int):
-  """The jitted epoch: (state, data, members, epoch) -> (state, mean stats).
+  """The jitted epoch: (state, train, tables, members, epoch) -> (state,
+  mean stats).
 
+  `train` is the training split's utterance table (modality features,
+  "available", "label", "speaker"), `tables` its `groups.TrainTables`,
   `members` = {"seeds": [M], "draw_weights": [M, 7]} (`regime.Members`).
-  With `config.ema_decay` > 0, `state["ema_params"]` follows an exponential
-  moving average of the parameters, updated after every step.
+  Each member draws its epoch's windows and batches from (seed, epoch)
+  (`groups.train_plan`) and its combinations and dropout from (seed,
+  epoch, step). With `config.ema_decay` > 0, `state["ema_params"]` follows
+  an exponential moving average of the parameters, updated after every step.
   """
   batch = config.batch_size
-  steps = num_train // batch
+  steps = groups.train_steps(num_train, batch)
+  window = groups.context_window(config)
   loss_fn = make_loss_fn(config, graphdef, task)
   batch_sharding = NamedSharding(mesh, P(None, "data"))
   decay = config.ema_decay
@@ -131,17 +154,19 @@ def make_train_epoch(config, graphdef, tx, task, mesh, num_train: int):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, stats
 
-  def train_epoch(state, train, members, epoch):
+  def train_epoch(state, train, tables, members, epoch):
     COMPILES["train_epoch"] += 1
     keys = jax.vmap(lambda s: jax.random.fold_in(seed_key(s, 1), epoch))(
         members["seeds"])
-    order = jax.vmap(lambda k: jax.random.permutation(
-        jax.random.fold_in(k, 0), num_train)[:steps * batch])(keys)
-    order = order.reshape(len(keys), steps, batch).transpose(1, 0, 2)
+    plans = jax.vmap(lambda k: groups.train_plan(
+        jax.random.fold_in(k, 0), tables, window, steps, batch))(keys)
+    plans = jax.tree.map(lambda x: x.swapaxes(0, 1), plans)  # [steps, M, B]
 
     def step(carry, xs):
-      index, i = xs
-      batch_data = jax.tree.map(lambda x: x[index], train)  # [M, B, ...]
+      plan, i = xs
+      batch_data = {k: v[plan["index"]] for k, v in train.items()}
+      batch_data.update(segment=plan["segment"], group=plan["group"],
+                        rank=plan["rank"])  # [M, B, ...]
       batch_data = jax.lax.with_sharding_constraint(batch_data, batch_sharding)
       step_keys = jax.vmap(lambda k: jax.random.fold_in(
           jax.random.fold_in(k, 1), i))(keys)
@@ -158,7 +183,7 @@ def make_train_epoch(config, graphdef, tx, task, mesh, num_train: int):
 
     trained = ("params", "opt_state") + (("ema_params",) if decay else ())
     carry, stats = jax.lax.scan(step, {k: state[k] for k in trained},
-                                (order, jnp.arange(steps)))
+                                (plans, jnp.arange(steps)))
     return {**state, **carry}, jax.tree.map(lambda x: x.mean(0), stats)
 
   repl = NamedSharding(mesh, P())
@@ -208,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises:
     TrainingDiverged: a loss became NaN/inf (the last good checkpoint and
       the logs stay).
+    validate.ConfigError: a config value that cannot run.
     schema.DataError, tfrecord.CorruptRecordError: bad prepared data.
   """
   manifest = schema.Manifest.load(config.data_dir)
@@ -230,78 +256,114 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_fold(config, workdir: str) -> dict:
   """train_and_evaluate for one fold (or a dataset with fixed splits)."""
-  started = time.time()
-  COMPILES.clear()
-  main_process = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  run = Run.setup(config, workdir)
+  state = fit(run)
+  return finish(run, state)
 
-  # Data
-  # ----
-  dataset = data_lib.load(config.data_dir, fold=config.fold or None)
-  manifest = dataset.manifest
-  task = manifest.task
-  if config.dataset != manifest.dataset:
-    raise schema.DataError(os.path.join(config.data_dir, schema.MANIFEST),
-                           "dataset", f"{manifest.dataset!r}, but the config "
-                           f"is for {config.dataset!r}")
-  mesh = make_mesh(config.num_devices)
-  devices = mesh.devices.size
-  if config.batch_size % devices:
-    raise ValueError(f"batch_size {config.batch_size} does not divide by the "
-                     f"{devices} devices")
-  if len(dataset.train) < config.batch_size:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the "
-                     f"{len(dataset.train)} training utterances")
-  repl = NamedSharding(mesh, P())
-  chunk = evaluation.chunk_size(config.eval_batch_size, mesh)
-  train = evaluation.device_arrays(dataset.train, repl)
-  arrays = {s: evaluation.device_arrays(getattr(dataset, s), repl, chunk)
-            for s in ("valid", "test")}
 
-  # Members, model, optimizer, state
-  # --------------------------------
-  members = regime.members(config)
-  graphdef, init_params = model_lib.create(config, manifest.dims,
-                                           manifest.num_classes)
-  steps_per_epoch = len(dataset.train) // config.batch_size
-  tx = make_optimizer(config, steps_per_epoch)
-  member_data = jax.device_put(
-      {"seeds": jnp.asarray(members.seeds),
-       "draw_weights": jnp.asarray(members.draw_weights)}, repl)
-  state = init_state(init_params, tx, member_data["seeds"], repl,
-                     ema=bool(config.ema_decay))
-  train_epoch = make_train_epoch(config, graphdef, tx, task, mesh,
-                                 len(dataset.train))
-  predict = evaluation.make_predict(config, graphdef, mesh, COMPILES)
-  update_best = make_update_best(mesh)
+@dataclasses.dataclass
+class Run:
+  """Everything one run (one fold) trains and evaluates with."""
 
-  # Resume
-  # ------
-  config_json = config.to_json_best_effort(indent=1, sort_keys=True)
+  config: ml_collections.ConfigDict
+  workdir: str
+  dataset: data_lib.Dataset
+  mesh: jax.sharding.Mesh
+  members: regime.Members
+  # The modalities the dataset has ([3] bool).
+  present: list
+  graphdef: object
+  # Device data: the training table and its window tables, the members,
+  # and the validation and test splits in their evaluation windows.
+  train: dict
+  tables: dict
+  member_data: dict
+  inputs: dict
+  # Compiled functions.
+  train_epoch: object
+  predict: object
+  update_best: object
+  state: dict
+  started: float
+
+  @property
+  def task(self) -> str:
+    return self.dataset.manifest.task
+
+  @property
+  def main_process(self) -> bool:
+    return jax.process_index() == 0
+
+  @classmethod
+  def setup(cls, config, workdir: str) -> "Run":
+    """Data, checks, members, model, optimizer and the initial state."""
+    started = time.time()
+    COMPILES.clear()
+    os.makedirs(workdir, exist_ok=True)
+    dataset = data_lib.load(config.data_dir, fold=config.fold or None)
+    manifest = dataset.manifest
+    mesh = make_mesh(config.num_devices)
+    validate.check(config, manifest, mesh.devices.size)
+    repl = NamedSharding(mesh, P())
+    present = validate.present_modalities(manifest)
+    members = regime.members(config, combos.realisable(present))
+    train_groups = groups.Groups.of(dataset.train)
+    train = transfer.to_device(
+        {**dataset.train.features, "available": dataset.train.available,
+         "label": dataset.train.label, "speaker": train_groups.speaker},
+        repl)
+    tables = transfer.to_device(groups.TrainTables.of(
+        train_groups, groups.context_window(config)).arrays(), repl)
+    inputs = {s: evaluation.Inputs.of(getattr(dataset, s), config, mesh)
+              for s in ("valid", "test")}
+    graphdef, init_params = model_lib.create(config, manifest.dims,
+                                             manifest.num_classes)
+    tx = make_optimizer(config, groups.train_steps(len(dataset.train),
+                                                   config.batch_size))
+    member_data = transfer.to_device(
+        {"seeds": members.seeds, "draw_weights": members.draw_weights}, repl)
+    state = init_state(init_params, tx, member_data["seeds"], repl,
+                       ema=bool(config.ema_decay))
+    return cls(
+        config=config, workdir=workdir, dataset=dataset, mesh=mesh,
+        members=members, present=present, graphdef=graphdef, train=train,
+        tables=tables, member_data=member_data, inputs=inputs,
+        train_epoch=make_train_epoch(config, graphdef, tx, manifest.task,
+                                     mesh, len(dataset.train)),
+        predict=evaluation.make_predict(config, graphdef, mesh, COMPILES),
+        update_best=make_update_best(mesh), state=state, started=started)
+
+
+def fit(run: Run) -> dict:
+  """Trains from the latest checkpoint (or from scratch) to the last epoch;
+  selects each member's best epoch on validation; returns the final
+  state. Checkpoints every `checkpoint_every` epochs and after the last."""
+  config, workdir, state = run.config, run.workdir, run.state
+  dataset, members = run.dataset, run.members
   mngr = checkpoint.manager(workdir, config)
   start = mngr.latest_step() or 0
   if start:
     state = checkpoint.restore(mngr, start, state)
   log = report.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
-                          enabled=main_process)
-  if main_process:
+                          enabled=run.main_process)
+  if run.main_process:
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_json + "\n")
-    print(f"{manifest.dataset}: train {len(dataset.train)}, valid "
+      f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
+    print(f"{dataset.manifest.dataset}: train {len(dataset.train)}, valid "
           f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
-          f"{config.data_dir} ({manifest.format}); seeds "
+          f"{config.data_dir} ({dataset.manifest.format}); seeds "
           f"{list(config.seeds)}, {config.regime} regime ({len(members)} "
-          f"models); {devices} device(s); "
+          f"models); {run.mesh.devices.size} device(s); "
           + (f"resuming after epoch {start}" if start else "from scratch"))
-
-  # Train
-  # -----
-  valid_masks = evaluation.fixed_masks(dataset.valid.available)
-  progress = report.Progress(config.num_epochs, start, enabled=main_process)
+  valid_masks = evaluation.fixed_masks(dataset.valid.available,
+                                       members.combos)
+  progress = report.Progress(config.num_epochs, start,
+                             enabled=run.main_process)
   try:
     for epoch in range(start, config.num_epochs):
-      state, stats = train_epoch(state, train, member_data, epoch)
-      stats = evaluation.to_host(stats)
+      state, stats = run.train_epoch(state, run.train, run.tables,
+                                     run.member_data, epoch)
+      stats = transfer.to_host(stats)
       if not _finite(stats):
         bad = ", ".join(
             " ".join(f"{k} {v}" for k, v in members.describe(i).items())
@@ -313,40 +375,56 @@ def _train_fold(config, workdir: str) -> dict:
         raise TrainingDiverged(
             f"epoch {epoch + 1}: training loss is NaN/inf for {bad}; "
             f"stopped. Kept: {kept}the logs in {workdir}.")
-      pred, _ = predict(selected_params(state), arrays["valid"], valid_masks)
-      valid, score = evaluation.member_scores(task, pred, dataset.valid,
+      pred = run.predict(selected_params(state), run.inputs["valid"],
+                         valid_masks, keys=("pred",))["pred"]
+      valid, score = evaluation.member_scores(run.task, pred, dataset.valid,
                                               members)
-      improved = score > evaluation.to_host(state["best_metric"])
-      state = update_best(state, improved, score.astype(np.float32), epoch)
-      log.write(epoch + 1, members, stats, valid, score, task)
-      progress.update(epoch + 1, stats, score, metrics.HEADLINE[task])
+      improved = score > transfer.to_host(state["best_metric"])
+      state = run.update_best(state, improved, score.astype(np.float32), epoch)
+      log.write(epoch + 1, members, stats, valid, score, run.task)
+      progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
       if (epoch + 1) % config.checkpoint_every == 0 or (
           epoch + 1 == config.num_epochs):
         checkpoint.save(mngr, epoch + 1, state)
   finally:
     progress.close()
     mngr.close()
+  return state
 
-  # Evaluate the selected models
-  # ----------------------------
+
+def finish(run: Run, state: dict) -> dict:
+  """Evaluates the selected models on valid (fixed protocol) and test (all
+  protocols); writes results.json, results.md and the figures."""
+  config = run.config
   best = state["best_params"]
-  found = {split: evaluation.run(config, predict, best, getattr(dataset, split),
-                                 arrays[split], members, task,
+  found = {split: evaluation.run(config, run.predict, best, run.inputs[split],
+                                 run.members, run.task, run.present,
                                  "all" if split == "test" else "fixed")
            for split in ("valid", "test")}
   results = report.results(
-      config=config, manifest=manifest, task=task, found=found,
+      config=config, manifest=run.dataset.manifest, task=run.task,
+      found=found,
       selected_epoch=report.selected_epochs(
-          members, evaluation.to_host(state["best_epoch"]) + 1),
-      compiles=dict(COMPILES), seconds=time.time() - started)
-  if main_process:
-    report.write_results(workdir, results)
+          run.members, transfer.to_host(state["best_epoch"]) + 1),
+      compiles=dict(COMPILES), padding=padding(run),
+      seconds=time.time() - run.started)
+  if run.main_process:
+    report.write_results(run.workdir, results)
     if config.plots:
-      report.write_figures(
-          workdir, results, config, found["test"], dataset.test,
-          evaluation.representations(graphdef, best, members, dataset.test))
+      report.write_figures(run.workdir, results, config, found["test"],
+                           run.dataset.test)
     print(report.table(results))
   return results
+
+
+def padding(run: Run) -> dict[str, float]:
+  """The fraction of batch positions that hold no utterance: per training
+  epoch, and in the valid and test evaluation chunks."""
+  n = len(run.dataset.train)
+  steps = groups.train_steps(n, run.config.batch_size)
+  return {"train": round(1 - n / (steps * run.config.batch_size), 4),
+          **{s: round(run.inputs[s].layout.padding(), 4)
+             for s in ("valid", "test")}}
 
 
 def make_update_best(mesh):

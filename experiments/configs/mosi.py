@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seeds = (0, 1, 2, 3, 4)
   # Passes over the training split.
   c.num_epochs = 30
-  # Global batch size (split over devices; must divide by the device count).
+  # Utterances per training step (global; windows laid end to end; split
+  # over devices, so it must divide by the device count).
   c.batch_size = 64
   # Peak learning rate of AdamW (after linear warm-up, then cosine decay).
   # The MCUR defaults (learning_rate, dropout, mcb_weight, tau, task_loss)
@@ -52,6 +53,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.proj_dim = 128
   # Who attends to a missing modality's token: cls_only | masked | visible.
   c.missing_tokens = "cls_only"
+  # Context Transformer layers over the utterances of a window of the video
+  # or dialogue; 0 = the per-utterance model (no context; batches of random
+  # utterances, as before context existed).
+  c.context_layers = 1
+  # Attention heads of the context Transformer (divide hidden_dim).
+  c.context_heads = 4
+  # Window W: the most consecutive utterances of one group seen together
+  # (training windows are cut at moving points; evaluation windows are
+  # centred on the utterances they predict).
+  c.context_window = 32
+  # Relative position: rank distances up to this get their own attention
+  # bias per head (farther ones share the last); 0 = no position information.
+  c.context_max_distance = 8
+  # Speaker embeddings (by order of first appearance in the group); later
+  # speakers share the last one.
+  c.context_speakers = 2
   # Task loss: l1 | mse (regression), ce (classification). DESIGN's
   # regression default is L1; MSE (MoMKE's) is better on MOSI's validation.
   c.task_loss = "mse"
@@ -69,10 +86,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tau = 0.2
   # MCB-CL positives: class_and_combo | class | combo | class_plus_combo.
   c.positives = "class_and_combo"
+  # MCB-CL: may two utterances of one group be positives (False: only
+  # utterances of different groups are).
+  c.mcb_same_group_positives = True
   # Category of a regression label for MCB-CL: sign | seven.
   c.regression_categories = "sign"
-  # Training draw weights of the combinations a, t, v, at, av, tv, atv.
+  # Training draw weights of the combinations a, t, v, at, av, tv, atv
+  # (those the dataset cannot realise get none).
   c.combo_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+  # Training combination draws: utterance (each its own) | window (one per
+  # window, as the fixed protocol evaluates).
+  c.combo_draw = "utterance"
   # mixed: one model, per-sample combination draws (MCUR); per_condition:
   # one model per combination, fixed for the whole run (MoMKE).
   c.regime = "mixed"
@@ -89,7 +113,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.missing_rate_seed = 0
   # Write the PNG figures at the end of a run.
   c.plots = True
-  # Samples per evaluation chunk (rounded up to a multiple of the devices).
+  # Utterance slots per evaluation chunk (rounded up to a multiple of the
+  # devices; whole windows are packed into chunks).
   c.eval_batch_size = 512
   # Save a checkpoint every this many epochs (and always after the last).
   c.checkpoint_every = 1
@@ -106,6 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.proj_dim = 16
     c.eval_batch_size = 64
     c.sugr_warmup_epochs = 1
+    c.context_window = 8
+    c.context_heads = 2
+    c.context_max_distance = 4
   elif arg:
     raise ValueError(f"unknown config variant {arg!r} (known: tiny)")
   return c

@@ -1,0 +1,28 @@
+"""Arrays between the host and the ("data",) mesh, single- and multi-host.
+
+Training and evaluation both use these: host NumPy tables become device
+arrays with a given sharding (each process passes the same, whole table;
+the datasets are small), and replicated device outputs come back as NumPy.
+"""
+
+import jax
+import numpy as np
+
+
+def chunk_size(eval_batch_size: int, mesh) -> int:
+  """Rows per compiled evaluation call: `eval_batch_size` rounded up to the
+  devices."""
+  devices = mesh.devices.size
+  return -(-eval_batch_size // devices) * devices
+
+
+def to_device(host: dict, sharding) -> dict:
+  """Device arrays of a dict of NumPy arrays, with `sharding`."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in host.items()}
+
+
+def to_host(tree):
+  """NumPy copies of replicated arrays: each process reads its local replica
+  (`jax.device_get` would need every shard addressable, false multi-host)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

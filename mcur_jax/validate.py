@@ -1,0 +1,88 @@
+"""Checks a run's config against its data before anything is built.
+
+`check` raises `ConfigError` naming the field for every value that cannot
+run, so the entry points can turn bad configs (like bad data,
+`schema.DataError`) into one `error:` line and exit status 2, while any
+other exception, JAX's own included, keeps its traceback.
+"""
+
+from mcur_jax import combos
+from mcur_jax import losses
+from mcur_jax import model
+from mcur_jax import regime
+from mcur_jax import schema
+
+# How the training combination is drawn: per utterance, or one per window.
+COMBO_DRAWS = ("utterance", "window")
+
+
+class ConfigError(ValueError):
+  """A config value or flag that cannot run; the message names it
+  (`config.FIELD`, or the flag)."""
+
+  def __init__(self, field: str, problem: str):
+    self.field, self.problem = field, problem
+    super().__init__(f"{field}: {problem}")
+
+
+def _error(field: str, problem: str) -> ConfigError:
+  return ConfigError(f"config.{field}", problem)
+
+
+def _one_of(config, field: str, allowed) -> None:
+  if config[field] not in allowed:
+    raise _error(field, f"{config[field]!r}, not one of {tuple(allowed)}")
+
+
+def check(config, manifest: schema.Manifest, devices: int) -> None:
+  """Raises ConfigError for the first field of `config` that cannot run on
+  `manifest`'s data over `devices` devices."""
+  if config.dataset != manifest.dataset:
+    raise _error("dataset", f"{config.dataset!r}, but the data in "
+                      f"{config.data_dir} is {manifest.dataset!r}")
+  if not config.seeds:
+    raise _error("seeds", "empty")
+  _one_of(config, "task_loss", ("ce",) if manifest.task == "classification"
+          else ("l1", "mse"))
+  _one_of(config, "regime", regime.REGIMES)
+  _one_of(config, "positives", losses.POSITIVES)
+  _one_of(config, "regression_categories", losses.REGRESSION_CATEGORIES)
+  _one_of(config, "missing_tokens", model.MISSING_TOKENS)
+  _one_of(config, "combo_draw", COMBO_DRAWS)
+  weights = tuple(config.combo_weights)
+  served = combos.realisable(present_modalities(manifest))
+  if (len(weights) != len(combos.NAMES) or min(weights) < 0
+      or not sum(weights[c] for c in served)):
+    raise _error("combo_weights", f"{weights}: need {len(combos.NAMES)} "
+                      "non-negative weights, not all 0 on the combinations "
+                      "the data has (" + " ".join(combos.NAMES[c]
+                                                  for c in served) + ")")
+  for field in ("num_heads", "context_heads"):
+    if config[field] < 1 or config.hidden_dim % config[field]:
+      raise _error(field, f"{config[field]} does not divide hidden_dim "
+                        f"{config.hidden_dim}")
+  for field, low in (("context_layers", 0), ("context_window", 1),
+                     ("context_max_distance", 0), ("context_speakers", 1),
+                     ("batch_size", 1), ("num_epochs", 1),
+                     ("checkpoint_every", 1)):
+    if config[field] < low:
+      raise _error(field, f"{config[field]}, must be >= {low}")
+  if config.batch_size % devices:
+    raise _error("batch_size", f"{config.batch_size} does not divide by "
+                      f"the {devices} devices")
+  chunk = -(-config.eval_batch_size // devices) * devices
+  if config.context_layers and config.context_window > chunk:
+    raise _error("context_window", f"{config.context_window} exceeds "
+                      f"eval_batch_size {config.eval_batch_size}: a window "
+                      "is predicted in one evaluation chunk")
+  for rate in config.missing_rates:
+    if not 0 <= rate <= 0.7 + 1e-9:
+      raise _error("missing_rates", f"{rate} outside [0, 0.7]")
+
+
+def present_modalities(manifest: schema.Manifest) -> list[bool]:
+  """[3] bool: the modalities the dataset has (a non-zero dimension and
+  some utterance that has it)."""
+  return [manifest.dims[m] > 0 and any(info["available"][m]
+                                       for info in manifest.splits.values())
+          for m in schema.MODALITIES]
