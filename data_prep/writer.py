@@ -85,8 +85,15 @@ def check(table: Table) -> None:
     dup = ids[counts > 1]
     raise schema.DataError(origin["utt_id"], "utt_id",
                            f"{len(dup)} duplicate ids, e.g. {dup[0]!r}")
+  if not any(x.shape[1] for x in rows.features.values()):
+    raise schema.DataError(origin[schema.MODALITIES[0]], "features",
+                           "no modality has any feature columns")
   for j, m in enumerate(schema.MODALITIES):
     present = rows.features[m][rows.available[:, j]]
+    if not rows.features[m].shape[1] and len(present):
+      raise schema.DataError(origin[m], schema.available_field(m),
+                             f"{len(present)} utterances marked available, "
+                             f"but {m} has no feature columns")
     if not np.isfinite(present).all():
       raise schema.DataError(origin[m], m, "NaN or inf values")
   label = rows.label
@@ -119,17 +126,23 @@ def check(table: Table) -> None:
                            f"unknown split names {sorted(extra)}")
 
 
-def _record(rows: data.Split, i: int) -> bytes:
-  fields = {"utt_id": rows.utt_id[i], "group_id": rows.group_id[i],
-            "speaker": rows.speaker[i],
-            "position": rows.position[i:i + 1],
-            "session": rows.session[i:i + 1], "label": rows.label[i:i + 1]}
+# How a value of each Example list kind is handed to `tfrecord.encode_example`.
+_ENCODE = {schema.BYTES: str,
+           schema.INT64: lambda v: np.array([v], np.int64),
+           schema.FLOAT: lambda v: np.array([v], np.float32)}
+
+
+def _record(rows: data.Split, i: int, task: str) -> bytes:
+  """Row `i` as a serialized Example, field by field of `schema.FIELDS`."""
+  fields = {f.name: _ENCODE[f.list_kind(task)](getattr(rows, f.name)[i])
+            for f in schema.RECORD_FIELDS}
+  fields.update({name: _ENCODE[schema.EXTRA_KIND](values[i])
+                 for name, values in rows.extras.items()})
   for j, m in enumerate(schema.MODALITIES):
     present = rows.available[i, j]
-    fields[m] = rows.features[m][i] if present else np.zeros(0, np.float32)
-    fields[schema.available_field(m)] = np.array([present], np.int64)
-  for name, values in rows.extras.items():
-    fields[name] = values[i:i + 1]
+    fields[schema.FEATURES.key(m)] = (
+        rows.features[m][i] if present else np.zeros(0)).astype(np.float32)
+    fields[schema.AVAILABLE.key(m)] = _ENCODE[schema.AVAILABLE.kind](present)
   return tfrecord.encode_example(fields)
 
 
@@ -161,7 +174,7 @@ def _write_shards(table: Table, directory: str) -> dict[str, dict[str, Any]]:
     for k, part in enumerate(np.array_split(index, count)):
       name = schema.shard_name(s, k, count)
       tfrecord.write_records(os.path.join(directory, name),
-                             (_record(rows, int(i)) for i in part))
+                             (_record(rows, int(i), table.task) for i in part))
       files.append(name)
     splits[s] = {
         "count": len(index),
@@ -181,9 +194,6 @@ def write(table: Table, out: str | os.PathLike, overwrite: bool = False
     raise schema.DataError(out, "--out",
                            "exists; pass --overwrite to replace it")
   check(table)
-  table = dataclasses.replace(table, rows=dataclasses.replace(
-      table.rows, label=table.rows.label.astype(
-          np.float32 if table.task == "regression" else np.int64)))
   folds = None
   if table.session_folds:
     folds = {"key": "session",

@@ -22,15 +22,18 @@ import numpy as np
 from mcur_jax import schema
 from mcur_jax import tfrecord
 
-_STRING_FIELDS = ("utt_id", "group_id", "speaker")
-_INT_FIELDS = ("position", "session")
-
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """The utterances of one split as columns (row i = one utterance)."""
+  """The utterances of one split as columns (row i = one utterance).
 
-  # modality -> [N, dim] float32; rows of absent modalities are zeros.
+  `features` and `available` hold the per-modality record fields; every
+  other attribute but `extras` is the per-record field of the same name in
+  `schema.RECORD_FIELDS`.
+  """
+
+  # modality -> [N, dim] float32 (dim 0 for a modality the dataset lacks);
+  # rows of absent modalities are zeros.
   features: dict[str, np.ndarray]
   # [N, 3] bool, column m = MODALITIES[m] natively present.
   available: np.ndarray
@@ -51,8 +54,8 @@ class Split:
     """The rows `index` (an int array or boolean mask), as a new Split."""
     return Split(
         features={m: x[index] for m, x in self.features.items()},
-        available=self.available[index], label=self.label[index],
-        **{f: getattr(self, f)[index] for f in _STRING_FIELDS + _INT_FIELDS},
+        available=self.available[index],
+        **{f.name: getattr(self, f.name)[index] for f in schema.RECORD_FIELDS},
         extras={k: v[index] for k, v in self.extras.items()})
 
 
@@ -68,6 +71,16 @@ def shard_paths(directory, manifest: schema.Manifest, split: str) -> list[str]:
   return [os.path.join(directory, f) for f in manifest.splits[split]["files"]]
 
 
+def column_dtype(field: schema.Field, task: str):
+  """The NumPy dtype of a per-record field's `Split` column."""
+  kind = field.list_kind(task)
+  if kind == schema.BYTES:
+    return str
+  if field.kind == schema.LABEL:
+    return np.int32 if kind == schema.INT64 else np.float32
+  return np.int64 if kind == schema.INT64 else np.float32
+
+
 def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
                split: str) -> Split:
   """Reads the raw (unnormalised) records of `split`, checking each one.
@@ -76,15 +89,14 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
     tfrecord.CorruptRecordError: a shard is truncated or fails its CRC.
     schema.DataError: a record or the record count disagrees with the manifest.
   """
-  info = manifest.splits[split]
-  n = info["count"]
-  regression = manifest.task == "regression"
-  features = {m: np.zeros((n, d), np.float32) for m, d in manifest.dims.items()}
+  n = manifest.splits[split]["count"]
+  # Per-record fields (and the extras): name -> (Example list kind, values).
+  scalars = {f.name: (f.list_kind(manifest.task), [])
+             for f in schema.RECORD_FIELDS}
+  scalars.update({f: (schema.EXTRA_KIND, []) for f in manifest.extra_fields})
+  features = {m: np.zeros((n, manifest.dims[m]), np.float32)
+              for m in schema.MODALITIES}
   available = np.zeros((n, len(schema.MODALITIES)), bool)
-  label = np.zeros(n, np.float32 if regression else np.int32)
-  strings = {f: [] for f in _STRING_FIELDS}
-  ints = {f: np.zeros(n, np.int64) for f in _INT_FIELDS + tuple(
-      manifest.extra_fields)}
   i = 0
   for path in shard_paths(directory, manifest, split):
     for data in tfrecord.read_records(path):
@@ -97,19 +109,27 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
         raise schema.DataError(path, "record", f"record {i} is not a "
                                "tf.train.Example") from None
 
-      def get(name, kind):
-        if name not in feature or feature[name].WhichOneof("kind") != kind:
-          raise schema.DataError(path, name, f"record {i}: missing or not {kind}")
-        return getattr(feature[name], kind).value
+      def get(name, kind, length=None):
+        list_name = f"{kind}_list"
+        if name not in feature or feature[name].WhichOneof("kind") != list_name:
+          raise schema.DataError(path, name,
+                                 f"record {i}: missing or not {list_name}")
+        values = getattr(feature[name], list_name).value
+        if length is not None and len(values) != length:
+          raise schema.DataError(path, name, f"record {i}: {len(values)} "
+                                 f"values, expected {length}")
+        return values
 
-      for f in _STRING_FIELDS:
-        strings[f].append(get(f, "bytes_list")[0].decode())
-      for f in ints:
-        ints[f][i] = get(f, "int64_list")[0]
-      label[i] = get("label", "float_list" if regression else "int64_list")[0]
-      for j, (m, d) in enumerate(manifest.dims.items()):
-        present = get(schema.available_field(m), "int64_list")[0]
-        values = get(m, "float_list")
+      for name, (kind, column) in scalars.items():
+        column.append(get(name, kind, 1)[0])
+      for j, m in enumerate(schema.MODALITIES):
+        d = manifest.dims[m]
+        present = get(schema.AVAILABLE.key(m), schema.AVAILABLE.kind, 1)[0]
+        if present and not d:
+          raise schema.DataError(path, schema.AVAILABLE.key(m), f"record {i}: "
+                                 f"1, but the manifest's dims.{m} is 0 (the "
+                                 f"dataset has no {m})")
+        values = get(schema.FEATURES.key(m), schema.FEATURES.kind)
         if len(values) != (d if present else 0):
           raise schema.DataError(
               path, m, f"record {i}: length {len(values)}, expected "
@@ -122,10 +142,15 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
     raise schema.DataError(os.path.join(directory, schema.MANIFEST),
                            f"splits.{split}.count",
                            f"says {n} records, the shards hold {i}")
-  return Split(features=features, available=available, label=label,
-               **{f: np.asarray(v) for f, v in strings.items()},
-               **{f: ints[f] for f in _INT_FIELDS},
-               extras={f: ints[f] for f in manifest.extra_fields})
+  columns = {}
+  for f in schema.RECORD_FIELDS:
+    values = scalars[f.name][1]
+    if f.list_kind(manifest.task) == schema.BYTES:
+      values = [v.decode() for v in values]
+    columns[f.name] = np.asarray(values, column_dtype(f, manifest.task))
+  return Split(features=features, available=available, **columns,
+               extras={f: np.asarray(scalars[f][1], np.int64)
+                       for f in manifest.extra_fields})
 
 
 def feature_stats(split: Split) -> dict[str, dict[str, list[float]]]:

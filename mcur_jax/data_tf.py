@@ -14,18 +14,21 @@ import tensorflow as tf
 from mcur_jax import data
 from mcur_jax import schema
 
-_STRINGS = ("utt_id", "group_id", "speaker")
+_DTYPES = {schema.BYTES: tf.string, schema.INT64: tf.int64,
+           schema.FLOAT: tf.float32}
 
 
 def _spec(manifest: schema.Manifest) -> dict:
-  label = tf.float32 if manifest.task == "regression" else tf.int64
-  spec = {f: tf.io.FixedLenFeature([], tf.string) for f in _STRINGS}
-  spec.update({f: tf.io.FixedLenFeature([], tf.int64)
-               for f in ("position", "session", *manifest.extra_fields)})
-  spec["label"] = tf.io.FixedLenFeature([], label)
+  """The parsing spec of a record, from the schema's field table."""
+  spec = {f.name: tf.io.FixedLenFeature([], _DTYPES[f.list_kind(manifest.task)])
+          for f in schema.RECORD_FIELDS}
+  spec.update({f: tf.io.FixedLenFeature([], _DTYPES[schema.EXTRA_KIND])
+               for f in manifest.extra_fields})
   for m in schema.MODALITIES:
-    spec[m] = tf.io.RaggedFeature(tf.float32)
-    spec[schema.available_field(m)] = tf.io.FixedLenFeature([], tf.int64)
+    spec[schema.FEATURES.key(m)] = tf.io.RaggedFeature(
+        _DTYPES[schema.FEATURES.kind])
+    spec[schema.AVAILABLE.key(m)] = tf.io.FixedLenFeature(
+        [], _DTYPES[schema.AVAILABLE.kind])
   return spec
 
 
@@ -46,20 +49,20 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
                            f"splits.{split}.count", f"says {n} records, the "
                            f"shards hold {len(columns['label'])}")
   features, available = {}, []
-  for m, d in manifest.dims.items():
-    present = np.asarray(columns[schema.available_field(m)], bool)
-    rows = np.zeros((n, d), np.float32)
+  for m in schema.MODALITIES:
+    present = np.asarray(columns[schema.AVAILABLE.key(m)], bool)
+    rows = np.zeros((n, manifest.dims[m]), np.float32)
     for i in np.flatnonzero(present):
-      rows[i] = columns[m][i]
+      rows[i] = columns[schema.FEATURES.key(m)][i]
     features[m] = rows
     available.append(present)
-  ints = {f: np.asarray(columns[f], np.int64)
-          for f in ("position", "session", *manifest.extra_fields)}
-  label = np.asarray(columns["label"])
+  record = {}
+  for f in schema.RECORD_FIELDS:
+    values = columns[f.name]
+    if f.list_kind(manifest.task) == schema.BYTES:
+      values = [v.decode() for v in values]
+    record[f.name] = np.asarray(values, data.column_dtype(f, manifest.task))
   return data.Split(
-      features=features, available=np.stack(available, 1),
-      label=label.astype(np.float32 if manifest.task == "regression"
-                         else np.int32),
-      **{f: np.asarray([s.decode() for s in columns[f]]) for f in _STRINGS},
-      position=ints["position"], session=ints["session"],
-      extras={f: ints[f] for f in manifest.extra_fields})
+      features=features, available=np.stack(available, 1), **record,
+      extras={f: np.asarray(columns[f], np.int64)
+              for f in manifest.extra_fields})

@@ -1,22 +1,18 @@
 """The prepared-dataset schema: record fields, `manifest.json`, and its errors.
 
 A prepared directory holds `{split}-NNNNN-of-MMMMM.tfrecord` shards, one
-`tf.train.Example` per utterance, and `manifest.json`. Record fields:
-
-| field               | Example list | meaning                                      |
-|---------------------|--------------|----------------------------------------------|
-| `utt_id`            | bytes        | utterance id, unique in the dataset          |
-| `group_id`          | bytes        | video (MOSI/MOSEI) or dialogue (IEMOCAP)     |
-| `position`          | int64        | 0-based position of the utterance in group   |
-| `speaker`           | bytes        | speaker ('' when the source has none)        |
-| `session`           | int64        | recording session (IEMOCAP 1..5, else 0)     |
-| `label`             | float / int64| score (regression) or class index            |
-| `audio` `text` `video` | float    | the feature vector; EMPTY when absent        |
-| `available_<m>`     | int64        | 1 if modality m is natively present          |
-| extra fields        | int64        | listed in the manifest (`corrupted`, ...)    |
+`tf.train.Example` per utterance, and `manifest.json`. The record fields are
+the table `FIELDS` below (name, Example list, per record or per modality,
+meaning), plus the int64 extra fields the manifest lists (`corrupted`, ...).
+The writer (`data_prep/writer.py`), the NumPy reader (`data.read_split`) and
+the tf.data reader (`data_tf.read_split`) all derive from that table: a new
+per-record field is one row there and the `data.Split` attribute that holds
+it.
 
 A natively absent modality is stored as an empty list with `available_<m>`
 = 0, never as a zero vector, so nothing downstream can mistake it for data.
+A dataset without a modality at all has `dims[m]` = 0 and every record
+stores that modality as absent.
 """
 
 import dataclasses
@@ -37,6 +33,61 @@ ALL_SPLIT = "all"
 TASKS = ("regression", "classification")
 
 
+# Example list kinds. LABEL is float for regression, int64 for classification.
+BYTES, INT64, FLOAT, LABEL = "bytes", "int64", "float", "label"
+# A field holds one value per record, or one per record and modality.
+PER_RECORD, PER_MODALITY = "record", "modality"
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One record field. Per-modality names are templates over `{m}`."""
+
+  name: str
+  kind: str
+  per: str
+  meaning: str
+
+  def key(self, modality: str | None = None) -> str:
+    """The field's key in the Example (of `modality` if per modality)."""
+    if self.per == PER_MODALITY:
+      return self.name.format(m=modality)
+    return self.name
+
+  def list_kind(self, task: str) -> str:
+    """The Example list holding it for `task`: "bytes", "int64" or "float"."""
+    if self.kind == LABEL:
+      return FLOAT if task == "regression" else INT64
+    return self.kind
+
+
+# The feature vector: `dims[m]` floats when present, EMPTY when absent.
+FEATURES = Field("{m}", FLOAT, PER_MODALITY,
+                 "the feature vector of modality m, raw; EMPTY when absent")
+AVAILABLE = Field("available_{m}", INT64, PER_MODALITY,
+                  "1 if modality m is natively present, else 0")
+# Every per-record field is one value, held by the `data.Split` attribute of
+# the same name.
+FIELDS = (
+    Field("utt_id", BYTES, PER_RECORD, "utterance id, unique in the dataset"),
+    Field("group_id", BYTES, PER_RECORD,
+          "video (MOSI/MOSEI) or dialogue (IEMOCAP)"),
+    Field("position", INT64, PER_RECORD,
+          "0-based position of the utterance in its group"),
+    Field("speaker", BYTES, PER_RECORD,
+          "speaker ('' when the source has none)"),
+    Field("session", INT64, PER_RECORD,
+          "recording session (IEMOCAP 1..5, else 0)"),
+    Field("label", LABEL, PER_RECORD,
+          "score (regression, float) or class index (classification, int64)"),
+    FEATURES,
+    AVAILABLE,
+)
+RECORD_FIELDS = tuple(f for f in FIELDS if f.per == PER_RECORD)
+# Extra fields (listed in the manifest's `extra_fields`) are one int64 each.
+EXTRA_KIND = INT64
+
+
 class DataError(ValueError):
   """Bad input or a bad prepared directory; the message names file and field."""
 
@@ -46,7 +97,7 @@ class DataError(ValueError):
 
 
 def available_field(modality: str) -> str:
-  return f"available_{modality}"
+  return AVAILABLE.key(modality)
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -119,4 +170,10 @@ class Manifest:
       raise DataError(path, "task", f"{manifest.task!r} not in {TASKS}")
     if sorted(manifest.dims) != sorted(MODALITIES):
       raise DataError(path, "dims", f"needs exactly {MODALITIES}")
+    for m, d in manifest.dims.items():
+      if not isinstance(d, int) or d < 0:
+        raise DataError(path, f"dims.{m}", f"{d!r}, expected an integer >= 0"
+                        " (0: the dataset has no such modality)")
+    if not any(manifest.dims.values()):
+      raise DataError(path, "dims", "every modality has dimension 0")
     return manifest

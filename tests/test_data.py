@@ -13,18 +13,28 @@ from mcur_jax import schema
 from mcur_jax import tfrecord
 
 DIMS = {"audio": 3, "text": 4, "video": 2}
+# Where `make_table`'s fields come from, for error messages.
+FIELDS = (*schema.MODALITIES, "utt_id", "label", "split")
 
 
-def make_table(*, sessions=False, n_groups=12, per_group=5, seed=0):
-  """A small random table; sessions=True gives an IEMOCAP-like 4-class set."""
+def make_table(*, sessions=False, n_groups=12, per_group=5, seed=0,
+               dims=None):
+  """A small random table; sessions=True gives an IEMOCAP-like 4-class set.
+
+  `dims` overrides DIMS; a modality of dim 0 is one the dataset lacks (never
+  available).
+  """
+  dims = DIMS if dims is None else dims
   rng = np.random.default_rng(seed)
   n = n_groups * per_group
   group = np.repeat([f"g{i:02d}" for i in range(n_groups)], per_group)
   available = rng.random((n, 3)) > 0.2
   available[:, 1] = True
+  available[:, [not dims[m] for m in schema.MODALITIES]] = False
   features = {m: rng.normal(3.0, 2.0, (n, d)) * available[:, j:j + 1]
-              for j, (m, d) in enumerate(DIMS.items())}
-  features["video"][:, 0] = 0.0  # A constant column, like Poria's video.
+              for j, (m, d) in enumerate(dims.items())}
+  if dims["video"]:
+    features["video"][:, 0] = 0.0  # A constant column, like Poria's video.
   if sessions:
     session = np.repeat(np.arange(n_groups) % 4 + 1, per_group)
     label = rng.integers(0, 4, n)
@@ -42,7 +52,8 @@ def make_table(*, sessions=False, n_groups=12, per_group=5, seed=0):
       features=features, available=available, speaker=["F", "M"] * (n // 2),
       session=session, extras={"corrupted": rng.integers(0, 2, n)})
   return writer.Table(dataset="test", task=task, classes=classes, rows=rows,
-                      split=split, origin={}, format="test", split_source="",
+                      split=split, origin={f: "table" for f in FIELDS},
+                      format="test", split_source="",
                       sources=[], session_folds=sessions)
 
 
@@ -147,6 +158,9 @@ def _rewrite_manifest(directory, **changes):
     ({"dims.audio": 7}, "audio"),
     ({"schema_version": 0}, "schema_version"),
     ({"task": "classification", "classes": ["x"]}, "label"),
+    ({"dims.video": 0}, "available_video"),
+    ({"dims.text": -1}, "dims.text"),
+    ({"dims": {"audio": 0, "text": 0, "video": 0}}, "dims"),
 ])
 def test_record_disagreeing_with_manifest_is_a_data_error(tmp_path, change,
                                                           field):
@@ -157,16 +171,52 @@ def test_record_disagreeing_with_manifest_is_a_data_error(tmp_path, change,
   assert e.value.field == field
 
 
+@pytest.mark.parametrize("sessions", [False, True])
+def test_a_modality_of_dim_0_round_trips_as_absent(tmp_path, sessions):
+  dims = {"audio": 3, "text": 4, "video": 0}
+  table = make_table(dims=dims, sessions=sessions)
+  manifest = writer.write(table, tmp_path / "d")
+  assert manifest.dims == dims
+  stats = manifest.normalization["fold2" if sessions else "train"]
+  assert stats["video"] == {"mean": [], "std": []}
+  for normalized in (False, True):
+    ds = data.load(tmp_path / "d", fold=2 if sessions else None,
+                   normalized=normalized)
+    for name in schema.SPLITS:
+      part = getattr(ds, name)
+      assert part.features["video"].shape == (len(part), 0)
+      assert part.features["video"].dtype == np.float32
+      assert not part.available[:, 2].any() and part.available[:, 1].all()
+      assert part.take(np.arange(2)).features["video"].shape == (2, 0)
+
+
+def test_writer_rejects_available_rows_of_a_modality_of_dim_0(tmp_path):
+  table = make_table()
+  table.rows.features["video"] = np.zeros((len(table.rows), 0), np.float32)
+  with pytest.raises(schema.DataError) as e:
+    writer.write(table, tmp_path / "d")
+  assert e.value.field == "available_video"
+  assert "no feature columns" in e.value.problem
+  assert not (tmp_path / "d").exists()
+
+
+def test_writer_rejects_a_table_without_features(tmp_path):
+  table = make_table(dims={"audio": 0, "text": 0, "video": 0})
+  with pytest.raises(schema.DataError, match="no modality has any feature"):
+    writer.write(table, tmp_path / "d")
+
+
 def test_missing_manifest_says_how_to_make_one(tmp_path):
   with pytest.raises(schema.DataError, match="data_prep.convert"):
     data.load(tmp_path)
 
 
-@pytest.mark.parametrize("sessions", [False, True])
-def test_tf_data_reader_gives_identical_arrays(tmp_path, sessions):
+@pytest.mark.parametrize("sessions, dims", [
+    (False, None), (True, None), (True, {"audio": 3, "text": 4, "video": 0})])
+def test_tf_data_reader_gives_identical_arrays(tmp_path, sessions, dims):
   pytest.importorskip("tensorflow")
   from mcur_jax import data_tf  # pylint: disable=g-import-not-at-top
-  writer.write(make_table(sessions=sessions), tmp_path / "d")
+  writer.write(make_table(sessions=sessions, dims=dims), tmp_path / "d")
   fold = 2 if sessions else None
   ours = data.load(tmp_path / "d", fold=fold)
   theirs = data.load(tmp_path / "d", fold=fold, reader=data_tf.read_split)

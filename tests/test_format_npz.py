@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from data_prep import convert
+from data_prep import inspect
 from mcur_jax import data
+from mcur_jax import schema
 from tests import cli
 
 DIMS = {"audio": 7, "text": 12, "video": 9}
@@ -149,7 +151,6 @@ def _put(key, value):
 
 @pytest.mark.parametrize("edit,field", [
     (_drop("label"), "label"),
-    (_drop("audio"), "audio"),
     (_drop("group_id"), "group_id"),
     (_drop("split"), "split"),
     (_put("video", lambda c: c["video"][:-1]), "video"),
@@ -157,6 +158,7 @@ def _put(key, value):
     (_put("label", lambda c: c["label"].astype(str)), "label"),
     (_put("label", lambda c: c["label"][:, None]), "label"),
     (_put("label", lambda c: c["label"] * 2), "label"),
+    (_put("label", lambda c: np.full(len(c["label"]), -4.0)), "label"),
     (_put("group_id", lambda c: c["group_id"][:3]), "group_id"),
     (_put("split", lambda c: np.full(len(c["label"]), 3)), "split"),
     (_put("position", lambda c: -np.ones(len(c["label"]), int)), "position"),
@@ -172,6 +174,140 @@ def test_bad_file(tmp_path, capsys, edit, field):
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "out") == 2
   cli.assert_failed_cleanly(capsys, tmp_path / "out", path, field)
+
+
+def test_missing_modality_key_means_the_dataset_has_none(tmp_path, capsys):
+  columns = _columns()
+  del columns["video"]
+  n = len(columns["label"])
+  columns["available_video"] = np.zeros(n, bool)  # consistent: never present
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 0
+  note = "video: no 'video' key in data.npz: the dataset has no video"
+  assert f"note: {note}" in capsys.readouterr().out
+  dataset = data.load(tmp_path / "out")
+  assert dataset.manifest.dims == {**DIMS, "video": 0}
+  assert note in dataset.manifest.notes
+  for s in SPLITS:
+    part = getattr(dataset, s)
+    assert part.features["video"].shape == (len(part), 0)
+    assert not part.available[:, 2].any() and part.available[:, :2].all()
+  assert dataset.manifest.normalization["train"]["video"] == {"mean": [],
+                                                              "std": []}
+  assert inspect.main([str(tmp_path / "out")]) == 0
+  out = capsys.readouterr().out
+  assert "dims: audio 7, text 12, video 0" in out
+  assert "available: audio 12, text 12, video 0" in out
+  assert f"OK: {n} records verified" in out
+
+
+def test_available_without_a_feature_key_is_an_error(tmp_path, capsys):
+  columns = _columns()
+  del columns["text"]
+  columns["available_text"] = np.arange(len(columns["label"])) % 2
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path,
+                                   "available_text")
+  assert "18 utterances marked available" in line
+
+
+def test_a_file_without_any_modality_is_an_error(tmp_path, capsys):
+  columns = _columns()
+  for m in DIMS:
+    del columns[m]
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 2
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path,
+                            "audio/text/video")
+
+
+def test_a_mapped_modality_key_that_is_missing_stays_an_error(tmp_path,
+                                                              capsys):
+  path = _save(tmp_path, _columns())
+  assert _convert(path, tmp_path / "out", "--key", "video=vid") == 2
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path,
+                            "vid (--key video=vid)")
+
+
+def _iemocap_columns(n_groups=10, per_group=4):
+  """An IEMOCAP-like file: 4 classes, sessions 1..5, no split key."""
+  columns = _columns(n_groups=n_groups, per_group=per_group)
+  n = len(columns["label"])
+  del columns["split"]
+  columns.update(session=np.repeat(np.arange(n_groups) % 5 + 1, per_group),
+                 label=np.arange(n) % 4)
+  return columns
+
+
+def test_iemocap_without_a_split_gets_session_folds(tmp_path):
+  path = _save(tmp_path, _iemocap_columns())
+  assert _convert(path, tmp_path / "out", dataset="iemocap6") == 0
+  dataset = data.load(tmp_path / "out", fold=3, normalized=False)
+  manifest = dataset.manifest
+  assert manifest.folds["key"] == "session"
+  assert manifest.folds["values"] == [1, 2, 3, 4, 5]
+  assert list(manifest.splits) == ["all"]
+  assert "leave-one-session-out" in manifest.split_source
+  assert set(dataset.test.session) == {3}
+  assert sum(len(getattr(dataset, s)) for s in SPLITS) == 40
+
+
+def test_iemocap_without_split_or_session_is_an_error(tmp_path, capsys):
+  columns = _iemocap_columns()
+  del columns["session"]
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out", dataset="iemocap4") == 2
+  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "session")
+
+
+def test_unlabelled_utterances_are_left_out_and_positions_renumbered(
+    tmp_path, capsys):
+  columns = _iemocap_columns(n_groups=10, per_group=6)
+  n = len(columns["label"])
+  # Positions in the file run backwards within each group; -1 drops rows
+  # 0, 3 of group 0, every row of group 1 but one, and a few more.
+  columns["position"] = np.tile(np.arange(6)[::-1], 10) + 2
+  columns["utt_id"] = np.array([f"u{i}" for i in range(n)])
+  unlabelled = np.zeros(n, bool)
+  unlabelled[[0, 3, 6, 7, 8, 9, 10, 20, 59]] = True
+  columns["label"] = np.where(unlabelled, -1, columns["label"])
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out", dataset="iemocap4") == 0
+  note = ("label: 9 utterances with label -1 (not labelled for this task) "
+          "left out")
+  assert f"note: {note}" in capsys.readouterr().out
+  manifest = schema.Manifest.load(tmp_path / "out")
+  assert manifest.notes == [note]
+  rows = data.read_split(tmp_path / "out", manifest, "all")
+  assert len(rows) == n - 9
+  assert set(rows.utt_id) == {f"u{i}" for i in np.flatnonzero(~unlabelled)}
+  for g in set(columns["group_id"]):
+    here = rows.group_id == g
+    # 0..k-1, in the order of the file's positions.
+    by_new_position = rows.utt_id[here][np.argsort(rows.position[here])]
+    kept = np.flatnonzero((columns["group_id"] == g) & ~unlabelled)
+    by_old_position = [f"u{i}" for i in
+                       kept[np.argsort(columns["position"][kept])]]
+    assert sorted(rows.position[here]) == list(range(len(kept)))
+    assert by_new_position.tolist() == by_old_position
+  i = {u: k for k, u in enumerate(rows.utt_id)}["u11"]
+  assert rows.label[i] == columns["label"][11]
+
+
+def test_minus_one_is_a_score_in_a_regression_dataset(tmp_path, capsys):
+  columns = _columns()
+  columns["label"][::5] = -1.0
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 0
+  assert "left out" not in capsys.readouterr().out
+  dataset = data.load(tmp_path / "out", normalized=False)
+  rows = _all_rows(dataset)
+  assert len(rows) == len(columns["label"])
+  assert not dataset.manifest.notes
+  for i, g in enumerate(columns["group_id"]):
+    _, part, j = rows[f"{g}_{i % 4}"]
+    assert part.label[j] == columns["label"][i]
 
 
 def test_mapped_key_missing(tmp_path, capsys):

@@ -42,3 +42,13 @@ def test_stray_shard_is_reported(tmp_path, capsys):
   assert inspect.main([str(tmp_path / "d")]) == 2
   assert "train-00009-of-00010.tfrecord: file: shard not listed" in (
       capsys.readouterr().err)
+
+
+def test_a_modality_of_dim_0_is_clean(tmp_path, capsys):
+  table = test_data.make_table(dims={"audio": 0, "text": 4, "video": 2})
+  writer.write(table, tmp_path / "d")
+  assert inspect.main([str(tmp_path / "d")]) == 0
+  out = capsys.readouterr().out
+  assert "dims: audio 0, text 4, video 2" in out
+  assert "available: audio 0, text 20" in out
+  assert "OK: 60 records verified" in out
