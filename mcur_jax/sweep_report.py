@@ -12,7 +12,7 @@ point's `results.json` and writes:
   against each swept field, with error bars over seeds.
 * `results.md`: the paper-style tables of `report.markdown` with a row per
   point, in sweep order (e.g. the ablation table of
-  `experiments/sweeps/mosi_ablation.py`).
+  `experiments/sweeps/ablation.py`).
 """
 
 import csv
@@ -53,7 +53,7 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
           test_std=results["test"]["avg"][key]["std"],
           runs=len(results["test"]["avg"][key]["per_run"]),
           **{f"test_{c}": results["test"][c][key]["mean"]
-             for c in combos.NAMES})
+             for c in report.names(results)})
     rows.append(row)
   finished = [r for r in rows if "valid" in r]
   finished.sort(key=lambda r: -(r["valid"] if r["valid"] is not None
@@ -67,29 +67,35 @@ def _fmt(x, std=None) -> str:
   return f"{x:.4f}" if std is None else f"{x:.4f} ± {std:.4f}"
 
 
+def _combinations(rows: list[dict]) -> list[str]:
+  """The combinations any finished point was evaluated on, in table order."""
+  return [c for c in combos.NAMES if any(f"test_{c}" in r for r in rows)]
+
+
 def markdown(fields: list[str], rows: list[dict]) -> str:
   key = next((r["headline"] for r in rows if "headline" in r), "metric")
+  names = _combinations(rows)
   head = (["rank", *fields, f"valid {key} (avg)", f"test {key} (avg)"] +
-          [f"test {c}" for c in combos.NAMES])
-  lines = [f"Sorted by validation {key} (average over the 7 combinations of"
+          [f"test {c}" for c in names])
+  lines = [f"Sorted by validation {key} (average over the combinations of"
            " each seed's selected model; mean ± std over runs). Test is "
            "shown, never used to rank.", "",
            "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
   for rank, r in enumerate(rows, 1):
     if "valid" not in r:
       cells = ["-", *(str(r[f]) for f in fields), "unfinished", "",
-               *[""] * len(combos.NAMES)]
+               *[""] * len(names)]
     else:
       cells = [str(rank), *(str(r[f]) for f in fields),
                _fmt(r["valid"], r["valid_std"]), _fmt(r["test"], r["test_std"]),
-               *(_fmt(r[f"test_{c}"]) for c in combos.NAMES)]
+               *(_fmt(r.get(f"test_{c}")) for c in names)]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
   columns = ["name", *fields, "valid", "valid_std", "test", "test_std",
-             "runs", *(f"test_{c}" for c in combos.NAMES)]
+             "runs", *(f"test_{c}" for c in _combinations(rows))]
   with open(path, "w", newline="") as f:
     w = csv.DictWriter(f, columns, extrasaction="ignore")
     w.writeheader()

@@ -129,6 +129,19 @@ def make_loss_fn(config, graphdef, task: str):
   return loss_fn
 
 
+def training_inputs(split: data_lib.Split, config, sharding):
+  """The arguments `train` and `tables` of the compiled epoch for `split`:
+  its utterance table (features, availability, label, speaker rank) and its
+  window tables (`groups.TrainTables`), as device arrays."""
+  split_groups = groups.Groups.of(split)
+  table = transfer.to_device(
+      {**split.features, "available": split.available, "label": split.label,
+       "speaker": split_groups.speaker}, sharding)
+  tables = transfer.to_device(groups.TrainTables.of(
+      split_groups, groups.context_window(config)).arrays(), sharding)
+  return table, tables
+
+
 def make_train_epoch(config, graphdef, tx, task, mesh, num_train: int):
   """The jitted epoch: (state, train, tables, members, epoch) -> (state,
   mean stats).
@@ -307,13 +320,7 @@ class Run:
     repl = NamedSharding(mesh, P())
     present = validate.present_modalities(manifest)
     members = regime.members(config, combos.realisable(present))
-    train_groups = groups.Groups.of(dataset.train)
-    train = transfer.to_device(
-        {**dataset.train.features, "available": dataset.train.available,
-         "label": dataset.train.label, "speaker": train_groups.speaker},
-        repl)
-    tables = transfer.to_device(groups.TrainTables.of(
-        train_groups, groups.context_window(config)).arrays(), repl)
+    train, tables = training_inputs(dataset.train, config, repl)
     inputs = {s: evaluation.Inputs.of(getattr(dataset, s), config, mesh)
               for s in ("valid", "test")}
     graphdef, init_params = model_lib.create(config, manifest.dims,

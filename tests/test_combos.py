@@ -40,18 +40,6 @@ def test_bits_of():
                                 np.arange(8).reshape(2, 4))
 
 
-def test_restrict():
-  """Every combination against every availability: elementwise and."""
-  for combo, avail in itertools.product(combos.MASKS, ALL_AVAILABLE):
-    got = np.asarray(combos.restrict(jnp.asarray(combo), jnp.asarray(avail)))
-    np.testing.assert_array_equal(
-        got, [combo[m] and avail[m] for m in range(3)])
-  # Broadcast one combination over a batch; an empty result stays empty.
-  got = combos.restrict(jnp.asarray(mask_of("v")), jnp.asarray(ALL_AVAILABLE))
-  np.testing.assert_array_equal(got[:, 2], ALL_AVAILABLE[:, 2])
-  assert not np.asarray(got[:, :2]).any()
-
-
 def counts(mask):
   """How often each of the 7 combinations occurs, in NAMES order."""
   bits = np.asarray(combos.bits_of(mask))
@@ -147,7 +135,10 @@ def test_deterministic_for_a_key_and_jittable():
 # ------------------------------------
 
 
-@pytest.mark.parametrize("rate", combos.MISSING_RATES)
+RATES = tuple(np.round(np.arange(0.0, 0.8, 0.1), 1))  # GCNet's 0.0 ... 0.7.
+
+
+@pytest.mark.parametrize("rate", RATES)
 def test_missing_rate_realised_and_at_least_one_kept(rate):
   """Over many samples the fraction of dropped entries is within 0.01 of r
   (r = 0.7 gives 2/3, as GCNet), every sample keeps a modality, and each
@@ -173,5 +164,140 @@ def test_missing_rate_mask_is_random_and_seeded():
 
 @pytest.mark.parametrize("rate", [-0.1, 0.75, 1.0])
 def test_missing_rate_outside_gcnet_range_is_refused(rate):
+  """Rates outside GCNet's [0, 0.7] raise."""
   with pytest.raises(ValueError, match="outside"):
     combos.missing_rate_mask(np.random.default_rng(0), 10, rate)
+
+
+# Realisable combinations.
+
+
+def test_realisable():
+  """All present: all 7; no video: a, t, at; only text: t; nothing: none;
+  in general c is realisable iff every modality of c is present."""
+  names = lambda present: [combos.NAMES[c] for c in combos.realisable(present)]
+  assert names([True, True, True]) == list(combos.NAMES)
+  assert names([True, True, False]) == ["a", "t", "at"]
+  assert names(np.array([False, True, False])) == ["t"]
+  assert names([False, False, False]) == []
+  for present in ALL_AVAILABLE:
+    want = [c for c in range(7) if all(present[m] or not combos.MASKS[c, m]
+                                       for m in range(3))]
+    np.testing.assert_array_equal(combos.realisable(present), want)
+
+
+# Runs of windows and one draw per window.
+
+
+def ref_run_starts(segment):
+  """The first position of each position's run, by a plain loop."""
+  out, start = [], 0
+  for i, s in enumerate(segment):
+    if i and s != segment[i - 1]:
+      start = i
+    out.append(start)
+  return np.array(out)
+
+
+def test_run_starts():
+  """Each position -> its run's first position; a later run of an id seen
+  before is a new run; matches a loop on random segments, also under jit."""
+  segment = jnp.array([5, 5, 1, 1, 1, -1, -1, 5])
+  np.testing.assert_array_equal(combos.run_starts(segment),
+                                [0, 0, 2, 2, 2, 5, 5, 7])
+  np.testing.assert_array_equal(combos.run_starts(jnp.zeros(4, int)), 0)
+  np.testing.assert_array_equal(combos.run_starts(jnp.arange(6)),
+                                np.arange(6))
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    segment = np.repeat(rng.integers(-1, 4, 30), rng.integers(1, 4, 30))
+    np.testing.assert_array_equal(
+        jax.jit(combos.run_starts)(jnp.asarray(segment)),
+        ref_run_starts(segment))
+
+
+def windows_of(lengths):
+  """Segment ids for windows of the given lengths, laid end to end."""
+  return np.repeat(np.arange(len(lengths)), lengths).astype(np.int32)
+
+
+@pytest.mark.parametrize("weights", [np.ones(7), np.arange(1.0, 8.0)])
+def test_draw_frequencies_per_window(weights):
+  """With `segment`, each window has one combination (all its utterances
+  alike when fully available), at frequency w_c / sum(w) over windows,
+  within 5 binomial standard deviations."""
+  n = 20_000
+  lengths = np.random.default_rng(0).integers(1, 7, n)
+  segment = windows_of(lengths)
+  mask = np.asarray(combos.sample_train_masks(
+      jax.random.key(0), jnp.ones((len(segment), 3), bool),
+      jnp.asarray(weights), jnp.asarray(segment)))
+  starts = np.r_[0, np.cumsum(lengths)[:-1]]
+  np.testing.assert_array_equal(mask, mask[starts][segment])
+  got = counts(mask[starts])
+  assert got.sum() == n
+  p = weights / weights.sum()
+  bound = 5 * np.sqrt(n * p * (1 - p))
+  assert (np.abs(got - n * p) < bound).all(), (got, n * p)
+
+
+def test_window_draw_meets_each_utterances_availability():
+  """Per window: the window's combination & each utterance's availability,
+  that availability where the two do not intersect. Distinct segment ids
+  at every position give exactly the per-sample draws."""
+  rng = np.random.default_rng(1)
+  segment = jnp.asarray(windows_of(rng.integers(1, 6, 400)))
+  b = segment.shape[0]
+  avail = jnp.asarray(rng.random((b, 3)) < 0.6)
+  weights = jnp.asarray(rng.uniform(0.1, 1.0, 7))
+  key = jax.random.key(2)
+  full = np.asarray(combos.sample_train_masks(key, jnp.ones((b, 3), bool),
+                                              weights, segment))
+  got = np.asarray(combos.sample_train_masks(key, avail, weights, segment))
+  want = full & np.asarray(avail)
+  want = np.where(want.any(-1, keepdims=True), want, np.asarray(avail))
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(
+      combos.sample_train_masks(key, avail, weights, jnp.arange(b)),
+      combos.sample_train_masks(key, avail, weights))
+
+
+# Missing-rate masks over the modalities a dataset has.
+
+
+PRESENT = [[True, True, True], [True, True, False], [True, False, True],
+           [False, True, False]]
+
+
+@pytest.mark.parametrize("present", PRESENT)
+@pytest.mark.parametrize("rate", RATES)
+def test_missing_rate_over_present_modalities(present, rate):
+  """Absent columns all False, at least one kept per row; over the k
+  present columns the dropped fraction is within 1 / (k n) of r for
+  r <= (k - 1) / k, and above that exactly one is kept per row."""
+  n = 1000
+  present = np.array(present)
+  k = present.sum()
+  mask = combos.missing_rate_mask(np.random.default_rng(3), n, rate, present)
+  assert mask.shape == (n, 3) and mask.dtype == bool
+  assert not mask[:, ~present].any()
+  assert mask.any(1).all()
+  dropped = (~mask[:, present]).mean()
+  if rate <= (k - 1) / k + 1e-9:
+    assert abs(dropped - rate) <= 1 / (k * n) + 1e-12, dropped
+  else:
+    assert (mask.sum(1) == 1).all()
+  if k > 1 and 0 < rate:  # The present modalities are dropped alike.
+    np.testing.assert_allclose((~mask[:, present]).mean(0), dropped,
+                               atol=0.06)
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_missing_rate_all_present_is_the_default(rate):
+  """present all True gives bitwise the mask of the 3-modality default for
+  the same generator state."""
+  for seed in range(3):
+    np.testing.assert_array_equal(
+        combos.missing_rate_mask(np.random.default_rng(seed), 300, rate,
+                                 np.ones(3, bool)),
+        combos.missing_rate_mask(np.random.default_rng(seed), 300, rate))

@@ -29,6 +29,7 @@ from mcur_jax import model
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import train
+from mcur_jax import validate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -60,15 +61,20 @@ def final_params(workdir) -> dict:
 # -------------------
 
 
+ALL = np.arange(len(combos.NAMES))
+# The combinations of a dataset without video.
+NO_VIDEO = np.array([combos.NAMES.index(c) for c in ("a", "t", "at")])
+
+
 def test_members_of_each_regime():
   config = ml_collections.ConfigDict({
       "seeds": (3, 5), "regime": "mixed", "combo_weights": (1.0,) * 7})
-  mixed = regime.members(config)
+  mixed = regime.members(config, ALL)
   assert len(mixed) == 2 and not mixed.per_condition
   np.testing.assert_array_equal(mixed.owner, [[0] * 7, [1] * 7])
   np.testing.assert_allclose(mixed.selection.sum(1), 1)
   config.regime = "per_condition"
-  per = regime.members(config)
+  per = regime.members(config, ALL)
   assert len(per) == 14 and per.per_condition
   np.testing.assert_array_equal(per.seeds, [3] * 7 + [5] * 7)
   # Member owner[s, c] is seed s trained and selected on combination c only.
@@ -79,19 +85,55 @@ def test_members_of_each_regime():
       np.testing.assert_array_equal(per.draw_weights[m], np.eye(7)[c])
       np.testing.assert_array_equal(per.selection[m], np.eye(7)[c])
   assert per.describe(per.owner[1, 3]) == {"seed": 5, "condition": "at"}
-  config.regime = "per_sample"
-  with pytest.raises(ValueError, match="regime 'per_sample'"):
-    regime.members(config)
-  config.regime, config.combo_weights = "mixed", (0.0,) * 7
-  with pytest.raises(ValueError, match="combo_weights"):
-    regime.members(config)
+
+
+def test_members_serve_only_the_realisable_combinations():
+  """Without video: the mixed members draw and are selected on a, t, at
+  only; per-condition trains one model per seed for each of the three."""
+  config = ml_collections.ConfigDict({
+      "seeds": (3, 5), "regime": "mixed", "combo_weights": (1.0,) * 7})
+  mixed = regime.members(config, NO_VIDEO)
+  on = np.isin(ALL, NO_VIDEO)
+  np.testing.assert_array_equal(mixed.draw_weights > 0, np.tile(on, (2, 1)))
+  np.testing.assert_allclose(mixed.selection, np.tile(on / 3, (2, 1)))
+  np.testing.assert_array_equal(mixed.owner, [np.where(on, 0, -1),
+                                              np.where(on, 1, -1)])
+  config.regime = "per_condition"
+  per = regime.members(config, NO_VIDEO)
+  assert len(per) == 6
+  np.testing.assert_array_equal(per.condition, np.tile(NO_VIDEO, 2))
+  np.testing.assert_array_equal(per.owner[:, ~on], -1)
+  for s in range(2):
+    for c in NO_VIDEO:
+      m = per.owner[s, c]
+      np.testing.assert_array_equal(per.draw_weights[m], np.eye(7)[c])
+
+
+def test_config_check_names_the_field(mosi_dir):
+  """Values that cannot run raise ConfigError naming the config field."""
+  manifest = data.load(mosi_dir).manifest
+  for field, value, match in (
+      ("regime", "per_sample", "config.regime: 'per_sample'"),
+      ("combo_weights", (0.0,) * 7, "config.combo_weights"),
+      ("task_loss", "ce", "config.task_loss: 'ce'"),
+      ("context_heads", 3, "config.context_heads: 3 does not divide"),
+      ("context_window", 1000, "config.context_window: 1000 exceeds"),
+      ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
+      ("dataset", "mosei", "config.dataset: 'mosei'")):
+    with pytest.raises(validate.ConfigError, match=match):
+      validate.check(tiny(mosi_dir, **{field: value}), manifest, 8)
+  validate.check(tiny(mosi_dir), manifest, 8)
 
 
 def test_combo_index_and_route():
-  """Masks map to their combination (no modality -> atv); route takes each
-  sample from the member that owns its combination."""
+  """Masks map to their combination (no modality -> the fullest served,
+  atv or at); route takes each sample from the member that owns its
+  combination."""
   masks = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 0, 0]], bool)
-  np.testing.assert_array_equal(evaluation.combo_index(masks), [0, 5, 6, 6])
+  np.testing.assert_array_equal(evaluation.combo_index(masks, ALL),
+                                [0, 5, 6, 6])
+  np.testing.assert_array_equal(
+      evaluation.combo_index(masks[[0, 3]], NO_VIDEO), [0, 3])
   owner = np.arange(14).reshape(2, 7)  # per-condition, 2 seeds
   values = np.arange(2 * 14 * 4).reshape(2, 14, 4)  # [C, M, N]
   which = np.array([[0, 5, 6, 6], [1, 1, 2, 3]])
@@ -138,15 +180,16 @@ def test_ema_tracks_parameters_without_changing_training(mosi_dir):
     tx = train.make_optimizer(config, steps_per_epoch=3)
     mesh = train.make_mesh()
     repl = NamedSharding(mesh, P())
-    members = regime.members(config)
+    members = regime.members(config, ALL)
     member_data = jax.device_put({"seeds": members.seeds,
                                   "draw_weights": members.draw_weights}, repl)
     state = train.init_state(init, tx, member_data["seeds"], repl,
                              ema=bool(decay))
     initial = jax.device_get(state["params"])
+    part = dataset.train.take(np.arange(3 * config.batch_size))
     epoch = train.make_train_epoch(config, graphdef, tx, "regression", mesh,
-                                   3 * config.batch_size)
-    state, _ = epoch(state, evaluation.device_arrays(dataset.train, repl),
+                                   len(part))
+    state, _ = epoch(state, *train.training_inputs(part, config, repl),
                      member_data, 0)
     out[decay] = jax.device_get(state), initial
   plain, initial = out[0.0]
@@ -193,8 +236,8 @@ def test_per_condition_member_equals_a_run_fixed_to_its_combination(
       tiny(mosi_dir, seeds=(0,), num_epochs=2,
            combo_weights=tuple(float(c == t) for c in range(7))),
       str(tmp_path))
-  member = regime.members(tiny(mosi_dir, seeds=(0,),
-                               regime="per_condition")).owner[0, t]
+  member = regime.members(tiny(mosi_dir, seeds=(0,), regime="per_condition"),
+                          ALL).owner[0, t]
   chex.assert_trees_all_close(
       jax.tree.map(lambda x: x[member], final_params(workdir)["params"]),
       jax.tree.map(lambda x: x[0], final_params(tmp_path)["params"]),

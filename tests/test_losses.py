@@ -98,6 +98,7 @@ def test_task_loss_matches_reference(kind, seed):
 
 
 def test_task_loss_rejects_unknown_kind():
+  """An unknown task loss raises, naming it."""
   with pytest.raises(ValueError, match="huber"):
     losses.task_loss(jnp.zeros((2, 1)), jnp.zeros(2), "huber")
 
@@ -185,6 +186,7 @@ def test_mcb_cl_matches_reference(rule, seed):
 
 
 def test_class_plus_combo_is_the_sum_of_two_terms():
+  """class_plus_combo = the class term + the combination term."""
   z, cat, combo = (jnp.asarray(x) for x in random_batch(7))
   terms = [losses.mcb_cl(z, cat, combo, tau=0.3, positives=r)
            for r in ("class", "combo", "class_plus_combo")]
@@ -220,6 +222,7 @@ def test_no_positive_anywhere_gives_zero(rule):
 
 
 def test_mcb_cl_rejects_unknown_rule():
+  """An unknown `positives` rule raises, naming it."""
   with pytest.raises(ValueError, match="speaker"):
     losses.mcb_cl(jnp.eye(3), jnp.zeros(3, int), jnp.zeros(3, int), tau=0.1,
                   positives="speaker")
@@ -266,6 +269,7 @@ def test_mcb_cl_gradients(rule):
 
 
 def test_supcon_gradients():
+  """SupCon gradients through a normalisation match finite differences."""
   rng = np.random.default_rng(2)
   positive = jnp.asarray(rng.random((8, 8)) < 0.3)
   with jax.enable_x64(True):
@@ -319,3 +323,182 @@ def test_jit_gives_the_same_values(rule):
       jax.jit(losses.category, static_argnums=(1, 2))(s, "regression",
                                                       "seven"),
       losses.category(s, "regression", "seven"))
+
+
+# Padding (`valid`) and excluded pairs (`exclude`).
+#
+# The references run on the valid rows alone; float32 against float64 over
+# batches of ~12: rtol 1e-5 holds the few ulps of a logsumexp and a mean.
+
+
+def batch_with_padding(seed, b=14):
+  """random_batch plus a `valid` mask with 3 to 5 padding rows scattered,
+  and a group id per row (for `exclude`)."""
+  z, cat, combo = random_batch(seed, b=b, classes=2)
+  rng = np.random.default_rng(seed + 50)
+  valid = np.ones(b, bool)
+  valid[rng.choice(b, rng.integers(3, 6), replace=False)] = False
+  group = rng.integers(0, 4, b)
+  return z, cat, combo, valid, group
+
+
+def ref_mcb_excluding(z, cat, combo, tau, rule, exclude, anchor_weight=None):
+  """MCB-CL whose positives lose the pairs of `exclude` [B, B]; the
+  denominators keep every other row."""
+  if rule == "class_plus_combo":
+    return sum(ref_mcb_excluding(z, cat, combo, tau, r, exclude,
+                                 anchor_weight) for r in ("class", "combo"))
+  same = {
+      "class_and_combo": lambda i, p: cat[i] == cat[p] and combo[i] == combo[p],
+      "class": lambda i, p: cat[i] == cat[p],
+      "combo": lambda i, p: combo[i] == combo[p],
+  }[rule]
+  return ref_supcon(z, lambda i, p: same(i, p) and not exclude[i, p], tau,
+                    anchor_weight)
+
+
+def test_masked_mean():
+  """The mean over the valid entries; all with None; 0 when none is valid;
+  invalid values (even NaN) change nothing and get a zero gradient."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=10).astype(np.float32)
+  valid = rng.random(10) < 0.6
+  assert 0 < valid.sum() < 10
+  got = losses.masked_mean(jnp.asarray(x), jnp.asarray(valid))
+  np.testing.assert_allclose(got, x[valid].astype(np.float64).mean(),
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.masked_mean(jnp.asarray(x), None),
+                             x.astype(np.float64).mean(), rtol=1e-6)
+  assert float(losses.masked_mean(jnp.asarray(x), jnp.zeros(10, bool))) == 0
+  junk = np.where(valid, x, np.nan).astype(np.float32)
+  assert float(losses.masked_mean(jnp.asarray(junk), jnp.asarray(valid))) == (
+      float(got))
+  grad = jax.grad(losses.masked_mean)(jnp.asarray(x), jnp.asarray(valid))
+  np.testing.assert_allclose(grad, valid / valid.sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("active", [True, False])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sugr_with_valid(active, seed):
+  """The loss is the reference over the valid entries only; w is still
+  given for every entry; padding values change nothing and get zero
+  gradients."""
+  rng = np.random.default_rng(seed)
+  l = rng.uniform(0, 4, 12).astype(np.float32)
+  s = rng.uniform(-6, 6, 12).astype(np.float32)
+  valid = rng.random(12) < 0.6
+  loss, w = losses.sugr(jnp.asarray(l), jnp.asarray(s), s_max=3.0,
+                        active=active, valid=jnp.asarray(valid))
+  ref_loss, _ = ref_sugr(l[valid], s[valid], 3.0, active)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  np.testing.assert_allclose(w, ref_sugr(l, s, 3.0, active)[1], rtol=1e-5)
+  other_l = np.where(valid, l, 1e6).astype(np.float32)
+  other_s = np.where(valid, s, -2.0).astype(np.float32)
+  loss2, _ = losses.sugr(jnp.asarray(other_l), jnp.asarray(other_s),
+                         s_max=3.0, active=active, valid=jnp.asarray(valid))
+  assert float(loss2) == float(loss)
+  grads = jax.grad(lambda l, s: losses.sugr(
+      l, s, s_max=3.0, active=active, valid=jnp.asarray(valid))[0],
+                   argnums=(0, 1))(jnp.asarray(l), jnp.asarray(s))
+  for g in grads:
+    np.testing.assert_array_equal(np.asarray(g)[~valid], 0.0)
+  np.testing.assert_allclose(np.asarray(grads[0])[valid],
+                             ref_sugr(l[valid], s[valid], 3.0,
+                                      active)[1] / valid.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_supcon_with_valid_is_supcon_of_the_valid_rows(seed):
+  """supcon with `valid` equals the reference on the valid rows alone (with
+  and without anchor weights), whatever the padding rows hold."""
+  z, _, _, valid, _ = batch_with_padding(seed)
+  rng = np.random.default_rng(seed + 7)
+  positive = rng.random((14, 14)) < 0.25
+  weight = rng.uniform(0.2, 2.0, 14).astype(np.float32)
+  keep = np.ix_(valid, valid)
+  for w in (None, weight):
+    got = losses.supcon(jnp.asarray(z), jnp.asarray(positive), 0.2,
+                        None if w is None else jnp.asarray(w),
+                        jnp.asarray(valid))
+    want = ref_supcon(z[valid], lambda i, p: positive[keep][i, p], 0.2,
+                      None if w is None else w[valid])
+    assert want != 0.0
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  moved = np.where(valid[:, None], z, unit(rng.normal(size=z.shape)))
+  np.testing.assert_allclose(
+      losses.supcon(jnp.asarray(moved.astype(np.float32)),
+                    jnp.asarray(positive), 0.2, valid=jnp.asarray(valid)),
+      losses.supcon(jnp.asarray(z), jnp.asarray(positive), 0.2,
+                    valid=jnp.asarray(valid)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule", RULES + ("class_plus_combo",))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mcb_cl_with_valid(rule, seed):
+  """mcb_cl with `valid` equals the reference MCB-CL of the valid rows."""
+  z, cat, combo, valid, _ = batch_with_padding(seed)
+  got = losses.mcb_cl(jnp.asarray(z), jnp.asarray(cat), jnp.asarray(combo),
+                      tau=0.2, positives=rule, valid=jnp.asarray(valid))
+  want = ref_mcb(z[valid], cat[valid], combo[valid], 0.2, rule)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  full = ref_mcb(z, cat, combo, 0.2, rule)
+  assert abs(full - want) > 1e-4  # The padding would have counted.
+
+
+@pytest.mark.parametrize("rule", RULES + ("class_plus_combo",))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mcb_cl_exclude(rule, seed):
+  """`exclude` (here: same group) removes pairs from the positives but
+  keeps them in the denominators, alone and with `valid` and weights."""
+  z, cat, combo, valid, group = batch_with_padding(seed)
+  exclude = group[:, None] == group[None, :]
+  w = np.random.default_rng(seed).uniform(0.5, 1.5, 14).astype(np.float32)
+  args = (jnp.asarray(z), jnp.asarray(cat), jnp.asarray(combo))
+  got = losses.mcb_cl(*args, tau=0.2, positives=rule,
+                      exclude=jnp.asarray(exclude))
+  want = ref_mcb_excluding(z, cat, combo, 0.2, rule, exclude)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert abs(want - ref_mcb(z, cat, combo, 0.2, rule)) > 1e-4
+  got = losses.mcb_cl(*args, tau=0.2, positives=rule,
+                      exclude=jnp.asarray(exclude), valid=jnp.asarray(valid),
+                      anchor_weight=jnp.asarray(w))
+  want = ref_mcb_excluding(z[valid], cat[valid], combo[valid], 0.2, rule,
+                           exclude[np.ix_(valid, valid)], w[valid])
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", RULES + ("class_plus_combo",))
+def test_mcb_cl_gradients_with_valid(rule):
+  """Invalid rows get exactly zero gradient; the valid rows get the
+  gradient of the loss of the valid rows alone."""
+  x, cat, combo, valid, group = batch_with_padding(4)
+  exclude = group[:, None] == group[None, :]
+
+  def f(x, cat, combo, valid, exclude):
+    z = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return losses.mcb_cl(z, cat, combo, tau=0.3, positives=rule,
+                         valid=valid, exclude=exclude)
+
+  grad = jax.grad(f)(*(jnp.asarray(a)
+                       for a in (x, cat, combo, valid, exclude)))
+  np.testing.assert_array_equal(np.asarray(grad)[~valid], 0.0)
+  alone = jax.grad(f)(jnp.asarray(x[valid]), jnp.asarray(cat[valid]),
+                      jnp.asarray(combo[valid]), None,
+                      jnp.asarray(exclude[np.ix_(valid, valid)]))
+  assert np.abs(np.asarray(alone)).max() > 0
+  # float32 gradients of the same sums over differently sized batches.
+  np.testing.assert_allclose(np.asarray(grad)[valid], alone, rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_nothing_valid_gives_zero():
+  """No valid row: every loss is 0 with zero gradients."""
+  z, cat, combo = (jnp.asarray(x) for x in random_batch(0))
+  none = jnp.zeros(12, bool)
+  value, grad = jax.value_and_grad(lambda z: losses.mcb_cl(
+      z, cat, combo, tau=0.2, valid=none))(z)
+  assert float(value) == 0.0
+  np.testing.assert_array_equal(grad, 0.0)
+  loss, _ = losses.sugr(jnp.ones(12), jnp.zeros(12), s_max=3.0, active=True,
+                        valid=none)
+  assert float(loss) == 0.0

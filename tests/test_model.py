@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
+from mcur_jax import groups
 from mcur_jax import model
 
 DIMS = {"audio": 5, "text": 7, "video": 3}
@@ -19,8 +21,11 @@ MASK = np.array([[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 1],
 
 
 def config(**overrides):
+  """A small model config; context_layers 0 = the per-utterance model."""
   fields = dict(hidden_dim=D, num_layers=2, num_heads=2, mlp_ratio=2,
-                dropout=0.1, proj_dim=P, missing_tokens="cls_only")
+                dropout=0.1, proj_dim=P, missing_tokens="cls_only",
+                context_layers=0, context_heads=2, context_max_distance=4,
+                context_speakers=2)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -58,24 +63,35 @@ def missing_grad(mode):
   return jax.jit(jax.grad(f))
 
 
-def features(seed, scale=1.0):
+def features(seed, scale=1.0, b=B, dims=None):
   rng = np.random.default_rng(seed)
-  return {m: jnp.asarray(scale * rng.normal(size=(B, d)), jnp.float32)
-          for m, d in DIMS.items()}
+  return {m: jnp.asarray(scale * rng.normal(size=(b, d)), jnp.float32)
+          for m, d in (DIMS if dims is None else dims).items()}
+
+
+def prefix(name):
+  """"a/b" -> "['a']['b']", the start of that parameter's key path."""
+  return "".join(f"['{part}']" for part in name.split("/"))
+
+
+def paths(state):
+  """The key paths of a params/grads state, as strings."""
+  return [jax.tree_util.keystr(path)
+          for path, _ in jax.tree_util.tree_leaves_with_path(state)]
 
 
 def leaf(state, name):
-  """The array of a top-level parameter of a params/grads state."""
+  """The array of the parameter `name` ("cls", "context/distance_bias")."""
   (value,) = [x for path, x in jax.tree_util.tree_leaves_with_path(state)
-              if jax.tree_util.keystr(path).startswith(f"['{name}']")]
+              if jax.tree_util.keystr(path).startswith(prefix(name))]
   return np.asarray(value)
 
 
 def shift(state, name, delta):
-  """`state` with `delta` added to the top-level parameter `name`."""
+  """`state` with `delta` added to the parameter `name`."""
   return jax.tree_util.tree_map_with_path(
       lambda path, x: x + delta
-      if jax.tree_util.keystr(path).startswith(f"['{name}']") else x, state)
+      if jax.tree_util.keystr(path).startswith(prefix(name)) else x, state)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +112,7 @@ def assert_outputs_equal(a, b):
 
 
 def test_output_shapes_and_unit_z(params):
+  """Shapes of every head; z has unit norm; all outputs finite."""
   out = forward("cls_only")(params, features(0), jnp.asarray(MASK), None)
   assert out["pred"].shape == (B, K)
   assert out["z"].shape == (B, P)
@@ -213,7 +230,256 @@ def test_jit_grad_with_dropout_key(params):
 
 
 def test_invalid_config_raises():
+  """Unknown missing_tokens, and heads (fusion or context) not dividing the
+  hidden size, are refused when the model is built."""
   with pytest.raises(ValueError, match="missing_tokens"):
     model.create(config(missing_tokens="zeros"), DIMS, K)
   with pytest.raises(ValueError, match="divisible"):
     model.create(config(hidden_dim=15), DIMS, K)
+  with pytest.raises(ValueError, match="divisible"):
+    model.create(config(context_layers=1, context_heads=3), DIMS, K)
+
+
+# Context over windows.
+
+PAD = groups.PAD
+BC = 12  # Context batch: windows 3, 7 and 1 of 3, 2 and 4 utterances, and
+# 3 padding positions; ranks as in their groups, speakers by first turn.
+SEGMENT = np.array([3, 3, 3, 7, 7, 1, 1, 1, 1, PAD, PAD, PAD], np.int32)
+RANK = np.array([4, 5, 6, 0, 1, 10, 11, 12, 13, 0, 0, 0], np.int32)
+SPEAKER = np.array([0, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0], np.int32)
+REAL = SEGMENT != PAD
+CTX_MASK = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 0], [1, 0, 1], [1, 1, 0],
+                     [0, 0, 1], [1, 1, 1], [0, 1, 0], [1, 0, 0], [1, 1, 1],
+                     [0, 0, 0], [1, 0, 1]], bool)
+DIMS_NO_VIDEO = {"audio": 5, "text": 7, "video": 0}
+
+
+@functools.cache
+def context_model(max_distance=4, dims=tuple(DIMS.items())):
+  """(graphdef, params, jit(apply)) of a 2-layer context model."""
+  graphdef, init = model.create(
+      config(context_layers=2, context_max_distance=max_distance), dict(dims),
+      K)
+  return (graphdef, init(jax.random.key(3)),
+          jax.jit(functools.partial(model.apply, graphdef)))
+
+
+def ctx_inputs(seed, scale=1.0, dims=None, **fields):
+  """Features of the context batch with its window fields (overridable)."""
+  window = dict(segment=SEGMENT, rank=RANK, speaker=SPEAKER)
+  window.update(fields)
+  return {**features(seed, scale, BC, dims),
+          **{k: jnp.asarray(v, jnp.int32) for k, v in window.items()}}
+
+
+def real_loss(graphdef, params, inputs, mask, key):
+  """A scalar of every head's outputs at the real positions."""
+  out = model.apply(graphdef, params, inputs, mask, key)
+  real = jnp.asarray(REAL)
+  return (jnp.sum(jnp.where(real[:, None], out["pred"] ** 2, 0.0)) +
+          jnp.sum(jnp.where(real, out["s"] + out["z"][:, 0], 0.0)))
+
+
+def max_change(a, b, where=REAL):
+  """Per output, the largest absolute change at the positions `where`."""
+  return {k: float(np.abs(np.asarray(a[k] - b[k]))[where].max())
+          for k in ("pred", "z", "s", "h")}
+
+
+def test_no_context_parameters_or_window_fields_without_context(params):
+  """context_layers 0: no context parameter; the window fields are neither
+  needed nor read."""
+  assert not [p for p in paths(params) if p.startswith("['context']")]
+  f, x, mask = forward("cls_only"), features(10), jnp.asarray(MASK)
+  rng = np.random.default_rng(0)
+  window = {k: jnp.asarray(rng.integers(0, 5, B), jnp.int32)
+            for k in ("segment", "rank", "speaker")}
+  assert_outputs_equal(f(params, x, mask, None),
+                       f(params, {**x, **window}, mask, None))
+
+
+def test_context_parameters():
+  """With context: a speaker table [context_speakers, D], a per-head
+  distance bias [H, 2 * max_distance + 1] starting at zero, blocks."""
+  _, params, _ = context_model()
+  assert leaf(params, "context/speaker_embedding").shape == (2, D)
+  np.testing.assert_array_equal(leaf(params, "context/distance_bias"),
+                                np.zeros((2, 9)))
+  assert any(p.startswith("['context']['blocks'][1]") for p in paths(params))
+
+
+def test_context_sees_its_own_window_only():
+  """An utterance's outputs do not move (to 1e-6) when everything of the
+  other windows (features, mask, rank, speaker) or of the padding changes;
+  changing one utterance of its own window moves them."""
+  _, params, f = context_model()
+  x, mask = ctx_inputs(0), jnp.asarray(CTX_MASK)
+  base = f(params, x, mask, None)
+  assert all(np.isfinite(v).all() for v in base.values())
+  noise = features(1, scale=10.0, b=BC)
+  rng = np.random.default_rng(0)
+  # Masked attention weights are exactly 0, so the kept outputs are equal
+  # up to rounding at most; 1e-6 on O(1) float32 values allows for that.
+  for keep in [SEGMENT == s for s in (3, 7, 1)] + [REAL]:
+    other = ~keep
+    changed = ctx_inputs(
+        0, rank=np.where(other, rng.integers(0, 30, BC), RANK),
+        speaker=np.where(other, rng.integers(0, 2, BC), SPEAKER))
+    changed.update({m: jnp.where(other[:, None], noise[m], x[m])
+                    for m in DIMS})
+    other_mask = np.where(other[:, None], rng.random((BC, 3)) < 0.5,
+                          CTX_MASK)
+    out = f(params, changed, jnp.asarray(other_mask), None)
+    for k, v in max_change(base, out, keep).items():
+      assert v <= 1e-6, (k, v)
+  # Within a window, the other utterances do matter.
+  for s in (3, 7, 1):
+    (first, *rest) = np.flatnonzero(SEGMENT == s)
+    moved = {**x, **{m: x[m].at[first].set(noise[m][first]) for m in DIMS}}
+    out = f(params, moved, mask, None)
+    where = np.isin(np.arange(BC), rest)
+    assert max_change(base, out, where)["h"] > 1e-3
+
+
+def test_context_is_equivariant_to_the_batch_order():
+  """Permuting the batch positions (all inputs alike) permutes the outputs:
+  only segment, rank and speaker place an utterance, not its slot. 1e-5:
+  the attention sums its keys in another order (float32 rounding)."""
+  _, params, f = context_model()
+  perm = np.random.default_rng(1).permutation(BC)
+  x, mask = ctx_inputs(2), CTX_MASK
+  base = f(params, x, jnp.asarray(mask), None)
+  out = f(params, {k: v[perm] for k, v in x.items()}, jnp.asarray(mask[perm]),
+          None)
+  for k in ("pred", "z", "s", "h"):
+    np.testing.assert_allclose(out[k][REAL[perm]],
+                               np.asarray(base[k])[perm][REAL[perm]],
+                               atol=1e-5, err_msg=k)
+
+
+def test_position_bias_and_speaker_embedding_gradients():
+  """Both get gradients; the distance bias exactly where a pair of one
+  window is that far apart (|j - i| <= 3 here), 0 at +-4: attention across
+  windows or padding sends no gradient."""
+  graphdef, params, _ = context_model()
+  grads = jax.jit(jax.grad(functools.partial(real_loss, graphdef)))(
+      params, ctx_inputs(3), jnp.asarray(CTX_MASK), None)
+  bias = leaf(grads, "context/distance_bias")
+  assert bias.shape == (2, 9)
+  assert (np.abs(bias[:, 1:8]) > 0).all()
+  np.testing.assert_array_equal(bias[:, [0, 8]], 0.0)
+  speaker = leaf(grads, "context/speaker_embedding")
+  assert (np.abs(speaker).max(-1) > 0).all()
+  assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_max_distance_zero_has_no_position_information():
+  """context_max_distance 0: no distance_bias parameter, and the ranks do
+  not matter at all (any change gives the same outputs)."""
+  _, params, f = context_model(max_distance=0)
+  assert not [p for p in paths(params) if "distance_bias" in p]
+  mask = jnp.asarray(CTX_MASK)
+  base = f(params, ctx_inputs(4), mask, None)
+  rank = np.random.default_rng(0).integers(0, 50, BC)
+  assert_outputs_equal(base, f(params, ctx_inputs(4, rank=rank), mask, None))
+
+
+def test_relative_positions():
+  """With a (non-zero) distance bias, outputs depend on rank differences
+  only: shifting a window's ranks by a constant changes nothing, distances
+  past max_distance act as max_distance, and reversing a window's ranks
+  moves that window's outputs only."""
+  _, params, f = context_model()
+  mask = jnp.asarray(CTX_MASK)
+  noise = np.random.default_rng(0).normal(0, 1.0, (2, 9))
+  params = shift(params, "context/distance_bias", noise)
+  base = f(params, ctx_inputs(5), mask, None)
+  shifted = RANK + np.select([SEGMENT == 3, SEGMENT == 7, SEGMENT == 1],
+                             [7, 3, 100], 5)
+  # The same bias entries are gathered, so equal up to rounding (1e-6).
+  for v in max_change(base, f(params, ctx_inputs(5, rank=shifted), mask,
+                              None)).values():
+    assert v <= 1e-6
+  # Window 7 = ranks (0, 1); (0, 6) and (0, 9) both clip to distance 4.
+  far = []
+  for r in (6, 9):
+    rank = RANK.copy()
+    rank[4] = r
+    far.append(f(params, ctx_inputs(5, rank=rank), mask, None))
+  in_7 = SEGMENT == 7
+  for v in max_change(far[0], far[1], in_7).values():
+    assert v <= 1e-6
+  assert max_change(base, far[0], in_7)["h"] > 1e-4
+  # Reversed ranks in window 1: its outputs move, the others' do not.
+  in_1 = SEGMENT == 1
+  reversed_rank = np.where(in_1, 23 - RANK, RANK)
+  out = f(params, ctx_inputs(5, rank=reversed_rank), mask, None)
+  assert max_change(base, out, in_1)["h"] > 1e-4
+  for v in max_change(base, out, REAL & ~in_1).values():
+    assert v <= 1e-6
+
+
+def test_speaker_embedding():
+  """Speaker ranks change the outputs; ranks past context_speakers - 1
+  share the last row (2 speakers: rank 5 acts as rank 1)."""
+  _, params, f = context_model()
+  mask = jnp.asarray(CTX_MASK)
+  base = f(params, ctx_inputs(6), mask, None)
+  five = f(params, ctx_inputs(6, speaker=np.where(SPEAKER == 1, 5, SPEAKER)),
+           mask, None)
+  for v in max_change(base, five).values():
+    assert v <= 1e-6
+  swapped = f(params, ctx_inputs(6, speaker=1 - SPEAKER), mask, None)
+  assert max_change(base, swapped)["h"] > 1e-4
+
+
+def test_modality_the_dataset_lacks():
+  """dims[video] 0: no video encoder; the outputs do not read inputs
+  ["video"] (a [B, 0] array, another array, or none at all); the model
+  trains: finite gradients, the video missing embedding learns, and 40
+  Adam steps on random targets with dropout cut the loss by half."""
+  graphdef, params, f = context_model(dims=tuple(DIMS_NO_VIDEO.items()))
+  names = paths(params)
+  for m in ("audio", "text"):
+    assert any(p.startswith(f"['encoders']['{m}']") for p in names)
+  assert not any(p.startswith("['encoders']['video']") for p in names)
+  x = ctx_inputs(7, dims=DIMS_NO_VIDEO)
+  assert x["video"].shape == (BC, 0)
+  for column in (False, True):
+    mask = jnp.asarray(CTX_MASK).at[:, 2].set(column)
+    base = f(params, x, mask, None)
+    assert all(np.isfinite(v).all() for v in base.values())
+    without = {k: v for k, v in x.items() if k != "video"}
+    assert_outputs_equal(base, f(params, without, mask, None))
+    other = {**x, "video": jnp.ones((BC, 3))}
+    assert_outputs_equal(base, f(params, other, mask, None))
+  mask = jnp.asarray(CTX_MASK).at[:, 2].set(False)
+  target = jnp.asarray(np.random.default_rng(0).normal(size=(BC, K)),
+                       jnp.float32)
+
+  def mse(params, key):
+    out = model.apply(graphdef, params, x, mask, key)
+    return jnp.sum(jnp.where(jnp.asarray(REAL)[:, None],
+                             (out["pred"] - target) ** 2, 0.0)) / REAL.sum()
+
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    loss, grads = jax.value_and_grad(mse)(params, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, grads
+
+  evaluate = jax.jit(lambda params: mse(params, None))
+  start = float(evaluate(params))
+  opt_state = tx.init(params)
+  for i in range(40):
+    params, opt_state, loss, grads = step(params, opt_state,
+                                          jax.random.key(i))
+    assert np.isfinite(loss)
+    assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))
+    if not i:
+      assert np.abs(leaf(grads, "missing_embedding")[2]).max() > 0
+      assert np.abs(leaf(grads, "encoders/audio/fc1/kernel")).max() > 0
+  assert float(evaluate(params)) < 0.5 * start

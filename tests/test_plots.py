@@ -45,17 +45,21 @@ def texts(fig) -> str:
   return "\n".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
 
 
-def fake_results(task, runs=3, synthetic=True, seed=0):
-  """A results.json-like dict with a test split summarized over `runs`."""
+def fake_results(task, runs=3, synthetic=True, seed=0, names=None):
+  """A results.json-like dict with a test split summarized over `runs`;
+  `names` given: only those combinations, listed under "combinations"."""
   rng = np.random.default_rng(seed)
   keys = (("f1_non0", "acc2_non0", "mae") if task == "regression"
           else ("wf1", "wa", "ua"))
   per_run = [{c: {k: float(rng.uniform(0.5, 0.9)) for k in keys}
-              for c in combos.NAMES} for _ in range(runs)]
-  return {"dataset": "mosi" if task == "regression" else "iemocap4",
-          "task": task, "headline": metrics.HEADLINE[task],
-          "data": {"synthetic": synthetic},
-          "test": report.summarize(per_run)}
+              for c in names or combos.NAMES} for _ in range(runs)]
+  results = {"dataset": "mosi" if task == "regression" else "iemocap4",
+             "task": task, "headline": metrics.HEADLINE[task],
+             "data": {"synthetic": synthetic},
+             "test": report.summarize(per_run)}
+  if names:
+    results["combinations"] = list(names)
+  return results
 
 
 def with_missing_rate(results, runs=3, seed=1):
@@ -79,6 +83,8 @@ def anisotropic(n=60, d=6, seed=0):
 
 
 def test_pca_2d_matches_an_svd_reference_with_the_sign_convention():
+  """pca_2d = the SVD projection with the documented signs; variances are the
+  top singular values squared / N."""
   x = anisotropic()
   centred = x - x.mean(0)
   _, singular, vt = np.linalg.svd(centred, full_matrices=False)
@@ -93,6 +99,7 @@ def test_pca_2d_matches_an_svd_reference_with_the_sign_convention():
 
 
 def test_pca_2d_signs_are_fixed_by_the_data_not_by_the_svd():
+  """Same data, same picture; -x mirrors it, a shift changes nothing."""
   x = anisotropic()
   proj = plots.pca_2d(x)
   np.testing.assert_array_equal(plots.pca_2d(x), proj)
@@ -106,6 +113,7 @@ def test_pca_2d_signs_are_fixed_by_the_data_not_by_the_svd():
 
 
 def test_pca_2d_of_a_single_feature_pads_a_zero_coordinate():
+  """One feature: the centred values, and a zero second coordinate."""
   proj = plots.pca_2d(np.arange(5.0)[:, None])
   np.testing.assert_allclose(proj[:, 0], np.arange(5.0) - 2)
   np.testing.assert_array_equal(proj[:, 1], 0)
@@ -116,6 +124,8 @@ def test_pca_2d_of_a_single_feature_pads_a_zero_coordinate():
 
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_combination_bars_writes_a_labelled_png(tmp_path, figures, task):
+  """7 combinations + Avg, 2 metrics each; the title says runs, split, metrics
+  and synthetic data."""
   path = tmp_path / "bars.png"
   plots.combination_bars(fake_results(task), str(path))
   assert_png(path)
@@ -128,8 +138,26 @@ def test_combination_bars_writes_a_labelled_png(tmp_path, figures, task):
   assert not plots.plt.get_fignums()
 
 
+def test_combination_bars_of_the_realisable_combinations(tmp_path, figures):
+  """A run on a, t, at only (no video): 3 groups + Avg, ticks and the
+  x label say so, no other combination appears."""
+  path = tmp_path / "bars.png"
+  plots.combination_bars(
+      fake_results("classification", names=["a", "t", "at"]), str(path))
+  assert_png(path)
+  (fig,) = figures
+  ax = fig.axes[0]
+  assert len(ax.patches) == 8  # 4 groups × 2 metrics.
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "t", "at",
+                                                          "Avg"]
+  assert "Avg = mean over the 3" in ax.get_xlabel()
+  assert "atv" not in texts(fig).split("\n")
+
+
 def test_combination_bars_skips_none_and_omits_the_tag_on_real_data(
     tmp_path, figures):
+  """A None mean draws no bar but 'n/a'; 1 run is singular; real data has no
+  tag."""
   results = fake_results("regression", runs=1, synthetic=False)
   results["test"]["at"]["f1_non0"].update(mean=None, std=None)
   results["test"]["avg"]["acc2_non0"]["std"] = None
@@ -144,6 +172,7 @@ def test_combination_bars_skips_none_and_omits_the_tag_on_real_data(
 
 
 def test_combination_bars_plots_the_valid_split(tmp_path, figures):
+  """split='valid' plots and names the validation split."""
   results = fake_results("classification")
   results["valid"] = results.pop("test")
   plots.combination_bars(results, str(tmp_path / "v.png"), split="valid")
@@ -152,6 +181,8 @@ def test_combination_bars_plots_the_valid_split(tmp_path, figures):
 
 def test_missing_rate_curve_writes_a_png_and_tolerates_none(tmp_path,
                                                             figures):
+  """The curve over the rates, with a None point; the axis says GCNet and the
+  draws."""
   results = with_missing_rate(fake_results("regression"))
   results["missing_rate"]["rates"]["0.3"]["f1_non0"].update(mean=None,
                                                             std=None)
@@ -165,6 +196,7 @@ def test_missing_rate_curve_writes_a_png_and_tolerates_none(tmp_path,
 
 
 def test_missing_rate_curve_needs_the_missing_rate_entry(tmp_path):
+  """No missing_rate entry: KeyError, and no file."""
   with pytest.raises(KeyError, match="missing_rate"):
     plots.missing_rate_curve(fake_results("regression"),
                              str(tmp_path / "x.png"))
@@ -197,6 +229,8 @@ def write_metrics(path, conditions=(None,), seeds=(0, 1), epochs=4):
 
 
 def test_training_curves_of_a_joint_run(tmp_path, figures):
+  """One joint run of 2 seeds: every combination's curve and the selected
+  epochs (×2)."""
   log, path = tmp_path / "metrics.jsonl", tmp_path / "curves.png"
   write_metrics(log)
   plots.training_curves(str(log), "f1_non0", str(path), selected_epoch=[3, 3])
@@ -208,6 +242,8 @@ def test_training_curves_of_a_joint_run(tmp_path, figures):
 
 
 def test_training_curves_of_per_condition_runs(tmp_path, figures):
+  """Per-condition runs: the title counts conditions × seeds, the legend only
+  their combinations."""
   log, path = tmp_path / "metrics.jsonl", tmp_path / "curves.png"
   write_metrics(log, conditions=("a", "tv"), seeds=(0, 1))
   plots.training_curves(str(log), "f1_non0", str(path),
@@ -220,6 +256,7 @@ def test_training_curves_of_per_condition_runs(tmp_path, figures):
 
 
 def test_training_curves_without_selected_epochs(tmp_path):
+  """One epoch and no selected epochs still draw."""
   log, path = tmp_path / "metrics.jsonl", tmp_path / "curves.png"
   write_metrics(log, epochs=1)
   plots.training_curves(str(log), "f1_non0", str(path))
@@ -229,11 +266,12 @@ def test_training_curves_without_selected_epochs(tmp_path):
 # representation_map and uncertainty_plot.
 
 
-def fake_reps(n, d=8, seed=0):
+def fake_reps(n, d=8, seed=0, combinations=7):
+  """Two representations [C, n, *] of n samples in 3 categories."""
   rng = np.random.default_rng(seed)
   category = rng.integers(0, 3, n)
   centres = rng.normal(size=(3, d)) * 3
-  h = centres[category] + rng.normal(size=(7, n, d))
+  h = centres[category] + rng.normal(size=(combinations, n, d))
   return {"h (fused)": h, "z (MCB-CL projection)": h[..., :4] * 2}, category
 
 
@@ -243,9 +281,12 @@ def scatter_points(fig):
 
 def test_representation_map_draws_every_sample_of_a_small_set(tmp_path,
                                                               figures):
+  """Under MAX_POINTS: every (sample, combination) point in each of the 4
+  panels."""
   reps, category = fake_reps(40)
   path = tmp_path / "map.png"
-  plots.representation_map(reps, category, ["neg", "neu", "pos"], str(path),
+  plots.representation_map(reps, list(combos.NAMES), category,
+                           ["neg", "neu", "pos"], str(path),
                            "mosi test [SYNTHETIC DATA]")
   assert_png(path)
   (fig,) = figures
@@ -258,12 +299,15 @@ def test_representation_map_draws_every_sample_of_a_small_set(tmp_path,
 
 def test_representation_map_subsamples_the_same_samples_each_time(tmp_path,
                                                                   figures):
+  """Over MAX_POINTS: a fixed-seed subsample, the same in two calls, and the
+  title says so."""
   n = plots.MAX_POINTS + 100
   reps, category = fake_reps(n)
   reps = {"h (fused)": reps["h (fused)"]}
   for name in ("one.png", "two.png"):
-    plots.representation_map(reps, category, ["neg", "neu", "pos"],
-                             str(tmp_path / name), "mosi test")
+    plots.representation_map(reps, combos.NAMES, category,
+                             ["neg", "neu", "pos"], str(tmp_path / name),
+                             "mosi test")
   assert_png(tmp_path / "one.png")
   one, two = figures
   assert scatter_points(one) == [7 * plots.MAX_POINTS] * 2
@@ -272,11 +316,36 @@ def test_representation_map_subsamples_the_same_samples_each_time(tmp_path,
                                 two.axes[0].collections[0].get_offsets())
 
 
+def test_representation_map_of_three_combinations(tmp_path, figures):
+  """Combinations a, t, at: 3 points per sample in every panel, coloured
+  with those combinations' shared colours, legend and title of 3."""
+  names = ["a", "t", "at"]
+  reps, category = fake_reps(30, combinations=3)
+  path = tmp_path / "map.png"
+  plots.representation_map(reps, names, category, ["neg", "neu", "pos"],
+                           str(path), "iemocap4 test")
+  assert_png(path)
+  (fig,) = figures
+  assert scatter_points(fig) == [3 * 30] * 4
+  shown = texts(fig)
+  assert "all 3 × 30 points" in shown and "30 samples × 3 combinations" in (
+      shown)
+  legend = shown.split("\n")
+  assert all(c in legend for c in names)
+  assert not {"v", "av", "tv", "atv"} & set(legend)
+  right = fig.axes[1].collections[0].get_facecolors()[:, :3]
+  colours = {tuple(np.round(c, 6)) for c in right}
+  assert colours == {tuple(np.round(plots.COMBO_COLORS[c], 6))
+                     for c in names}
+
+
 @pytest.mark.parametrize("task,k,task_loss", [("regression", 1, "l1"),
                                               ("regression", 1, "mse"),
                                               ("classification", 4, "l1")])
 def test_uncertainty_plot_reports_the_metrics_values(tmp_path, figures, task,
                                                      k, task_loss):
+  """The panels quote metrics.uncertainty's ECE and Spearman and the scored
+  count."""
   rng = np.random.default_rng(0)
   n = 300
   s = rng.normal(size=n)
@@ -299,6 +368,7 @@ def test_uncertainty_plot_reports_the_metrics_values(tmp_path, figures, task,
 
 
 def test_uncertainty_plot_without_scored_samples_fails_clearly(tmp_path):
+  """All-zero regression labels: nothing scored, a clear ValueError."""
   with pytest.raises(ValueError, match="no scored sample"):
     plots.uncertainty_plot("regression", np.ones((5, 1)), np.zeros(5),
                            np.zeros(5), str(tmp_path / "x.png"), "l1")
