@@ -58,5 +58,5 @@ def evaluate_workdir(workdir: str, split: str = "test",
                          regime.members(config, combos.realisable(present)),
                          manifest.task, present, protocol)
   return report.evaluation_results(
-      config, manifest, manifest.task, split, found, present,
+      config, manifest, manifest.task, split, found,
       source=os.path.abspath(checkpoint.directory(workdir)))
