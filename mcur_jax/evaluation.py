@@ -25,9 +25,9 @@ of the utterance's drawn combination (missing-rate protocol; one left with
 no modality goes to the model of the run's fullest combination).
 
 One compiled function runs every protocol: it predicts `MASK_SETS` mask
-sets over a fixed-size chunk of window slots, so training, the final
-evaluation and `experiments.evaluate` share it and give bit-identical
-outputs.
+sets over a fixed-size chunk of utterances and their window slots, so
+training, the final evaluation and `experiments.evaluate` share it and give
+bit-identical outputs.
 """
 
 import dataclasses
@@ -53,28 +53,33 @@ MASK_SETS = len(combos.NAMES)
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-  """A split laid out in evaluation windows, on the devices."""
+  """A split laid out in evaluation windows (`groups.EvalLayout`), on the
+  devices."""
 
   split: data_lib.Split
   layout: groups_lib.EvalLayout
-  # Per window slot, replicated: the modality features, "available",
+  # Replicated device arrays: per utterance position the modality
+  # features; per window slot "index" (the chunk-local utterance it holds),
   # "segment", "rank", "speaker".
-  arrays: dict
+  utterances: dict
+  windows: dict
 
   @classmethod
   def of(cls, split: data_lib.Split, config, mesh) -> "Inputs":
     layout = groups_lib.EvalLayout.of(
         groups_lib.Groups.of(split), groups_lib.context_window(config),
         transfer.chunk_size(config.eval_batch_size, mesh))
-    index = np.maximum(layout.index, 0)
-    real = (layout.index >= 0)[:, None]
-    host = {m: np.where(real, split.features[m][index], 0).astype(np.float32)
-            for m in schema.MODALITIES}
-    host.update(available=split.available[index] & real,
-                segment=layout.segment, rank=layout.rank,
-                speaker=layout.speaker)
-    return cls(split=split, layout=layout, arrays=transfer.to_device(
-        host, NamedSharding(mesh, P())))
+    rows = np.maximum(layout.rows, 0)
+    real = (layout.rows >= 0)[:, None]
+    repl = NamedSharding(mesh, P())
+    return cls(
+        split=split, layout=layout,
+        utterances=transfer.to_device(
+            {m: np.where(real, split.features[m][rows], 0).astype(np.float32)
+             for m in schema.MODALITIES}, repl),
+        windows=transfer.to_device(
+            {"index": layout.local, "segment": layout.segment,
+             "rank": layout.rank, "speaker": layout.speaker}, repl))
 
 
 def make_predict(config, graphdef, mesh, compiles=None):
@@ -83,35 +88,37 @@ def make_predict(config, graphdef, mesh, compiles=None):
   the C mask sets (per utterance of the split) and members, each utterance
   predicted in its window. Traces are counted in `compiles["evaluate"]` (a
   Counter) when given."""
-  chunk_sharding = NamedSharding(mesh, P("data"))
+  sharded = NamedSharding(mesh, P("data"))
   mask_sharding = NamedSharding(mesh, P(None, "data"))
 
   @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
-  def predict_chunk(params, part, masks):
+  def predict_chunk(params, utterances, windows, masks):
     if compiles is not None:
       compiles["evaluate"] += 1
-    part = jax.lax.with_sharding_constraint(part, chunk_sharding)
+    utterances = jax.lax.with_sharding_constraint(utterances, sharded)
+    windows = jax.lax.with_sharding_constraint(windows, sharded)
     masks = jax.lax.with_sharding_constraint(masks, mask_sharding)
     return jax.lax.map(lambda mask: jax.vmap(
-        lambda p: model_lib.apply(graphdef, p, part, mask))(params), masks)
-
-  chunk = transfer.chunk_size(config.eval_batch_size, mesh)
+        lambda p: model_lib.apply(graphdef, p, utterances, mask,
+                                  windows=windows))(params), masks)
 
   def predict(params, inputs: Inputs, masks, keys=("pred", "s")):
     layout = inputs.layout
-    slots = len(layout.index)
-    # Each slot under its utterance's mask; padding slots under none.
-    masks = masks[:, np.maximum(layout.index, 0)] & (
-        layout.index >= 0)[None, :, None]
+    u, w = layout.utterances, layout.slots
+    # Each utterance position under its row's mask; padding under none.
+    masks = masks[:, np.maximum(layout.rows, 0)] & (
+        layout.rows >= 0)[None, :, None]
     sets = len(masks)
-    padded = np.zeros((sets - sets % -MASK_SETS, slots, 3), bool)
+    padded = np.zeros((sets - sets % -MASK_SETS, *masks.shape[1:]), bool)
     padded[:sets], padded[sets:] = masks, masks[-1]
     parts = []
     for j in range(0, len(padded), MASK_SETS):
       row = [transfer.to_host({k: v for k, v in predict_chunk(
-          params, jax.tree.map(lambda x: x[i:i + chunk], inputs.arrays),
-          padded[j:j + MASK_SETS, i:i + chunk]).items() if k in keys})
-             for i in range(0, slots, chunk)]
+          params, jax.tree.map(lambda x: x[c * u:(c + 1) * u],
+                               inputs.utterances),
+          jax.tree.map(lambda x: x[c * w:(c + 1) * w], inputs.windows),
+          padded[j:j + MASK_SETS, c * u:(c + 1) * u]).items() if k in keys})
+             for c in range(len(layout.rows) // u)]
       parts.append({k: np.concatenate([r[k] for r in row], axis=2)
                     for k in keys})
     return {k: np.concatenate([p[k] for p in parts])[:sets][:, :, layout.owner]

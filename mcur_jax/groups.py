@@ -23,7 +23,9 @@ one group; the context Transformer attends within a window only.
   window; a longer one gets windows of W every W/2 utterances, and each
   utterance is predicted by the window whose centre is nearest to it, so it
   is predicted exactly once, with context on both sides where its group has
-  it. Windows are packed whole into chunks of the evaluation batch.
+  it. Windows are packed whole into chunks of the evaluation batch; a chunk
+  holds each of its utterances once (the per-utterance model runs once per
+  utterance) and its windows' slots gather them for the context.
 """
 
 import dataclasses
@@ -183,12 +185,25 @@ def eval_windows(length: int, window: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class EvalLayout:
-  """Every utterance of a split in its evaluation window, windows packed
-  whole into chunks of `chunk` slots (a multiple of the chunk size)."""
+  """Every utterance of a split in its evaluation window, in chunks.
 
-  # [S] per slot: the split row it holds (PAD at padding), its window id
-  # (PAD at padding), the row's rank in its group and speaker rank.
+  A chunk holds up to `utterances` utterances (each once: the per-utterance
+  model runs once per utterance) and up to `slots` window slots (the
+  context Transformer's positions: an utterance of a long group sits in
+  every window that covers it). Windows are packed whole into chunks.
+  """
+
+  utterances: int
+  slots: int
+  # [C * utterances] the split row of each utterance position (PAD at
+  # padding).
+  rows: np.ndarray
+  # [C * slots] per window slot: the split row it holds (PAD at padding),
+  # the position of that row among its chunk's utterances (0 at padding),
+  # its window id (PAD at padding), the row's rank in its group and its
+  # speaker rank.
   index: np.ndarray
+  local: np.ndarray
   segment: np.ndarray
   rank: np.ndarray
   speaker: np.ndarray
@@ -197,37 +212,52 @@ class EvalLayout:
 
   @classmethod
   def of(cls, groups: Groups, window: int, chunk: int) -> "EvalLayout":
+    """The layout of `groups` for windows of `window` in chunks of `chunk`
+    utterances (and twice as many slots when windows may overlap)."""
     if window > chunk:
       raise ValueError(f"context_window {window} exceeds the evaluation "
                        f"chunk of {chunk} utterances (eval_batch_size)")
-    index, segment = [], []
+    slots = chunk if window == 1 else 2 * chunk
+    chunks = []  # Per chunk: (its rows, its slots' (row, window id)).
+    windows = 0
     owner = np.zeros(len(groups.order), np.int64)
-    used, windows = 0, 0
     for rows in groups.index_arrays():
       starts, owned_by = eval_windows(len(rows), window)
       for w, s in enumerate(starts):
         part = rows[s:s + window]
-        if used % chunk + len(part) > chunk:  # Start the next chunk.
-          pad = chunk - used % chunk
-          index.append(np.full(pad, PAD))
-          segment.append(np.full(pad, PAD))
-          used += pad
+        seen, taken = chunks[-1] if chunks else ({}, [])
+        new = sum(r not in seen for r in part)
+        if (not chunks or len(seen) + new > chunk
+            or len(taken) + len(part) > slots):
+          chunks.append(({}, []))
+        seen, taken = chunks[-1]
+        for r in part:
+          seen.setdefault(r, len(seen))
         mine = owned_by[s:s + len(part)] == w
-        owner[part[mine]] = used + np.flatnonzero(mine)
-        index.append(part)
-        segment.append(np.full(len(part), windows))
-        used += len(part)
+        owner[part[mine]] = ((len(chunks) - 1) * slots + len(taken)
+                             + np.flatnonzero(mine))
+        taken.extend((r, windows) for r in part)
         windows += 1
-    pad = -used % chunk
-    index = np.concatenate(index + [np.full(pad, PAD)]).astype(np.int32)
-    segment = np.concatenate(segment + [np.full(pad, PAD)]).astype(np.int32)
-    real = index >= 0
-    rank = np.where(real, groups.rank[index], 0).astype(np.int32)
-    speaker = np.where(real, groups.speaker[index], 0).astype(np.int32)
-    return cls(index=index, segment=segment, rank=rank, speaker=speaker,
-               owner=owner)
+    n = max(len(chunks), 1)
+    out = {k: np.full(n * slots, PAD, np.int32)
+           for k in ("index", "local", "segment", "rank", "speaker")}
+    all_rows = np.full(n * chunk, PAD, np.int32)
+    for c, (seen, taken) in enumerate(chunks):
+      all_rows[c * chunk:c * chunk + len(seen)] = list(seen)
+      if taken:
+        row, segment = np.array(taken).T
+        at = slice(c * slots, c * slots + len(taken))
+        out["index"][at] = row
+        out["local"][at] = [seen[r] for r in row]
+        out["segment"][at] = segment
+        out["rank"][at] = groups.rank[row]
+        out["speaker"][at] = groups.speaker[row]
+    real = out["index"] >= 0
+    for k in ("local", "rank", "speaker"):
+      out[k] = np.where(real, out[k], 0).astype(np.int32)
+    return cls(utterances=chunk, slots=slots, rows=all_rows, owner=owner,
+               **out)
 
   def padding(self) -> float:
-    """Fraction of slots that hold no utterance (duplicated context rows of
-    overlapping windows count as used)."""
-    return float(np.mean(self.index < 0))
+    """Fraction of utterance positions that hold no utterance."""
+    return float(np.mean(self.rows < 0))

@@ -194,19 +194,26 @@ class MCUR(nnx.Module):
     return allowed | jnp.eye(4, dtype=bool)  # Every token sees itself.
 
   def __call__(self, inputs: dict[str, jax.Array], mask: jax.Array,
-               key: jax.Array | None = None) -> dict[str, jax.Array]:
+               key: jax.Array | None = None,
+               windows: dict[str, jax.Array] | None = None
+               ) -> dict[str, jax.Array]:
     """Forward pass over a flat batch of B utterances.
 
     Args:
       inputs: modality -> [B, d_m] features (values of absent modalities
-        are ignored); with context also "segment", "rank", "speaker" [B]
-        int (see the module docstring).
+        are ignored); with context and no `windows`, also "segment", "rank",
+        "speaker" [B] int (see the module docstring).
       mask: [B, 3] bool, the modalities the model may use.
       key: dropout PRNG key; None for deterministic evaluation.
+      windows: optional [S] window slots over the B utterances: "index"
+        (which utterance each slot holds), "segment", "rank", "speaker".
+        The per-utterance part runs once per utterance, the context and the
+        heads once per slot (evaluation's overlapping windows).
 
     Returns:
-      pred [B, K], z [B, proj_dim] (unit norm), s [B] (log-variance),
-      h [B, hidden] (the representation the heads read).
+      per utterance (per slot with `windows`): pred [., K], z [., proj_dim]
+      (unit norm), s [.] (log-variance), h [., hidden] (the representation
+      the heads read).
     """
     rngs = None if key is None else nnx.Rngs(dropout=key)
     b = mask.shape[0]
@@ -224,9 +231,12 @@ class MCUR(nnx.Module):
     for block in self.blocks:
       x = block(x, attention, rngs)
     h = self.norm(x[:, 0])
+    if windows is not None:
+      h = h[windows["index"]]
     if self.context is not None:
-      h = self.context(h, inputs["segment"], inputs["rank"],
-                       inputs["speaker"], rngs)
+      where = inputs if windows is None else windows
+      h = self.context(h, where["segment"], where["rank"], where["speaker"],
+                       rngs)
     z = self.proj2(nnx.gelu(self.proj1(h)))
     z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
     return {"pred": self.task_head(h), "z": z,
@@ -253,6 +263,7 @@ def create(config, dims: dict[str, int], num_outputs: int):
   return graphdef, lambda key: nnx.split(build(key))[1]
 
 
-def apply(graphdef, params, inputs, mask, key=None) -> dict[str, jax.Array]:
+def apply(graphdef, params, inputs, mask, key=None,
+          windows=None) -> dict[str, jax.Array]:
   """The pure forward function of `(graphdef, params)`."""
-  return nnx.merge(graphdef, params)(inputs, mask, key)
+  return nnx.merge(graphdef, params)(inputs, mask, key, windows)

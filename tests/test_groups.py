@@ -291,18 +291,41 @@ LAYOUTS = [  # (window, chunk, group lengths)
 
 @pytest.mark.parametrize("window, chunk, lengths", LAYOUTS)
 def test_eval_layout(window, chunk, lengths):
-  """Every utterance owned by exactly one slot, which holds it; windows
-  whole in one chunk, contiguous, consecutive utterances of one group, at
-  most W; short groups are one window; long ones as `eval_windows`;
-  rank/speaker per slot; padding() is the PAD fraction."""
+  """Every utterance in the utterance positions (once per chunk) and owned
+  by exactly one slot, which holds it; a chunk holds at most `chunk` utterances, and
+  each of its slots points (`local`) at one of them; windows whole in one
+  chunk, contiguous, consecutive utterances of one group, at most W; short
+  groups are one window; long ones as `eval_windows`; rank/speaker per
+  slot; padding() is the PAD fraction of utterance positions."""
   grp = groups.Groups.of(random_split(lengths, seed=chunk))
   layout = groups.EvalLayout.of(grp, window, chunk)
   n, slots = len(grp.order), len(layout.index)
-  assert slots % chunk == 0
-  for x in (layout.segment, layout.rank, layout.speaker):
+  per_chunk = layout.slots
+  assert layout.utterances == chunk
+  assert per_chunk == (chunk if window == 1 else 2 * chunk)
+  chunks = len(layout.rows) // chunk
+  assert len(layout.rows) == chunks * chunk and slots == chunks * per_chunk
+  # Each utterance among the utterance positions, at most once per chunk
+  # (a long group's windows may continue in the next chunk, which then
+  # holds the rows they share).
+  used = layout.rows[layout.rows != PAD]
+  assert set(used.tolist()) == set(range(n))
+  for c in range(chunks):
+    part = layout.rows[c * chunk:(c + 1) * chunk]
+    part = part[part != PAD]
+    assert len(set(part.tolist())) == len(part)
+  assert layout.padding() == pytest.approx(np.mean(layout.rows == PAD))
+  for x in (layout.local, layout.segment, layout.rank, layout.speaker):
     assert x.shape == (slots,)
   real = layout.index != PAD
   np.testing.assert_array_equal(layout.segment != PAD, real)
+  # A slot's local index points at its row within its own chunk.
+  chunk_of = np.arange(slots) // per_chunk
+  assert (layout.local[real] < chunk).all()
+  np.testing.assert_array_equal(
+      layout.rows[chunk_of[real] * chunk + layout.local[real]],
+      layout.index[real])
+  assert (layout.local[~real] == 0).all()
   assert set(layout.index[real].tolist()) == set(range(n))
   # Ownership: one distinct slot per utterance, holding that utterance.
   assert layout.owner.shape == (n,) and len(set(layout.owner)) == n
@@ -312,13 +335,12 @@ def test_eval_layout(window, chunk, lengths):
   np.testing.assert_array_equal(layout.speaker[real],
                                 grp.speaker[layout.index[real]])
   assert (layout.rank[~real] == 0).all() and (layout.speaker[~real] == 0).all()
-  assert layout.padding() == pytest.approx(np.mean(~real))
   row_group = group_of_row(grp)
   seen = {}  # group -> list of (window start rank, rows)
   for s in np.unique(layout.segment[real]):
     pos = np.flatnonzero(layout.segment == s)
     assert (np.diff(pos) == 1).all() and len(pos) <= window
-    assert len(set((pos // chunk).tolist())) == 1  # One chunk.
+    assert len(set((pos // per_chunk).tolist())) == 1  # One chunk.
     rows = layout.index[pos]
     assert len(set(row_group[rows].tolist())) == 1
     assert (np.diff(grp.rank[rows]) == 1).all()
@@ -345,16 +367,21 @@ def test_eval_layout(window, chunk, lengths):
 
 def test_eval_layout_padding_and_window_larger_than_chunk():
   """Groups that fill chunks exactly need no padding; a window that cannot
-  fit a chunk is refused."""
+  fit a chunk is refused; overlapping windows hold an utterance once per
+  window but once among the chunk's utterances."""
   grp = groups.Groups.of(random_split([4, 4, 2, 2, 4], seed=1))
   layout = groups.EvalLayout.of(grp, 4, 4)
-  assert layout.padding() == 0.0 and len(layout.index) == 16
+  assert layout.padding() == 0.0 and len(layout.rows) == 16
   # 3 + 3 + 3: the second group does not fit the rest of the first chunk.
   grp = groups.Groups.of(random_split([3, 3, 3], seed=2))
   layout = groups.EvalLayout.of(grp, 4, 4)
   assert layout.padding() == pytest.approx(3 / 12)
   with pytest.raises(ValueError, match="exceeds"):
     groups.EvalLayout.of(grp, 5, 4)
+  # One group of 8 with W = 4: windows at 0, 2, 4 (12 slots), 8 utterances.
+  grp = groups.Groups.of(random_split([8], seed=3))
+  layout = groups.EvalLayout.of(grp, 4, 8)
+  assert layout.padding() == 0.0 and (layout.index != PAD).sum() == 12
 
 
 def test_context_window_and_train_steps():
