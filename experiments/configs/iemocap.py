@@ -3,6 +3,11 @@ leave-one-session-out; fields as in mosi.py.
 
     python -m experiments.iemocap --data_dir prepared/iemocap4   # all 5 folds
     python -m experiments.iemocap --config.fold=2                # session 2 only
+
+The fields set here were chosen on the VALIDATION dialogues of the five
+folds of real IEMOCAP-4 (the leak-free eGeMAPS + MPNet features; 2 seeds,
+mean over folds of each seed's selected validation Avg weighted F1; see
+docs/results.md, "Choices made on validation").
 """
 
 import ml_collections
@@ -16,4 +21,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Held-out session 1..5; 0 = run all five folds and average them.
   c.fold = 0
   c.task_loss = "ce"
+  if not arg:
+    # 20 epochs matched 30 on validation (0.753 both) in two thirds of the
+    # time.
+    c.num_epochs = 20
+    # Width 128: validation Avg 0.753 at 2.3 s per epoch (5 seeds), where
+    # 256 needs 5.7 s.
+    c.hidden_dim = 128
+    # One combination per window, as the fixed protocol evaluates: 0.759
+    # against 0.753 per utterance (last-10-epoch mean 0.750 against 0.736).
+    c.combo_draw = "window"
+    # context_window 32: 0.753, against 0.744 for 16 and 0.739 for whole
+    # dialogues (128). A second context layer (0.762), learning rate 1e-3
+    # (0.753), 128 utterances per step (0.754) and dropout 0.1 did not beat
+    # the defaults enough to pay for them.
   return c
