@@ -82,7 +82,7 @@ class Inputs:
              "rank": layout.rank, "speaker": layout.speaker}, repl))
 
 
-def make_predict(config, graphdef, mesh, compiles=None):
+def make_predict(graphdef, mesh, compiles=None):
   """predict(params [M...], inputs, masks [C, N, 3], keys) -> {key: [C, M,
   N, ...]} as NumPy for `keys` among pred, s, h, z: the outputs of each of
   the C mask sets (per utterance of the split) and members, each utterance

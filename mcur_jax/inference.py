@@ -52,7 +52,7 @@ def evaluate_workdir(workdir: str, split: str = "test",
       workdir, repl)
   dataset = data_lib.load(config.data_dir, fold=config.fold or None)
   inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
-  predict = evaluation.make_predict(config, graphdef, mesh)
+  predict = evaluation.make_predict(graphdef, mesh)
   present = validate.present_modalities(manifest)
   found = evaluation.run(config, predict, params, inputs,
                          regime.members(config, combos.realisable(present)),

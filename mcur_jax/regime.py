@@ -1,8 +1,9 @@
 """Training regimes: which models a run trains, and which one serves which combination.
 
 * "mixed" (MCUR, DESIGN section 2): one model per seed; each training
-  sample draws its combination per step; the model serves all 7
-  combinations and is selected on the average over the 7 on validation.
+  sample draws its combination per step; the model serves every
+  realisable combination (all 7 on a dataset with the three modalities)
+  and is selected on their average on validation.
 * "per_condition" (MoMKE): one model per (seed, combination), the
   combination fixed for every sample for the whole run (after an optional
   full-modality first stage, `full_modality_epochs`); each model is
@@ -67,7 +68,8 @@ class Members:
 def members(config, served: np.ndarray) -> Members:
   """The members of `config.regime` over `config.seeds`, for the
   combinations `served` (indices into `combos.NAMES`, e.g.
-  `combos.realisable(...)`); the config is checked by `validate.check`."""
+  `combos.realisable(...)`). The regime was checked by `validate.check`
+  when the run started; any value but "mixed" is per-condition here."""
   seeds = np.asarray(config.seeds, np.int32)
   served = np.asarray(served)
   n, k, c = len(seeds), len(combos.NAMES), len(served)

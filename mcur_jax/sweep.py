@@ -51,10 +51,15 @@ def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
     if text.lower() not in ("true", "false", "1", "0"):
       raise validate.ConfigError(f"--grid {field}", f"{text!r} is not a bool")
     return text.lower() in ("true", "1")
-  if isinstance(current, tuple):
-    kind = type(current[0]) if current else str
-    return tuple(kind(v) for v in text.split(";"))
-  return type(current)(text)
+  try:
+    if isinstance(current, tuple):
+      kind = type(current[0]) if current else str
+      return tuple(kind(v) for v in text.split(";"))
+    return type(current)(text)
+  except ValueError:
+    raise validate.ConfigError(
+        f"--grid {field}", f"{text!r} is not a {type(current).__name__}"
+    ) from None
 
 
 def grid_points(config, grid: Sequence[str]) -> list[dict[str, Any]]:

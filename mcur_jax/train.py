@@ -285,7 +285,6 @@ class Run:
   members: regime.Members
   # The modalities the dataset has ([3] bool).
   present: list
-  graphdef: object
   # Device data: the training table and its window tables, the members,
   # and the validation and test splits in their evaluation windows.
   train: dict
@@ -333,11 +332,11 @@ class Run:
                        ema=bool(config.ema_decay))
     return cls(
         config=config, workdir=workdir, dataset=dataset, mesh=mesh,
-        members=members, present=present, graphdef=graphdef, train=train,
+        members=members, present=present, train=train,
         tables=tables, member_data=member_data, inputs=inputs,
         train_epoch=make_train_epoch(config, graphdef, tx, manifest.task,
                                      mesh, len(dataset.train)),
-        predict=evaluation.make_predict(config, graphdef, mesh, COMPILES),
+        predict=evaluation.make_predict(graphdef, mesh, COMPILES),
         update_best=make_update_best(mesh), state=state, started=started)
 
 

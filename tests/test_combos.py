@@ -291,13 +291,3 @@ def test_missing_rate_over_present_modalities(present, rate):
     np.testing.assert_allclose((~mask[:, present]).mean(0), dropped,
                                atol=0.06)
 
-
-@pytest.mark.parametrize("rate", RATES)
-def test_missing_rate_all_present_is_the_default(rate):
-  """present all True gives bitwise the mask of the 3-modality default for
-  the same generator state."""
-  for seed in range(3):
-    np.testing.assert_array_equal(
-        combos.missing_rate_mask(np.random.default_rng(seed), 300, rate,
-                                 np.ones(3, bool)),
-        combos.missing_rate_mask(np.random.default_rng(seed), 300, rate))

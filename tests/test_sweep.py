@@ -16,6 +16,7 @@ from experiments.configs import mosi
 from mcur_jax import combos
 from mcur_jax import sweep
 from mcur_jax import sweep_report
+from mcur_jax import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = ["--grid", "learning_rate=1e-3,3e-4", "--grid", "tau=0.05,0.1"]
@@ -33,8 +34,12 @@ def test_product_and_grid_points_parse_with_the_fields_types():
                                               {"a": 2, "b": "x"}]
   with pytest.raises(ValueError, match="no such config field"):
     sweep.grid_points(config, ["lr=1"])
-  with pytest.raises(ValueError):
+  with pytest.raises(validate.ConfigError, match="is not a bool"):
     sweep.grid_points(config, ["sugr=maybe"])
+  with pytest.raises(validate.ConfigError, match="'abc' is not a float"):
+    sweep.grid_points(config, ["learning_rate=abc"])
+  with pytest.raises(validate.ConfigError, match="'1;x;0' is not a tuple"):
+    sweep.grid_points(config, ["combo_weights=1;x;0"])
 
 
 def test_point_names_are_stable_and_distinct():

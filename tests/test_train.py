@@ -544,7 +544,13 @@ def test_results_json(baseline, mosi_dir):
   steps = groups.train_steps(n, 32)
   assert saved["padding"]["train"] == pytest.approx(1 - n / (steps * 32),
                                                     abs=1e-4)
-  assert 0 <= saved["padding"]["test"] < 1
+  # Evaluation: the padded share of the test split's chunk layout for the
+  # tiny config's windows (8) and chunks (64 utterances, a multiple of the
+  # 8 devices); positions that repeat an utterance as context are no padding.
+  layout = groups.EvalLayout.of(groups.Groups.of(data.load(mosi_dir).test),
+                                8, 64)
+  assert saved["padding"]["test"] == round(float(np.mean(layout.rows < 0)), 4)
+  assert 0 < saved["padding"]["test"] < 1
   assert len(saved["selected_epoch"]) == 2
   assert all(1 <= e <= 3 for e in saved["selected_epoch"])
   for split in ("test", "valid"):

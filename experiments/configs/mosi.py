@@ -118,8 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.missing_rate_seed = 0
   # Write the PNG figures at the end of a run.
   c.plots = True
-  # Utterance slots per evaluation chunk (rounded up to a multiple of the
-  # devices; whole windows are packed into chunks).
+  # Utterances per evaluation chunk (rounded up to a multiple of the
+  # devices; each chunk holds twice as many window slots).
   c.eval_batch_size = 512
   # Save a checkpoint every this many epochs (and always after the last).
   c.checkpoint_every = 1
