@@ -15,9 +15,9 @@
   category, same combination, or the sum of the class and combination terms;
   `exclude` removes pairs from the positives (the same-group option).
 
-The batch losses (SUGR, SupCon, MCB-CL) take an optional `valid` [B] mask: padding positions of a batch
-(`groups.py`) contribute nothing, neither to sums nor to counts, and are no
-contrastive key.
+The batch losses (SUGR, SupCon, MCB-CL) take an optional `valid` [B]
+mask: padding positions of a batch (`groups.py`) contribute nothing,
+neither to sums nor to counts, and are no contrastive key.
 
 `tests/test_losses.py` checks each against a plain NumPy reference.
 """

@@ -355,7 +355,8 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
                                          config.regression_categories)
   out = test_found["outputs"]
   plots.representation_map(
-      {"h (after context)": out["h"][:, 0], "z (MCB-CL projection)": out["z"][:, 0]},
+      {"h (after context)": out["h"][:, 0],
+       "z (MCB-CL projection)": out["z"][:, 0]},
       names(results_dict), category, category_names,
       _figure(workdir, "representation"),
       f"{source}, seed {seed}: PCA of the representation under each "
