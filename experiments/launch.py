@@ -9,6 +9,7 @@ and announced as such in the first lines and in results.json.
 """
 
 import ctypes
+import errno
 import os
 import sys
 
@@ -68,18 +69,39 @@ def find_data(config, workdir: str) -> str:
   return out
 
 
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize` with the --coordinator_address,
+  --num_processes and --process_id flags (unset: detected, as on Cloud TPU,
+  Slurm or Open MPI). CPU processes exchange their collectives over gloo
+  (unless JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise); TPU and GPU
+  ignore that setting."""
+  if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                             FLAGS.process_id)
+
+
+def _os_error(e: OSError, workdir: str) -> str:
+  where = e.filename or os.path.abspath(workdir)
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return (f"{where}: no space left on device; free space and rerun the "
+            "same command: it resumes from the last checkpoint")
+  return f"{where}: {e.strerror or e}"
+
+
 def execute(argv, job) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
-  `jax.distributed.initialize()` when `config.distributed`, the data found,
-  and bad input or divergence turned into one `error:` line and an exit
-  status (2: bad data or arguments, 3: training diverged)."""
+  `initialize_distributed()` when `config.distributed`, the data found,
+  and failures a user can fix turned into one `error:` line and an exit
+  status (2: bad data, arguments or workdir, or a full disk; 3: training
+  diverged)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
   config, workdir = FLAGS.config, FLAGS.workdir
   if config.distributed:
-    jax.distributed.initialize()
+    initialize_distributed()
   try:
     # Absolute, so that config.json finds the data from anywhere.
     config.data_dir = os.path.abspath(FLAGS.data_dir or
@@ -87,6 +109,9 @@ def execute(argv, job) -> None:
     job(config, workdir)
   except INPUT_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    print(f"error: {_os_error(e, workdir)}", file=sys.stderr)
     sys.exit(2)
   except train.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
@@ -100,6 +125,12 @@ def define_flags(name: str, workdir: str) -> None:
                       "default prepared/<dataset>, else synthetic data")
   flags.DEFINE_string("workdir", workdir,
                       "output directory: checkpoints, logs, results")
+  flags.DEFINE_string("coordinator_address", None, "with --config.distributed"
+                      ": HOST:PORT of process 0 (unset: detected)")
+  flags.DEFINE_integer("num_processes", None, "with --config.distributed: "
+                       "processes of the job (unset: detected)")
+  flags.DEFINE_integer("process_id", None, "with --config.distributed: this "
+                       "process's index (unset: detected)")
   config_flags.DEFINE_config_file(
       "config", os.path.join(CONFIGS, f"{name}.py"),
       "config file (FILE or FILE:tiny); override fields with --config.x=...",

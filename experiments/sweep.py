@@ -12,6 +12,8 @@ Points: the product of the `--grid FIELD=V1,V2,...` flags (tuple values as
 to every point; the seeds of a point train together (jax.vmap). Rerunning
 the same command skips finished points and resumes unfinished ones.
 `--shard i/n` runs points i, i+n, ... so n machines can share one workdir.
+A point that fails is recorded and the others run; the sweep then exits 2
+and a rerun retries the failed points.
 Then `python -m experiments.sweep_report WORKDIR`.
 """
 
@@ -48,9 +50,21 @@ def parse_shard(text: str) -> tuple[int, int]:
   return int(index), int(count)
 
 
+def run(config, workdir: str) -> None:
+  """This shard's points; a failed point (recorded, the others run) makes
+  the sweep end with one `error:` line and exit status 2."""
+  status = sweep.run(config, workdir, points(config),
+                     parse_shard(FLAGS.shard))
+  failed = [name for name, s in status.items() if s == "failed"]
+  if failed:
+    raise validate.ConfigError(
+        "sweep", f"{len(failed)} of {len(status)} points failed "
+        f"({', '.join(failed)}; see {sweep.FAILED_FILE} in each); rerun the "
+        "command to retry them")
+
+
 def main(argv) -> None:
-  launch.execute(argv, lambda config, workdir: sweep.run(
-      config, workdir, points(config), parse_shard(FLAGS.shard)))
+  launch.execute(argv, run)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,26 @@
 many epochs (parameters and optimizer state of every seed, and each seed's
 best parameters so far by the validation headline metric), so the newest
 checkpoint is both the resume point and the best model. The manager keeps
-the latest `keep` checkpoints; the config is stored in the manager's
-metadata and beside it as `WORKDIR/config.json`.
+the latest two; the config is stored in the manager's metadata and beside
+it as `WORKDIR/config.json`.
+
+Damage: orbax writes a checkpoint into a temporary folder and renames it
+when complete (a save killed midway leaves no checkpoint, and the next
+manager removes the folder). A complete checkpoint that is damaged on disk
+later is caught by `resume`: each saves a digest of the state (the wrapping
+uint32 sum of every leaf's bits, exact in any reduction order), and a
+checkpoint that fails to restore or to match its digest is reported and
+the one before it used.
 """
 
+import errno
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -20,6 +31,7 @@ from mcur_jax import combos
 from mcur_jax import model as model_lib
 from mcur_jax import regime
 from mcur_jax import schema
+from mcur_jax import transfer
 from mcur_jax import validate
 
 
@@ -27,27 +39,101 @@ def directory(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+class CheckpointError(validate.ConfigError):
+  """No checkpoint of a workdir can be used, or one cannot be written."""
+
+
 def manager(workdir: str, config: ml_collections.ConfigDict | None = None,
-            keep: int = 1) -> ocp.CheckpointManager:
+            keep: int = 2) -> ocp.CheckpointManager:
   """The workdir's checkpoint manager; saves whenever asked (the training
-  loop decides when), keeps the latest `keep`."""
+  loop decides when), keeps the latest `keep`, and removes the temporary
+  folders of saves that never finished."""
   options = ocp.CheckpointManagerOptions(
       preservation_policy=checkpoint_managers.LatestN(keep),
-      enable_async_checkpointing=False)
+      enable_async_checkpointing=False, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       directory(workdir), options=options,
       metadata=None if config is None else config.to_dict())
 
 
+@jax.jit
+def digest(state) -> jax.Array:
+  """[leaves] uint32: per leaf, the sum of its elements' bits mod 2^32."""
+  def leaf(x):
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.sum(bits, dtype=jnp.uint32)
+  return jnp.stack([leaf(x) for x in jax.tree.leaves(state)])
+
+
+def _out_of_space(e: BaseException) -> bool:
+  while e is not None:
+    if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        or "No space left on device" in str(e)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
 def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
-  mngr.save(epoch, args=ocp.args.StandardSave(state), force=True)
-  mngr.wait_until_finished()
+  """Saves `state` and its digest as the checkpoint of `epoch`; a full disk
+  raises CheckpointError (the checkpoints before stay intact)."""
+  try:
+    mngr.save(epoch, args=ocp.args.StandardSave(
+        {"state": state, "digest": digest(state)}), force=True)
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    if not _out_of_space(e):
+      raise
+    raise CheckpointError(
+        str(mngr.directory), f"no space left on device saving epoch {epoch}"
+        "; the checkpoints before it are intact: free space and rerun the "
+        "same command to resume") from None
 
 
 def restore(mngr: ocp.CheckpointManager, epoch: int, like):
-  """The state saved after `epoch`, with the shapes and shardings of `like`."""
+  """The state saved after `epoch`, with the shapes and shardings of `like`;
+  raises ValueError if it does not match its saved digest."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  return mngr.restore(epoch, args=ocp.args.StandardRestore(abstract))
+  saved = mngr.restore(epoch, args=ocp.args.StandardRestore(
+      {"state": abstract, "digest": jax.ShapeDtypeStruct(
+          (len(jax.tree.leaves(like)),), jnp.uint32,
+          sharding=jax.tree.leaves(like)[0].sharding)}))
+  if not np.array_equal(transfer.to_host(digest(saved["state"])),
+                        transfer.to_host(saved["digest"])):
+    raise ValueError("the restored state does not match its saved digest")
+  return saved["state"]
+
+
+def resume(mngr: ocp.CheckpointManager, like, log=print):
+  """(epoch, state) of the newest checkpoint that restores intact, after
+  deleting newer damaged ones and saying so; (0, like) without checkpoints.
+
+  Raises:
+    CheckpointError: there are checkpoints and none of them restores.
+  """
+  damaged = []
+  for epoch in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state = restore(mngr, epoch, like)
+    except Exception as e:  # pylint: disable=broad-except
+      # Whatever orbax or tensorstore raise for damaged files.
+      damaged.append(f"epoch {epoch} ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+      continue
+    for step in mngr.all_steps():
+      if step > epoch:
+        mngr.delete(step)
+    if damaged:
+      log(f"WARNING: {mngr.directory}: damaged checkpoint of "
+          f"{', '.join(damaged)} deleted; resuming from the checkpoint of "
+          f"epoch {epoch}")
+    return epoch, state
+  if damaged:
+    raise CheckpointError(
+        str(mngr.directory), f"no checkpoint restores ({', '.join(damaged)})"
+        "; move the directory away to train from scratch, or restore it "
+        "from a backup")
+  return 0, like
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -86,9 +172,9 @@ def restore_for_inference(workdir: str, sharding=None):
   if epoch is None:
     mngr.close()
     raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
-  item = {"best_params": abstract}
+  item = {"state": {"best_params": abstract}}
   restored = mngr.restore(epoch, args=ocp.args.PyTreeRestore(
       item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
       partial_restore=True))
   mngr.close()
-  return graphdef, restored["best_params"], config, manifest
+  return graphdef, restored["state"]["best_params"], config, manifest

@@ -22,6 +22,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from mcur_jax import combos  # pylint: disable=wrong-import-position
 from mcur_jax import metrics  # pylint: disable=wrong-import-position
+from mcur_jax import workdir  # pylint: disable=wrong-import-position
 
 # The accuracy shown beside the headline metric of each task.
 ACCURACY = {"regression": "acc2_non0", "classification": "wa"}
@@ -54,7 +55,9 @@ def _synthetic(results: dict) -> str:
 
 
 def _save(fig, path: str) -> None:
-  fig.savefig(path, dpi=_DPI)
+  """Writes the PNG whole or not at all (a killed run leaves no half file)."""
+  with workdir.replacing(path) as tmp:
+    fig.savefig(tmp, dpi=_DPI, format="png")
   plt.close(fig)
 
 

@@ -20,6 +20,7 @@ from mcur_jax import metrics
 from mcur_jax import plots
 from mcur_jax import schema
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 
 def _clean(x):
@@ -36,33 +37,34 @@ def _clean(x):
 
 
 class MetricsLog:
-  """`metrics.jsonl`: one line per (epoch, seed). On resume after epoch
-  `start`, later lines (from an interrupted run) are dropped first, so the
-  file equals that of an uninterrupted run."""
+  """`metrics.jsonl`: one line per (epoch, seed). The file is replaced
+  whole (atomically) after every epoch, so a killed run leaves it as it was
+  after some epoch, never with a part of a line. On resume after epoch
+  `start` the lines of later epochs (logged before their checkpoint was
+  saved) are dropped, so the file equals that of an uninterrupted run."""
 
   def __init__(self, path: str, start: int, enabled: bool = True):
-    self.path, self.enabled = path, enabled
+    self.path, self.enabled, self.lines = path, enabled, []
     if not enabled:
       return
-    kept = []
     if start and os.path.exists(path):
       with open(path) as f:
-        kept = [line for line in f if json.loads(line)["epoch"] <= start]
-    with open(path, "w") as f:
-      f.writelines(kept)
+        self.lines = [line for line in f
+                      if json.loads(line)["epoch"] <= start]
+    workdir_lib.write_text(path, "".join(self.lines))
 
   def write(self, epoch, members, stats, valid, score, task):
     """One line per member: its training stats, the validation metrics of
     the combinations it serves and its selection score."""
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      for i in range(len(members)):
-        f.write(json.dumps(_clean({
-            "epoch": epoch, **members.describe(i),
-            "train": {k: v[i] for k, v in stats.items()},
-            "valid": valid[i],
-            f"valid_avg_{metrics.HEADLINE[task]}": score[i]})) + "\n")
+    self.lines += [json.dumps(_clean({
+        "epoch": epoch, **members.describe(i),
+        "train": {k: v[i] for k, v in stats.items()},
+        "valid": valid[i],
+        f"valid_avg_{metrics.HEADLINE[task]}": score[i]})) + "\n"
+                   for i in range(len(members))]
+    workdir_lib.write_text(self.path, "".join(self.lines))
 
 
 class Progress:
@@ -248,15 +250,12 @@ def combine_folds(runs: list[dict]) -> dict:
 
 
 def write_results(workdir: str, results_dict: dict) -> None:
-  """Writes results.md, then results.json atomically: the presence of
+  """Writes results.md, then results.json, each atomically: the presence of
   results.json means the run finished."""
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(markdown([(results_dict["method"], results_dict)]))
-  path = os.path.join(workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results_dict, f, indent=1)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  workdir_lib.write_text(os.path.join(workdir, "results.md"),
+                         markdown([(results_dict["method"], results_dict)]))
+  workdir_lib.write_text(os.path.join(workdir, "results.json"),
+                         json.dumps(results_dict, indent=1) + "\n")
 
 
 _SHOWN = {"regression": ("f1_non0", "acc2_non0", "mae", "corr", "acc7"),

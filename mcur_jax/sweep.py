@@ -11,6 +11,11 @@ one resumes from its checkpoints (`train.train_and_evaluate` does that). So
 rerunning the same command after a crash or a preempted VM completes the
 sweep with the results an uninterrupted one would have had.
 
+A point whose run fails for a reason of its own (`train.RUN_FAILURES`: a
+config value that cannot run, bad data, divergence, a busy workdir) is
+recorded in `WORKDIR/<point>/failed.json` with its error and the sweep goes
+on; the report lists it, and a rerun retries it.
+
 Many machines: `shard=(i, n)` makes a process take points i, i+n, i+2n, ...
 of the sweep's fixed order, so n machines sharing one workdir (a mounted
 bucket or NFS) run disjoint slices without any scheduler.
@@ -30,8 +35,10 @@ import numpy as np
 
 from mcur_jax import train
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 SWEEP_FILE = "sweep.json"
+FAILED_FILE = "failed.json"
 
 
 def product(**fields: Sequence[Any]) -> list[dict[str, Any]]:
@@ -132,7 +139,8 @@ def _finished(out: str) -> bool:
 def run(base: ml_collections.ConfigDict, workdir: str,
         points: list[dict[str, Any]], shard: tuple[int, int] = (0, 1),
         log=print) -> dict[str, str]:
-  """Trains this shard's points; returns {name: "done" | "skipped"}.
+  """Trains this shard's points; returns {name: "done" | "skipped" |
+  "failed"}.
 
   Names must be unique (two points with the same overrides are one point).
   """
@@ -150,6 +158,18 @@ def run(base: ml_collections.ConfigDict, workdir: str,
       status[name] = "skipped"
       continue
     log(f"[{k + 1}/{len(mine)}] {name}")
-    train.train_and_evaluate(point_config(base, point), out)
+    failed = os.path.join(out, FAILED_FILE)
+    try:
+      train.train_and_evaluate(point_config(base, point), out)
+    except train.RUN_FAILURES as e:
+      log(f"[{k + 1}/{len(mine)}] {name}: FAILED: {e}")
+      if jax.process_index() == 0:
+        os.makedirs(out, exist_ok=True)
+        workdir_lib.write_json(failed, {"error": str(e),
+                                        "type": type(e).__name__})
+      status[name] = "failed"
+      continue
+    if jax.process_index() == 0 and os.path.exists(failed):
+      os.remove(failed)
     status[name] = "done"
   return status

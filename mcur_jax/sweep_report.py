@@ -7,7 +7,7 @@ point's `results.json` and writes:
   the validation headline metric averaged over the 7 combinations (mean and
   std over seeds and folds) of the selected models, then the test metrics
   (Avg and each combination). Rows are sorted by the validation metric, never
-  by test; unfinished points are listed last.
+  by test; unfinished points are listed last, failed ones with their error.
 * `sweep_report.png`: the validation (and, for information, test) metric
   against each swept field, with error bars over seeds.
 * `results.md`: the paper-style tables of `report.markdown` with a row per
@@ -54,6 +54,10 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
           runs=len(results["test"]["avg"][key]["per_run"]),
           **{f"test_{c}": results["test"][c][key]["mean"]
              for c in report.names(results)})
+    failed = os.path.join(workdir, point["name"], sweep.FAILED_FILE)
+    if "valid" not in row and os.path.exists(failed):
+      with open(failed) as f:
+        row["failed"] = json.load(f)["error"]
     rows.append(row)
   finished = [r for r in rows if "valid" in r]
   finished.sort(key=lambda r: -(r["valid"] if r["valid"] is not None
@@ -83,7 +87,9 @@ def markdown(fields: list[str], rows: list[dict]) -> str:
            "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
   for rank, r in enumerate(rows, 1):
     if "valid" not in r:
-      cells = ["-", *(str(r[f]) for f in fields), "unfinished", "",
+      state = (f"FAILED: {r['failed']}".replace("|", "/") if "failed" in r
+               else "unfinished")
+      cells = ["-", *(str(r[f]) for f in fields), state, "",
                *[""] * len(names)]
     else:
       cells = [str(rank), *(str(r[f]) for f in fields),
@@ -95,7 +101,7 @@ def markdown(fields: list[str], rows: list[dict]) -> str:
 
 def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
   columns = ["name", *fields, "valid", "valid_std", "test", "test_std",
-             "runs", *(f"test_{c}" for c in _combinations(rows))]
+             "runs", *(f"test_{c}" for c in _combinations(rows)), "failed"]
   with open(path, "w", newline="") as f:
     w = csv.DictWriter(f, columns, extrasaction="ignore")
     w.writeheader()

@@ -53,8 +53,10 @@ from mcur_jax import model as model_lib
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
+from mcur_jax import tfrecord
 from mcur_jax import transfer
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 # Trace counts of the compiled functions ("train_epoch", "evaluate"): each
 # must be 1 per run whatever the combinations, epochs or seeds.
@@ -63,6 +65,13 @@ COMPILES = collections.Counter()
 
 class TrainingDiverged(RuntimeError):
   """A training loss became NaN or inf; the last good checkpoint is kept."""
+
+
+# The failures of one run that are its own (its config, its data, its
+# workdir, its divergence), as opposed to bugs: the entry points report
+# them in one line, and a sweep records them and goes on to its next point.
+RUN_FAILURES = (validate.ConfigError, schema.DataError,
+                tfrecord.CorruptRecordError, TrainingDiverged)
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
@@ -246,25 +255,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Raises:
     TrainingDiverged: a loss became NaN/inf (the last good checkpoint and
       the logs stay).
-    validate.ConfigError: a config value that cannot run.
+    validate.ConfigError: a config value that cannot run, a config or data
+      that differ from those of the checkpoints it would resume
+      (`workdir.check_resume`), a workdir another run holds
+      (`workdir.WorkdirBusy`), checkpoints that are all damaged or a disk
+      too full to save one (`checkpoint.CheckpointError`).
     schema.DataError, tfrecord.CorruptRecordError: bad prepared data.
   """
-  manifest = schema.Manifest.load(config.data_dir)
-  if not (manifest.folds and not config.fold):
-    return _train_fold(config, workdir)
-  runs = []
-  for fold in manifest.folds["values"]:
-    fold_config = ml_collections.ConfigDict(config.to_dict())
-    fold_config.fold = fold
-    runs.append(_train_fold(fold_config, os.path.join(workdir,
-                                                      f"fold{fold}")))
-  results = report.combine_folds(runs)
-  if jax.process_index() == 0:
-    report.write_results(workdir, results)
-    if config.plots:
-      report.write_summary_figures(workdir, results)
-    print(report.table(results))
-  return results
+  with workdir_lib.lock(workdir):
+    manifest = schema.Manifest.load(config.data_dir)
+    if not (manifest.folds and not config.fold):
+      return _train_fold(config, workdir)
+    runs = []
+    for fold in manifest.folds["values"]:
+      fold_config = ml_collections.ConfigDict(config.to_dict())
+      fold_config.fold = fold
+      runs.append(_train_fold(fold_config, os.path.join(workdir,
+                                                        f"fold{fold}")))
+    results = report.combine_folds(runs)
+    if jax.process_index() == 0:
+      report.write_results(workdir, results)
+      if config.plots:
+        report.write_summary_figures(workdir, results)
+      print(report.table(results))
+    return results
 
 
 def _train_fold(config, workdir: str) -> dict:
@@ -346,21 +360,26 @@ def fit(run: Run) -> dict:
   state. Checkpoints every `checkpoint_every` epochs and after the last."""
   config, workdir, state = run.config, run.workdir, run.state
   dataset, members = run.dataset, run.members
+  say = print if run.main_process else lambda *_: None
   mngr = checkpoint.manager(workdir, config)
-  start = mngr.latest_step() or 0
-  if start:
-    state = checkpoint.restore(mngr, start, state)
+  try:
+    if mngr.all_steps():
+      workdir_lib.check_resume(workdir, config)
+    start, state = checkpoint.resume(mngr, state, log=say)
+  except BaseException:
+    mngr.close()
+    raise
+  workdir_lib.record_start(workdir, config)
   log = report.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
                           enabled=run.main_process)
-  if run.main_process:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
-    print(f"{dataset.manifest.dataset}: train {len(dataset.train)}, valid "
-          f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
-          f"{config.data_dir} ({dataset.manifest.format}); seeds "
-          f"{list(config.seeds)}, {config.regime} regime ({len(members)} "
-          f"models); {run.mesh.devices.size} device(s); "
-          + (f"resuming after epoch {start}" if start else "from scratch"))
+  say(f"{dataset.manifest.dataset}: train {len(dataset.train)}, valid "
+      f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
+      f"{config.data_dir} ({dataset.manifest.format}); seeds "
+      f"{list(config.seeds)}, {config.regime} regime ({len(members)} "
+      f"models); {run.mesh.devices.size} device(s)"
+      + (f" in {jax.process_count()} processes"
+         if jax.process_count() > 1 else "") + "; "
+      + (f"resuming after epoch {start}" if start else "from scratch"))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
   progress = report.Progress(config.num_epochs, start,

@@ -54,7 +54,7 @@ def final_params(workdir) -> dict:
     state = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore())
   finally:
     mngr.close()
-  return jax.device_get(state)
+  return jax.device_get(state["state"])
 
 
 # Members and routing

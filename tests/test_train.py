@@ -1,22 +1,17 @@
 """End-to-end tests of mcur_jax.train and the entry points on small synthetic data.
 
 Every run uses the `tiny` config on 8 fake CPU devices unless a test says
-otherwise. The module keeps a persistent XLA compilation cache, so runs of a
-config compiled before (the resumed run, the CLI runs, the single IEMOCAP
-fold) load their executables instead of compiling them again; traces, which
-`train.COMPILES` counts, are unaffected.
+otherwise. The module keeps a persistent XLA compilation cache (`runs.xla_cache`), so
+runs of a config compiled before (the resumed run, the CLI runs, the single
+IEMOCAP fold) load their executables instead of compiling them again.
 """
 
 import dataclasses
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import chex
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -41,22 +36,18 @@ from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
+from tests import runs
+from tests.runs import xla_cache  # pylint: disable=unused-import
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
+MOSI_CONFIG = runs.MOSI_CONFIG
 # Metrics that are fractions (all but MAE and the correlations).
 FRACTIONS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7",
              "wa", "ua", "wf1", "mf1", "ece", "sel_acc_80", "sel_acc_50"}
-# Metrics that are smooth functions of the predictions: equal runs agree on
-# them to the rounding of the predictions (1e-6). Every other metric counts
-# decisions at a threshold (the sign, the argmax, a confidence bin) or ranks
-# near-equal values (s, |error|): a 1e-7 rounding difference can flip one
-# sample's decision or swap two neighbours in a ranking.
-CONTINUOUS = {"mae", "corr", "mae_non0", "corr_non0"}
 REGRESSION_METRICS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "mae",
                       "corr", "acc7", "mae_non0", "corr_non0", "ece",
                       "sel_acc_80", "sel_acc_50", "s_err_spearman"}
-ALL_COMBOS = set(combos.NAMES) | {"avg"}
+ALL_COMBOS = runs.ALL_COMBOS
+pytestmark = pytest.mark.usefixtures("xla_cache")
 # The model's forward pass, compiled once per input shape.
 predict = jax.jit(model.apply, static_argnums=0)
 
@@ -82,22 +73,6 @@ def predict_in_windows(graphdef, params, split, mask, window: int) -> dict:
       for k in out:
         out[k][part[mine]] = np.asarray(found[k])[mine]
   return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def xla_cache(tmp_path_factory):
-  """A persistent compilation cache for this module (and its subprocesses)."""
-  path = str(tmp_path_factory.mktemp("xla-cache"))
-  names = ("jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs")
-  before = {name: getattr(jax.config, name) for name in names}
-  jax.config.update(names[0], path)
-  jax.config.update(names[1], 0)
-  compilation_cache.reset_cache()
-  yield path
-  for name, value in before.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +108,8 @@ def saved_state(workdir) -> dict:
   mngr = checkpoint.manager(str(workdir))
   try:
     return jax.device_get(mngr.restore(mngr.latest_step(),
-                                       args=ocp.args.StandardRestore()))
+                                       args=ocp.args.StandardRestore()
+                                       )["state"])
   finally:
     mngr.close()
 
@@ -149,42 +125,6 @@ def checkpoint_steps(workdir) -> list[int]:
 def metric_lines(workdir) -> list[dict]:
   with open(workdir / "metrics.jsonl") as f:
     return [json.loads(line) for line in f]
-
-
-def run_metrics(results: dict, split: str, i: int) -> dict:
-  """{combo: {metric: value}} of run i of a results dict."""
-  return {c: {k: v["per_run"][i] for k, v in results[split][c].items()}
-          for c in ALL_COMBOS}
-
-
-def assert_metrics_close(got: dict, want: dict, n: int) -> None:
-  """Metrics of two runs equal up to float rounding of their predictions,
-  over a split of n utterances: CONTINUOUS metrics to 1e-6; a threshold
-  metric to 2.5 / n (one sample's decision flipping moves an accuracy by
-  1 / n and a weighted F1 by about 2 / n); a rank statistic to 1e-3 (one
-  swap of neighbours moves Spearman by 12 / (n (n^2 - 1)), 1e-5 at n =
-  100: this allows many)."""
-  assert got.keys() == want.keys()
-  for c in want:
-    assert got[c].keys() == want[c].keys()
-    for k in want[c]:
-      atol = (1e-6 if k in CONTINUOUS else 1e-3 if k == "s_err_spearman"
-              else 2.5 / n)
-      assert got[c][k] == pytest.approx(want[c][k], rel=0, abs=atol), (c, k)
-
-
-def cli(*args, cwd=ROOT, dataset="mosi"):
-  """Runs `python -m experiments.<dataset> ARGS` with this module's cache."""
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.
-         jax_compilation_cache_dir,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  return subprocess.run([sys.executable, "-m", f"experiments.{dataset}",
-                         *map(str, args)], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
-
-
-def error_lines(stderr: str) -> list[str]:
-  return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 # Compilation
@@ -224,8 +164,8 @@ def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
   dataset = data.load(mosi_dir)
   for split in ("valid", "test"):
     for i in range(2):
-      assert_metrics_close(run_metrics(single, split, i),
-                           run_metrics(results, split, i),
+      runs.assert_metrics_close(runs.run_metrics(single, split, i),
+                           runs.run_metrics(results, split, i),
                            len(getattr(dataset, split)))
 
 
@@ -283,8 +223,8 @@ def test_vmapped_seed_equals_seed_alone(baseline, mosi_dir, tmp_path):
   assert one["best_epoch"][0] == both["best_epoch"][1]
   dataset = data.load(mosi_dir)
   for split in ("valid", "test"):
-    assert_metrics_close(run_metrics(alone, split, 0),
-                         run_metrics(results, split, 1),
+    runs.assert_metrics_close(runs.run_metrics(alone, split, 0),
+                         runs.run_metrics(results, split, 1),
                          len(getattr(dataset, split)))
 
 
@@ -320,7 +260,7 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
 
   resumed = run(mosi_dir, tmp_path)
   assert "resuming after epoch 1" in capsys.readouterr().out
-  assert checkpoint_steps(tmp_path) == [3]
+  assert checkpoint_steps(tmp_path) == [2, 3]
   assert ((tmp_path / "metrics.jsonl").read_text()
           == (workdir / "metrics.jsonl").read_text())
   chex.assert_trees_all_equal(saved_state(tmp_path), saved_state(workdir))
@@ -372,10 +312,10 @@ def test_nan_loss_before_any_checkpoint_says_so(mosi_dir, tmp_path):
 def test_cli_nan_loss_exits_3(mosi_dir, tmp_path):
   """Through the CLI a diverged run exits with status 3 and one `error:`
   line, no traceback."""
-  result = cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
+  result = runs.cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
                f"{MOSI_CONFIG}:tiny", "--config.sugr_s_max=nan")
   assert result.returncode == 3, result.stderr
-  [line] = error_lines(result.stderr)
+  [line] = runs.error_lines(result.stderr)
   assert line.startswith("error: epoch 2: training loss is NaN/inf")
   assert "Traceback" not in result.stderr
   assert checkpoint_steps(tmp_path) == [1]
@@ -610,7 +550,7 @@ def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
   got = metrics.compute(manifest.task, out["pred"], test.label, out["s"],
                         config.task_loss)
   want = {k: v["per_run"][0] for k, v in results["test"]["atv"].items()}
-  assert_metrics_close({"atv": got}, {"atv": want}, len(test))
+  runs.assert_metrics_close({"atv": got}, {"atv": want}, len(test))
 
 
 # Entry points
@@ -621,7 +561,7 @@ def test_cli_trains_and_prints_table(baseline, mosi_dir, tmp_path):
   """`python -m experiments.mosi --data_dir ... --config ...:tiny` exits 0,
   prints the test table and writes the results of the same in-process run."""
   _, results, _ = baseline
-  result = cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
+  result = runs.cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
                f"{MOSI_CONFIG}:tiny", "--config.seeds=0,1")
   assert result.returncode == 0, result.stderr
   assert report.table(results) in result.stdout
@@ -633,7 +573,7 @@ def test_cli_without_data_uses_synthetic_and_says_so(tmp_path):
   """Without --data_dir and without prepared/mosi in the working directory
   the CLI trains on generated MOSI-like data and says so in its first line
   and in results.json."""
-  result = cli("--workdir", "run", "--config", f"{MOSI_CONFIG}:tiny",
+  result = runs.cli("--workdir", "run", "--config", f"{MOSI_CONFIG}:tiny",
                "--config.seeds=0", "--config.num_epochs=1", cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   first = result.stdout.splitlines()[0]
@@ -649,9 +589,9 @@ def test_cli_missing_data_dir_exits_2(tmp_path):
   """A --data_dir that is not a prepared directory: status 2 and one
   `error:` line naming its manifest.json."""
   missing = tmp_path / "missing"
-  result = cli("--data_dir", missing, "--workdir", tmp_path / "run")
+  result = runs.cli("--data_dir", missing, "--workdir", tmp_path / "run")
   assert result.returncode == 2, result.stderr
-  [line] = error_lines(result.stderr)
+  [line] = runs.error_lines(result.stderr)
   assert line.startswith(f"error: {missing / schema.MANIFEST}: ")
   assert "Traceback" not in result.stderr
 
@@ -706,8 +646,8 @@ def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
   results = iemocap(iemocap_dir, tmp_path, fold=2)
   assert results["fold"] == 2
   assert sorted(os.listdir(tmp_path)) == [
-      "checkpoints", "config.json", "figures", "metrics.jsonl", "results.json",
-      "results.md"]
+      ".lock", "checkpoints", "config.json", "data.json", "figures",
+      "metrics.jsonl", "results.json", "results.md"]
   fold2 = json.loads((workdir / "fold2" / "results.json").read_text())
   assert results["test"] == fold2["test"]
 

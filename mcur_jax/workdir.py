@@ -1,0 +1,194 @@
+"""What guards a run's workdir: one run at a time, resume only what was
+started, and files that are whole or absent.
+
+* `lock(workdir)`: an exclusive `fcntl.flock` on `WORKDIR/.lock`, held by
+  process 0 for the whole run. The kernel drops it when the process dies,
+  SIGKILL included, so a killed run never leaves it stuck; a second run on
+  the same workdir is refused at start (`WorkdirBusy`). flock is reliable
+  on local disks; on NFS it depends on the mount (see the README).
+* `check_resume(workdir, config, data_sha256)`: a run that resumes from
+  checkpoints must have the config and the prepared data it started with,
+  except the fields of `SAFE_ON_RESUME`; anything else is refused
+  (`validate.ConfigError` naming every differing field).
+* `write_text(path, text)`: written to a hidden temporary file beside
+  `path`, then renamed over it, so a run killed while writing leaves the
+  old file or the new one, never half of one.
+
+Multi-process: process 0 alone writes files and holds the lock; decisions
+that would differ if processes read the disk at different moments are
+process 0's, broadcast (`agree`).
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from mcur_jax import schema
+from mcur_jax import validate
+
+LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
+# sha256 of the prepared data's manifest.json at the run's start.
+DATA_FILE = "data.json"
+
+# Config fields a resumed run may change, and why each is safe: none of
+# them changes a training step, so the resumed run trains exactly as the
+# interrupted one would have.
+SAFE_ON_RESUME = {
+    "plots": "figures are written after training",
+    "eval_batch_size": "evaluation chunking (predictions are per utterance)",
+    "checkpoint_every": "when the state is saved, not what it is",
+    "num_devices": "data parallelism (equal within float rounding)",
+    "distributed": "how the processes find each other",
+    "data_dir": "the data may move; its manifest checksum must not change",
+    "missing_rates": "the missing-rate protocol runs after training",
+    "missing_rate_draws": "the missing-rate protocol runs after training",
+    "missing_rate_seed": "the missing-rate protocol runs after training",
+}
+
+
+class WorkdirBusy(validate.ConfigError):
+  """Another live run holds the workdir's lock."""
+
+
+def agree(value: bool) -> bool:
+  """Process 0's `value` on every process (itself with one process)."""
+  if jax.process_count() == 1:
+    return value
+  return bool(multihost_utils.broadcast_one_to_all(np.array(value)))
+
+
+@contextlib.contextmanager
+def replacing(path: str):
+  """Yields a hidden temporary path beside `path` to write; renames it over
+  `path` when the block ends normally, removes it otherwise."""
+  folder, name = os.path.split(path)
+  tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  """Replaces `path` with `text` atomically (see the module docstring)."""
+  with replacing(path) as tmp, open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def write_json(path: str, value) -> None:
+  write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def _holder(workdir: str) -> str:
+  """Who holds the lock, as its holder wrote it ("pid P on HOST")."""
+  try:
+    with open(os.path.join(workdir, LOCK_FILE)) as f:
+      return f.read().strip() or "another process"
+  except OSError:
+    return "another process"
+
+
+def _remove_temporaries(workdir: str) -> None:
+  """Removes what `replacing` left from runs killed while writing (checkpoint
+  folders are orbax's to clean)."""
+  for folder, subfolders, files in os.walk(workdir):
+    if "checkpoints" in subfolders:
+      subfolders.remove("checkpoints")
+    for name in files:
+      if name.startswith(".") and name.endswith(".tmp"):
+        os.remove(os.path.join(folder, name))
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds `WORKDIR/.lock` for the block (process 0 takes it, every
+  process learns the outcome); raises WorkdirBusy if a live run has it."""
+  os.makedirs(workdir, exist_ok=True)
+  handle = None
+  if jax.process_index() == 0:
+    handle = open(os.path.join(workdir, LOCK_FILE), "a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.close()
+      handle = None
+  if not agree(handle is not None):
+    raise WorkdirBusy(os.path.abspath(workdir),
+                      f"in use by a running job ({_holder(workdir)}); wait "
+                      "for it to end or use another --workdir")
+  try:
+    if handle is not None:
+      _remove_temporaries(workdir)
+      handle.seek(0)
+      handle.truncate()
+      handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+      handle.flush()
+    yield
+  finally:
+    if handle is not None:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+      handle.close()
+
+
+def data_sha256(data_dir: str) -> str:
+  """sha256 of the prepared directory's manifest.json, which records every
+  shard's utterance count and the converted sources' checksums."""
+  with open(os.path.join(data_dir, schema.MANIFEST), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def record_start(workdir: str, config) -> None:
+  """Writes what `check_resume` compares against (process 0): the config
+  and the data checksum."""
+  if jax.process_index() != 0:
+    return
+  write_text(os.path.join(workdir, CONFIG_FILE),
+             config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
+  write_json(os.path.join(workdir, DATA_FILE),
+             {"data_dir": config.data_dir,
+              "manifest_sha256": data_sha256(config.data_dir)})
+
+
+def check_resume(workdir: str, config) -> None:
+  """Raises ConfigError if `config` or its data differ from the run that
+  wrote the workdir's checkpoints (fields of SAFE_ON_RESUME excepted)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      before = json.load(f)
+  except (OSError, ValueError) as e:
+    raise validate.ConfigError(
+        path, f"unreadable ({e}); cannot check that resuming the checkpoints"
+        f" in {workdir} is safe: remove the workdir to start over") from None
+  now = json.loads(config.to_json_best_effort())
+  differ = sorted(k for k in set(before) | set(now)
+                  if k not in SAFE_ON_RESUME and before.get(k) != now.get(k))
+  if differ:
+    changes = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+                        for k in differ)
+    raise validate.ConfigError(
+        f"config ({', '.join(differ)})",
+        f"differs from the run whose checkpoints are in {workdir} ({changes})"
+        "; resume with the same config, or use a new --workdir")
+  data = os.path.join(workdir, DATA_FILE)
+  if os.path.exists(data):
+    with open(data) as f:
+      recorded = json.load(f)["manifest_sha256"]
+    if recorded != data_sha256(config.data_dir):
+      raise validate.ConfigError(
+          os.path.join(config.data_dir, schema.MANIFEST),
+          f"the prepared data changed since the run in {workdir} started "
+          "(manifest sha256 differs); resume on the same data, or use a new "
+          "--workdir")

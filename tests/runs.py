@@ -1,0 +1,119 @@
+"""What the tests that run whole trainings share: the compilation cache,
+the command line, and a topology-independent view of checkpoints."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import orbax.checkpoint as ocp
+import pytest
+
+from mcur_jax import combos
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
+ALL_COMBOS = set(combos.NAMES) | {"avg"}
+# Metrics that are smooth functions of the predictions: equal runs agree on
+# them to the rounding of the predictions (1e-6). Every other metric counts
+# decisions at a threshold (the sign, the argmax, a confidence bin) or ranks
+# near-equal values (s, |error|): a 1e-7 rounding difference can flip one
+# sample's decision or swap two neighbours in a ranking.
+CONTINUOUS = {"mae", "corr", "mae_non0", "corr_non0"}
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+  """A persistent compilation cache for a module (and its subprocesses):
+  runs of a config compiled before load their executables instead of
+  compiling them again; traces, which `train.COMPILES` counts, are
+  unaffected. Modules use it with `pytestmark`."""
+  path = str(tmp_path_factory.mktemp("xla-cache"))
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs")
+  before = {name: getattr(jax.config, name) for name in names}
+  jax.config.update(names[0], path)
+  jax.config.update(names[1], 0)
+  compilation_cache.reset_cache()
+  yield path
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def environment(**extra) -> dict:
+  """os.environ with this module's compilation cache (and `extra`)."""
+  return {**os.environ,
+          "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}
+
+
+def cli(*args, cwd=ROOT, dataset="mosi", fault=None, env=None,
+        timeout=300) -> subprocess.CompletedProcess:
+  """Runs `python -m experiments.<dataset> ARGS`, with `fault` injected
+  (`tests/faults.py`) when given."""
+  command = [sys.executable, "-m"] + (
+      ["tests.faults", fault] if fault else []) + [f"experiments.{dataset}"]
+  return subprocess.run([*command, *map(str, args)], cwd=cwd,
+                        env=env or environment(), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def steps(workdir) -> list[int]:
+  """The epochs of a run's finished checkpoints."""
+  folder = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def restored_state(workdir, epoch: int | None = None) -> dict:
+  """A checkpoint's training state as NumPy (default the newest), read onto
+  one local device whatever devices and processes saved it."""
+  epoch = steps(workdir)[-1] if epoch is None else epoch
+  path = pathlib.Path(workdir) / "checkpoints" / str(epoch) / "default"
+  with ocp.StandardCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(path).item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        tree)
+    return jax.device_get(checkpointer.restore(path, target)["state"])
+
+
+def results_without_timing(workdir) -> dict:
+  """results.json less what describes the process rather than the run:
+  wall seconds, and trace counts (a rerun that only evaluates traces no
+  epoch)."""
+  with open(pathlib.Path(workdir) / "results.json") as f:
+    results = json.load(f)
+  for key in ("seconds", "compiles"):
+    results.pop(key, None)
+  return results
+
+
+def run_metrics(results: dict, split: str, i: int) -> dict:
+  """{combo: {metric: value}} of run i of a results dict."""
+  return {c: {k: v["per_run"][i] for k, v in results[split][c].items()}
+          for c in ALL_COMBOS}
+
+
+def assert_metrics_close(got: dict, want: dict, n: int) -> None:
+  """Metrics of two runs equal up to float rounding of their predictions,
+  over a split of n utterances: CONTINUOUS metrics to 1e-6; a threshold
+  metric to 2.5 / n (one sample's decision flipping moves an accuracy by
+  1 / n and a weighted F1 by about 2 / n); a rank statistic to 1e-3 (one
+  swap of neighbours moves Spearman by 12 / (n (n^2 - 1)), 1e-5 at n =
+  100: this allows many)."""
+  assert got.keys() == want.keys()
+  for c in want:
+    assert got[c].keys() == want[c].keys()
+    for k in want[c]:
+      atol = (1e-6 if k in CONTINUOUS else 1e-3 if k == "s_err_spearman"
+              else 2.5 / n)
+      assert got[c][k] == pytest.approx(want[c][k], rel=0, abs=atol), (c, k)

@@ -1,0 +1,274 @@
+"""The fault matrix: every way a run can be hurt, through the command line.
+
+Each fault is injected into a real `python -m experiments.mosi` process
+(`tests/faults.py`); then the same command is run again, as a user or a
+restarted VM would, and must end as the uninterrupted run did: the same
+training state bit for bit, the same metrics.jsonl, the same results
+(`runs.results_without_timing`). Files are never half-written: results.json
+and results.md are whole or absent, metrics.jsonl lines all parse, and no
+figure is a fragment.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import pytest
+
+from data_prep import synthetic
+from data_prep import writer
+from experiments.configs import mosi as mosi_config
+from mcur_jax import sweep
+from mcur_jax import sweep_report
+from mcur_jax import train
+from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
+from tests import runs
+from tests.runs import xla_cache  # pylint: disable=unused-import
+
+pytestmark = pytest.mark.usefixtures("xla_cache")
+KILLED = -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def mosi_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("data") / "mosi"
+  writer.write(synthetic.generate("mosi", 0, 0.1), out)
+  return out
+
+
+def args(data_dir, workdir, *extra):
+  """The tiny config, seeds 0 and 1, 3 epochs, on 8 devices."""
+  return ("--data_dir", data_dir, "--workdir", workdir, "--config",
+          f"{runs.MOSI_CONFIG}:tiny", "--config.missing_rate_draws=1",
+          *extra)
+
+
+@pytest.fixture(scope="module")
+def reference(mosi_dir, tmp_path_factory):
+  """The uninterrupted run's workdir."""
+  workdir = tmp_path_factory.mktemp("reference")
+  result = runs.cli(*args(mosi_dir, workdir))
+  assert result.returncode == 0, result.stderr
+  return workdir
+
+
+def assert_whole_files(workdir) -> None:
+  """What a killed run leaves is whole: results.json parses (or is
+  absent), every metrics.jsonl line parses and no (epoch, seed) is logged
+  twice, and every PNG is complete. (results.md is written whole by the
+  same atomic rename; its content is compared after the rerun.)"""
+  results = workdir / "results.json"
+  if results.exists():
+    json.loads(results.read_text())
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  keys = [(line["epoch"], line["seed"]) for line in map(json.loads, lines)]
+  assert len(keys) == len(set(keys))
+  for png in (workdir / "figures").glob("*.png"):
+    assert png.read_bytes().endswith(b"IEND\xaeB`\x82"), png
+
+
+def assert_same_run(workdir, reference) -> None:
+  """A workdir ends as the uninterrupted run's: state, log, results."""
+  assert runs.steps(workdir) == runs.steps(reference)
+  chex.assert_trees_all_equal(runs.restored_state(workdir),
+                              runs.restored_state(reference))
+  assert ((workdir / "metrics.jsonl").read_text()
+          == (reference / "metrics.jsonl").read_text())
+  assert (runs.results_without_timing(workdir)
+          == runs.results_without_timing(reference))
+  assert ((workdir / "results.md").read_text()
+          == (reference / "results.md").read_text())
+  assert (sorted(p.name for p in (workdir / "figures").iterdir())
+          == sorted(p.name for p in (reference / "figures").iterdir()))
+
+
+@pytest.mark.parametrize("fault", ["epoch:2", "metrics:3", "save:2",
+                                   "test_eval", "figures", "results"])
+def test_killed_run_reruns_to_the_uninterrupted_result(
+    fault, mosi_dir, reference, tmp_path):
+  """SIGKILL during an epoch, while logging, during a checkpoint save,
+  during the final test evaluation, while writing a figure or publishing
+  results.json: the files left are whole, and rerunning the command ends
+  bit-identical to the uninterrupted run."""
+  killed = runs.cli(*args(mosi_dir, tmp_path), fault=fault)
+  assert killed.returncode == KILLED, killed.stderr
+  assert_whole_files(tmp_path)
+  if fault in ("epoch:2", "metrics:3", "save:2"):
+    assert runs.steps(tmp_path) == [1]
+    assert not (tmp_path / "results.json").exists()
+  rerun = runs.cli(*args(mosi_dir, tmp_path))
+  assert rerun.returncode == 0, rerun.stderr
+  assert not list(tmp_path.rglob(".*.tmp"))
+  assert_same_run(tmp_path, reference)
+
+
+def copy_run(reference, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  return workdir
+
+
+def damage(workdir, epoch: int, how: str) -> None:
+  """Truncates to half, or flips bytes in the middle of, every file of a
+  checkpoint larger than 1 kB (the array data)."""
+  folder = workdir / "checkpoints" / str(epoch)
+  files = [p for p in folder.rglob("*") if p.is_file()
+           and p.stat().st_size > 1024]
+  assert files
+  for path in files:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+      data = data[:len(data) // 2]
+    else:
+      middle = len(data) // 2
+      data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(
+    how, mosi_dir, reference, tmp_path):
+  """A truncated or corrupted newest checkpoint is named, deleted, and the
+  run resumes from the one before it, ending as the uninterrupted run."""
+  workdir = copy_run(reference, tmp_path)
+  damage(workdir, 3, how)
+  (workdir / "results.json").unlink()
+  result = runs.cli(*args(mosi_dir, workdir))
+  assert result.returncode == 0, result.stderr
+  assert ("damaged checkpoint of epoch 3 (" in result.stdout
+          and "resuming from the checkpoint of epoch 2" in result.stdout)
+  assert "Traceback" not in result.stderr
+  assert_same_run(workdir, reference)
+
+
+def test_no_good_checkpoint_exits_2_naming_the_directory(
+    mosi_dir, reference, tmp_path):
+  """With every checkpoint damaged: exit 2, one line naming the checkpoint
+  directory, both epochs and what to do; no traceback."""
+  workdir = copy_run(reference, tmp_path)
+  damage(workdir, 3, "truncate")
+  damage(workdir, 2, "flip")
+  result = runs.cli(*args(mosi_dir, workdir))
+  assert result.returncode == 2, result.stderr
+  [line] = runs.error_lines(result.stderr)
+  assert line.startswith(f"error: {workdir / 'checkpoints'}: no checkpoint "
+                         "restores (epoch 3 (")
+  assert "epoch 2 (" in line and "move the directory away" in line
+  assert "Traceback" not in result.stderr
+
+
+def test_resume_with_another_config_or_data_is_refused(
+    mosi_dir, reference, tmp_path):
+  """A changed model size, loss switch or seed list, or changed prepared
+  data, is refused with exit 2 naming every differing field; fields of
+  workdir.SAFE_ON_RESUME may change."""
+  workdir = copy_run(reference, tmp_path)
+  result = runs.cli(*args(mosi_dir, workdir, "--config.hidden_dim=64",
+                          "--config.sugr=False", "--config.seeds=0"))
+  assert result.returncode == 2, result.stderr
+  [line] = runs.error_lines(result.stderr)
+  assert line.startswith("error: config (hidden_dim, seeds, sugr): differs "
+                         f"from the run whose checkpoints are in {workdir}")
+  assert "hidden_dim: 32 -> 64" in line
+
+  other = tmp_path / "other"
+  writer.write(synthetic.generate("mosi", 1, 0.1), other)
+  config = runs_config(other)
+  with pytest.raises(validate.ConfigError, match="prepared data changed"):
+    train.train_and_evaluate(config, str(workdir))
+
+  safe = runs.cli(*args(mosi_dir, workdir, "--config.plots=False",
+                        "--config.eval_batch_size=128"))
+  assert safe.returncode == 0, safe.stderr
+  assert set(workdir_lib.SAFE_ON_RESUME) >= {"plots", "eval_batch_size"}
+
+
+def runs_config(data_dir):
+  """The config `args` gives, for in-process runs."""
+  config = mosi_config.get_config("tiny")
+  config.data_dir = str(data_dir)
+  config.missing_rate_draws = 1
+  return config
+
+
+def test_second_run_on_a_busy_workdir_is_refused_and_a_killed_one_frees_it(
+    mosi_dir, tmp_path):
+  """While a run is alive its workdir is locked: a second run exits 2 at
+  start naming the holder. SIGKILL the first and the lock is free."""
+  ready = tmp_path / "holding"
+  workdir = tmp_path / "run"
+  first = subprocess.Popen(
+      [sys.executable, "-m", "tests.faults", f"hold:{ready}",
+       "experiments.mosi", *map(str, args(mosi_dir, workdir))],
+      cwd=runs.ROOT, env=runs.environment(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 240
+    while not ready.exists():
+      assert first.poll() is None and time.time() < deadline
+      time.sleep(0.1)
+    second = runs.cli(*args(mosi_dir, workdir))
+    assert second.returncode == 2, second.stderr
+    [line] = runs.error_lines(second.stderr)
+    assert line.startswith(f"error: {workdir}: in use by a running job "
+                           f"(pid {first.pid} on ")
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  with workdir_lib.lock(str(workdir)):
+    pass
+
+
+@pytest.mark.parametrize("fault", ["enospc_save:2", "enospc_results"])
+def test_full_disk_is_one_line_and_the_rerun_resumes(
+    fault, mosi_dir, reference, tmp_path):
+  """ENOSPC while saving a checkpoint or writing results.json: exit 2 with
+  one line saying so, the checkpoints before intact, no half file; the
+  rerun (space freed) resumes and ends as the uninterrupted run."""
+  failed = runs.cli(*args(mosi_dir, tmp_path), fault=fault)
+  assert failed.returncode == 2, failed.stderr
+  [line] = runs.error_lines(failed.stderr)
+  assert "no space left on device" in line and "rerun the same command" in line
+  assert "Traceback" not in failed.stderr
+  if fault.startswith("enospc_save"):
+    assert runs.steps(tmp_path) == [1]
+    runs.restored_state(tmp_path, 1)
+  assert not (tmp_path / "results.json").exists()
+  assert not list(tmp_path.rglob(".*.tmp"))
+  rerun = runs.cli(*args(mosi_dir, tmp_path))
+  assert rerun.returncode == 0, rerun.stderr
+  assert_same_run(tmp_path, reference)
+
+
+def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
+                                                    monkeypatch):
+  """A point whose run fails (a config value that cannot run) is recorded
+  with its error in `failed.json`, the other points go on, the report
+  lists it, and a rerun retries it."""
+  base = runs_config(mosi_dir)
+  base.seeds = (0,)
+  base.num_epochs = 1
+  base.plots = False
+  points = [{"hidden_dim": 33}, {"tau": 0.1}]
+  status = sweep.run(base, str(tmp_path), points, log=lambda *_: None)
+  assert status == {"hidden_dim=33": "failed", "tau=0.1": "done"}
+  failed = json.loads((tmp_path / "hidden_dim=33" / sweep.FAILED_FILE)
+                      .read_text())
+  assert failed["error"].startswith("config.num_heads: 2 does not divide "
+                                    "hidden_dim 33")
+  _, rows = sweep_report.collect(str(tmp_path))
+  assert [r["name"] for r in rows] == ["tau=0.1", "hidden_dim=33"]
+  assert "failed" not in rows[0]
+  assert rows[1]["failed"] == failed["error"]
+
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config, workdir: calls.append(workdir))
+  sweep.run(base, str(tmp_path), points, log=lambda *_: None)
+  assert calls == [str(tmp_path / "hidden_dim=33")]
+  assert not (tmp_path / "hidden_dim=33" / sweep.FAILED_FILE).exists()
