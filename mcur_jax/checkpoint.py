@@ -7,21 +7,26 @@ checkpoint is both the resume point and the best model. The manager keeps
 the latest two; the config is stored in the manager's metadata and beside
 it as `WORKDIR/config.json`.
 
+The state is replicated on the mesh, so it is saved from host copies
+(NumPy): one transfer per array instead of orbax slicing every array per
+device (a save took 1.8 s for the tiny test config on 8 devices, 0.3 s so),
+and a checkpoint restores onto any number of devices or processes. Every
+process passes the same arrays; orbax writes them once.
+
 Damage: orbax writes a checkpoint into a temporary folder and renames it
 when complete (a save killed midway leaves no checkpoint, and the next
 manager removes the folder). A complete checkpoint that is damaged on disk
-later is caught by `resume`: each saves a digest of the state (the wrapping
-uint32 sum of every leaf's bits, exact in any reduction order), and a
-checkpoint that fails to restore or to match its digest is reported and
-the one before it used.
+later is caught by `resume`: each stores the sha256 of its state's bytes,
+and a checkpoint that fails to restore or to match it is reported and the
+one before it used.
 """
 
 import errno
+import hashlib
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -56,13 +61,12 @@ def manager(workdir: str, config: ml_collections.ConfigDict | None = None,
       metadata=None if config is None else config.to_dict())
 
 
-@jax.jit
-def digest(state) -> jax.Array:
-  """[leaves] uint32: per leaf, the sum of its elements' bits mod 2^32."""
-  def leaf(x):
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    return jnp.sum(bits, dtype=jnp.uint32)
-  return jnp.stack([leaf(x) for x in jax.tree.leaves(state)])
+def digest(host_state) -> np.ndarray:
+  """[32] uint8: the sha256 of every leaf's bytes, in tree order."""
+  h = hashlib.sha256()
+  for x in jax.tree.leaves(host_state):
+    h.update(np.ascontiguousarray(x).tobytes())
+  return np.frombuffer(h.digest(), np.uint8).copy()
 
 
 def _out_of_space(e: BaseException) -> bool:
@@ -75,11 +79,13 @@ def _out_of_space(e: BaseException) -> bool:
 
 
 def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
-  """Saves `state` and its digest as the checkpoint of `epoch`; a full disk
-  raises CheckpointError (the checkpoints before stay intact)."""
+  """Saves `state` (replicated on the mesh) and its digest as the
+  checkpoint of `epoch`, from host copies; a full disk raises
+  CheckpointError (the checkpoints before stay intact)."""
+  host = transfer.to_host(state)
   try:
     mngr.save(epoch, args=ocp.args.StandardSave(
-        {"state": state, "digest": digest(state)}), force=True)
+        {"state": host, "digest": digest(host)}), force=True)
     mngr.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except
     if not _out_of_space(e):
@@ -91,17 +97,16 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
 
 
 def restore(mngr: ocp.CheckpointManager, epoch: int, like):
-  """The state saved after `epoch`, with the shapes and shardings of `like`;
+  """The state saved after `epoch`, placed like `like` (replicated);
   raises ValueError if it does not match its saved digest."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like)
   saved = mngr.restore(epoch, args=ocp.args.StandardRestore(
-      {"state": abstract, "digest": jax.ShapeDtypeStruct(
-          (len(jax.tree.leaves(like)),), jnp.uint32,
-          sharding=jax.tree.leaves(like)[0].sharding)}))
-  if not np.array_equal(transfer.to_host(digest(saved["state"])),
-                        transfer.to_host(saved["digest"])):
+      {"state": target, "digest": np.zeros(32, np.uint8)}))
+  if not np.array_equal(digest(saved["state"]), saved["digest"]):
     raise ValueError("the restored state does not match its saved digest")
-  return saved["state"]
+  return jax.tree.map(
+      lambda x, y: jax.make_array_from_process_local_data(y.sharding, x),
+      saved["state"], like)
 
 
 def resume(mngr: ocp.CheckpointManager, like, log=print):
