@@ -29,9 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
-import numpy as np
 
 from mcur_jax import train
 from mcur_jax import validate
@@ -130,10 +128,8 @@ def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
 def _finished(out: str) -> bool:
   """Whether the point in `out` has its results; on a multi-host slice
   process 0 decides for all, so every host takes the same branch."""
-  done = os.path.exists(os.path.join(out, "results.json"))
-  if jax.process_count() > 1:
-    done = bool(multihost_utils.broadcast_one_to_all(np.array(done)))
-  return done
+  return workdir_lib.agree(os.path.exists(os.path.join(out,
+                                                      "results.json")))
 
 
 def run(base: ml_collections.ConfigDict, workdir: str,

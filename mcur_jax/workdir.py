@@ -6,10 +6,11 @@ started, and files that are whole or absent.
   SIGKILL included, so a killed run never leaves it stuck; a second run on
   the same workdir is refused at start (`WorkdirBusy`). flock is reliable
   on local disks; on NFS it depends on the mount (see the README).
-* `check_resume(workdir, config, data_sha256)`: a run that resumes from
-  checkpoints must have the config and the prepared data it started with,
-  except the fields of `SAFE_ON_RESUME`; anything else is refused
-  (`validate.ConfigError` naming every differing field).
+* `record_start(workdir, config)` writes the run's config (`config.json`)
+  and its data's manifest checksum (`data.json`); `check_resume(workdir,
+  config)` then requires a run that resumes from checkpoints to have that
+  config and data, except the fields of `SAFE_ON_RESUME`; anything else is
+  refused (`validate.ConfigError` naming every differing field).
 * `write_text(path, text)`: written to a hidden temporary file beside
   `path`, then renamed over it, so a run killed while writing leaves the
   old file or the new one, never half of one.
