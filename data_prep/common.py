@@ -1,6 +1,9 @@
-"""What every format reader shares: dataset definitions, NaN policy, split files."""
+"""What every format reader shares: dataset definitions, NaN policy, split
+files, pickles, text ids."""
 
 import json
+import pickle
+import tokenize
 
 import numpy as np
 
@@ -26,6 +29,59 @@ def dataset_task(dataset: str):
     raise schema.DataError("command line", "--dataset",
                            f"unknown {dataset!r} (known: {', '.join(DATASETS)})")
   return DATASETS[dataset]
+
+
+# What unpickling a damaged or foreign file raises: pickle's own error and
+# what its opcodes raise on a truncated stream or bad arguments (the pickle
+# docs list AttributeError, EOFError, ImportError and IndexError "but not
+# necessarily limited to"; a damaged length asks for a huge buffer).
+PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, AttributeError,
+                 ImportError, IndexError, KeyError, TypeError, ValueError,
+                 OverflowError, MemoryError)
+
+
+# What `np.lib.format.read_array` raises on a damaged .npy: ValueError (bad
+# magic, header or size), EOFError (cut short), and from parsing the header
+# literal SyntaxError, TypeError (keys of mixed types) or TokenError (its
+# fallback for Python 2 headers).
+NPY_ERRORS = (ValueError, EOFError, SyntaxError, TypeError,
+              tokenize.TokenError)
+
+
+def load_pickle(path: str, flag: str, **kwargs):
+  """Unpickles the file `path` given with command-line `flag`; DataError if
+  it is unreadable or not a pickle. Only load pickles you trust: unpickling
+  can run code."""
+  try:
+    with open(path, "rb") as f:
+      return pickle.load(f, **kwargs)
+  except OSError as e:
+    raise schema.DataError(path, flag, f"unreadable ({e.strerror})") from None
+  except PICKLE_ERRORS as e:
+    raise schema.DataError(path, "pickle", f"not a readable pickle ({e!r})"
+                           ) from None
+
+
+def text(value, file, field: str) -> str:
+  """An id or name: a str, or bytes decoded as UTF-8; DataError otherwise."""
+  if isinstance(value, bytes):
+    try:
+      return value.decode()
+    except UnicodeDecodeError:
+      raise schema.DataError(file, field, f"{value!r} is not UTF-8 text"
+                             ) from None
+  if not isinstance(value, str):
+    raise schema.DataError(file, field, f"{value!r} is a "
+                           f"{type(value).__name__}, expected a string")
+  return value
+
+
+def text_column(values: np.ndarray, file, field: str) -> np.ndarray:
+  """A 1-D array of ids as a str array: NumPy str as is, integers in decimal,
+  bytes (or an object array of str and bytes) through `text`."""
+  if values.dtype.kind in "Uiu":
+    return values.astype(str)
+  return np.array([text(v, file, field) for v in values.tolist()], str)
 
 
 def require(value, fmt: str, flag: str, usage: str):

@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 from data_prep import common
 from data_prep import formats
 from data_prep import writer
@@ -54,7 +56,10 @@ def main(argv=None) -> int:
       raise schema.DataError("command line", "--format",
                              f"unknown format {args.format!r} "
                              f"(known: {', '.join(formats.FORMATS)})")
-    table = formats.FORMATS[args.format].read(args)
+    # Values beyond float32 become inf (and inf - inf NaN) without a
+    # warning line: the NaN policy then names them.
+    with np.errstate(over="ignore", invalid="ignore"):
+      table = formats.FORMATS[args.format].read(args)
     if args.split_file:
       table.split = common.split_from_file(args.split_file, table.rows.group_id)
       table.origin["split"] = args.split_file

@@ -33,7 +33,7 @@ def _label_summary(manifest: schema.Manifest, split: data.Split) -> str:
 
 
 def _check_stats(directory, manifest, name, split: data.Split) -> None:
-  stored = manifest.normalization[name]
+  stored = data.normalization_stats(directory, manifest, name)
   for m, values in data.feature_stats(split).items():
     for key in ("mean", "std"):
       if not np.allclose(values[key], stored[m][key], rtol=1e-4, atol=1e-5):
@@ -62,7 +62,7 @@ def verify(directory: str) -> tuple[schema.Manifest, dict[str, data.Split]]:
       names = data.fold_assignment(
           everything.group_id, getattr(everything, manifest.folds["key"]),
           fold, manifest.folds["valid_fraction"], manifest.folds["seed"])
-      _check_stats(directory, manifest, data.fold_name(fold),
+      _check_stats(directory, manifest, schema.fold_name(fold),
                    everything.take(names == "train"))
   else:
     _check_stats(directory, manifest, "train", splits["train"])

@@ -13,10 +13,10 @@ pickles you trust: unpickling can run code.
 """
 
 import dataclasses
-import pickle
 
 import numpy as np
 
+from data_prep import common
 from mcur_jax import schema
 
 _DICTS = ("videoIDs", "videoLabels", "videoSpeakers", "videoSentences")
@@ -38,17 +38,24 @@ class Labels:
   session_folds: bool
 
 
+def _per_utterance(path: str, field: str, video: str, values) -> list:
+  """The per-utterance list of `field` for one video; DataError if it is
+  not a list (or tuple, or 1-D array)."""
+  if isinstance(values, np.ndarray) and values.ndim == 1:
+    return values.tolist()
+  if not isinstance(values, (list, tuple)):
+    raise schema.DataError(path, field, f"video {video!r}: a "
+                           f"{type(values).__name__}, expected a list with "
+                           "one entry per utterance")
+  return list(values)
+
+
 def read(path: str, dataset: str) -> Labels:
   """Reads and checks a label pickle; `dataset` decides 7 (mosi, mosei) or
   6 items (iemocap4, iemocap6)."""
   iemocap = dataset.startswith("iemocap")
   want = 6 if iemocap else 7
-  try:
-    with open(path, "rb") as f:
-      raw = pickle.load(f, encoding="latin1")
-  except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
-    raise schema.DataError(path, "pickle", f"not a readable pickle ({e})") \
-        from None
+  raw = common.load_pickle(path, "--labels", encoding="latin1")
   if not isinstance(raw, (list, tuple)) or len(raw) != want:
     got = f"{type(raw).__name__} of {len(raw)}" if isinstance(
         raw, (list, tuple)) else type(raw).__name__
@@ -61,7 +68,7 @@ def read(path: str, dataset: str) -> Labels:
     if not isinstance(fields[name], dict):
       raise schema.DataError(path, name, f"expected a dict, got "
                              f"{type(fields[name]).__name__}")
-    missing = sorted(set(ids) - fields[name].keys())
+    missing = sorted(ids.keys() - fields[name].keys(), key=repr)
     if missing:
       raise schema.DataError(path, name, f"no entry for {len(missing)} "
                              f"videos, e.g. {missing[0]!r}")
@@ -80,29 +87,39 @@ def read(path: str, dataset: str) -> Labels:
         split_of[vid] = split
   cols = {k: [] for k in ("utt_id", "group_id", "position", "label",
                           "speaker", "session", "split")}
-  for vid in sorted(ids):
-    utts = list(ids[vid])
-    labels = np.asarray(fields["videoLabels"][vid]).reshape(-1)
-    speakers = list(fields["videoSpeakers"][vid])
-    for name, values in (("videoLabels", labels), ("videoSpeakers", speakers)):
+  names = {vid: common.text(vid, path, "videoIDs") for vid in ids}
+  for vid in sorted(ids, key=names.get):
+    name = names[vid]
+    utts = _per_utterance(path, "videoIDs", name, ids[vid])
+    speakers = _per_utterance(path, "videoSpeakers", name,
+                              fields["videoSpeakers"][vid])
+    try:
+      labels = np.asarray(fields["videoLabels"][vid]).reshape(-1)
+    except ValueError:  # ragged nested lists
+      raise schema.DataError(path, "videoLabels", f"video {name!r}: not a "
+                             "list of numbers") from None
+    for field, values in (("videoLabels", labels),
+                          ("videoSpeakers", speakers)):
       if len(values) != len(utts):
-        raise schema.DataError(path, name, f"video {vid!r} has {len(values)} "
-                               f"entries for {len(utts)} utterances")
+        raise schema.DataError(path, field, f"video {name!r} has "
+                               f"{len(values)} entries for {len(utts)} "
+                               "utterances")
     if iemocap:
-      if len(vid) < 5 or not vid[4].isdigit():
-        raise schema.DataError(path, "videoIDs", f"dialogue id {vid!r} has no "
-                               "session digit at position 4 (Ses0N...)")
-      session, split = int(vid[4]), schema.ALL_SPLIT
+      if len(name) < 5 or not name[4].isdecimal():
+        raise schema.DataError(path, "videoIDs", f"dialogue id {name!r} has "
+                               "no session digit at position 4 (Ses0N...)")
+      session, split = int(name[4]), schema.ALL_SPLIT
     else:
       if vid not in split_of:
         raise schema.DataError(path, "/".join(_SETS[7]),
-                               f"video {vid!r} is in no split")
+                               f"video {name!r} is in no split")
       session, split = 0, split_of[vid]
     for pos, utt in enumerate(utts):
-      cols["utt_id"].append(str(utt))
-      cols["group_id"].append(str(vid))
+      cols["utt_id"].append(common.text(utt, path, "videoIDs"))
+      cols["group_id"].append(name)
       cols["position"].append(pos)
-      cols["speaker"].append(str(speakers[pos]))
+      cols["speaker"].append(common.text(speakers[pos], path,
+                                         "videoSpeakers"))
       cols["session"].append(session)
       cols["split"].append(split)
     cols["label"].extend(labels.tolist())

@@ -85,6 +85,16 @@ def check(table: Table) -> None:
     dup = ids[counts > 1]
     raise schema.DataError(origin["utt_id"], "utt_id",
                            f"{len(dup)} duplicate ids, e.g. {dup[0]!r}")
+  for f in schema.RECORD_FIELDS:
+    if f.kind != schema.BYTES:
+      continue
+    for value in getattr(rows, f.name).tolist():
+      try:
+        value.encode()
+      except UnicodeEncodeError:
+        raise schema.DataError(origin.get(f.name, origin["utt_id"]), f.name,
+                               f"{value!r} is not valid Unicode (a lone "
+                               "surrogate)") from None
   if not any(x.shape[1] for x in rows.features.values()):
     raise schema.DataError(origin[schema.MODALITIES[0]], "features",
                            "no modality has any feature columns")
@@ -153,7 +163,7 @@ def _normalization(table: Table, folds) -> dict:
   for fold in folds["values"]:
     names = data.fold_assignment(table.rows.group_id, table.rows.session, fold,
                                  folds["valid_fraction"], folds["seed"])
-    stats[data.fold_name(fold)] = data.feature_stats(
+    stats[schema.fold_name(fold)] = data.feature_stats(
         table.rows.take(names == "train"))
   return stats
 

@@ -13,6 +13,7 @@ validation part from the training sessions by dialogue (`carve_groups`).
 """
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 
@@ -87,18 +88,32 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
 
   Raises:
     tfrecord.CorruptRecordError: a shard is truncated or fails its CRC.
-    schema.DataError: a record or the record count disagrees with the manifest.
+    schema.DataError: a shard is missing, or a record, the record count or
+      the length of the normalisation statistics disagrees with the
+      manifest.
   """
   n = manifest.splits[split]["count"]
+  paths = shard_paths(directory, manifest, split)
+  size = 0
+  for path in paths:
+    if not os.path.isfile(path):
+      raise schema.DataError(path, "file", f"missing (listed in the "
+                             f"manifest's splits.{split}.files)")
+    size += os.path.getsize(path)
+  # Rows for at most the records the shards can hold (a frame takes >= 16
+  # bytes), so a damaged count cannot ask for a huge array.
+  rows = min(n, size // 16)
   # Per-record fields (and the extras): name -> (Example list kind, values).
   scalars = {f.name: (f.list_kind(manifest.task), [])
              for f in schema.RECORD_FIELDS}
   scalars.update({f: (schema.EXTRA_KIND, []) for f in manifest.extra_fields})
-  features = {m: np.zeros((n, manifest.dims[m]), np.float32)
-              for m in schema.MODALITIES}
-  available = np.zeros((n, len(schema.MODALITIES)), bool)
+  # modality -> [rows, dims[m]], made at the first record holding it (whose
+  # length confirms dims[m]).
+  features = {}
+  available = np.zeros((rows, len(schema.MODALITIES)), bool)
+  shard_of = []  # The shard of each record, for the checks after the loop.
   i = 0
-  for path in shard_paths(directory, manifest, split):
+  for path in paths:
     for data in tfrecord.read_records(path):
       if i >= n:
         raise schema.DataError(path, "count",
@@ -121,36 +136,74 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
         return values
 
       for name, (kind, column) in scalars.items():
-        column.append(get(name, kind, 1)[0])
+        value = get(name, kind, 1)[0]
+        if kind == schema.BYTES:
+          try:
+            value = value.decode()
+          except UnicodeDecodeError:
+            raise schema.DataError(path, name, f"record {i}: {value!r} is "
+                                   "not UTF-8 text") from None
+        column.append(value)
+      _check_label(path, manifest, i, scalars["label"][1][-1])
       for j, m in enumerate(schema.MODALITIES):
         d = manifest.dims[m]
-        present = get(schema.AVAILABLE.key(m), schema.AVAILABLE.kind, 1)[0]
+        field = schema.AVAILABLE.key(m)
+        present = get(field, schema.AVAILABLE.kind, 1)[0]
+        if present not in (0, 1):
+          raise schema.DataError(path, field, f"record {i}: {present}, "
+                                 "expected 0 or 1")
         if present and not d:
-          raise schema.DataError(path, schema.AVAILABLE.key(m), f"record {i}: "
-                                 f"1, but the manifest's dims.{m} is 0 (the "
-                                 f"dataset has no {m})")
+          raise schema.DataError(path, field, f"record {i}: 1, but the "
+                                 f"manifest's dims.{m} is 0 (the dataset "
+                                 f"has no {m})")
         values = get(schema.FEATURES.key(m), schema.FEATURES.kind)
         if len(values) != (d if present else 0):
           raise schema.DataError(
               path, m, f"record {i}: length {len(values)}, expected "
               f"{d if present else 0} (available={present})")
         if present:
+          if m not in features:
+            features[m] = np.zeros((rows, d), np.float32)
           features[m][i] = values
           available[i, j] = True
+      shard_of.append(path)
       i += 1
   if i != n:
     raise schema.DataError(os.path.join(directory, schema.MANIFEST),
                            f"splits.{split}.count",
                            f"says {n} records, the shards hold {i}")
-  columns = {}
-  for f in schema.RECORD_FIELDS:
-    values = scalars[f.name][1]
-    if f.list_kind(manifest.task) == schema.BYTES:
-      values = [v.decode() for v in values]
-    columns[f.name] = np.asarray(values, column_dtype(f, manifest.task))
+  # The statistics confirm the dims of a modality no record holds.
+  for name in manifest.normalization:
+    normalization_stats(directory, manifest, name)
+  features = {m: features[m] if m in features
+              else np.zeros((n, manifest.dims[m]), np.float32)
+              for m in schema.MODALITIES}
+  for m, x in features.items():
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+      raise schema.DataError(shard_of[bad[0]], m,
+                             f"record {bad[0]}: NaN or inf values")
+  columns = {f.name: np.asarray(scalars[f.name][1],
+                                column_dtype(f, manifest.task))
+             for f in schema.RECORD_FIELDS}
   return Split(features=features, available=available, **columns,
                extras={f: np.asarray(scalars[f][1], np.int64)
                        for f in manifest.extra_fields})
+
+
+def _check_label(path: str, manifest: schema.Manifest, i: int, label) -> None:
+  """Record `i`'s label must be a class index (classification) or a finite
+  score in the manifest's `label_range` (regression), else DataError."""
+  if manifest.classes:
+    count = len(manifest.classes)
+    ok, expected = 0 <= label < count, f"a class index in [0, {count})"
+  else:
+    lo, hi = manifest.label_range or (-math.inf, math.inf)
+    ok = math.isfinite(label) and lo <= label <= hi
+    expected = f"a finite score in [{lo}, {hi}]"
+  if not ok:
+    raise schema.DataError(path, "label",
+                           f"record {i}: {label!r}, expected {expected}")
 
 
 def feature_stats(split: Split) -> dict[str, dict[str, list[float]]]:
@@ -207,8 +260,22 @@ def fold_assignment(group_id: np.ndarray, fold_key: np.ndarray, fold,
   return np.where(test, "test", np.where(valid, "valid", "train"))
 
 
-def fold_name(fold) -> str:
-  return f"fold{fold}"
+def normalization_stats(directory: str | os.PathLike,
+                        manifest: schema.Manifest, name: str
+                        ) -> dict[str, dict[str, np.ndarray]]:
+  """The manifest's normalisation statistics `name` ("train" or a fold name)
+  as float64 arrays, checked to hold `dims[m]` values for each modality m."""
+  stats = {}
+  for m in schema.MODALITIES:
+    stats[m] = {}
+    for key, values in manifest.normalization[name][m].items():
+      if len(values) != manifest.dims[m]:
+        raise schema.DataError(
+            os.path.join(directory, schema.MANIFEST),
+            f"normalization.{name}.{m}.{key}", f"{len(values)} values, but "
+            f"dims.{m} is {manifest.dims[m]}")
+      stats[m][key] = np.asarray(values, np.float64)
+  return stats
 
 
 def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
@@ -236,13 +303,13 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
                             manifest.folds["valid_fraction"],
                             manifest.folds["seed"])
     parts = {s: everything.take(names == s) for s in schema.SPLITS}
-    stats = manifest.normalization[fold_name(fold)]
+    stats = normalization_stats(directory, manifest, schema.fold_name(fold))
   else:
     if fold is not None:
       raise schema.DataError(path, "folds", f"fold={fold!r} given, but this "
                              "dataset has fixed train/valid/test splits")
     parts = {s: reader(directory, manifest, s) for s in schema.SPLITS}
-    stats = manifest.normalization["train"]
+    stats = normalization_stats(directory, manifest, "train")
   if normalized:
     parts = {s: normalize(p, stats) for s, p in parts.items()}
   return Dataset(manifest=manifest, **parts)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import re
+import reprlib
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -84,6 +85,8 @@ FIELDS = (
     AVAILABLE,
 )
 RECORD_FIELDS = tuple(f for f in FIELDS if f.per == PER_RECORD)
+# Every key of a record's Example but the extra fields.
+_EXAMPLE_KEYS = frozenset(f.key(m) for f in FIELDS for m in MODALITIES)
 # Extra fields (listed in the manifest's `extra_fields`) are one int64 each.
 EXTRA_KIND = INT64
 
@@ -93,7 +96,10 @@ class DataError(ValueError):
 
   def __init__(self, file: str | os.PathLike, field: str, problem: str):
     self.file, self.field, self.problem = os.fspath(file), field, problem
-    super().__init__(f"{self.file}: {field}: {problem}")
+    # One printable line whatever the input held: line breaks as \n, lone
+    # surrogates (undecodable bytes of a name) as \udcxx.
+    message = "\\n".join(f"{self.file}: {field}: {problem}".splitlines())
+    super().__init__(message.encode("utf-8", "backslashreplace").decode())
 
 
 def available_field(modality: str) -> str:
@@ -102,6 +108,15 @@ def available_field(modality: str) -> str:
 
 def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+# The keys of the manifest's objects: `folds`, each `splits` entry, each
+# modality's `normalization` entry; `folds.key` is one of _FOLD_FIELDS.
+_FOLD_KEYS = ("key", "values", "valid_fraction", "seed")
+_SPLIT_KEYS = ("count", "groups", "files", "available")
+_STATS = ("mean", "std")
+_FOLD_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.kind == INT64)
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,22 +156,22 @@ class Manifest:
 
   @classmethod
   def load(cls, directory: str | os.PathLike) -> "Manifest":
-    """Reads and checks `directory/manifest.json`."""
+    """Reads and checks `directory/manifest.json` (see `check_layout`)."""
     path = os.path.join(directory, MANIFEST)
     try:
-      with open(path) as f:
+      with open(path, encoding="utf-8") as f:
         raw = json.load(f)
     except FileNotFoundError:
       raise DataError(path, "manifest", "not found: not a prepared directory"
                       " (make one with `python -m data_prep.convert`)") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise DataError(path, "manifest", f"not valid JSON ({e})") from None
     if not isinstance(raw, dict):
       raise DataError(path, "manifest", "not a JSON object")
-    if raw.get("schema_version") != SCHEMA_VERSION:
+    version = raw.get("schema_version")
+    if not _is_int(version) or version != SCHEMA_VERSION:
       raise DataError(path, "schema_version",
-                      f"{raw.get('schema_version')!r}, this reader needs "
-                      f"{SCHEMA_VERSION}")
+                      f"{version!r}, this reader needs {SCHEMA_VERSION}")
     names = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING
@@ -164,16 +179,142 @@ class Manifest:
     for key in sorted(required - raw.keys()):
       raise DataError(path, key, "missing")
     for key in sorted(raw.keys() - names):
-      raise DataError(path, key, "unknown field")
-    manifest = cls(**raw)
-    if manifest.task not in TASKS:
-      raise DataError(path, "task", f"{manifest.task!r} not in {TASKS}")
-    if sorted(manifest.dims) != sorted(MODALITIES):
-      raise DataError(path, "dims", f"needs exactly {MODALITIES}")
-    for m, d in manifest.dims.items():
-      if not isinstance(d, int) or d < 0:
-        raise DataError(path, f"dims.{m}", f"{d!r}, expected an integer >= 0"
-                        " (0: the dataset has no such modality)")
-    if not any(manifest.dims.values()):
-      raise DataError(path, "dims", "every modality has dimension 0")
-    return manifest
+      raise DataError(path, "manifest", f"unknown field {key!r}")
+    check_layout(path, raw)
+    return cls(**raw)
+
+
+def fold_name(fold) -> str:
+  """The `normalization` key of cross-validation fold `fold`."""
+  return f"fold{fold}"
+
+
+def _is_str(value) -> bool:
+  return isinstance(value, str)
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  """A JSON number (not a bool) that is finite as a float32, the precision
+  the readers compute in."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  try:
+    return abs(float(value)) <= _FLOAT32_MAX
+  except OverflowError:  # an integer beyond the float range
+    return False
+
+
+def _is_list_of(value, ok) -> bool:
+  return isinstance(value, list) and all(ok(v) for v in value)
+
+
+def _is_object_over(value, keys) -> bool:
+  """A JSON object whose keys are exactly `keys`."""
+  return isinstance(value, dict) and sorted(value) == sorted(keys)
+
+
+def _is_file_name(value) -> bool:
+  """A plain file name in the prepared directory (no path)."""
+  return (isinstance(value, str) and value not in ("", ".", "..")
+          and os.path.basename(value) == value)
+
+
+def check_layout(path: str, raw: dict[str, Any]) -> None:
+  """Checks the types and consistency of a parsed manifest whose keys are
+  `Manifest` fields, so that a damaged one never trips up a reader.
+
+  Raises:
+    DataError: naming `path` and the first field (a dotted path) that is not
+      what the writer (`data_prep/writer.py`) writes.
+  """
+  def expect(field, value, ok, expected):
+    if not ok:
+      raise DataError(path, field,
+                      f"{reprlib.repr(value)}, expected {expected}")
+
+  for key in ("dataset", "format", "split_source"):
+    expect(key, raw.get(key), isinstance(raw.get(key, ""), str), "a string")
+  task, classes = raw["task"], raw["classes"]
+  expect("task", task, task in TASKS, f"one of {TASKS}")
+  if task == "classification":
+    expect("classes", classes, _is_list_of(classes, _is_str) and classes,
+           "a non-empty list of class names")
+  else:
+    expect("classes", classes, classes is None, "null for regression")
+  label_range = raw.get("label_range")
+  expect("label_range", label_range, label_range is None or (
+      _is_list_of(label_range, _is_number) and len(label_range) == 2
+      and label_range[0] <= label_range[1]), "null or [low, high]")
+  dims = raw["dims"]
+  if not _is_object_over(dims, MODALITIES):
+    raise DataError(path, "dims", f"needs exactly {MODALITIES}")
+  for m, d in dims.items():
+    if not _is_int(d) or d < 0:
+      raise DataError(path, f"dims.{m}", f"{d!r}, expected an integer >= 0"
+                      " (0: the dataset has no such modality)")
+  if not any(dims.values()):
+    raise DataError(path, "dims", "every modality has dimension 0")
+  extra = raw.get("extra_fields", [])
+  expect("extra_fields", extra, _is_list_of(extra, _is_str)
+         and len(set(extra)) == len(extra) and not _EXAMPLE_KEYS & set(extra),
+         "a list of distinct names, none of them a record field")
+  folds = raw.get("folds")
+  if folds is not None:
+    expect("folds", folds, _is_object_over(folds, _FOLD_KEYS),
+           f"null or an object over {_FOLD_KEYS}")
+    expect("folds.key", folds["key"], folds["key"] in _FOLD_FIELDS,
+           f"one of {_FOLD_FIELDS}")
+    values = folds["values"]
+    expect("folds.values", values, _is_list_of(values, _is_int) and values
+           and len(set(values)) == len(values), "distinct integers")
+    fraction, seed = folds["valid_fraction"], folds["seed"]
+    expect("folds.valid_fraction", fraction,
+           _is_number(fraction) and 0 <= fraction <= 1, "a number in [0, 1]")
+    expect("folds.seed", seed, _is_int(seed) and 0 <= seed < 2**32,
+           "an integer in [0, 2**32)")
+  split_names = (ALL_SPLIT,) if folds else SPLITS
+  expect("splits", raw["splits"], _is_object_over(raw["splits"], split_names),
+         f"an object over {split_names}")
+  for s, info in raw["splits"].items():
+    field = f"splits.{s}"
+    expect(field, info, _is_object_over(info, _SPLIT_KEYS),
+           f"an object over {_SPLIT_KEYS}")
+    count, groups, available = info["count"], info["groups"], info["available"]
+    expect(f"{field}.count", count, _is_int(count) and count >= 0,
+           "an integer >= 0")
+    expect(f"{field}.groups", groups, _is_int(groups) and 0 <= groups <= count,
+           f"an integer in [0, {count}]")
+    expect(f"{field}.files", info["files"],
+           _is_list_of(info["files"], _is_file_name),
+           "a list of shard file names")
+    expect(f"{field}.available", available,
+           _is_object_over(available, MODALITIES) and all(
+               _is_int(a) and 0 <= a <= count for a in available.values()),
+           f"an object of counts in [0, {count}] over {MODALITIES}")
+  stats_names = ([fold_name(v) for v in folds["values"]] if folds
+                 else ["train"])
+  expect("normalization", raw["normalization"],
+         _is_object_over(raw["normalization"], stats_names),
+         f"an object over {stats_names}")
+  for name, stats in raw["normalization"].items():
+    field = f"normalization.{name}"
+    expect(field, stats, _is_object_over(stats, MODALITIES),
+           f"an object over {MODALITIES}")
+    for m in MODALITIES:
+      expect(f"{field}.{m}", stats[m], _is_object_over(stats[m], _STATS),
+             f"an object over {_STATS}")
+      for key in _STATS:
+        values = stats[m][key]
+        expect(f"{field}.{m}.{key}", values, _is_list_of(values, _is_number),
+               "a list of finite numbers")
+  sources = raw.get("sources", [])
+  expect("sources", sources, _is_list_of(
+      sources, lambda s: isinstance(s, dict) and isinstance(
+          s.get("role"), str) and isinstance(s.get("name"), str)),
+         "a list of objects with a role and a name")
+  notes = raw.get("notes", [])
+  expect("notes", notes, _is_list_of(notes, _is_str), "a list of strings")

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import chex
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import orbax.checkpoint as ocp
@@ -117,3 +118,19 @@ def assert_metrics_close(got: dict, want: dict, n: int) -> None:
       atol = (1e-6 if k in CONTINUOUS else 1e-3 if k == "s_err_spearman"
               else 2.5 / n)
       assert got[c][k] == pytest.approx(want[c][k], rel=0, abs=atol), (c, k)
+
+
+def assert_same_run(workdir, reference) -> None:
+  """A workdir (pathlib) ends as the uninterrupted run's: checkpoints, the
+  state bit for bit, metrics.jsonl, results and the figures' names."""
+  assert steps(workdir) == steps(reference)
+  chex.assert_trees_all_equal(restored_state(workdir),
+                              restored_state(reference))
+  assert ((workdir / "metrics.jsonl").read_text()
+          == (reference / "metrics.jsonl").read_text())
+  assert (results_without_timing(workdir)
+          == results_without_timing(reference))
+  assert ((workdir / "results.md").read_text()
+          == (reference / "results.md").read_text())
+  figures = lambda w: sorted(p.name for p in (w / "figures").glob("*"))
+  assert figures(workdir) == figures(reference)

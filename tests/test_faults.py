@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import chex
 import pytest
 
 from data_prep import synthetic
@@ -72,21 +71,6 @@ def assert_whole_files(workdir) -> None:
     assert png.read_bytes().endswith(b"IEND\xaeB`\x82"), png
 
 
-def assert_same_run(workdir, reference) -> None:
-  """A workdir ends as the uninterrupted run's: state, log, results."""
-  assert runs.steps(workdir) == runs.steps(reference)
-  chex.assert_trees_all_equal(runs.restored_state(workdir),
-                              runs.restored_state(reference))
-  assert ((workdir / "metrics.jsonl").read_text()
-          == (reference / "metrics.jsonl").read_text())
-  assert (runs.results_without_timing(workdir)
-          == runs.results_without_timing(reference))
-  assert ((workdir / "results.md").read_text()
-          == (reference / "results.md").read_text())
-  assert (sorted(p.name for p in (workdir / "figures").iterdir())
-          == sorted(p.name for p in (reference / "figures").iterdir()))
-
-
 @pytest.mark.parametrize("fault", ["epoch:2", "metrics:3", "save:2",
                                    "test_eval", "figures", "results"])
 def test_killed_run_reruns_to_the_uninterrupted_result(
@@ -104,7 +88,7 @@ def test_killed_run_reruns_to_the_uninterrupted_result(
   rerun = runs.cli(*args(mosi_dir, tmp_path))
   assert rerun.returncode == 0, rerun.stderr
   assert not list(tmp_path.rglob(".*.tmp"))
-  assert_same_run(tmp_path, reference)
+  runs.assert_same_run(tmp_path, reference)
 
 
 def copy_run(reference, tmp_path):
@@ -143,7 +127,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(
   assert ("damaged checkpoint of epoch 3 (" in result.stdout
           and "resuming from the checkpoint of epoch 2" in result.stdout)
   assert "Traceback" not in result.stderr
-  assert_same_run(workdir, reference)
+  runs.assert_same_run(workdir, reference)
 
 
 def test_no_good_checkpoint_exits_2_naming_the_directory(
@@ -242,7 +226,7 @@ def test_full_disk_is_one_line_and_the_rerun_resumes(
   assert not list(tmp_path.rglob(".*.tmp"))
   rerun = runs.cli(*args(mosi_dir, tmp_path))
   assert rerun.returncode == 0, rerun.stderr
-  assert_same_run(tmp_path, reference)
+  runs.assert_same_run(tmp_path, reference)
 
 
 def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,

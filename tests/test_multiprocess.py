@@ -140,12 +140,7 @@ def test_killed_processes_restart_to_the_uninterrupted_run(
   restarted = two_processes(args(mosi_dir, tmp_path))
   assert_ok(restarted)
   assert "resuming after epoch 1" in restarted[0].stdout
-  chex.assert_trees_all_equal(runs.restored_state(tmp_path),
-                              runs.restored_state(workdir))
-  assert ((tmp_path / "metrics.jsonl").read_text()
-          == (workdir / "metrics.jsonl").read_text())
-  assert (runs.results_without_timing(tmp_path)
-          == runs.results_without_timing(workdir))
+  runs.assert_same_run(tmp_path, workdir)
 
 
 def test_two_process_sweep_shard_agrees_on_finished_points(

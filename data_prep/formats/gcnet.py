@@ -124,6 +124,9 @@ def _read_entry(folder: str, names: set[str], utt: str, modality: str,
                 speaker: str | None):
   """(path, vector) of one utterance: `<utt>.npy` or the folder `<utt>/`;
   the vector is None when the folder holds no frames (of `speaker`)."""
+  if os.sep in utt or utt in ("", ".", ".."):
+    raise schema.DataError(folder, modality, f"utterance id {utt!r} cannot "
+                           "name a file in this folder")
   if utt + ".npy" in names:
     path = os.path.join(folder, utt + ".npy")
     return path, _load_rows(path, modality).mean(0)
@@ -173,8 +176,9 @@ def _load_rows(path: str, modality: str) -> np.ndarray:
   try:
     with open(path, "rb") as f:
       x = np.lib.format.read_array(f, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    raise schema.DataError(path, modality, f"unreadable .npy ({e})") from None
+  except (OSError, *common.NPY_ERRORS) as e:
+    raise schema.DataError(path, modality, f"unreadable .npy ({e!r})"
+                           ) from None
   x = np.atleast_2d(np.squeeze(x))
   if x.ndim != 2 or x.dtype.kind not in "fiu" or not x.size:
     raise schema.DataError(path, modality, f"expected a numeric [D] or [T, D]"

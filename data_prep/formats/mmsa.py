@@ -51,7 +51,6 @@ a source you trust.
 """
 
 import os
-import pickle
 
 import numpy as np
 
@@ -129,16 +128,7 @@ def _frame_key(modality: str, text_key: str) -> str:
 
 def _load(path: str) -> dict:
   """The unpickled dict, checked to hold a dict per split."""
-  try:
-    with open(path, "rb") as f:
-      raw = pickle.load(f)
-  except OSError as e:
-    raise schema.DataError(path, "--input", f"unreadable ({e.strerror})"
-                           ) from None
-  # Unpickling a damaged or foreign file fails with almost any exception type.
-  except Exception as e:  # pylint: disable=broad-except
-    raise schema.DataError(path, "pickle", f"not a readable pickle ({e!r})"
-                           ) from None
+  raw = common.load_pickle(path, "--input")
   if not isinstance(raw, dict):
     raise schema.DataError(path, "pickle", f"a {type(raw).__name__}, not a "
                            "dict with train/valid/test")
@@ -191,7 +181,7 @@ def _read_split(path, raw, split, text_key) -> dict:
   if ids.ndim != 1:
     raise schema.DataError(path, f"{split}.{ID_KEY}",
                            f"shape {ids.shape}, expected [N] strings")
-  ids = ids.astype(str)
+  ids = common.text_column(ids, path, f"{split}.{ID_KEY}")
   group, clip = _parse_ids(path, split, ids)
   features, available, rules, neg_inf = {}, {}, {}, 0
   for m in schema.MODALITIES:

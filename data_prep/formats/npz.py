@@ -68,8 +68,10 @@ a row count that differs from `label`'s, NaN or inf features (see
 writer.
 """
 
+import contextlib
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -91,6 +93,11 @@ UNLABELLED = -1
 NUMBERS, INTEGERS, IDS = "biuf", "biu", "USiu"
 _KIND_NAMES = {NUMBERS: "numbers", INTEGERS: "integers",
                IDS: "strings or integers"}
+# What reading a damaged zip archive raises: BadZipFile; NotImplementedError
+# for an unknown version or compression; RuntimeError for an "encrypted"
+# flag; zlib.error for bad deflated data.
+_ZIP_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError,
+               zlib.error)
 
 
 def add_arguments(group):
@@ -108,16 +115,16 @@ def read(args) -> writer.Table:
     columns = _Columns(path, archive, keys, mapped)
     label = columns.get("label", NUMBERS)
     n = len(label)
-    group_id = columns.get("group_id", IDS, n).astype(str)
+    group_id = columns.text("group_id", n)
     position = columns.get("position", INTEGERS, n, required=False)
     if position is None:
       position = common.positions_in_group(group_id, np.arange(n))
     elif (position < 0).any():
       raise schema.DataError(path, columns.name("position"), "negative values")
-    utt_id = columns.get("utt_id", IDS, n, required=False)
+    utt_id = columns.text("utt_id", n, required=False)
     if utt_id is None:
       utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
-    speaker = columns.get("speaker", IDS, n, required=False)
+    speaker = columns.text("speaker", n, required=False)
     session = columns.get("session", INTEGERS, n, required=False)
     split, folds, split_source = _split(
         columns, n, bool(args.split_file), session,
@@ -212,18 +219,25 @@ def _key_map(pairs: list[str]) -> tuple[dict[str, str], set[str]]:
   return keys, mapped
 
 
-def _open(path: str) -> np.lib.npyio.NpzFile:
+@contextlib.contextmanager
+def _open(path: str):
+  """The npz archive at `path`; it and its file are closed on exit (the file
+  is ours: `np.load` leaves its own open when the zip is damaged)."""
   try:
-    archive = np.load(path, allow_pickle=False)
+    f = open(path, "rb")
   except OSError as e:
     raise schema.DataError(path, "--input", f"unreadable ({e})") from None
-  except (ValueError, zipfile.BadZipFile) as e:
-    raise schema.DataError(path, "--input", f"not an .npz file ({e})"
-                           ) from None
-  if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise schema.DataError(path, "--input", "a single .npy array, not an .npz"
-                           " archive of named arrays")
-  return archive
+  with f:
+    try:
+      archive = np.load(f, allow_pickle=False)
+    except (*common.NPY_ERRORS, *_ZIP_ERRORS) as e:
+      raise schema.DataError(path, "--input", f"not an .npz file ({e!r})"
+                             ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+      raise schema.DataError(path, "--input", "a single .npy array, not an "
+                             ".npz archive of named arrays")
+    with archive:
+      yield archive
 
 
 class _Columns:
@@ -264,9 +278,11 @@ class _Columns:
                              f"map one with --key {field}=KEY{also})")
     try:
       value = self.archive[key]
-    except ValueError as e:  # an object array, which needs pickle
-      raise schema.DataError(self.path, self.name(field), f"unreadable ({e});"
-                             " store numbers or NumPy str arrays") from None
+    # A bad .npy or an object array (it needs pickle: ValueError).
+    except (*common.NPY_ERRORS, *_ZIP_ERRORS) as e:
+      raise schema.DataError(self.path, self.name(field), f"unreadable "
+                             f"({e!r}); store numbers or NumPy str arrays"
+                             ) from None
     if value.dtype.kind not in kinds or value.ndim != ndim:
       raise schema.DataError(self.path, self.name(field), f"{value.dtype} "
                              f"array of shape {value.shape}, expected "
@@ -275,6 +291,13 @@ class _Columns:
       raise schema.DataError(self.path, self.name(field), f"{len(value)} "
                              f"rows, but {self.name('label')} has {n}")
     return value
+
+  def text(self, field, n, required=True):
+    """The ids of `field` (str, bytes or integers) as a str array, or None
+    if optional and absent."""
+    value = self.get(field, IDS, n, required=required)
+    return (None if value is None
+            else common.text_column(value, self.path, self.name(field)))
 
 
 def _split(columns: _Columns, n: int, split_file: bool, session,
@@ -301,7 +324,7 @@ def _split(columns: _Columns, n: int, split_file: bool, session,
                                f"{unknown}; use 0/1/2 = train/valid/test")
       split = np.array([SPLIT_CODES[c] for c in split.tolist()], str)
       return split, False, source
-    split = split.astype(str)
+    split = common.text_column(split, columns.path, columns.name("split"))
   folds = bool(n) and (split == schema.ALL_SPLIT).all()
   if folds and session is None:
     raise schema.DataError(columns.path, columns.name("session"), "missing, "

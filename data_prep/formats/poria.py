@@ -45,17 +45,26 @@ def add_arguments(group) -> None:
 
 def _read_csv(path: str) -> list[list[str]]:
   try:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
       return list(csv.reader(f))
   except FileNotFoundError:
     raise schema.DataError(path, "file", "not found (is --input the Poria "
                            "CSV folder?)") from None
+  except UnicodeDecodeError as e:
+    raise schema.DataError(path, "file", f"not UTF-8 text ({e})") from None
+  except csv.Error as e:
+    raise schema.DataError(path, "file", f"not CSV ({e})") from None
 
 
 def _floats(path: str, rows: list[list[str]], field: str) -> np.ndarray:
+  """The rows of a numeric CSV file as a [rows, columns] array."""
+  if not rows:
+    raise schema.DataError(path, field, "no rows: the file is empty")
   widths = {len(r) for r in rows}
   if len(widths) != 1:
     raise schema.DataError(path, field, f"rows of different lengths {sorted(widths)}")
+  if not rows[0]:
+    raise schema.DataError(path, field, "empty rows")
   try:
     return np.array(rows, np.float64)
   except ValueError as e:
@@ -88,6 +97,15 @@ def _read_poria_split(folder: str, split: str, transcripts: dict):
   return utt, features, expected
 
 
+def _clip_number(path: str, utt: str) -> int:
+  """k of an utterance id `<video>_<k>`, which orders a video's utterances."""
+  clip = utt.rpartition("_")[2]
+  if not clip.isdecimal():
+    raise schema.DataError(path, "utt_id", f"{utt!r} is not <video>_<number>"
+                           " (pass --labels to take the order from there)")
+  return int(clip)
+
+
 def read(args) -> writer.Table:
   folder = common.require(args.input, "poria", "--input", "CSV_FOLDER")
   task, classes = common.dataset_task(args.dataset)
@@ -100,6 +118,9 @@ def read(args) -> writer.Table:
     if len(row) != 4 or row[3] not in ("0", "1"):
       raise schema.DataError(transcripts_path, "label",
                              f"row {row[:1]} is not utt_id,text,video,0|1")
+    if row[0] in transcripts:
+      raise schema.DataError(transcripts_path, "utt_id",
+                             f"{row[0]!r} is on more than one row")
     transcripts[row[0]] = float(row[3])
 
   utt, features, binary, poria_split = [], {m: [] for m in schema.MODALITIES}, [], []
@@ -146,7 +167,7 @@ def read(args) -> writer.Table:
   else:
     task, classes, label = "classification", POSITIVE_CLASSES, binary
     notes.append("no --labels: binary labels (1 = score >= 0) as a 2-class task")
-    suffix = np.array([int(u.rsplit("_", 1)[1]) for u in utt])
+    suffix = np.array([_clip_number(transcripts_path, u) for u in utt])
     position = common.positions_in_group(group, suffix)
 
   poria_split = np.array(poria_split)
