@@ -95,9 +95,10 @@ _KIND_NAMES = {NUMBERS: "numbers", INTEGERS: "integers",
                IDS: "strings or integers"}
 # What reading a damaged zip archive raises: BadZipFile; NotImplementedError
 # for an unknown version or compression; RuntimeError for an "encrypted"
-# flag; zlib.error for bad deflated data.
+# flag; zlib.error for bad deflated data; OSError for a seek to a damaged
+# offset.
 _ZIP_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError,
-               zlib.error)
+               zlib.error, OSError)
 
 
 def add_arguments(group):
@@ -281,8 +282,8 @@ class _Columns:
     # A bad .npy or an object array (it needs pickle: ValueError).
     except (*common.NPY_ERRORS, *_ZIP_ERRORS) as e:
       raise schema.DataError(self.path, self.name(field), f"unreadable "
-                             f"({e!r}); store numbers or NumPy str arrays"
-                             ) from None
+                             f"({e!r}): a damaged file, or an object array "
+                             "(store numbers or NumPy str arrays)") from None
     if value.dtype.kind not in kinds or value.ndim != ndim:
       raise schema.DataError(self.path, self.name(field), f"{value.dtype} "
                              f"array of shape {value.shape}, expected "
