@@ -25,8 +25,11 @@ protocol, `evaluation.py`; results.json, results.md and figures).
   `ema_decay` the evaluated and kept parameters are the moving average.
   Test is evaluated once, at the end, with the kept parameters.
 * The state is checkpointed with orbax every `checkpoint_every` epochs; a
-  run started on a workdir with checkpoints resumes from the latest and
-  ends with exactly the parameters of an uninterrupted run.
+  run started on a workdir with checkpoints resumes from the latest intact
+  one (`checkpoint.resume`), if its config and data are those the
+  checkpoints were made with (`workdir.check_resume`), and ends with
+  exactly the parameters of an uninterrupted run. One run at a time holds
+  a workdir (`workdir.lock`).
 """
 
 import collections
