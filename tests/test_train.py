@@ -27,7 +27,6 @@ from experiments.configs import mosi as mosi_config
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
-from mcur_jax import evaluation
 from mcur_jax import groups
 from mcur_jax import inference
 from mcur_jax import metrics
