@@ -74,3 +74,22 @@ def parse_error(line: str, root: str | os.PathLike) -> tuple[str, str, str]:
       f"names no file under {root}: {line!r}")
   return (os.path.relpath(match["file"], root), match["field"],
           match["problem"])
+
+
+def node_paths(value, path=()):
+  """The path (a tuple of keys and indexes) of every node of nested dicts
+  and lists, the root's () first (arrays, sets and tuples are leaves)."""
+  yield path
+  if isinstance(value, dict):
+    for key, child in value.items():
+      yield from node_paths(child, path + (key,))
+  elif isinstance(value, list):
+    for i, child in enumerate(value):
+      yield from node_paths(child, path + (i,))
+
+
+def node_at(value, path):
+  """The node of `value` at `path` (see `node_paths`)."""
+  for key in path:
+    value = value[key]
+  return value

@@ -32,6 +32,8 @@ from data_prep import inspect
 from data_prep.formats import gcnet
 from tests import cli
 from tests import fuzz_inputs
+from tests.fuzz_inputs import node_at
+from tests.fuzz_inputs import node_paths
 from tests import poria_files
 from tests import test_format_gcnet
 from tests import test_format_npz
@@ -312,24 +314,6 @@ def test_poria_csv_rows(pristine, capsys, how, labels, data):
   _convert(capsys, pristine, variant, {name: content}, allowed)
 
 
-def _nodes(value, path=()):
-  """The path of every node of nested dicts and lists (arrays, sets and
-  tuples are leaves)."""
-  yield path
-  if isinstance(value, dict):
-    for key, child in value.items():
-      yield from _nodes(child, path + (key,))
-  elif isinstance(value, list):
-    for i, child in enumerate(value):
-      yield from _nodes(child, path + (i,))
-
-
-def _at(value, path):
-  for key in path:
-    value = value[key]
-  return value
-
-
 _SCALARS = (st.none() | st.booleans() | st.integers() | st.floats()
             | st.text(max_size=6) | st.binary(max_size=6))
 _ARRAYS = hnp.arrays(
@@ -416,9 +400,9 @@ def test_pickles_of_the_wrong_structure(pristine, capsys, variant, how,
         data.draw, content)
     allowed = (2,)
   else:
-    node = data.draw(st.sampled_from(list(_nodes(content))[1:]),
+    node = data.draw(st.sampled_from(list(node_paths(content))[1:]),
                      label="path")
-    parent = _at(content, node[:-1])
+    parent = node_at(content, node[:-1])
     if how == "replace":
       parent[node[-1]] = data.draw(_FOREIGN, label="new value")
     else:

@@ -30,6 +30,8 @@ from mcur_jax import data
 from mcur_jax import schema
 from mcur_jax import tfrecord
 from tests import fuzz_inputs
+from tests.fuzz_inputs import node_at
+from tests.fuzz_inputs import node_paths
 from tests import test_data
 
 FUZZ = fuzz_inputs.FUZZ
@@ -336,23 +338,6 @@ def test_a_truncated_manifest_is_rejected(capsys, kind, data):
       error, loaded)
 
 
-def _paths(value, path=()):
-  """The path (tuple of keys and indexes) of every node of a JSON value."""
-  yield path
-  if isinstance(value, dict):
-    for key, child in value.items():
-      yield from _paths(child, path + (key,))
-  elif isinstance(value, list):
-    for i, child in enumerate(value):
-      yield from _paths(child, path + (i,))
-
-
-def _get(value, path):
-  for key in path:
-    value = value[key]
-  return value
-
-
 def _json_type(value) -> str:
   """The JSON type of a value: int and float are both "number"."""
   for name, types in (("null", type(None)), ("boolean", bool),
@@ -374,12 +359,13 @@ def test_a_manifest_field_of_the_wrong_type_is_rejected(capsys, kind, data):
   files = dict(_prepared(kind))
   raw = json.loads(files[schema.MANIFEST])
   path = data.draw(st.sampled_from(
-      [p for p in _paths(raw) if _get(raw, p) is not None]), label="path")
-  old = _json_type(_get(raw, path))
+      [p for p in node_paths(raw) if node_at(raw, p) is not None]),
+      label="path")
+  old = _json_type(node_at(raw, path))
   new = data.draw(_JSON.filter(
       lambda v: _json_type(v) not in (old, "null")), label="new value")
   if path:
-    _get(raw, path[:-1])[path[-1]] = new
+    node_at(raw, path[:-1])[path[-1]] = new
   else:
     raw = new
   files[schema.MANIFEST] = json.dumps(raw).encode()
@@ -407,9 +393,11 @@ def test_any_manifest_damage_fails_cleanly_or_still_reads(capsys, kind, how,
     files[schema.MANIFEST] = bytes(content)
   else:
     raw = json.loads(files[schema.MANIFEST])
-    containers = [p for p in _paths(raw)
-                  if isinstance(_get(raw, p), (dict, list)) and _get(raw, p)]
-    parent = _get(raw, data.draw(st.sampled_from(containers), label="in"))
+    containers = [p for p in node_paths(raw)
+                  if isinstance(node_at(raw, p), (dict, list))
+                  and node_at(raw, p)]
+    parent = node_at(raw, data.draw(st.sampled_from(containers),
+                                    label="in"))
     keys = list(parent) if isinstance(parent, dict) else range(len(parent))
     key = data.draw(st.sampled_from(keys), label="key")
     if how == "replace":
