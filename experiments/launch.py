@@ -41,13 +41,7 @@ from ml_collections import config_flags
 from data_prep import synthetic
 from data_prep import writer
 from mcur_jax import schema
-from mcur_jax import tfrecord
 from mcur_jax import train
-from mcur_jax import validate
-
-# Bad input: one `error:` line and exit status 2, no traceback.
-INPUT_ERRORS = (schema.DataError, tfrecord.CorruptRecordError,
-                validate.ConfigError)
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 FLAGS = flags.FLAGS
@@ -107,7 +101,7 @@ def execute(argv, job) -> None:
     config.data_dir = os.path.abspath(FLAGS.data_dir or
                                       find_data(config, workdir))
     job(config, workdir)
-  except INPUT_ERRORS as e:
+  except train.INPUT_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except OSError as e:

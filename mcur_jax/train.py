@@ -70,11 +70,14 @@ class TrainingDiverged(RuntimeError):
   """A training loss became NaN or inf; the last good checkpoint is kept."""
 
 
-# The failures of one run that are its own (its config, its data, its
-# workdir, its divergence), as opposed to bugs: the entry points report
-# them in one line, and a sweep records them and goes on to its next point.
-RUN_FAILURES = (validate.ConfigError, schema.DataError,
-                tfrecord.CorruptRecordError, TrainingDiverged)
+# Bad input (config, data, workdir): the entry points report it in one
+# `error:` line with exit status 2, no traceback.
+INPUT_ERRORS = (validate.ConfigError, schema.DataError,
+                tfrecord.CorruptRecordError)
+# The failures of one run that are its own, as opposed to bugs: bad input
+# and divergence (exit status 3). A sweep records them and goes on to its
+# next point.
+RUN_FAILURES = INPUT_ERRORS + (TrainingDiverged,)
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
