@@ -177,9 +177,19 @@ def restore_for_inference(workdir: str, sharding=None):
   if epoch is None:
     mngr.close()
     raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
-  item = {"state": {"best_params": abstract}}
-  restored = mngr.restore(epoch, args=ocp.args.PyTreeRestore(
-      item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-      partial_restore=True))
-  mngr.close()
-  return graphdef, restored["state"]["best_params"], config, manifest
+  try:
+    # Checkpoints saved before the digest existed hold the state at the top.
+    for layout in (lambda x: {"state": x}, lambda x: x):
+      item = layout({"best_params": abstract})
+      restored = mngr.restore(epoch, args=ocp.args.PyTreeRestore(
+          item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True))
+      params = restored.get("state", restored)["best_params"]
+      # A partial restore of keys the checkpoint lacks returns them unread.
+      if not any(isinstance(x, jax.ShapeDtypeStruct)
+                 for x in jax.tree.leaves(params)):
+        return graphdef, params, config, manifest
+  finally:
+    mngr.close()
+  raise CheckpointError(directory(workdir), f"the checkpoint of epoch {epoch}"
+                        " holds no best_params of this config's model")

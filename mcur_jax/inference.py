@@ -12,6 +12,7 @@ import os
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data as data_lib
@@ -54,9 +55,29 @@ def evaluate_workdir(workdir: str, split: str = "test",
   inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
   predict = evaluation.make_predict(graphdef, mesh)
   present = validate.present_modalities(manifest)
-  found = evaluation.run(config, predict, params, inputs,
-                         regime.members(config, combos.realisable(present)),
+  members = regime.members(config, combos.realisable(present))
+  found = evaluation.run(config, predict, params, inputs, members,
                          manifest.task, present, protocol)
+  if "fixed" in found:
+    names = [combos.NAMES[c] for c in members.combos]
+    calibration.add_scores(found["fixed"], run_calibration(
+        workdir, config, manifest.task, predict, params, members, dataset,
+        mesh), found["outputs"], inputs.split.label, names)
   return report.evaluation_results(
       config, manifest, manifest.task, split, found,
       source=os.path.abspath(checkpoint.directory(workdir)))
+
+
+def run_calibration(workdir: str, config, task: str, predict, params,
+                    members, dataset, mesh) -> dict:
+  """The run's calibration.json; a run finished before calibration existed
+  gets it fitted now on its validation outputs, as training would have."""
+  fitted = calibration.load(workdir)
+  if fitted is None:
+    valid = evaluation.Inputs.of(dataset.valid, config, mesh)
+    _, outputs = evaluation.fixed(predict, params, valid, members, task,
+                                  config.task_loss)
+    fitted = calibration.fit_run(task, config.task_loss, outputs,
+                                 dataset.valid.label,
+                                 [combos.NAMES[c] for c in members.combos])
+  return fitted

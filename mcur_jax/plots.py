@@ -1,5 +1,6 @@
 """PNG figures of a training run: results per combination, the missing-rate
-curve, training curves, representation maps and SUGR uncertainty.
+curve, training curves, representation maps, SUGR uncertainty and the
+post-hoc calibration.
 
 Each function writes one PNG and closes its figure, so a long run can render
 many figures without holding them in memory. The inputs are the run's own
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from mcur_jax import calibration  # pylint: disable=wrong-import-position
 from mcur_jax import combos  # pylint: disable=wrong-import-position
 from mcur_jax import metrics  # pylint: disable=wrong-import-position
 from mcur_jax import workdir  # pylint: disable=wrong-import-position
@@ -373,7 +375,8 @@ def _error_panel(ax, task, s, error, spearman) -> None:
   ax.legend(fontsize=8)
 
 
-def _reliability_panel(ax, task, correct, confidence, ece) -> None:
+def _reliability_panel(ax, task, correct, confidence, ece,
+                       title: str = "(b) reliability") -> None:
   bins = 10
   which = np.minimum((confidence * bins).astype(int), bins - 1)
   used = np.unique(which)
@@ -388,7 +391,7 @@ def _reliability_panel(ax, task, correct, confidence, ece) -> None:
   for b, k in zip(used, counts):
     ax.text((b + 0.5) / bins, 0.02, f"n={k}", ha="center", fontsize=7)
   ax.set(xlim=(0, 1), ylim=(0, 1.05),
-         title=f"(b) reliability, ECE = {ece:.3f}",
+         title=f"{title}, ECE = {ece:.3f}",
          xlabel=("confidence: P(label has the predicted sign)"
                  if task == "regression" else "confidence: max softmax "
                  "probability"),
@@ -448,4 +451,64 @@ def uncertainty_plot(task: str, outputs: np.ndarray, label: np.ndarray,
             else "samples")
   fig.suptitle(f"{title}{': ' if title else ''}SUGR uncertainty over "
                f"{len(correct)} {scored} (one model)")
+  _save(fig, path)
+
+
+def calibration_plot(task: str, task_loss: str, outputs: np.ndarray,
+                     label: np.ndarray, s: np.ndarray, calibrators: list,
+                     path: str, title: str = "") -> None:
+  """The post-hoc calibration of one model (`calibration.py`) on a split.
+
+  Panels: (a) the reliability diagram of the uncalibrated confidence and
+  (b) of the calibrated one, each combination's decisions pooled; (c)
+  accuracy against coverage, the most confident kept first by each
+  confidence, and the least uncertain first by SUGR's s.
+
+  Args:
+    task, task_loss: the run's task and `config.task_loss`.
+    outputs: [C, N, K] raw model outputs under each of C combinations.
+    label: [N] labels.
+    s: [C, N] SUGR log-variances.
+    calibrators: the model's calibrator of each combination, in order.
+    path: the PNG to write.
+    title: leads the figure's title.
+  """
+  correct, raw, after, s_kept = [], [], [], []
+  for c, cal in enumerate(calibrators):
+    hit, conf, _, kept_s = metrics.decisions(task, outputs[c], label, s[c],
+                                             task_loss)
+    keep = label != 0 if task == "regression" else np.ones(len(label), bool)
+    correct.append(hit)
+    raw.append(conf)
+    after.append(calibration.confidence(cal, task, task_loss,
+                                        outputs[c][keep], s[c][keep])[0])
+    s_kept.append(kept_s)
+  correct, raw, after, s_kept = map(np.concatenate,
+                                    (correct, raw, after, s_kept))
+  if not len(correct):
+    raise ValueError("no scored sample: the decision is undefined on every "
+                     "sample (regression labels all 0)")
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
+  _reliability_panel(axes[0], task, correct, raw, metrics.ece(correct, raw),
+                     "(a) before calibration")
+  _reliability_panel(axes[1], task, correct, after,
+                     metrics.ece(correct, after),
+                     "(b) after calibration (fitted on valid)")
+  coverages = np.linspace(0.1, 1.0, 10)
+  ax = axes[2]
+  for conf, style, name in ((after, "o-", "calibrated confidence"),
+                            (raw, "s--", "uncalibrated confidence")):
+    ax.plot(coverages, metrics.coverage_curve(correct, -conf, coverages),
+            style, label=f"most confident first, by {name}")
+  ax.plot(coverages, metrics.coverage_curve(correct, s_kept, coverages), "^:",
+          label="least uncertain first, by SUGR's s")
+  ax.axhline(correct.mean(), color="grey", lw=1, label="all samples")
+  ax.margins(y=0.08)
+  ax.set(title="(c) accuracy against coverage",
+         xlabel="coverage (fraction of samples kept)",
+         ylabel="accuracy on the kept samples")
+  ax.legend(fontsize=8)
+  fig.suptitle(f"{title}{': ' if title else ''}calibration of "
+               f"{len(correct)} decisions, {len(calibrators)} combinations "
+               "pooled (one model)")
   _save(fig, path)

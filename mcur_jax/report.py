@@ -14,6 +14,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
+from mcur_jax import calibration
 from mcur_jax import combos
 from mcur_jax import losses
 from mcur_jax import metrics
@@ -260,7 +261,8 @@ def write_results(workdir: str, results_dict: dict) -> None:
 
 _SHOWN = {"regression": ("f1_non0", "acc2_non0", "mae", "corr", "acc7"),
           "classification": ("wf1", "wa", "ua", "mf1")}
-_UNCERTAINTY = ("ece", "sel_acc_80", "sel_acc_50", "s_err_spearman")
+_UNCERTAINTY = ("ece", "sel_acc_80", "sel_acc_50", "s_err_spearman",
+                *calibration.SCORES)
 
 
 def _cell(m: dict) -> str:
@@ -304,12 +306,14 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
         _cell(r["missing_rate"]["rates"][rate][first["headline"]])
         for rate in rates) + " |" for name, r in with_rates]
   if _UNCERTAINTY[0] in first[split]["avg"]:
-    out += ["", "## uncertainty (SUGR score; Avg over the combinations)",
-            "", "| method | " + " | ".join(_UNCERTAINTY) + " |",
-            "|---" * (len(_UNCERTAINTY) + 1) + "|"]
-    out += [f"| {name} | " + " | ".join(_cell(r[split]["avg"][k])
-                                         for k in _UNCERTAINTY) + " |"
-            for name, r in rows]
+    shown = [k for k in _UNCERTAINTY if k in first[split]["avg"]]
+    out += ["", "## uncertainty (SUGR score, then the confidence calibrated "
+            "on valid; Avg over the combinations)",
+            "", "| method | " + " | ".join(shown) + " |",
+            "|---" * (len(shown) + 1) + "|"]
+    out += [f"| {name} | " + " | ".join(
+        _cell(r[split]["avg"][k]) if k in r[split]["avg"] else "n/a"
+        for k in shown) + " |" for name, r in rows]
   return "\n".join(out) + "\n"
 
 
@@ -338,9 +342,10 @@ def write_summary_figures(workdir: str, results_dict: dict) -> None:
 
 
 def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
-                  test_split) -> None:
+                  test_split, fitted: dict) -> None:
   """The PNG figures of a run in WORKDIR/figures/ (see plots.py), from the
-  fixed-protocol test outputs of `evaluation.run` (`test_found`)."""
+  fixed-protocol test outputs of `evaluation.run` (`test_found`) and the
+  run's calibration (`fitted`, `calibration.fit_run`)."""
   write_summary_figures(workdir, results_dict)
   task, seed = results_dict["task"], results_dict["seeds"][0]
   source = (f"{results_dict['dataset']} test"
@@ -366,6 +371,10 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
       np.tile(test_split.label, pred.shape[0]), s[:, 0].reshape(-1),
       _figure(workdir, "uncertainty"), config.task_loss,
       f"{source}, seed {seed}, all {len(pred)} combinations pooled")
+  plots.calibration_plot(
+      task, config.task_loss, pred[:, 0], test_split.label, s[:, 0],
+      [fitted["seeds"][0][c] for c in names(results_dict)],
+      _figure(workdir, "calibration"), f"{source}, seed {seed}")
 
 
 def table(results_dict: dict, split: str = "test") -> str:

@@ -45,6 +45,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data as data_lib
@@ -425,13 +426,22 @@ def fit(run: Run) -> dict:
 
 def finish(run: Run, state: dict) -> dict:
   """Evaluates the selected models on valid (fixed protocol) and test (all
-  protocols); writes results.json, results.md and the figures."""
+  protocols), fits their calibration on valid (`calibration.py`); writes
+  calibration.json, results.json, results.md and the figures."""
   config = run.config
   best = state["best_params"]
   found = {split: evaluation.run(config, run.predict, best, run.inputs[split],
                                  run.members, run.task, run.present,
                                  "all" if split == "test" else "fixed")
            for split in ("valid", "test")}
+  names = [combos.NAMES[c] for c in run.members.combos]
+  fitted = calibration.fit_run(run.task, config.task_loss,
+                               found["valid"]["outputs"],
+                               run.dataset.valid.label, names)
+  for split in ("valid", "test"):
+    calibration.add_scores(found[split]["fixed"], fitted,
+                           found[split]["outputs"],
+                           getattr(run.dataset, split).label, names)
   results = report.results(
       config=config, manifest=run.dataset.manifest, task=run.task,
       found=found,
@@ -440,10 +450,11 @@ def finish(run: Run, state: dict) -> dict:
       compiles=dict(COMPILES), padding=padding(run),
       seconds=time.time() - run.started)
   if run.main_process:
+    calibration.write(run.workdir, fitted)
     report.write_results(run.workdir, results)
     if config.plots:
       report.write_figures(run.workdir, results, config, found["test"],
-                           run.dataset.test)
+                           run.dataset.test, fitted)
     print(report.table(results))
   return results
 

@@ -3,6 +3,7 @@
 Runs use the `tiny` config on the 8 fake CPU devices of conftest.
 """
 
+import csv
 import json
 import pathlib
 import subprocess
@@ -20,14 +21,18 @@ import pytest
 from data_prep import synthetic
 from data_prep import writer
 from experiments.configs import mosi as mosi_config
+from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
 from mcur_jax import evaluation
 from mcur_jax import inference
+from mcur_jax import metrics
 from mcur_jax import model
+from mcur_jax import predict
 from mcur_jax import regime
 from mcur_jax import report
+from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
 
@@ -316,6 +321,121 @@ def test_evaluate_cli_without_checkpoint_exits_2(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+def test_evaluate_fits_the_calibration_of_a_run_without_one(mixed):
+  """A run finished before calibration existed (no calibration.json) gets
+  the calibration training would have fitted: the same numbers."""
+  workdir, results = mixed
+  saved = workdir / calibration.FILE
+  saved.rename(workdir / "saved.json")
+  try:
+    found = inference.evaluate_workdir(str(workdir), "test", "fixed")
+  finally:
+    (workdir / "saved.json").rename(saved)
+  assert found["test"] == results["test"]
+
+
+# experiments.predict
+# -------------------
+
+
+def _columns(path) -> dict[str, list[str]]:
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  return {k: [r[i] for r in rows[1:]] for i, k in enumerate(rows[0])}
+
+
+@pytest.mark.parametrize("run", ["mixed", "per_condition"])
+def test_predictions_reproduce_the_test_metrics(run, request):
+  """Every test utterance once per seed, predicted in context under the
+  combination asked; the metrics of the rows are those of results.json
+  exactly, and the confidence is the calibrated one."""
+  workdir, results = request.getfixturevalue(run)
+  test = data.load(results["data"]["dir"]).test
+  fitted = calibration.load(str(workdir))
+  for c in ("at",):
+    found, notes = predict.predict(str(workdir), combination=c)
+    cols = found.columns
+    seeds = len(results["seeds"])
+    assert len(found) == seeds * len(test) and not notes
+    assert cols["utt_id"][::seeds] == test.utt_id.tolist()
+    assert cols["model"][:seeds] == [f"seed {s}" for s in results["seeds"]]
+    assert set(cols["combination"]) == {c}
+    score = np.array(cols["score"]).reshape(-1, seeds).T
+    s = np.array(cols["s"]).reshape(-1, seeds).T
+    for j in range(seeds):
+      got = metrics.regression(score[j], test.label)
+      for k, v in got.items():
+        assert v == results["test"][c][k]["per_run"][j], (c, k)
+      conf, _ = calibration.confidence(fitted["seeds"][j][c], "regression",
+                                       "mse", score[j][:, None], s[j])
+      np.testing.assert_array_equal(
+          np.array(cols["confidence"]).reshape(-1, seeds)[:, j], conf)
+
+
+def test_predictions_of_npz_features_equal_those_of_the_prepared_split(
+    mixed, tmp_path):
+  """The raw test features saved as an npz without labels, ids or
+  positions (rows in group order) are standardised with the run's training
+  statistics and predicted as the prepared split is; the CLI writes them,
+  labels empty, in the ensemble's one row per utterance."""
+  workdir, results = mixed
+  raw = data.load(results["data"]["dir"], normalized=False).test
+  order = np.lexsort((raw.position, raw.group_id))
+  path = tmp_path / "new.npz"
+  np.savez(path, group_id=raw.group_id[order],
+           **{m: raw.features[m][order] for m in raw.features},
+           **{f"available_{m}": raw.available[order, j]
+              for j, m in enumerate(raw.features)})
+  from_npz, _ = predict.predict(str(workdir), npz=str(path), ensemble=True)
+  prepared, _ = predict.predict(str(workdir), ensemble=True)
+  index = {key: i for i, key in enumerate(zip(prepared.columns["group_id"],
+                                              prepared.columns["position"]))}
+  take = [index[key] for key in zip(raw.group_id[order],
+                                    raw.position[order])]
+  np.testing.assert_array_equal(from_npz.columns["combination"],
+                                np.array(prepared.columns["combination"])[take])
+  # Rows in another order fill the evaluation chunks differently, so XLA's
+  # float32 sums round differently: equal to a few float32 ulps, not bits.
+  for k in ("score", "s", "confidence"):
+    np.testing.assert_allclose(
+        np.asarray(from_npz.columns[k], np.float64),
+        np.asarray(prepared.columns[k], np.float64)[take], rtol=0, atol=1e-6,
+        err_msg=k)
+  out = tmp_path / "p.csv"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.predict", "--workdir",
+       str(workdir), "--input", str(path), "--ensemble", "--out", str(out)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  cols = _columns(out)
+  assert set(cols["model"]) == {"ensemble"} and set(cols["label"]) == {""}
+  # The CSV's text reads back as the (ensemble's float64) scores themselves.
+  np.testing.assert_array_equal(np.array(cols["score"], np.float64),
+                                np.asarray(from_npz.columns["score"]))
+
+
+def test_predict_rejects_features_that_do_not_fit_the_model(mixed, tmp_path):
+  workdir, results = mixed
+  raw = data.load(results["data"]["dir"], normalized=False).test
+  path = tmp_path / "bad.npz"
+  np.savez(path, group_id=raw.group_id, audio=raw.features["audio"][:, :-1])
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.predict", "--workdir",
+       str(workdir), "--input", str(path)], cwd=tmp_path,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  dims = raw.features["audio"].shape[1]
+  assert result.stderr.strip().splitlines() == [
+      f"error: {path}: audio: {dims - 1} features per utterance, but the "
+      f"model was trained on {dims} (dims.audio of its manifest)"]
+  assert not (tmp_path / "predictions.csv").exists()
+  np.savez(path, audio=raw.features["audio"])
+  with pytest.raises(schema.DataError, match="group_id: missing"):
+    predict.predict(str(workdir), npz=str(path))
+  with pytest.raises(validate.ConfigError, match="--combination"):
+    predict.predict(str(workdir), combination="x")
+
+
 # Reports
 # -------
 
@@ -331,6 +451,7 @@ def test_markdown_table_has_a_row_per_method(mixed, per_condition):
   f1 = mixed_results["test"]["avg"]["f1_non0"]
   assert f"{f1['mean']:.3f} ± {f1['std']:.3f} |" in md
   assert "| per-condition | " in md and "## f1_non0 against the missing" in md
-  assert "| method | ece | sel_acc_80 | sel_acc_50 | s_err_spearman |" in md
+  assert ("| method | ece | sel_acc_80 | sel_acc_50 | s_err_spearman | "
+          "ece_cal | sel_acc_50_cal | sel_gain_50_cal |") in md
   assert (workdir / "results.md").read_text() == report.markdown(
       [("MCUR (per-condition)", per_results)])

@@ -24,6 +24,7 @@ from data_prep import synthetic
 from data_prep import writer
 from experiments.configs import iemocap as iemocap_config
 from experiments.configs import mosi as mosi_config
+from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
@@ -41,10 +42,12 @@ from tests.runs import xla_cache  # pylint: disable=unused-import
 MOSI_CONFIG = runs.MOSI_CONFIG
 # Metrics that are fractions (all but MAE and the correlations).
 FRACTIONS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7",
-             "wa", "ua", "wf1", "mf1", "ece", "sel_acc_80", "sel_acc_50"}
+             "wa", "ua", "wf1", "mf1", "ece", "sel_acc_80", "sel_acc_50",
+             "ece_cal", "sel_acc_50_cal"}
+UNCERTAINTY = {"ece", "sel_acc_80", "sel_acc_50", "s_err_spearman",
+               *calibration.SCORES}
 REGRESSION_METRICS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "mae",
-                      "corr", "acc7", "mae_non0", "corr_non0", "ece",
-                      "sel_acc_80", "sel_acc_50", "s_err_spearman"}
+                      "corr", "acc7", "mae_non0", "corr_non0", *UNCERTAINTY}
 ALL_COMBOS = runs.ALL_COMBOS
 pytestmark = pytest.mark.usefixtures("xla_cache")
 # The model's forward pass, compiled once per input shape.
@@ -516,8 +519,7 @@ def test_results_json(baseline, mosi_dir):
   assert list(rates["rates"]) == [
       f"{r:.1f}" for r in mosi_config.get_config().missing_rates]
   for per_metric in rates["rates"].values():
-    assert set(per_metric) == REGRESSION_METRICS - {
-        "ece", "sel_acc_80", "sel_acc_50", "s_err_spearman"}
+    assert set(per_metric) == REGRESSION_METRICS - UNCERTAINTY
     assert len(per_metric["f1_non0"]["per_run"]) == 2
   # Natively absent video: a sample keeping only video at some rate has none.
   assert rates["samples_without_modality"]["0.0"] == 0

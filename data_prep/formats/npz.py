@@ -112,8 +112,8 @@ def read(args) -> writer.Table:
   task, classes = common.dataset_task(args.dataset)
   keys, mapped = _key_map(args.key or [])
   path = common.require(args.input, "npz", "--input", "FILE.npz")
-  with _open(path) as archive:
-    columns = _Columns(path, archive, keys, mapped)
+  with open_archive(path) as archive:
+    columns = Columns(path, archive, keys, mapped)
     label = columns.get("label", NUMBERS)
     n = len(label)
     group_id = columns.text("group_id", n)
@@ -130,7 +130,7 @@ def read(args) -> writer.Table:
     split, folds, split_source = _split(
         columns, n, bool(args.split_file), session,
         args.dataset.startswith("iemocap"))
-    features, available, notes = _features(columns, n)
+    features, available, notes = read_features(columns, n)
   # Classification: a label of -1 = not labelled for this task (IEMOCAP's
   # 4-way label of a frustrated utterance): the utterance is left out.
   keep = (label != UNLABELLED if task == "classification"
@@ -160,7 +160,7 @@ def read(args) -> writer.Table:
       notes=notes, session_folds=folds)
 
 
-def _features(columns: "_Columns", n: int):
+def read_features(columns: "Columns", n: int):
   """The feature matrices with their availability, before the NaN policy.
 
   Returns ({modality: [n, d] float32}, [n, 3] bool available, notes). Rows
@@ -221,7 +221,7 @@ def _key_map(pairs: list[str]) -> tuple[dict[str, str], set[str]]:
 
 
 @contextlib.contextmanager
-def _open(path: str):
+def open_archive(path: str):
   """The npz archive at `path`; it and its file are closed on exit (the file
   is ours: `np.load` leaves its own open when the zip is damaged)."""
   try:
@@ -241,7 +241,7 @@ def _open(path: str):
       yield archive
 
 
-class _Columns:
+class Columns:
   """The arrays of an npz archive by field, checked as they are read."""
 
   def __init__(self, path: str, archive, keys: dict[str, str],
@@ -301,7 +301,7 @@ class _Columns:
             else common.text_column(value, self.path, self.name(field)))
 
 
-def _split(columns: _Columns, n: int, split_file: bool, session,
+def _split(columns: Columns, n: int, split_file: bool, session,
            iemocap: bool):
   """(split name per row, session folds?, where the split comes from).
 

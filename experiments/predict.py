@@ -1,0 +1,61 @@
+"""Predicts with a trained run: one CSV row per utterance (and seed).
+
+    python -m experiments.predict --workdir runs/mosi [--data_dir D --split test | --input FILE.npz] [--combination at] [--ensemble] --out predictions.csv
+
+Without --data_dir or --input it predicts the run's own data (--split,
+default test). Columns and the npz format: `mcur_jax/predict.py`. Exit 2
+with one `error:` line for input that does not fit the model.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mcur_jax import predict
+from mcur_jax import train
+
+flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
+flags.DEFINE_string("data_dir", None, "prepared directory to predict "
+                    "(default: the run's own data)")
+flags.DEFINE_enum("split", "test", list(predict.SPLITS),
+                  "split of the prepared directory")
+flags.DEFINE_string("input", None, "an .npz of features instead (labels "
+                    "optional; format in data_prep/formats/npz.py)")
+flags.DEFINE_string("combination", None, "use only these modalities, e.g. at "
+                    "(default: every modality each utterance has)")
+flags.DEFINE_bool("ensemble", False, "one row per utterance from the seeds' "
+                  "ensemble (default: one row per utterance and seed)")
+flags.DEFINE_string("out", "predictions.csv", "the CSV to write")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if FLAGS.data_dir and FLAGS.input:
+    print("error: --data_dir and --input: give one", file=sys.stderr)
+    sys.exit(2)
+  try:
+    found, notes = predict.predict(
+        FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
+        npz=FLAGS.input, combination=FLAGS.combination,
+        ensemble=FLAGS.ensemble)
+    predict.write_csv(found, FLAGS.out)
+  except (FileNotFoundError, *train.INPUT_ERRORS) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    print(f"error: {e.filename or FLAGS.out}: {e.strerror or e}",
+          file=sys.stderr)
+    sys.exit(2)
+  for note in notes:
+    print(f"NOTE: {note}")
+  print(f"wrote {len(found)} rows to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

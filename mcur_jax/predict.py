@@ -1,0 +1,289 @@
+"""Predictions of a trained run on new or prepared features, with calibrated confidence.
+
+`predict` is what `python -m experiments.predict` runs. Its input is a
+prepared directory's split, or an `.npz` of features in the format of
+`data_prep/formats/npz.py` where only `group_id` and one modality are
+required: `label` is optional (absent: not known), `split` is not read, and
+the features are standardised with the statistics the model was trained
+with (the run's manifest, its fold's for IEMOCAP).
+
+Every utterance is predicted once, in the context of its own group, exactly
+as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
+under the modalities it has, restricted to `combination` if given; the
+combination it was predicted under is a column. A modality the model was
+trained without (dims 0 in its manifest) or with another feature size is an
+error naming the field; a modality the model knows but the input lacks is
+absent for every utterance (the model is built for that), and a note says so.
+
+Output: one row per utterance and seed (the run's models as trained and
+reported in results.json; the default), or with `ensemble` one row per
+utterance from the seeds' ensemble (mean class probabilities or mean
+score). Columns: utt_id, group_id, position, [fold,] model (seed N or
+"ensemble"), combination, then the prediction (regression: score;
+classification: class, class_name and p_<class> for every class, the
+probabilities calibrated by temperature), s (SUGR's log-variance; the log of
+the mean exp(s) for the ensemble), confidence (the calibrated probability
+that the decision is right, `calibration.py`, fitted on the run's
+validation data) and label (empty where unknown).
+"""
+
+import csv
+import dataclasses
+import os
+
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from data_prep import common
+from data_prep.formats import npz as npz_format
+from mcur_jax import calibration
+from mcur_jax import checkpoint
+from mcur_jax import combos
+from mcur_jax import data as data_lib
+from mcur_jax import evaluation
+from mcur_jax import inference
+from mcur_jax import regime
+from mcur_jax import schema
+from mcur_jax import train
+from mcur_jax import validate
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclasses.dataclass
+class Predictions:
+  """Columns of equal length, in output order (`write_csv`)."""
+
+  columns: dict[str, list]
+
+  def __len__(self) -> int:
+    return len(next(iter(self.columns.values())))
+
+  @classmethod
+  def concatenate(cls, parts: list["Predictions"]) -> "Predictions":
+    return cls({k: sum((p.columns[k] for p in parts), [])
+                for k in parts[0].columns})
+
+
+def _number(x):
+  """A CSV cell: the shortest text that reads back as the same float32 or
+  float64; ints as ints."""
+  if isinstance(x, np.float32):
+    return str(x)
+  if isinstance(x, (float, np.floating)):
+    return repr(float(x))
+  return x
+
+
+def write_csv(predictions: Predictions, path: str) -> None:
+  cols = predictions.columns
+  with open(path, "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(list(cols))
+    for row in zip(*cols.values()):
+      out.writerow([_number(x) for x in row])
+
+
+def read_npz(path: str, manifest: schema.Manifest) -> tuple[data_lib.Split,
+                                                            np.ndarray, list]:
+  """(raw split, label known [N] bool, notes) of an npz of new features,
+  checked against the model's `manifest` (module docstring)."""
+  classification = manifest.task == "classification"
+  fields = {f: f for f in npz_format.FIELDS}
+  with npz_format.open_archive(path) as archive:
+    columns = npz_format.Columns(path, archive, fields, set())
+    group_id = columns.text("group_id", None)
+    n = len(group_id)
+    label = columns.get("label", npz_format.NUMBERS, n, required=False)
+    position = columns.get("position", npz_format.INTEGERS, n, required=False)
+    if position is None:
+      position = common.positions_in_group(group_id, np.arange(n))
+    elif (position < 0).any():
+      raise schema.DataError(path, "position", "negative values")
+    utt_id = columns.text("utt_id", n, required=False)
+    if utt_id is None:
+      utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
+    speaker = columns.text("speaker", n, required=False)
+    session = columns.get("session", npz_format.INTEGERS, n, required=False)
+    features, available, _ = npz_format.read_features(columns, n)
+  notes = []
+  for j, m in enumerate(schema.MODALITIES):
+    dims, want = features[m].shape[1], manifest.dims[m]
+    if dims and not want:
+      raise schema.DataError(path, m, f"the model was trained without {m} "
+                             "(its manifest's dims." + m + " is 0): remove "
+                             "the key")
+    if dims and dims != want:
+      raise schema.DataError(path, m, f"{dims} features per utterance, but "
+                             f"the model was trained on {want} (dims.{m} of "
+                             "its manifest)")
+    if want and not dims:
+      features[m] = np.zeros((n, want), np.float32)
+      notes.append(f"{path}: no {m!r} key: {m} is absent for every "
+                   "utterance")
+    features[m], available[:, j], _ = common.apply_nan_policy(
+        features[m], available[:, j], "error", path, m, utt_id)
+  known = np.ones(n, bool) if label is not None else np.zeros(n, bool)
+  if label is None:
+    label = np.zeros(n, np.int32 if classification else np.float32)
+  elif classification:
+    known = label != npz_format.UNLABELLED
+    bad = known & ~((label >= 0) & (label < manifest.num_classes) &
+                    (label == np.round(label)))
+    if bad.any():
+      raise schema.DataError(path, "label", f"{int(bad.sum())} values that "
+                             f"are not a class index in [0, "
+                             f"{manifest.num_classes}) or -1 (unknown)")
+    label = np.where(known, label, 0).astype(np.int32)
+  elif not np.isfinite(label).all():
+    raise schema.DataError(path, "label", "NaN or inf")
+  split = common.make_rows(utt_id=utt_id, group_id=group_id,
+                           position=position, label=label, features=features,
+                           available=available, speaker=speaker,
+                           session=session)
+  return split, known, notes
+
+
+def _check_same_features(directory: str, data: schema.Manifest,
+                         model: schema.Manifest) -> None:
+  """A prepared directory must have the model's task and feature sizes."""
+  path = os.path.join(directory, schema.MANIFEST)
+  for field in ("task", "num_classes", "dims"):
+    if getattr(data, field) != getattr(model, field):
+      raise schema.DataError(path, field, f"{getattr(data, field)!r}, but "
+                             f"the model was trained on "
+                             f"{getattr(model, field)!r}")
+
+
+def _masks(split: data_lib.Split, present: np.ndarray,
+           combination: str | None) -> np.ndarray:
+  """[1, N, 3]: each utterance's modalities, restricted to `combination`."""
+  allowed = np.asarray(present, bool)
+  if combination is not None:
+    allowed = allowed & combos.MASKS[combos.NAMES.index(combination)]
+  return (split.available & allowed[None])[None]
+
+
+def _rows(split, known, fold, model_names, combination_names, pred, s,
+          conf, probs, manifest) -> Predictions:
+  """Rows utterance-major, then model; `pred` [R, N, K], `s`, `conf` [R, N],
+  `probs` [R, N, K] or None."""
+  r, n = s.shape
+  each = lambda x: [x[i] for i in range(n) for _ in range(r)]
+  cols = {"utt_id": each(split.utt_id.tolist()),
+          "group_id": each(split.group_id.tolist()),
+          "position": each(split.position.tolist())}
+  if fold is not None:
+    cols["fold"] = [fold] * (n * r)
+  cols["model"] = model_names * n
+  cols["combination"] = each(combination_names)
+  flat = lambda x: np.swapaxes(x, 0, 1).reshape(n * r, *x.shape[2:])
+  if probs is None:
+    cols["score"] = list(flat(pred)[:, 0])
+  else:
+    cls = flat(pred).argmax(-1)
+    cols["class"] = cls.tolist()
+    names = manifest.classes or [str(k) for k in range(pred.shape[-1])]
+    cols["class_name"] = [names[k] for k in cls]
+    for k, name in enumerate(names):
+      cols[f"p_{name}"] = list(flat(probs)[:, k])
+  cols["s"] = list(flat(s))
+  cols["confidence"] = list(flat(conf))
+  cols["label"] = each([x if k else "" for x, k in zip(split.label, known)])
+  return Predictions(cols)
+
+
+def predict(workdir: str, *, data_dir: str | None = None,
+            split: str = "test", npz: str | None = None,
+            combination: str | None = None,
+            ensemble: bool = False) -> tuple[Predictions, list[str]]:
+  """Predictions of the run in `workdir` (module docstring) and notes.
+
+  Args:
+    workdir: a finished run's workdir. A cross-validated run (fold<k>/)
+      predicts each fold's `split` with that fold's models (out-of-fold
+      predictions for test); an npz then needs one fold's workdir.
+    data_dir: a prepared directory (default: the run's own data).
+    split: its split to predict.
+    npz: an .npz of features instead of a prepared directory.
+    combination: restrict every utterance to these modalities (e.g. "at").
+    ensemble: one row per utterance from the seeds' ensemble.
+
+  Raises:
+    validate.ConfigError: bad arguments or workdir.
+    schema.DataError: input that does not fit the model.
+  """
+  if split not in SPLITS:
+    raise validate.ConfigError("--split", f"{split!r}, not one of {SPLITS}")
+  if combination is not None and combination not in combos.NAMES:
+    raise validate.ConfigError("--combination", f"{combination!r}, not one "
+                               f"of {combos.NAMES}")
+  folds = inference.fold_workdirs(workdir)
+  if folds:
+    if npz:
+      raise validate.ConfigError("--workdir", f"{workdir} is cross-"
+                                 "validated: pass one fold's workdir (e.g. "
+                                 f"{folds[0]}) to predict an npz")
+    parts = [predict(d, data_dir=data_dir, split=split,
+                     combination=combination, ensemble=ensemble)
+             for d in folds]
+    return (Predictions.concatenate([p for p, _ in parts]),
+            sum((n for _, n in parts), []))
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    raise validate.ConfigError("--workdir", f"{workdir}: no config.json, not"
+                               " the workdir of a training run")
+  config = checkpoint.load_config(workdir)
+  mesh = train.make_mesh(config.num_devices)
+  graphdef, params, config, manifest = checkpoint.restore_for_inference(
+      workdir, NamedSharding(mesh, P()))
+  present = validate.present_modalities(manifest)
+  served = combos.realisable(present)
+  if combination is not None and combos.NAMES.index(combination) not in served:
+    raise validate.ConfigError("--combination", f"{combination!r} needs a "
+                               f"modality the model's dataset does not have")
+  fold = config.fold or None
+  own = data_lib.load(config.data_dir, fold=fold)
+  notes = []
+  if npz:
+    raw, known, notes = read_npz(npz, manifest)
+    stats = data_lib.normalization_stats(
+        config.data_dir, manifest,
+        schema.fold_name(fold) if fold else "train")
+    rows = data_lib.normalize(raw, stats)
+  else:
+    if data_dir:
+      _check_same_features(data_dir, schema.Manifest.load(data_dir), manifest)
+    rows = getattr(data_lib.load(data_dir, fold=fold) if data_dir else own,
+                   split)
+    known = np.ones(len(rows), bool)
+  members = regime.members(config, served)
+  predict_fn = evaluation.make_predict(graphdef, mesh)
+  fitted = inference.run_calibration(workdir, config, manifest.task,
+                                     predict_fn, params, members, own, mesh)
+  masks = _masks(rows, present, combination)
+  which = evaluation.combo_index(masks, members.combos)
+  out = predict_fn(params, evaluation.Inputs.of(rows, config, mesh), masks)
+  pred = evaluation.route(out["pred"], members.owner, which)[0]  # [S, N, K]
+  s = evaluation.route(out["s"], members.owner, which)[0]
+  names = [combos.NAMES[c] if m.any() else "none"
+           for c, m in zip(which[0], masks[0])]
+  served_name = np.array([combos.NAMES[c] for c in which[0]])
+  if ensemble:
+    pred, s = (x[None] for x in calibration.ensemble(manifest.task, pred, s))
+    cals, model_names = [fitted["ensemble"]], ["ensemble"]
+  else:
+    cals = fitted["seeds"]
+    model_names = [f"seed {seed}" for seed in config.seeds]
+  conf = np.zeros(s.shape)
+  probs = (np.zeros(pred.shape) if manifest.task == "classification"
+           else None)
+  for r, by_combination in enumerate(cals):
+    for c, cal in by_combination.items():
+      rows_c = served_name == c
+      conf[r, rows_c], p = calibration.confidence(
+          cal, manifest.task, config.task_loss, pred[r, rows_c], s[r, rows_c])
+      if probs is not None:
+        probs[r, rows_c] = p
+  return _rows(rows, known, fold, model_names, names, pred, s, conf, probs,
+               manifest), notes
