@@ -1,11 +1,21 @@
-"""What the entry points share: flags, finding the data, and clean failures.
+"""What the entry points share: flags, finding the data and the config
+files, and clean failures.
 
     python -m experiments.mosi [--data_dir DIR] [--workdir DIR] [--config FILE[:tiny]] [--config.FIELD=VALUE ...]
 
-Data: `--data_dir` (a prepared directory) when given; else `prepared/<dataset>`
-if it exists; else, for a dataset the synthetic generator knows, a synthetic
-dataset shaped like it, generated once into `WORKDIR/synthetic-<dataset>`
-and announced as such in the first lines and in results.json.
+Data: `--data_dir` (or config.data_dir), a prepared directory, when given:
+the run takes its dataset from the directory's manifest (`take_dataset`);
+else `prepared/<dataset>` under the working directory if it exists; else,
+for a dataset the synthetic generator knows, a synthetic dataset shaped like
+it, generated once into `WORKDIR/synthetic-<dataset>` and announced as such
+in the first lines and in results.json. The workdir default, `runs/<name>`,
+is under the working directory too.
+
+Files: a relative path into this package that does not exist under the
+working directory, like `--config experiments/configs/mosi.py:tiny` or
+`--sweep experiments/sweeps/ablation.py` run from elsewhere, names that file
+of the package wherever it is installed (`package_file`), so the documented
+commands work from any directory after `pip install .`.
 """
 
 import ctypes
@@ -42,15 +52,85 @@ from data_prep import synthetic
 from data_prep import writer
 from mcur_jax import schema
 from mcur_jax import train
+from mcur_jax import validate
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
+# The directory holding the `experiments` package: the checkout, or
+# site-packages once installed.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(PACKAGE_ROOT, "experiments", "configs")
+# The entry point whose config suits each task (schema.TASKS).
+TASK_ENTRY_POINTS = {"regression": "mosi", "classification": "iemocap"}
 FLAGS = flags.FLAGS
 
 
+def package_file(path: str) -> str:
+  """`path`; or, when it does not exist and is relative and inside this
+  package (`experiments/...`), that file of the package as installed."""
+  if (os.path.exists(path) or os.path.isabs(path)
+      or os.path.normpath(path).split(os.sep)[0] != "experiments"):
+    return path
+  installed = os.path.join(PACKAGE_ROOT, path)
+  return installed if os.path.exists(installed) else path
+
+
+class _PackageFileParser(flags.ArgumentParser):
+  """Parses `FILE[:ARG]` with `parser`, FILE found by `package_file`."""
+
+  def __init__(self, parser: flags.ArgumentParser):
+    self.parser = parser
+
+  def parse(self, argument: str):
+    file, colon, arg = argument.partition(":")
+    return self.parser.parse(package_file(file) + colon + arg)
+
+
+def define_config_file(name: str, default: str, help_string: str) -> None:
+  """Defines --NAME, a config file (`FILE` or `FILE:ARG`, the argument of
+  its `get_config`) found by `package_file`; its fields can be overridden
+  as --NAME.FIELD=VALUE."""
+  config_flags.DEFINE_config_file(name, default, help_string,
+                                  lock_config=True)
+  FLAGS[name].parser = _PackageFileParser(FLAGS[name].parser)
+
+
+def take_dataset(config, explicit: bool) -> None:
+  """Sets config.dataset to the dataset that the manifest of
+  config.data_dir names, so a prepared directory needs no --config.dataset.
+
+  Args:
+    config: the run's config; config.data_dir is a prepared directory.
+    explicit: whether the user set config.dataset (--config.dataset).
+
+  Raises:
+    schema.DataError: naming the manifest and its field, when an explicit
+      config.dataset is another dataset, or when the data's task is not
+      the one the config trains (a MOSI config on IEMOCAP data: its fields
+      were chosen for the other task).
+  """
+  manifest = schema.Manifest.load(config.data_dir)
+  if manifest.dataset == config.dataset:
+    return
+  path = os.path.join(config.data_dir, schema.MANIFEST)
+  if explicit:
+    raise schema.DataError(
+        path, "dataset", f"{manifest.dataset!r}, but --config.dataset is "
+        f"{config.dataset!r}; leave --config.dataset out to train on "
+        f"{manifest.dataset!r}")
+  task = validate.config_task(config)
+  if task and task != manifest.task:
+    name = TASK_ENTRY_POINTS[manifest.task]
+    raise schema.DataError(
+        path, "task", f"{manifest.task!r} (dataset {manifest.dataset!r}), "
+        f"but this config (dataset {config.dataset!r}, task_loss "
+        f"{config.task_loss!r}) is for {task}; for {manifest.task} data use "
+        f"python -m experiments.{name} (or --config "
+        f"experiments/configs/{name}.py)")
+  config.dataset = manifest.dataset
+
+
 def find_data(config, workdir: str) -> str:
-  """The prepared directory to train on (see the module docstring)."""
-  if config.data_dir:
-    return config.data_dir
+  """The prepared directory to train on when none is given (see the module
+  docstring)."""
   prepared = os.path.join("prepared", config.dataset)
   if os.path.exists(os.path.join(prepared, schema.MANIFEST)):
     return prepared
@@ -85,10 +165,10 @@ def _os_error(e: OSError, workdir: str) -> str:
 
 def execute(argv, job) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
-  `initialize_distributed()` when `config.distributed`, the data found,
-  and failures a user can fix turned into one `error:` line and an exit
-  status (2: bad data, arguments or workdir, or a full disk; 3: training
-  diverged)."""
+  `initialize_distributed()` when `config.distributed`, the data found
+  (and its dataset taken), and failures a user can fix turned into one
+  `error:` line and an exit status (2: bad data, arguments or workdir, or a
+  full disk; 3: training diverged)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
@@ -97,9 +177,12 @@ def execute(argv, job) -> None:
   if config.distributed:
     initialize_distributed()
   try:
+    given = FLAGS.data_dir or config.data_dir
     # Absolute, so that config.json finds the data from anywhere.
-    config.data_dir = os.path.abspath(FLAGS.data_dir or
-                                      find_data(config, workdir))
+    config.data_dir = os.path.abspath(given or find_data(config, workdir))
+    if given:
+      take_dataset(config, "dataset" in config_flags.get_override_values(
+          FLAGS["config"]))
     job(config, workdir)
   except train.INPUT_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
@@ -114,9 +197,11 @@ def execute(argv, job) -> None:
 
 def define_flags(name: str, workdir: str) -> None:
   """--data_dir, --workdir (default `workdir`) and --config (default
-  `configs/<name>.py`, fields overridable as --config.x=...)."""
-  flags.DEFINE_string("data_dir", None, "prepared directory (data_prep); "
-                      "default prepared/<dataset>, else synthetic data")
+  `configs/<name>.py`, fields overridable as --config.x=...; see
+  `define_config_file`)."""
+  flags.DEFINE_string("data_dir", None, "prepared directory (data_prep), "
+                      "whose manifest sets the dataset; default "
+                      "prepared/<dataset>, else synthetic data")
   flags.DEFINE_string("workdir", workdir,
                       "output directory: checkpoints, logs, results")
   flags.DEFINE_string("coordinator_address", None, "with --config.distributed"
@@ -125,10 +210,10 @@ def define_flags(name: str, workdir: str) -> None:
                        "processes of the job (unset: detected)")
   flags.DEFINE_integer("process_id", None, "with --config.distributed: this "
                        "process's index (unset: detected)")
-  config_flags.DEFINE_config_file(
+  define_config_file(
       "config", os.path.join(CONFIGS, f"{name}.py"),
-      "config file (FILE or FILE:tiny); override fields with --config.x=...",
-      lock_config=True)
+      "config file (FILE or FILE:tiny; experiments/configs/... is found in "
+      "the installed package too); override fields with --config.x=...")
 
 
 def run(name: str) -> None:

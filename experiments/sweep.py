@@ -27,7 +27,8 @@ from mcur_jax import sweep
 from mcur_jax import validate
 
 flags.DEFINE_string("sweep", None, "Python file whose get_sweep() returns a "
-                    "list of {field: value} points")
+                    "list of {field: value} points (experiments/sweeps/... "
+                    "is found in the installed package too)")
 flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: sweep FIELD over the "
                           "values (repeat for a product)")
 flags.DEFINE_string("shard", "0/1", "i/n: run only points i, i+n, i+2n, ...")
@@ -38,7 +39,7 @@ def points(config) -> list[dict]:
   """The sweep's points in a fixed order: file points x grid points."""
   from_file = [{}]
   if FLAGS.sweep:
-    from_file = runpy.run_path(FLAGS.sweep)["get_sweep"]()
+    from_file = runpy.run_path(launch.package_file(FLAGS.sweep))["get_sweep"]()
   grid = sweep.grid_points(config, FLAGS.grid)
   return [{**a, **b} for a in from_file for b in grid]
 

@@ -14,6 +14,8 @@ from mcur_jax import schema
 
 # How the training combination is drawn: per utterance, or one per window.
 COMBO_DRAWS = ("utterance", "window")
+# The config.task_loss values that train each task (schema.TASKS).
+TASK_LOSSES = {"regression": ("l1", "mse"), "classification": ("ce",)}
 
 
 class ConfigError(ValueError):
@@ -42,8 +44,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
                       f"{config.data_dir} is {manifest.dataset!r}")
   if not config.seeds:
     raise _error("seeds", "empty")
-  _one_of(config, "task_loss", ("ce",) if manifest.task == "classification"
-          else ("l1", "mse"))
+  _one_of(config, "task_loss", TASK_LOSSES[manifest.task])
   _one_of(config, "regime", regime.REGIMES)
   _one_of(config, "positives", losses.POSITIVES)
   _one_of(config, "regression_categories", losses.REGRESSION_CATEGORIES)
@@ -78,6 +79,15 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for rate in config.missing_rates:
     if not 0 <= rate <= 0.7 + 1e-9:
       raise _error("missing_rates", f"{rate} outside [0, 0.7]")
+
+
+def config_task(config) -> str | None:
+  """The task (schema.TASKS) that config.task_loss trains; None for a loss
+  of no task (which `check` reports)."""
+  for task, names in TASK_LOSSES.items():
+    if config.task_loss in names:
+      return task
+  return None
 
 
 def present_modalities(manifest: schema.Manifest) -> list[bool]:

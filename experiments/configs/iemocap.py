@@ -1,7 +1,8 @@
-"""MCUR on IEMOCAP, 4-way (or 6-way with --config.dataset=iemocap6),
-leave-one-session-out; fields as in mosi.py.
+"""MCUR on IEMOCAP, 4-way (6-way on an iemocap6 directory, whose manifest
+sets the dataset), leave-one-session-out; fields as in mosi.py.
 
     python -m experiments.iemocap --data_dir prepared/iemocap4   # all 5 folds
+    python -m experiments.iemocap --data_dir prepared/iemocap6   # 6-way
     python -m experiments.iemocap --config.fold=2                # session 2 only
 
 The fields set here were chosen on the VALIDATION dialogues of the five

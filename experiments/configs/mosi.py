@@ -12,7 +12,9 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Dataset name; must match the prepared directory's manifest.
+  # Dataset name: finds prepared/<dataset> (or the synthetic data) when no
+  # data_dir is given; a given data_dir's manifest sets it (and an explicit
+  # --config.dataset must agree with it).
   c.dataset = "mosi"
   # Prepared directory (data_prep.convert); "" = prepared/<dataset> if it
   # exists, else the synthetic MOSI-like data (set by the entry point).

@@ -1,0 +1,2 @@
+"""Sweep files for `python -m experiments.sweep --sweep FILE`: each one's
+`get_sweep()` returns the points."""

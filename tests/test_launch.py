@@ -1,0 +1,93 @@
+"""What the entry points share (experiments/launch.py): the dataset taken
+from a prepared directory's manifest, and files found in the package."""
+
+import os
+import pathlib
+
+import pytest
+
+from data_prep import synthetic
+from data_prep import writer
+from experiments import launch
+from experiments.configs import iemocap as iemocap_config
+from experiments.configs import mosi as mosi_config
+from mcur_jax import schema
+from tests import runs
+
+
+@pytest.fixture(scope="module")
+def iemocap6_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("data") / "iemocap6"
+  writer.write(synthetic.generate("iemocap6", 0, 0.02), out)
+  return out
+
+
+def config_on(base, data_dir):
+  config = base.get_config("tiny")
+  config.data_dir = str(data_dir)
+  return config
+
+
+def test_dataset_comes_from_the_manifest(iemocap6_dir):
+  """The IEMOCAP config (iemocap4) on an iemocap6 directory trains iemocap6."""
+  config = config_on(iemocap_config, iemocap6_dir)
+  launch.take_dataset(config, explicit=False)
+  assert config.dataset == "iemocap6"
+
+
+def test_explicit_dataset_must_match_the_manifest(iemocap6_dir):
+  """--config.dataset=iemocap4 on an iemocap6 directory: DataError naming
+  the manifest and its `dataset` field; --config.dataset=iemocap6 runs."""
+  config = config_on(iemocap_config, iemocap6_dir)
+  with pytest.raises(schema.DataError) as e:
+    launch.take_dataset(config, explicit=True)
+  assert str(e.value).startswith(
+      f"{iemocap6_dir / schema.MANIFEST}: dataset: 'iemocap6', but "
+      "--config.dataset is 'iemocap4'")
+  config.dataset = "iemocap6"
+  launch.take_dataset(config, explicit=True)
+
+
+def test_config_of_the_other_task_is_refused(iemocap6_dir):
+  """The MOSI config (regression) on IEMOCAP data (classification): its
+  fields were chosen for the other task, so DataError naming the task and
+  the entry point to use."""
+  config = config_on(mosi_config, iemocap6_dir)
+  with pytest.raises(schema.DataError) as e:
+    launch.take_dataset(config, explicit=False)
+  message = str(e.value)
+  assert message.startswith(f"{iemocap6_dir / schema.MANIFEST}: task: "
+                            "'classification' (dataset 'iemocap6')")
+  assert "python -m experiments.iemocap" in message
+  assert config.dataset == "mosi"
+
+
+def test_cli_takes_the_dataset_without_config_dataset(iemocap6_dir, tmp_path):
+  """`python -m experiments.iemocap --data_dir IEMOCAP6` gets past the
+  config's dataset check (`validate.check` compares the dataset first) to
+  the next bad field, a 0-epoch run, which stops it before any compiling."""
+  result = runs.cli("--data_dir", iemocap6_dir, "--workdir", tmp_path,
+                    "--config", f"{launch.CONFIGS}/iemocap.py:tiny",
+                    "--config.num_epochs=0", "--config.fold=1",
+                    dataset="iemocap", env=dict(os.environ))
+  assert result.returncode == 2, result.stderr
+  assert runs.error_lines(result.stderr) == [
+      "error: config.num_epochs: 0, must be >= 1"]
+
+
+def test_package_file_finds_shipped_files_from_anywhere(tmp_path,
+                                                        monkeypatch):
+  """A relative path into the package that the working directory lacks
+  names the package's file; any other path stays as given."""
+  monkeypatch.chdir(tmp_path)
+  found = launch.package_file("experiments/sweeps/ablation.py")
+  assert pathlib.Path(found) == pathlib.Path(
+      launch.PACKAGE_ROOT, "experiments", "sweeps", "ablation.py")
+  assert os.path.isfile(found)
+  for path in ("experiments/configs/missing.py", "configs/mosi.py",
+               str(tmp_path / "experiments/configs/mosi.py")):
+    assert launch.package_file(path) == path
+  (tmp_path / "experiments" / "configs").mkdir(parents=True)
+  (tmp_path / "experiments" / "configs" / "mosi.py").write_text("")
+  assert launch.package_file("experiments/configs/mosi.py") == (
+      "experiments/configs/mosi.py")
