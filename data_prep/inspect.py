@@ -4,14 +4,13 @@
 
 Checks: the manifest's schema, every shard's framing and CRCs, every record
 against the manifest (fields, types, feature lengths), record counts, no
-stray shard files, group ids in a single split, and the normalisation
-statistics against a recomputation. Prints counts per split, dims, label
-distribution and availability per modality. A failure is one line naming the
-file and field, with exit status 2.
+stray shard files (TFDS-named, or `*.tfrecord` as written before), group ids
+in a single split, and the normalisation statistics against a recomputation.
+Prints counts per split, dims, label distribution and availability per
+modality. A failure is one line naming the file and field, with exit status 2.
 """
 
 import argparse
-import glob
 import os
 import sys
 
@@ -46,9 +45,10 @@ def verify(directory: str) -> tuple[schema.Manifest, dict[str, data.Split]]:
   """Reads and checks everything; returns the manifest and raw splits."""
   manifest = schema.Manifest.load(directory)
   listed = {f for info in manifest.splits.values() for f in info["files"]}
-  for path in sorted(glob.glob(os.path.join(directory, "*.tfrecord"))):
-    if os.path.basename(path) not in listed:
-      raise schema.DataError(path, "file", "shard not listed in the manifest")
+  for name in sorted(os.listdir(directory)):
+    if schema.is_shard_name(name) and name not in listed:
+      raise schema.DataError(os.path.join(directory, name), "file",
+                             "shard not listed in the manifest")
   splits = {s: data.read_split(directory, manifest, s) for s in manifest.splits}
   seen = {}
   for s, split in splits.items():

@@ -2,9 +2,10 @@
 
 Every format reader under `data_prep/formats` produces a `Table`; `write`
 validates it (unique ids, finite features, labels in range, each group in one
-split) and writes TFRecord shards plus `manifest.json` into a temporary
-sibling directory that is renamed into place only when everything succeeded,
-so a failed conversion never leaves a half-written output.
+split) and writes TFRecord shards, `manifest.json` and the TFDS metadata
+(`tfds_metadata`) into a temporary sibling directory that is renamed into
+place only when everything succeeded, so a failed conversion never leaves a
+half-written output.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import tfds_metadata
 from mcur_jax import data
 from mcur_jax import schema
 from mcur_jax import tfrecord
@@ -77,6 +79,7 @@ def sha256_source(path: str | os.PathLike, role: str) -> dict[str, Any]:
 def check(table: Table) -> None:
   """Raises `schema.DataError` (naming file and field) on an invalid table."""
   rows, origin = table.rows, table.origin
+  tfds_metadata.check_name(table.dataset, "command line", "--dataset")
   n = len(rows)
   if n == 0:
     raise schema.DataError(origin["utt_id"], "utt_id", "no utterances found")
@@ -168,11 +171,13 @@ def _normalization(table: Table, folds) -> dict:
   return stats
 
 
-def _write_shards(table: Table, directory: str) -> dict[str, dict[str, Any]]:
-  """Writes the shards of every split; returns the manifest's `splits`."""
+def _write_shards(table: Table, directory: str
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
+  """Writes the shards of every split; returns the manifest's `splits` and
+  the record count of each shard by split."""
   rows = table.rows
   row_bytes = 4 * sum(x.shape[1] for x in rows.features.values()) + 256
-  splits = {}
+  splits, lengths = {}, {}
   for s in (*schema.SPLITS, schema.ALL_SPLIT):
     index = np.flatnonzero(table.split == s)
     if not len(index):
@@ -180,11 +185,12 @@ def _write_shards(table: Table, directory: str) -> dict[str, dict[str, Any]]:
     # Records sorted by group and position: shards read as whole videos.
     index = index[np.lexsort((rows.position[index], rows.group_id[index]))]
     count = max(1, math.ceil(len(index) * row_bytes / SHARD_BYTES))
-    files = []
+    files, lengths[s] = [], []
     for k, part in enumerate(np.array_split(index, count)):
-      name = schema.shard_name(s, k, count)
-      tfrecord.write_records(os.path.join(directory, name),
-                             (_record(rows, int(i), table.task) for i in part))
+      name = schema.shard_name(table.dataset, s, k, count)
+      lengths[s].append(tfrecord.write_records(
+          os.path.join(directory, name),
+          (_record(rows, int(i), table.task) for i in part)))
       files.append(name)
     splits[s] = {
         "count": len(index),
@@ -193,7 +199,20 @@ def _write_shards(table: Table, directory: str) -> dict[str, dict[str, Any]]:
         "available": {m: int(rows.available[index, j].sum())
                       for j, m in enumerate(schema.MODALITIES)},
     }
-  return splits
+  return splits, lengths
+
+
+def publish(tmp: str, out: str) -> None:
+  """Renames the finished directory `tmp` to `out`, replacing what is there
+  (moved aside first, then removed)."""
+  if os.path.exists(out):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.",
+                           dir=os.path.dirname(out))
+    os.rename(out, os.path.join(old, "x"))
+    os.rename(tmp, out)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, out)
 
 
 def write(table: Table, out: str | os.PathLike, overwrite: bool = False
@@ -213,10 +232,11 @@ def write(table: Table, out: str | os.PathLike, overwrite: bool = False
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
   try:
+    splits, lengths = _write_shards(table, tmp)
     manifest = schema.Manifest(
         dataset=table.dataset, task=table.task, classes=table.classes,
         dims={m: int(x.shape[1]) for m, x in table.rows.features.items()},
-        splits=_write_shards(table, tmp),
+        splits=splits,
         normalization=_normalization(table, folds), folds=folds,
         label_range=list(LABEL_RANGE) if table.task == "regression" else None,
         extra_fields=sorted(table.rows.extras), format=table.format,
@@ -224,13 +244,8 @@ def write(table: Table, out: str | os.PathLike, overwrite: bool = False
         notes=table.notes)
     with open(os.path.join(tmp, schema.MANIFEST), "w") as f:
       f.write(manifest.to_json())
-    if os.path.exists(out):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=parent)
-      os.rename(out, os.path.join(old, "x"))
-      os.rename(tmp, out)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, out)
+    tfds_metadata.write(tmp, manifest, lengths)
+    publish(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -1,7 +1,10 @@
 """The prepared-dataset schema: record fields, `manifest.json`, and its errors.
 
-A prepared directory holds `{split}-NNNNN-of-MMMMM.tfrecord` shards, one
-`tf.train.Example` per utterance, and `manifest.json`. The record fields are
+A prepared directory holds TFRecord shards named in TFDS's template,
+`{dataset}-{split}.tfrecord-NNNNN-of-MMMMM` (`shard_name`; directories written
+before name them `{split}-NNNNN-of-MMMMM.tfrecord`, and readers take the names
+the manifest lists), one `tf.train.Example` per utterance, `manifest.json`,
+and the TFDS metadata (`data_prep/tfds_metadata.py`). The record fields are
 the table `FIELDS` below (name, Example list, per record or per modality,
 meaning), plus the int64 extra fields the manifest lists (`corrupted`, ...).
 The writer (`data_prep/writer.py`), the NumPy reader (`data.read_split`) and
@@ -31,6 +34,9 @@ SPLITS = ("train", "valid", "test")
 # Split name of datasets with cross-validation folds (IEMOCAP): every record
 # lives in `all` and the fold is chosen at load time.
 ALL_SPLIT = "all"
+# TFDS reserves `all` for the union of a dataset's splits, so the shards and
+# the TFDS metadata name the `all` split this way; the manifest keeps `all`.
+TFDS_ALL_SPLIT = "sessions"
 TASKS = ("regression", "classification")
 
 
@@ -106,8 +112,21 @@ def available_field(modality: str) -> str:
   return AVAILABLE.key(modality)
 
 
-def shard_name(split: str, index: int, count: int) -> str:
-  return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+def tfds_split(split: str) -> str:
+  """The TFDS split name of manifest split `split`."""
+  return TFDS_ALL_SPLIT if split == ALL_SPLIT else split
+
+
+def shard_name(dataset: str, split: str, index: int, count: int) -> str:
+  """Shard `index` of `count` of `split`, named in TFDS's default template."""
+  return (f"{dataset}-{tfds_split(split)}.tfrecord-"
+          f"{index:05d}-of-{count:05d}")
+
+
+def is_shard_name(name: str) -> bool:
+  """Whether a file name looks like a shard, in the TFDS template or the
+  `{split}-NNNNN-of-MMMMM.tfrecord` of directories written before."""
+  return name.endswith(".tfrecord") or ".tfrecord-" in name
 
 
 # The keys of the manifest's objects: `folds`, each `splits` entry, each

@@ -174,7 +174,7 @@ def test_existing_output_is_kept_unless_overwrite(capsys, tmp_path, folder):
 def test_corrupted_tfrecord_is_caught_by_inspect_and_by_load(
     capsys, tmp_path, folder, damage):
   assert convert.main([*poria(folder), "--out", str(tmp_path / "out")]) == 0
-  shard = next((tmp_path / "out").glob("train-*.tfrecord"))
+  shard = next((tmp_path / "out").glob("*-train.tfrecord-*"))
   content = shard.read_bytes()
   shard.write_bytes(content[:len(content) // 2 + 7] if damage == "truncate" else
                     content[:100] + bytes([content[100] ^ 0x40]) + content[101:])
@@ -189,7 +189,7 @@ def test_corrupted_tfrecord_is_caught_by_inspect_and_by_load(
 def test_truncation_at_a_record_boundary_is_caught_by_the_count(
     capsys, tmp_path, folder):
   assert convert.main([*poria(folder), "--out", str(tmp_path / "out")]) == 0
-  shard = next((tmp_path / "out").glob("train-*.tfrecord"))
+  shard = next((tmp_path / "out").glob("*-train.tfrecord-*"))
   first = next(tfrecord.read_records(shard))
   shard.write_bytes(shard.read_bytes()[:len(first) + 16])
   capsys.readouterr()

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from data_prep import inspect
 from data_prep import writer
 from mcur_jax import schema
@@ -36,12 +38,15 @@ def test_summary_of_a_fold_dataset_checks_every_fold(tmp_path, capsys):
       capsys.readouterr().err)
 
 
-def test_stray_shard_is_reported(tmp_path, capsys):
+@pytest.mark.parametrize("stray", ["test-train.tfrecord-00009-of-00010",
+                                   "train-00009-of-00010.tfrecord"])
+def test_stray_shard_is_reported(tmp_path, capsys, stray):
+  """A shard the manifest does not list, in the TFDS template or the names
+  written before."""
   writer.write(test_data.make_table(), tmp_path / "d")
-  (tmp_path / "d" / "train-00009-of-00010.tfrecord").write_bytes(b"")
+  (tmp_path / "d" / stray).write_bytes(b"")
   assert inspect.main([str(tmp_path / "d")]) == 2
-  assert "train-00009-of-00010.tfrecord: file: shard not listed" in (
-      capsys.readouterr().err)
+  assert f"{stray}: file: shard not listed" in capsys.readouterr().err
 
 
 def test_a_modality_of_dim_0_is_clean(tmp_path, capsys):
