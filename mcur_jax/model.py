@@ -42,16 +42,23 @@ from flax import nnx
 from mcur_jax import schema
 
 MISSING_TOKENS = ("cls_only", "masked", "visible")
+# config.compute_dtype: the dtype of the encoders' and Transformers'
+# matmuls. Parameters, optimizer state, LayerNorms, the residual stream, the
+# attention softmax, the heads and the losses stay float32 (mixed precision
+# for TPU and GPU, whose matrix units run bfloat16 at several times the
+# float32 rate; on CPU bfloat16 is emulated and slower).
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class Encoder(nnx.Module):
   """LayerNorm -> Dense(d_in, D) -> GELU -> Dropout -> Dense(D, D)."""
 
-  def __init__(self, d_in: int, hidden: int, dropout: float, *, rngs):
+  def __init__(self, d_in: int, hidden: int, dropout: float, *, rngs,
+               dtype=None):
     self.norm = nnx.LayerNorm(d_in, rngs=rngs)
-    self.fc1 = nnx.Linear(d_in, hidden, rngs=rngs)
+    self.fc1 = nnx.Linear(d_in, hidden, dtype=dtype, rngs=rngs)
     self.drop = nnx.Dropout(dropout)
-    self.fc2 = nnx.Linear(hidden, hidden, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, rngs):
     h = nnx.gelu(self.fc1(self.norm(x)))
@@ -66,14 +73,14 @@ class SelfAttention(nnx.Module):
   rounding noise.
   """
 
-  def __init__(self, dim: int, num_heads: int, *, rngs):
+  def __init__(self, dim: int, num_heads: int, *, rngs, dtype=None):
     if dim % num_heads:
       raise ValueError(f"hidden {dim} is not divisible by {num_heads} heads")
     self.num_heads = num_heads
-    self.query = nnx.Linear(dim, dim, rngs=rngs)
-    self.key = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
-    self.value = nnx.Linear(dim, dim, rngs=rngs)
-    self.out = nnx.Linear(dim, dim, rngs=rngs)
+    self.query = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.key = nnx.Linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
+    self.value = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, mask, bias=None):
     """x [B, T, D], mask [B, T, T] bool, bias [B or 1, H, T, T] added to the
@@ -81,11 +88,14 @@ class SelfAttention(nnx.Module):
     b, t, d = x.shape
     heads = lambda y: y.reshape(b, t, self.num_heads, -1)
     q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])
+    # The logits' scaling, bias, mask and softmax in float32 whatever the
+    # compute dtype: bfloat16's 8-bit mantissa would round them coarsely.
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(
+        jnp.float32) / jnp.sqrt(q.shape[-1])
     if bias is not None:
       logits = logits + bias
     logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits, axis=-1)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d))
 
 
@@ -93,12 +103,12 @@ class Block(nnx.Module):
   """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: int,
-               dropout: float, *, rngs):
+               dropout: float, *, rngs, dtype=None):
     self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
-    self.attn = SelfAttention(dim, num_heads, rngs=rngs)
+    self.attn = SelfAttention(dim, num_heads, rngs=rngs, dtype=dtype)
     self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
-    self.fc1 = nnx.Linear(dim, mlp_ratio * dim, rngs=rngs)
-    self.fc2 = nnx.Linear(mlp_ratio * dim, dim, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, mlp_ratio * dim, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_ratio * dim, dim, dtype=dtype, rngs=rngs)
     self.drop = nnx.Dropout(dropout)
 
   def __call__(self, x, mask, rngs, bias=None):
@@ -119,7 +129,7 @@ class Context(nnx.Module):
 
   def __init__(self, dim: int, num_layers: int, num_heads: int,
                mlp_ratio: int, dropout: float, max_distance: int,
-               num_speakers: int, *, rngs):
+               num_speakers: int, *, rngs, dtype=None):
     init = nnx.initializers.normal(0.02)
     self.max_distance = max_distance
     self.speaker_embedding = nnx.Param(init(rngs.params(),
@@ -128,7 +138,7 @@ class Context(nnx.Module):
       self.distance_bias = nnx.Param(jnp.zeros((num_heads,
                                                 2 * max_distance + 1)))
     self.blocks = nnx.List([
-        Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs)
+        Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs, dtype=dtype)
         for _ in range(num_layers)])
     self.norm = nnx.LayerNorm(dim, rngs=rngs)
 
@@ -158,12 +168,18 @@ class MCUR(nnx.Module):
                mlp_ratio: int = 2, dropout: float = 0.1, proj_dim: int = 128,
                missing_tokens: str = "cls_only", context_layers: int = 0,
                context_heads: int = 4, context_max_distance: int = 8,
-               context_speakers: int = 2, rngs: nnx.Rngs):
+               context_speakers: int = 2, compute_dtype: str = "float32",
+               rngs: nnx.Rngs):
     if missing_tokens not in MISSING_TOKENS:
       raise ValueError(f"missing_tokens={missing_tokens!r}, not one of "
                        f"{MISSING_TOKENS}")
+    if compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"compute_dtype={compute_dtype!r}, not one of "
+                       f"{COMPUTE_DTYPES}")
     self.missing_tokens = missing_tokens
-    self.encoders = nnx.Dict({m: Encoder(dims[m], hidden, dropout, rngs=rngs)
+    dtype = jnp.dtype(compute_dtype)
+    self.encoders = nnx.Dict({m: Encoder(dims[m], hidden, dropout, rngs=rngs,
+                                         dtype=dtype)
                               for m in schema.MODALITIES if dims[m]})
     init = nnx.initializers.normal(0.02)
     n = len(schema.MODALITIES)
@@ -171,12 +187,15 @@ class MCUR(nnx.Module):
     self.missing_embedding = nnx.Param(init(rngs.params(), (n, hidden)))
     self.cls = nnx.Param(init(rngs.params(), (hidden,)))
     self.blocks = nnx.List([
-        Block(hidden, num_heads, mlp_ratio, dropout, rngs=rngs)
+        Block(hidden, num_heads, mlp_ratio, dropout, rngs=rngs, dtype=dtype)
         for _ in range(num_layers)])
     self.norm = nnx.LayerNorm(hidden, rngs=rngs)
     self.context = (Context(hidden, context_layers, context_heads, mlp_ratio,
                             dropout, context_max_distance, context_speakers,
-                            rngs=rngs) if context_layers else None)
+                            rngs=rngs, dtype=dtype)
+                    if context_layers else None)
+    # The heads stay in float32: they are small, and their outputs feed the
+    # losses and metrics directly.
     self.task_head = nnx.Linear(hidden, num_outputs, rngs=rngs)
     self.proj1 = nnx.Linear(hidden, hidden, rngs=rngs)
     self.proj2 = nnx.Linear(hidden, proj_dim, rngs=rngs)
@@ -258,6 +277,7 @@ def create(config, dims: dict[str, int], num_outputs: int):
                 context_heads=config.context_heads,
                 context_max_distance=config.context_max_distance,
                 context_speakers=config.context_speakers,
+                compute_dtype=config.compute_dtype,
                 rngs=nnx.Rngs(params=key))
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))
   return graphdef, lambda key: nnx.split(build(key))[1]

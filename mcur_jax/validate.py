@@ -49,6 +49,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   _one_of(config, "positives", losses.POSITIVES)
   _one_of(config, "regression_categories", losses.REGRESSION_CATEGORIES)
   _one_of(config, "missing_tokens", model.MISSING_TOKENS)
+  _one_of(config, "compute_dtype", model.COMPUTE_DTYPES)
   _one_of(config, "combo_draw", COMBO_DRAWS)
   weights = tuple(config.combo_weights)
   served = combos.realisable(present_modalities(manifest))

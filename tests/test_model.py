@@ -25,7 +25,7 @@ def config(**overrides):
   fields = dict(hidden_dim=D, num_layers=2, num_heads=2, mlp_ratio=2,
                 dropout=0.1, proj_dim=P, missing_tokens="cls_only",
                 context_layers=0, context_heads=2, context_max_distance=4,
-                context_speakers=2)
+                context_speakers=2, compute_dtype="float32")
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -234,6 +234,8 @@ def test_invalid_config_raises():
   hidden size, are refused when the model is built."""
   with pytest.raises(ValueError, match="missing_tokens"):
     model.create(config(missing_tokens="zeros"), DIMS, K)
+  with pytest.raises(ValueError, match="compute_dtype"):
+    model.create(config(compute_dtype="float16"), DIMS, K)
   with pytest.raises(ValueError, match="divisible"):
     model.create(config(hidden_dim=15), DIMS, K)
   with pytest.raises(ValueError, match="divisible"):
@@ -483,3 +485,40 @@ def test_modality_the_dataset_lacks():
       assert np.abs(leaf(grads, "missing_embedding")[2]).max() > 0
       assert np.abs(leaf(grads, "encoders/audio/fc1/kernel")).max() > 0
   assert float(evaluate(params)) < 0.5 * start
+
+
+# Mixed precision.
+
+
+def test_bfloat16_compute_keeps_float32_parameters_outputs_and_gradients():
+  """compute_dtype bfloat16: the same float32 parameters (one init for
+  both), the matmuls in bfloat16, every output and gradient float32 and
+  close to float32's. Tolerance: bfloat16 keeps 8 mantissa bits (relative
+  rounding 2^-9 per product), and about 10 matmul layers compound it, so a
+  few percent of an output's scale, while a wrong path (a dropped layer, a
+  float16 overflow) would differ by its whole scale."""
+  inputs, mask = ctx_inputs(4), jnp.asarray(CTX_MASK)
+  found = {}
+  for dtype in ("float32", "bfloat16"):
+    graphdef, init = model.create(config(context_layers=1,
+                                         compute_dtype=dtype), DIMS, K)
+    params = init(jax.random.key(3))
+    float32 = {jnp.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(params)} == float32
+    apply = functools.partial(model.apply, graphdef)
+    jaxpr = str(jax.make_jaxpr(apply)(params, inputs, mask))
+    assert ("bf16[" in jaxpr) == (dtype == "bfloat16")
+    def loss_and_outputs(params):
+      return real_loss(graphdef, params, inputs, mask, None), apply(
+          params, inputs, mask)
+    grads, out = jax.jit(jax.grad(loss_and_outputs, has_aux=True))(params)
+    assert {v.dtype for v in out.values()} == float32
+    assert {x.dtype for x in jax.tree.leaves(grads)} == float32
+    found[dtype] = out, jnp.concatenate(
+        [x.ravel() for x in jax.tree.leaves(grads)])
+  (out32, g32), (out16, g16) = found["float32"], found["bfloat16"]
+  for k in ("pred", "z", "s", "h"):
+    scale = float(jnp.abs(out32[k][REAL]).max())
+    assert 0 < max_change(out32, out16)[k] < 0.05 * scale, k
+  cosine = jnp.dot(g32, g16) / (jnp.linalg.norm(g32) * jnp.linalg.norm(g16))
+  assert cosine > 0.99

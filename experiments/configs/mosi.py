@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mlp_ratio = 2
   # Dropout rate in encoders and Transformer.
   c.dropout = 0.3
+  # Dtype of the encoders' and Transformers' matmuls: float32 | bfloat16
+  # (mixed precision for TPU and GPU: parameters, optimizer, norms, softmax,
+  # heads and losses stay float32; on CPU bfloat16 is emulated and slower).
+  c.compute_dtype = "float32"
   # Output size of the projection head g (MCB-CL space).
   c.proj_dim = 128
   # Who attends to a missing modality's token: cls_only | masked | visible.
