@@ -54,18 +54,21 @@ class MetricsLog:
                       if json.loads(line)["epoch"] <= start]
     workdir_lib.write_text(path, "".join(self.lines))
 
-  def write(self, epoch, members, stats, valid, score, task):
+  def write(self, epoch, members, stats, valid, score, task,
+            learning_rate) -> list[dict]:
     """One line per member: its training stats, the validation metrics of
-    the combinations it serves and its selection score."""
-    if not self.enabled:
-      return
-    self.lines += [json.dumps(_clean({
+    the combinations it serves, its selection score and the epoch's
+    learning rate. Returns the lines as dicts (JSON-safe)."""
+    new = [_clean({
         "epoch": epoch, **members.describe(i),
         "train": {k: v[i] for k, v in stats.items()},
         "valid": valid[i],
-        f"valid_avg_{metrics.HEADLINE[task]}": score[i]})) + "\n"
-                   for i in range(len(members))]
-    workdir_lib.write_text(self.path, "".join(self.lines))
+        f"valid_avg_{metrics.HEADLINE[task]}": score[i],
+        "learning_rate": learning_rate}) for i in range(len(members))]
+    if self.enabled:
+      self.lines += [json.dumps(line) + "\n" for line in new]
+      workdir_lib.write_text(self.path, "".join(self.lines))
+    return new
 
 
 class Progress:

@@ -5,7 +5,9 @@ optimizer: one state per member, stacked and trained with `jax.vmap`; a
 member is a seed, or a (seed, combination) pair in the per-condition
 regime, see `regime.py`) -> `fit` (resume, epochs, selection,
 checkpoints) -> `finish` (evaluation of the selected models under every
-protocol, `evaluation.py`; results.json, results.md and figures).
+protocol, `evaluation.py`; results.json, results.md and figures). Every
+epoch is logged to metrics.jsonl and, with `config.tensorboard`, to
+TensorBoard (`tensorboard.py`).
 
 * An epoch is one compiled `lax.scan` over batches of windows drawn on
   device from (seed, epoch) (`groups.train_plan`: groups cut into windows
@@ -57,6 +59,7 @@ from mcur_jax import model as model_lib
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
+from mcur_jax import tensorboard
 from mcur_jax import tfrecord
 from mcur_jax import transfer
 from mcur_jax import validate
@@ -89,13 +92,27 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
+def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate of each step: linear warm-up, then cosine decay."""
   total = max(config.num_epochs * steps_per_epoch, 1)
   warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
-  schedule = optax.warmup_cosine_decay_schedule(
+  return optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, warmup, total,
       config.learning_rate * config.final_lr_fraction)
+
+
+def epoch_learning_rates(config, steps_per_epoch: int) -> np.ndarray:
+  """[num_epochs] the mean learning rate of each epoch's steps, as the
+  logged losses are means over them."""
+  steps = np.arange(config.num_epochs * steps_per_epoch)
+  rates = np.asarray(make_schedule(config, steps_per_epoch)(steps))
+  return rates.reshape(config.num_epochs, steps_per_epoch).mean(1)
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """AdamW with `make_schedule`'s learning rate, after global-norm
+  clipping."""
+  schedule = make_schedule(config, steps_per_epoch)
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
   return optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
@@ -252,8 +269,8 @@ def _finite(stats) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains every seed of `config` on `config.data_dir`; writes
-  `WORKDIR/{config.json, metrics.jsonl, results.json, checkpoints/}` and
-  returns the results dict.
+  `WORKDIR/{config.json, metrics.jsonl, results.json, checkpoints/, tb/}`
+  and returns the results dict.
 
   For a dataset with folds (IEMOCAP) and `config.fold` 0, every fold is
   trained in `WORKDIR/fold<k>/` and `WORKDIR/results.json` pools them (mean
@@ -379,6 +396,8 @@ def fit(run: Run) -> dict:
   workdir_lib.record_start(workdir, config)
   log = report.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
                           enabled=run.main_process)
+  learning_rates = epoch_learning_rates(
+      config, groups.train_steps(len(dataset.train), config.batch_size))
   say(f"{dataset.manifest.dataset}: train {len(dataset.train)}, valid "
       f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
       f"{config.data_dir} ({dataset.manifest.format}); seeds "
@@ -391,6 +410,8 @@ def fit(run: Run) -> dict:
                                        members.combos)
   progress = report.Progress(config.num_epochs, start,
                              enabled=run.main_process)
+  board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
+                               enabled=run.main_process and config.tensorboard)
   try:
     for epoch in range(start, config.num_epochs):
       state, stats = run.train_epoch(state, run.train, run.tables,
@@ -413,13 +434,15 @@ def fit(run: Run) -> dict:
                                               members)
       improved = score > transfer.to_host(state["best_metric"])
       state = run.update_best(state, improved, score.astype(np.float32), epoch)
-      log.write(epoch + 1, members, stats, valid, score, run.task)
+      board.write(log.write(epoch + 1, members, stats, valid, score,
+                            run.task, learning_rates[epoch]))
       progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
       if (epoch + 1) % config.checkpoint_every == 0 or (
           epoch + 1 == config.num_epochs):
         checkpoint.save(mngr, epoch + 1, state)
   finally:
     progress.close()
+    board.close()
     mngr.close()
   return state
 
@@ -451,6 +474,8 @@ def finish(run: Run, state: dict) -> dict:
       seconds=time.time() - run.started)
   if run.main_process:
     calibration.write(run.workdir, fitted)
+    if config.tensorboard:  # Before results.json, which marks a finished run.
+      tensorboard.write_hparams(run.workdir, config, results)
     report.write_results(run.workdir, results)
     if config.plots:
       report.write_figures(run.workdir, results, config, found["test"],

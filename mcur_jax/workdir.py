@@ -44,6 +44,7 @@ DATA_FILE = "data.json"
 # interrupted one would have.
 SAFE_ON_RESUME = {
     "plots": "figures are written after training",
+    "tensorboard": "event files only show what metrics.jsonl records",
     "eval_batch_size": "evaluation chunking (predictions are per utterance)",
     "checkpoint_every": "when the state is saved, not what it is",
     "num_devices": "data parallelism (equal within float rounding)",

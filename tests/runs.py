@@ -1,5 +1,6 @@
 """What the tests that run whole trainings share: the compilation cache,
-the command line, and a topology-independent view of checkpoints."""
+the command line, a topology-independent view of checkpoints, and the
+TensorBoard logs read back."""
 
 import json
 import os
@@ -12,8 +13,10 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 import orbax.checkpoint as ocp
 import pytest
+from tensorboardX.proto import event_pb2
 
 from mcur_jax import combos
+from mcur_jax import tfrecord
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
@@ -134,3 +137,28 @@ def assert_same_run(workdir, reference) -> None:
           == (reference / "results.md").read_text())
   figures = lambda w: sorted(p.name for p in (w / "figures").glob("*"))
   assert figures(workdir) == figures(reference)
+
+
+def tensorboard_events(folder) -> list:
+  """The Event protos of a TensorBoard run folder, in the order TensorBoard
+  reads them (its event files by name, i.e. by the time they were opened)."""
+  return [event_pb2.Event.FromString(record)
+          for path in sorted(pathlib.Path(folder).glob("events.out.tfevents.*"))
+          for record in tfrecord.read_records(path)]
+
+
+def tensorboard_scalars(folder) -> dict[str, dict[int, list[float]]]:
+  """{tag: {step: [values]}} of a run folder as TensorBoard shows it: a
+  session START at step s (what a writer opened with `purge_step` s writes
+  first) drops the values read before it at steps >= s."""
+  out = {}
+  for event in tensorboard_events(folder):
+    if event.session_log.status == event_pb2.SessionLog.START:
+      for steps in out.values():
+        for step in [s for s in steps if s >= event.step]:
+          del steps[step]
+    for value in event.summary.value:
+      if value.HasField("simple_value"):
+        out.setdefault(value.tag, {}).setdefault(event.step, []).append(
+            value.simple_value)
+  return out

@@ -150,7 +150,8 @@ def test_resume_with_another_config_or_data_is_refused(
     mosi_dir, reference, tmp_path):
   """A changed model size, loss switch or seed list, or changed prepared
   data, is refused with exit 2 naming every differing field; fields of
-  workdir.SAFE_ON_RESUME may change."""
+  workdir.SAFE_ON_RESUME may change (tensorboard off: no event file is
+  written)."""
   workdir = copy_run(reference, tmp_path)
   result = runs.cli(*args(mosi_dir, workdir, "--config.hidden_dim=64",
                           "--config.sugr=False", "--config.seeds=0"))
@@ -166,10 +167,14 @@ def test_resume_with_another_config_or_data_is_refused(
   with pytest.raises(validate.ConfigError, match="prepared data changed"):
     train.train_and_evaluate(config, str(workdir))
 
+  logs = sorted(p.name for p in (workdir / "tb").rglob("*"))
   safe = runs.cli(*args(mosi_dir, workdir, "--config.plots=False",
-                        "--config.eval_batch_size=128"))
+                        "--config.eval_batch_size=128",
+                        "--config.tensorboard=False"))
   assert safe.returncode == 0, safe.stderr
-  assert set(workdir_lib.SAFE_ON_RESUME) >= {"plots", "eval_batch_size"}
+  assert set(workdir_lib.SAFE_ON_RESUME) >= {"plots", "eval_batch_size",
+                                             "tensorboard"}
+  assert sorted(p.name for p in (workdir / "tb").rglob("*")) == logs
 
 
 def runs_config(data_dir):

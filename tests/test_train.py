@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from tensorboardX.proto import plugin_hparams_pb2 as hparams_plugin
 
 from data_prep import synthetic
 from data_prep import writer
@@ -243,7 +244,8 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
   """A run killed after logging epoch 2 but before saving its checkpoint
   resumes after epoch 1, drops the stale epoch-2 lines of metrics.jsonl and
   ends bitwise equal to the uninterrupted run: state, metrics.jsonl and
-  results."""
+  results. TensorBoard shows the uninterrupted run's logs, each (tag,
+  epoch) once: the resumed writer purges the stale epoch 2."""
   workdir, results, _ = baseline
   update = report.Progress.update
 
@@ -258,6 +260,7 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
   monkeypatch.undo()
   assert checkpoint_steps(tmp_path) == [1]
   assert [line["epoch"] for line in metric_lines(tmp_path)] == [1, 1, 2, 2]
+  assert set(runs.tensorboard_scalars(tmp_path / "tb")["train/loss"]) == {1, 2}
   capsys.readouterr()
 
   resumed = run(mosi_dir, tmp_path)
@@ -268,6 +271,9 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
   chex.assert_trees_all_equal(saved_state(tmp_path), saved_state(workdir))
   for key in ("test", "valid", "selected_epoch"):
     assert resumed[key] == results[key]
+  for folder in ("tb", "tb/hparams"):
+    assert (runs.tensorboard_scalars(tmp_path / folder)
+            == runs.tensorboard_scalars(workdir / folder))
 
 
 def test_progress_follows_current_stdout(capsys):
@@ -554,6 +560,54 @@ def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
   runs.assert_metrics_close({"atv": got}, {"atv": want}, len(test))
 
 
+def test_tensorboard_logs_show_metrics_jsonl_and_results(baseline):
+  """WORKDIR/tb/ holds, once per epoch, metrics.jsonl's numbers: the
+  learning rate, the means over the seeds of the training stats and of the
+  validation headline per combination and Avg, and each seed's loss and
+  Avg; WORKDIR/tb/hparams/ one HPARAMS session, the config with
+  results.json's final metrics."""
+  workdir, results, _ = baseline
+  lines = metric_lines(workdir)
+  logged = runs.tensorboard_scalars(workdir / "tb")
+  for epoch in (1, 2, 3):
+    mine = [line for line in lines if line["epoch"] == epoch]
+    mean = lambda values: float(np.mean(list(values)))
+    want = {"learning_rate": mine[0]["learning_rate"],
+            "valid/avg/f1_non0": mean(
+                line["valid_avg_f1_non0"] for line in mine)}
+    for key in ("loss", "task_loss", "mcb_loss", "sugr_weight"):
+      want[f"train/{key}"] = mean(line["train"][key] for line in mine)
+    for c in combos.NAMES:
+      want[f"valid/{c}/f1_non0"] = mean(line["valid"][c]["f1_non0"]
+                                        for line in mine)
+    for line in mine:
+      want[f"train/loss/seed{line['seed']}"] = line["train"]["loss"]
+      want[f"valid/avg/f1_non0/seed{line['seed']}"] = line[
+          "valid_avg_f1_non0"]
+    assert {tag: steps[epoch] for tag, steps in logged.items()} == {
+        tag: [pytest.approx(v, rel=1e-6)] for tag, v in want.items()}
+  rates = [lines[2 * e]["learning_rate"] for e in range(3)]
+  assert 0 < rates[0] < rates[1] <= 1e-3 and rates[2] < rates[1]
+
+  events = runs.tensorboard_events(workdir / "tb" / "hparams")
+  plugin = {v.tag: hparams_plugin.HParamsPluginData.FromString(
+      v.metadata.plugin_data.content) for e in events for v in e.summary.value
+            if v.metadata.plugin_data.plugin_name == "hparams"}
+  config = plugin["_hparams_/session_start_info"].session_start_info.hparams
+  assert config["hidden_dim"].number_value == 32
+  assert config["sugr"].bool_value and config["seeds"].string_value == "(0, 1)"
+  assert config["task_loss"].string_value == "mse"
+  final = runs.tensorboard_scalars(workdir / "tb" / "hparams")
+  assert final["hparam/test/avg/mae"] == {3: [pytest.approx(
+      results["test"]["avg"]["mae"]["mean"], rel=1e-6)]}
+  assert final["hparam/test/at/f1_non0"] == {3: [pytest.approx(
+      results["test"]["at"]["f1_non0"]["mean"], rel=1e-6)]}
+  assert final["hparam/valid/avg/f1_non0"] == {3: [pytest.approx(
+      results["valid"]["avg"]["f1_non0"]["mean"], rel=1e-6)]}
+  experiment = plugin["_hparams_/experiment"].experiment
+  assert {m.name.tag for m in experiment.metric_infos} == set(final)
+
+
 # Entry points
 # ------------
 
@@ -648,7 +702,7 @@ def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
   assert results["fold"] == 2
   assert sorted(os.listdir(tmp_path)) == [
       ".lock", "checkpoints", "config.json", "data.json", "figures",
-      "metrics.jsonl", "results.json", "results.md"]
+      "metrics.jsonl", "results.json", "results.md", "tb"]
   fold2 = json.loads((workdir / "fold2" / "results.json").read_text())
   assert results["test"] == fold2["test"]
 

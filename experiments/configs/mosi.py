@@ -125,6 +125,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.missing_rate_seed = 0
   # Write the PNG figures at the end of a run.
   c.plots = True
+  # Write TensorBoard logs to WORKDIR/tb/ (mcur_jax/tensorboard.py). On by
+  # default: they need the optional tensorboardX (pip install -e ".[tb]"),
+  # and without it a run says so in one line and trains on without them.
+  c.tensorboard = True
   # Utterances per evaluation chunk (rounded up to a multiple of the
   # devices; each chunk holds twice as many window slots).
   c.eval_batch_size = 512
