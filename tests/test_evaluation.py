@@ -344,32 +344,31 @@ def _columns(path) -> dict[str, list[str]]:
   return {k: [r[i] for r in rows[1:]] for i, k in enumerate(rows[0])}
 
 
-@pytest.mark.parametrize("run", ["mixed", "per_condition"])
-def test_predictions_reproduce_the_test_metrics(run, request):
+def test_predictions_reproduce_the_test_metrics(mixed):
   """Every test utterance once per seed, predicted in context under the
   combination asked; the metrics of the rows are those of results.json
-  exactly, and the confidence is the calibrated one."""
-  workdir, results = request.getfixturevalue(run)
+  exactly, and the confidence is the calibrated one. (The per-condition
+  regime's routing is the one `evaluation.route` the evaluate test checks.)"""
+  workdir, results = mixed
   test = data.load(results["data"]["dir"]).test
   fitted = calibration.load(str(workdir))
-  for c in ("at",):
-    found, notes = predict.predict(str(workdir), combination=c)
-    cols = found.columns
-    seeds = len(results["seeds"])
-    assert len(found) == seeds * len(test) and not notes
-    assert cols["utt_id"][::seeds] == test.utt_id.tolist()
-    assert cols["model"][:seeds] == [f"seed {s}" for s in results["seeds"]]
-    assert set(cols["combination"]) == {c}
-    score = np.array(cols["score"]).reshape(-1, seeds).T
-    s = np.array(cols["s"]).reshape(-1, seeds).T
-    for j in range(seeds):
-      got = metrics.regression(score[j], test.label)
-      for k, v in got.items():
-        assert v == results["test"][c][k]["per_run"][j], (c, k)
-      conf, _ = calibration.confidence(fitted["seeds"][j][c], "regression",
-                                       "mse", score[j][:, None], s[j])
-      np.testing.assert_array_equal(
-          np.array(cols["confidence"]).reshape(-1, seeds)[:, j], conf)
+  c = "at"
+  found, notes = predict.predict(str(workdir), combination=c)
+  cols = found.columns
+  seeds = len(results["seeds"])
+  assert len(found) == seeds * len(test) and not notes
+  assert cols["utt_id"][::seeds] == test.utt_id.tolist()
+  assert cols["model"][:seeds] == [f"seed {s}" for s in results["seeds"]]
+  assert set(cols["combination"]) == {c}
+  score = np.array(cols["score"]).reshape(-1, seeds).T
+  s = np.array(cols["s"]).reshape(-1, seeds).T
+  for j in range(seeds):
+    for k, v in metrics.regression(score[j], test.label).items():
+      assert v == results["test"][c][k]["per_run"][j], k
+    conf, _ = calibration.confidence(fitted["seeds"][j][c], "regression",
+                                     "mse", score[j][:, None], s[j])
+    np.testing.assert_array_equal(
+        np.array(cols["confidence"]).reshape(-1, seeds)[:, j], conf)
 
 
 def test_predictions_of_npz_features_equal_those_of_the_prepared_split(
