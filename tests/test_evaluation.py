@@ -334,6 +334,26 @@ def test_evaluate_fits_the_calibration_of_a_run_without_one(mixed):
   assert found["test"] == results["test"]
 
 
+def test_restore_for_inference_reads_checkpoints_of_the_older_layout(
+    mixed, tmp_path):
+  """Checkpoints saved before the digest (the state at the top of the
+  tree, no "state" key) restore the same selected parameters."""
+  workdir, _ = mixed
+  state = final_params(workdir)
+  old = tmp_path / "old"
+  old.mkdir()
+  (old / "config.json").write_text((workdir / "config.json").read_text())
+  mngr = checkpoint.manager(str(old))
+  mngr.save(3, args=ocp.args.StandardSave(state))
+  mngr.wait_until_finished()
+  mngr.close()
+  want = jax.tree.leaves(state["best_params"])  # Plain dicts, same order.
+  for source in (old, workdir):
+    _, params, _, _ = checkpoint.restore_for_inference(str(source))
+    chex.assert_trees_all_equal(jax.device_get(jax.tree.leaves(params)),
+                                want)
+
+
 # experiments.predict
 # -------------------
 
