@@ -25,7 +25,7 @@ import signal
 from hypothesis import HealthCheck
 from hypothesis import settings
 
-CI_EXAMPLES = 500
+CI_EXAMPLES = 300
 FULL_EXAMPLES = 10000
 # One run of a reader or converter on a tiny input taking longer than this
 # is a hang.
