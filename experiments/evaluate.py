@@ -12,14 +12,12 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
+from experiments import launch
 from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import report
-from mcur_jax import schema
-from mcur_jax import tfrecord
-from mcur_jax import validate
+from mcur_jax import train
 
 flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
 flags.DEFINE_enum("protocol", "all", evaluation.PROTOCOLS,
@@ -30,15 +28,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  launch.start(argv)
   try:
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
                                          FLAGS.protocol)
-  except (FileNotFoundError, schema.DataError, tfrecord.CorruptRecordError,
-          validate.ConfigError) as e:
+  except (FileNotFoundError, *train.INPUT_ERRORS) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if FLAGS.split in results:

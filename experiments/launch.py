@@ -163,16 +163,23 @@ def _os_error(e: OSError, workdir: str) -> str:
   return f"{where}: {e.strerror or e}"
 
 
+def start(argv) -> None:
+  """What every entry point's main does first: refuse stray arguments and
+  log only warnings unless --verbosity says otherwise (orbax logs every
+  save at INFO)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def execute(argv, job) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
   `initialize_distributed()` when `config.distributed`, the data found
   (and its dataset taken), and failures a user can fix turned into one
   `error:` line and an exit status (2: bad data, arguments or workdir, or a
   full disk; 3: training diverged)."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  start(argv)
   config, workdir = FLAGS.config, FLAGS.workdir
   if config.distributed:
     initialize_distributed()

@@ -11,8 +11,8 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
+from experiments import launch
 from mcur_jax import predict
 from mcur_jax import train
 
@@ -32,10 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  launch.start(argv)
   if FLAGS.data_dir and FLAGS.input:
     print("error: --data_dir and --input: give one", file=sys.stderr)
     sys.exit(2)

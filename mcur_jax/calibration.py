@@ -144,13 +144,13 @@ def confidence(cal: dict, task: str, task_loss: str, pred: np.ndarray,
   return _sign_probability(margin / cal["sugr_scale"], task_loss), None
 
 
-def _decisions(task, task_loss, pred, s, label):
-  """(correct, kept rows) of the headline decision: non-zero labels only
-  for regression."""
-  correct, *_ = metrics.decisions(task, pred, label, s, task_loss)
+def decisions(task: str, task_loss: str, pred, s, label):
+  """`metrics.decisions` (correct, uncalibrated confidence, error, s of the
+  scored samples) and `keep` [N], the samples scored: non-zero labels for
+  regression, all for classification."""
   keep = (np.asarray(label) != 0 if task == "regression"
           else np.ones(len(label), bool))
-  return correct, keep
+  return (*metrics.decisions(task, pred, label, s, task_loss), keep)
 
 
 def fit(task: str, task_loss: str, pred: np.ndarray, s: np.ndarray,
@@ -158,8 +158,7 @@ def fit(task: str, task_loss: str, pred: np.ndarray, s: np.ndarray,
   """The calibrator of one model's validation outputs (module docstring);
   `valid_ece` gives the uncalibrated ("raw") and each candidate's ECE on
   the data it was fitted on."""
-  correct, keep = _decisions(task, task_loss, pred, s, label)
-  _, raw, *_ = metrics.decisions(task, pred, label, s, task_loss)
+  correct, raw, _, _, keep = decisions(task, task_loss, pred, s, label)
   if task == "classification":
     cal = {"method": "temperature",
            "temperature": fit_temperature(pred, np.asarray(label))}
@@ -212,7 +211,7 @@ def fit_run(task: str, task_loss: str, outputs: dict, label: np.ndarray,
 
 def scores_of(cal: dict, task: str, task_loss: str, pred, s, label) -> dict:
   """`SCORES` of one model's outputs under its calibrator."""
-  correct, keep = _decisions(task, task_loss, pred, s, label)
+  correct, _, _, _, keep = decisions(task, task_loss, pred, s, label)
   conf, _ = confidence(cal, task, task_loss, np.asarray(pred)[keep],
                        np.asarray(s)[keep])
   if not len(correct):

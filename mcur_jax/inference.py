@@ -61,23 +61,25 @@ def evaluate_workdir(workdir: str, split: str = "test",
   if "fixed" in found:
     names = [combos.NAMES[c] for c in members.combos]
     calibration.add_scores(found["fixed"], run_calibration(
-        workdir, config, manifest.task, predict, params, members, dataset,
-        mesh), found["outputs"], inputs.split.label, names)
+        workdir, config, manifest.task, predict, params, members,
+        lambda: dataset.valid, mesh), found["outputs"], inputs.split.label,
+                           names)
   return report.evaluation_results(
       config, manifest, manifest.task, split, found,
       source=os.path.abspath(checkpoint.directory(workdir)))
 
 
 def run_calibration(workdir: str, config, task: str, predict, params,
-                    members, dataset, mesh) -> dict:
+                    members, valid_split, mesh) -> dict:
   """The run's calibration.json; a run finished before calibration existed
-  gets it fitted now on its validation outputs, as training would have."""
+  gets it fitted now on its validation outputs, as training would have
+  (`valid_split()` gives the validation split, read only then)."""
   fitted = calibration.load(workdir)
   if fitted is None:
-    valid = evaluation.Inputs.of(dataset.valid, config, mesh)
-    _, outputs = evaluation.fixed(predict, params, valid, members, task,
-                                  config.task_loss)
-    fitted = calibration.fit_run(task, config.task_loss, outputs,
-                                 dataset.valid.label,
+    valid = valid_split()
+    _, outputs = evaluation.fixed(predict, params,
+                                  evaluation.Inputs.of(valid, config, mesh),
+                                  members, task, config.task_loss)
+    fitted = calibration.fit_run(task, config.task_loss, outputs, valid.label,
                                  [combos.NAMES[c] for c in members.combos])
   return fitted

@@ -399,17 +399,16 @@ def _reliability_panel(ax, task, correct, confidence, ece,
   ax.legend(fontsize=8, loc="upper left")
 
 
-def _coverage_panel(ax, correct, confidence, s) -> None:
+def _coverage_panel(ax, correct, curves, title: str) -> None:
+  """Accuracy against coverage: one line per (uncertainty, format, label)
+  of `curves`, the least uncertain kept first, and the accuracy on all."""
   coverages = np.linspace(0.1, 1.0, 10)
-  ax.plot(coverages, metrics.coverage_curve(correct, s, coverages), "o-",
-          color="C3", label="least uncertain first by s (SUGR)")
-  ax.plot(coverages, metrics.coverage_curve(correct, 1 - confidence,
-                                            coverages),
-          "s--", color="C0", label="most confident first (by 1 − confidence)")
+  for uncertainty, fmt, label in curves:
+    ax.plot(coverages, metrics.coverage_curve(correct, uncertainty,
+                                              coverages), fmt, label=label)
   ax.axhline(correct.mean(), color="grey", lw=1, label="all samples")
   ax.margins(y=0.08)
-  ax.set(title="(c) selective accuracy",
-         xlabel="coverage (fraction of samples kept)",
+  ax.set(title=title, xlabel="coverage (fraction of samples kept)",
          ylabel="accuracy on the kept samples")
   ax.legend(fontsize=8)
 
@@ -446,7 +445,10 @@ def uncertainty_plot(task: str, outputs: np.ndarray, label: np.ndarray,
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
   _error_panel(axes[0], task, s_kept, error, scores["s_err_spearman"])
   _reliability_panel(axes[1], task, correct, confidence, scores["ece"])
-  _coverage_panel(axes[2], correct, confidence, s_kept)
+  _coverage_panel(axes[2], correct, [
+      (s_kept, "o-C3", "least uncertain first by s (SUGR)"),
+      (1 - confidence, "s--C0", "most confident first (by 1 − confidence)")],
+                  "(c) selective accuracy")
   scored = ("samples with a non-zero label" if task == "regression"
             else "samples")
   fig.suptitle(f"{title}{': ' if title else ''}SUGR uncertainty over "
@@ -475,9 +477,8 @@ def calibration_plot(task: str, task_loss: str, outputs: np.ndarray,
   """
   correct, raw, after, s_kept = [], [], [], []
   for c, cal in enumerate(calibrators):
-    hit, conf, _, kept_s = metrics.decisions(task, outputs[c], label, s[c],
-                                             task_loss)
-    keep = label != 0 if task == "regression" else np.ones(len(label), bool)
+    hit, conf, _, kept_s, keep = calibration.decisions(
+        task, task_loss, outputs[c], s[c], label)
     correct.append(hit)
     raw.append(conf)
     after.append(calibration.confidence(cal, task, task_loss,
@@ -494,20 +495,11 @@ def calibration_plot(task: str, task_loss: str, outputs: np.ndarray,
   _reliability_panel(axes[1], task, correct, after,
                      metrics.ece(correct, after),
                      "(b) after calibration (fitted on valid)")
-  coverages = np.linspace(0.1, 1.0, 10)
-  ax = axes[2]
-  for conf, style, name in ((after, "o-", "calibrated confidence"),
-                            (raw, "s--", "uncalibrated confidence")):
-    ax.plot(coverages, metrics.coverage_curve(correct, -conf, coverages),
-            style, label=f"most confident first, by {name}")
-  ax.plot(coverages, metrics.coverage_curve(correct, s_kept, coverages), "^:",
-          label="least uncertain first, by SUGR's s")
-  ax.axhline(correct.mean(), color="grey", lw=1, label="all samples")
-  ax.margins(y=0.08)
-  ax.set(title="(c) accuracy against coverage",
-         xlabel="coverage (fraction of samples kept)",
-         ylabel="accuracy on the kept samples")
-  ax.legend(fontsize=8)
+  _coverage_panel(axes[2], correct, [
+      (-after, "o-C0", "most confident first, by calibrated confidence"),
+      (-raw, "s--C1", "most confident first, by uncalibrated confidence"),
+      (s_kept, "^:C2", "least uncertain first, by SUGR's s")],
+                  "(c) accuracy against coverage")
   fig.suptitle(f"{title}{': ' if title else ''}calibration of "
                f"{len(correct)} decisions, {len(calibrators)} combinations "
                "pooled (one model)")

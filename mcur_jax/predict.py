@@ -29,6 +29,7 @@ validation data) and label (empty where unknown).
 
 import csv
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -243,7 +244,8 @@ def predict(workdir: str, *, data_dir: str | None = None,
     raise validate.ConfigError("--combination", f"{combination!r} needs a "
                                f"modality the model's dataset does not have")
   fold = config.fold or None
-  own = data_lib.load(config.data_dir, fold=fold)
+  # The run's own data, read only where it is needed.
+  own = functools.cache(lambda: data_lib.load(config.data_dir, fold=fold))
   notes = []
   if npz:
     raw, known, notes = read_npz(npz, manifest)
@@ -254,13 +256,14 @@ def predict(workdir: str, *, data_dir: str | None = None,
   else:
     if data_dir:
       _check_same_features(data_dir, schema.Manifest.load(data_dir), manifest)
-    rows = getattr(data_lib.load(data_dir, fold=fold) if data_dir else own,
+    rows = getattr(data_lib.load(data_dir, fold=fold) if data_dir else own(),
                    split)
     known = np.ones(len(rows), bool)
   members = regime.members(config, served)
   predict_fn = evaluation.make_predict(graphdef, mesh)
   fitted = inference.run_calibration(workdir, config, manifest.task,
-                                     predict_fn, params, members, own, mesh)
+                                     predict_fn, params, members,
+                                     lambda: own().valid, mesh)
   masks = _masks(rows, present, combination)
   which = evaluation.combo_index(masks, members.combos)
   out = predict_fn(params, evaluation.Inputs.of(rows, config, mesh), masks)
