@@ -152,8 +152,8 @@ def cost(compiled) -> dict:
 def epoch_cost(run, state) -> dict:
   """{flops, bytes} of one training epoch. XLA's analysis counts a while
   loop's body once, so the scan's share is multiplied by the steps; the
-  work outside it is the epoch's plan (`groups.train_plan`), analysed on
-  its own and added once."""
+  work outside it is essentially the epoch's plan (`groups.train_plan`),
+  analysed on its own and added once."""
   config = run.config
   steps = groups.train_steps(len(run.dataset.train), config.batch_size)
   args = (state, run.train, run.tables, run.member_data, 0)
@@ -533,6 +533,12 @@ def parse_args(argv=None):
   unknown = set(args.variants) - set(VARIANTS)
   if unknown:
     parser.error(f"--models: unknown {sorted(unknown)}")
+  for item in args.set:
+    field, _, value = item.partition("=")
+    try:
+      sweep.parse_value(mosi_config.get_config(), field, value)
+    except ValueError as e:
+      parser.error(f"--set {item}: {e.problem}")
   if args.short:
     args.variants, args.epochs, args.seeds, args.devices = (
         ["default"], 1, "", 0)
