@@ -4,7 +4,7 @@
         --workdir runs/sweep --data_dir prepared/mosi \\
         --grid learning_rate=1e-3,3e-4 --grid tau=0.05,0.1 \\
         [--sweep experiments/sweeps/mosi_small.py] [--shard i/n] \\
-        [--config.seeds=0,1,2] [--config.x=...]
+        [--compilation_cache DIR] [--config.seeds=0,1,2] [--config.x=...]
 
 Points: the product of the `--grid FIELD=V1,V2,...` flags (tuple values as
 `a;b`), or the list returned by `get_sweep()` of a `--sweep` file, or both
@@ -14,13 +14,19 @@ the same command skips finished points and resumes unfinished ones.
 `--shard i/n` runs points i, i+n, ... so n machines can share one workdir.
 A point that fails is recorded and the others run; the sweep then exits 2
 and a rerun retries the failed points.
+Compiled programs persist in `--compilation_cache` (default
+WORKDIR/compilation_cache, or JAX_COMPILATION_CACHE_DIR when that is set;
+`off` for none): points, reruns and shards load the programs an earlier
+one compiled when they are the same (see mcur_jax/sweep.py).
 Then `python -m experiments.sweep_report WORKDIR`.
 """
 
+import os
 import runpy
 
 from absl import app
 from absl import flags
+import jax
 
 from experiments import launch
 from mcur_jax import sweep
@@ -32,6 +38,10 @@ flags.DEFINE_string("sweep", None, "Python file whose get_sweep() returns a "
 flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: sweep FIELD over the "
                           "values (repeat for a product)")
 flags.DEFINE_string("shard", "0/1", "i/n: run only points i, i+n, i+2n, ...")
+flags.DEFINE_string("compilation_cache", None, "JAX's persistent "
+                    "compilation cache for the points (default: "
+                    "JAX_COMPILATION_CACHE_DIR if set, else "
+                    f"WORKDIR/{sweep.COMPILATION_CACHE}); off: none")
 FLAGS = flags.FLAGS
 
 
@@ -51,9 +61,25 @@ def parse_shard(text: str) -> tuple[int, int]:
   return int(index), int(count)
 
 
+def configure_compilation_cache(setting: str | None,
+                                workdir: str) -> str | None:
+  """Applies --compilation_cache (`setting`): "off"; a directory; or by
+  default JAX_COMPILATION_CACHE_DIR when the environment sets one (kept as
+  it is), else WORKDIR/compilation_cache. Returns the directory in use
+  (None: off)."""
+  if setting == "off":
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  if setting or not jax.config.jax_compilation_cache_dir:
+    sweep.use_compilation_cache(setting or os.path.join(
+        workdir, sweep.COMPILATION_CACHE))
+  return jax.config.jax_compilation_cache_dir
+
+
 def run(config, workdir: str) -> None:
   """This shard's points; a failed point (recorded, the others run) makes
   the sweep end with one `error:` line and exit status 2."""
+  configure_compilation_cache(FLAGS.compilation_cache, workdir)
   status = sweep.run(config, workdir, points(config),
                      parse_shard(FLAGS.shard))
   failed = [name for name, s in status.items() if s == "failed"]

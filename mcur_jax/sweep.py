@@ -19,6 +19,16 @@ on; the report lists it, and a rerun retries it.
 Many machines: `shard=(i, n)` makes a process take points i, i+n, i+2n, ...
 of the sweep's fixed order, so n machines sharing one workdir (a mounted
 bucket or NFS) run disjoint slices without any scheduler.
+
+Compiled programs: `use_compilation_cache` keeps every program JAX compiles
+in a persistent cache (the sweep tool's default: `WORKDIR/compilation_cache`),
+so a point loads the programs an earlier point (or an earlier run of the
+sweep) compiled whenever the program is the same: same shapes and same
+config constants. Config values are compiled in as constants, so points
+that differ in a training field (learning_rate, tau, mcb_weight, ...) share
+their evaluation, initialisation and selection programs but each compiles
+its own epoch; a rerun, a resumed point and a sweep with other seeds (as
+many) load everything.
 """
 
 import itertools
@@ -29,6 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 
 from mcur_jax import train
@@ -37,6 +48,17 @@ from mcur_jax import workdir as workdir_lib
 
 SWEEP_FILE = "sweep.json"
 FAILED_FILE = "failed.json"
+COMPILATION_CACHE = "compilation_cache"
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Makes JAX keep every program it compiles in `directory` (its persistent
+  compilation cache, however briefly the program compiled) and load it from
+  there whenever the same program is compiled again, in this process or a
+  later one."""
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  compilation_cache.reset_cache()
 
 
 def product(**fields: Sequence[Any]) -> list[dict[str, Any]]:

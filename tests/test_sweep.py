@@ -7,11 +7,16 @@ import subprocess
 import sys
 import time
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from data_prep import synthetic
 from data_prep import writer
+from experiments import sweep as sweep_cli
 from experiments.configs import mosi
 from mcur_jax import combos
 from mcur_jax import sweep
@@ -75,6 +80,44 @@ def test_shards_partition_the_points(count):
 def test_duplicate_points_are_refused(tmp_path):
   with pytest.raises(ValueError, match="duplicate"):
     sweep.run(mosi.get_config("tiny"), str(tmp_path), [{"tau": 0.1}] * 2)
+
+
+@pytest.fixture
+def jax_cache_settings():
+  """Restores JAX's compilation cache settings after a test changes them."""
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs",
+           "jax_enable_compilation_cache")
+  before = {name: getattr(jax.config, name) for name in names}
+  yield
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def test_compilation_cache_serves_a_later_identical_program(
+    tmp_path, jax_cache_settings):  # pylint: disable=unused-argument
+  """A sweep's cache: by default WORKDIR/compilation_cache, or the one the
+  environment configured; a program compiled again (a new jit, as each
+  point makes) loads from it, however briefly it compiled."""
+  jax.config.update("jax_compilation_cache_dir", None)
+  cache = sweep_cli.configure_compilation_cache(None, str(tmp_path))
+  assert cache == str(tmp_path / sweep.COMPILATION_CACHE)
+  hits = []
+  listener = lambda event, **_: hits.append(event)
+  jax.monitoring.register_event_listener(listener)
+  try:
+    x = np.arange(6, dtype=np.float32)
+    for _ in range(2):
+      jax.jit(lambda v: jnp.sin(v) * 3.5 + 0.25)(x).block_until_ready()
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  assert os.listdir(cache)
+  assert hits.count("/jax/compilation_cache/cache_hits") == 1
+  # A directory from the environment is kept; "off" turns the cache off.
+  assert sweep_cli.configure_compilation_cache(None, "elsewhere") == cache
+  assert sweep_cli.configure_compilation_cache("off", "elsewhere") is None
+  assert not jax.config.jax_enable_compilation_cache
 
 
 @pytest.fixture(scope="module")

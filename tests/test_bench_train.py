@@ -1,0 +1,51 @@
+"""The training benchmark's short mode prints every figure, each sane."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_short_benchmark_prints_sane_figures(tmp_path):
+  # One CPU device, as a plain run has (not the tests' 8 fake ones), and
+  # XLA's CPU backend without LLVM optimisation: compiling is most of this
+  # test's time, and that halves it (the figures stay sane, not faster).
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+  out = tmp_path / "bench.json"
+  done = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--short",
+       "--json", str(out), "--workdir", str(tmp_path)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  text = done.stdout
+  for heading in ("matmul peak", "| synthetic MOSI (tiny) | default |",
+                  "validation / train", "Bytes to the host per epoch",
+                  "Host round trips inside the compiled epoch: none"):
+    assert heading in text, text
+  report = json.loads(out.read_text())
+  assert report["matmul_peak_flops_per_s"] > 0
+  [case] = report["cases"]
+  assert case["compiles"] == {"train_epoch": 1, "evaluate": 1}
+  assert case["setup_s"] > 0
+  assert all(case["compile_s"][k] > 0 for k in ("epoch", "eval", "init"))
+  assert case["train_utt_per_s"] > 0 and case["eval_utt_per_s"] > 0
+  split = case["epoch_s"]
+  assert all(split[k] > 0 for k in ("train", "valid", "ckpt", "host"))
+  assert abs(split["train"] + split["valid"] + split["ckpt"] + split["host"]
+             - split["epoch"]) < 0.2 * split["epoch"]
+  assert case["epoch_flops"] > 0 and case["epoch_bytes"] > 0
+  assert 0 < case["peak_ratio"] < 1.5
+  assert 0 < case["model_matmul_ratio"] < 1.5
+  # Per epoch the host gets the stats and selection scores (a few floats per
+  # member), the validation predictions (a float per combination, member
+  # and slot of the evaluation chunk) and the checkpoint.
+  host = case["host_bytes_per_epoch"]
+  assert host["stats"] == 4 * 5 * case["members"]
+  assert host["valid"] > 0
+  assert host["valid"] % (4 * case["combinations"] * case["members"]) == 0
+  assert host["ckpt"] > 0
+  assert not case["host_calls_in_epoch"]
+  assert case["transfer_guard"] == "none"
