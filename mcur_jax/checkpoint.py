@@ -23,7 +23,6 @@ one before it used.
 
 import errno
 import hashlib
-import json
 import os
 
 import jax
@@ -38,6 +37,7 @@ from mcur_jax import regime
 from mcur_jax import schema
 from mcur_jax import transfer
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 
 def directory(workdir: str) -> str:
@@ -142,8 +142,10 @@ def resume(mngr: ocp.CheckpointManager, like, log=print):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  """The run's config (fields added since it was written: their values
+  that reproduce it, `workdir.LATER_FIELDS`)."""
+  return ml_collections.ConfigDict(workdir_lib.read_config(
+      os.path.join(workdir, workdir_lib.CONFIG_FILE)))
 
 
 def restore_for_inference(workdir: str, sharding=None):

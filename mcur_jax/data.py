@@ -3,8 +3,9 @@
 `load(directory)` is the entry point: it reads `manifest.json`, every record
 (through `tfrecord.read_records`, which checks framing and CRCs), checks each
 record against the manifest, and returns a `Dataset` of `Split`s with the
-features standardised by the train-split statistics stored in the manifest.
-The datasets are small (MOSEI ~23k utterances), so everything is read once
+features standardised by the train-split statistics stored in the manifest
+(or, for the modalities of `speaker_norm`, by each speaker's own
+statistics: `normalize_per_speaker`). The datasets are small (MOSEI ~23k utterances), so everything is read once
 into memory; no TensorFlow is needed.
 
 Datasets with cross-validation folds (IEMOCAP) store all records in the `all`
@@ -234,6 +235,55 @@ def normalize(split: Split, stats) -> Split:
   return dataclasses.replace(split, features=features)
 
 
+def speakers(split: Split) -> np.ndarray:
+  """Speaker identity per row: "session|speaker" (IEMOCAP's actors: one
+  speaker id per gender and session)."""
+  return np.char.add(np.char.add(split.session.astype(str), "|"),
+                     split.speaker.astype(str))
+
+
+def normalize_per_speaker(parts: dict[str, Split], modalities: Sequence[str],
+                          path: str) -> dict[str, Split]:
+  """Standardises each of `modalities` with its speaker's own statistics.
+
+  Each speaker (`speakers`) gets the mean and std of the present rows of
+  all `parts` together: the features of every utterance of that speaker,
+  test included, and never a label. This takes the speaker's voice out of
+  features that carry it (IEMOCAP's eGeMAPS audio) at the price of
+  needing the new speaker's utterances (not their labels) before
+  predicting them. A z-score is invariant to the per-column affine
+  standardisation `normalize` applies, so this may run after it. Absent
+  rows stay zero; a column constant for a speaker keeps std 1.
+
+  Raises:
+    schema.DataError: a record without a speaker id (`path`, "speaker").
+  """
+  names = list(parts)
+  keys = np.concatenate([speakers(parts[n]) for n in names])
+  missing = sum(int((parts[n].speaker == "").sum()) for n in names)
+  if missing:
+    raise schema.DataError(path, "speaker", f"{missing} records have no "
+                           "speaker id, which speaker_norm needs")
+  bounds = np.cumsum([0] + [len(parts[n]) for n in names])
+  features = {n: dict(parts[n].features) for n in names}
+  for m in modalities:
+    j = schema.MODALITIES.index(m)
+    x = np.concatenate([parts[n].features[m] for n in names]).astype(
+        np.float64)
+    present = np.concatenate([parts[n].available[:, j] for n in names])
+    out = np.zeros_like(x)
+    for key in np.unique(keys):
+      rows = (keys == key) & present
+      if rows.any():
+        std = x[rows].std(0)
+        out[rows] = (x[rows] - x[rows].mean(0)) / np.where(std > 1e-6, std,
+                                                           1.0)
+    for i, n in enumerate(names):
+      features[n][m] = out[bounds[i]:bounds[i + 1]].astype(np.float32)
+  return {n: dataclasses.replace(parts[n], features=features[n])
+          for n in names}
+
+
 def carve_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
   """A fixed-seed subset of whole groups: the first round(fraction * n) of
   the sorted unique groups permuted by `np.random.RandomState(seed)`.
@@ -279,7 +329,7 @@ def normalization_stats(directory: str | os.PathLike,
 
 
 def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
-         reader=read_split) -> Dataset:
+         reader=read_split, speaker_norm: Sequence[str] = ()) -> Dataset:
   """Reads a prepared directory into train/valid/test `Split`s.
 
   Args:
@@ -287,6 +337,8 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
     fold: for datasets with folds (IEMOCAP), the held-out session; required
       there, and an error elsewhere.
     normalized: standardise features with the manifest's train statistics.
+    speaker_norm: modalities standardised per speaker instead
+      (`normalize_per_speaker`; only with `normalized`).
     reader: `read_split` or a function of the same signature (the tf.data
       reader of `mcur_jax.data_tf`).
   """
@@ -312,4 +364,6 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
     stats = normalization_stats(directory, manifest, "train")
   if normalized:
     parts = {s: normalize(p, stats) for s, p in parts.items()}
+    if speaker_norm:
+      parts = normalize_per_speaker(parts, speaker_norm, str(directory))
   return Dataset(manifest=manifest, **parts)

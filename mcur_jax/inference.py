@@ -15,7 +15,6 @@ from jax.sharding import PartitionSpec as P
 from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
-from mcur_jax import data as data_lib
 from mcur_jax import evaluation
 from mcur_jax import regime
 from mcur_jax import report
@@ -51,7 +50,7 @@ def evaluate_workdir(workdir: str, split: str = "test",
   repl = NamedSharding(mesh, P())
   graphdef, params, config, manifest = checkpoint.restore_for_inference(
       workdir, repl)
-  dataset = data_lib.load(config.data_dir, fold=config.fold or None)
+  dataset = train.load_data(config)
   inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
   predict = evaluation.make_predict(graphdef, mesh)
   present = validate.present_modalities(manifest)

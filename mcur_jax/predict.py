@@ -245,7 +245,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
                                f"modality the model's dataset does not have")
   fold = config.fold or None
   # The run's own data, read only where it is needed.
-  own = functools.cache(lambda: data_lib.load(config.data_dir, fold=fold))
+  own = functools.cache(lambda: train.load_data(config))
   notes = []
   if npz:
     raw, known, notes = read_npz(npz, manifest)
@@ -253,10 +253,14 @@ def predict(workdir: str, *, data_dir: str | None = None,
         config.data_dir, manifest,
         schema.fold_name(fold) if fold else "train")
     rows = data_lib.normalize(raw, stats)
+    per_speaker = validate.speaker_norm(config)
+    if per_speaker:
+      rows = data_lib.normalize_per_speaker({"input": rows}, per_speaker,
+                                            npz)["input"]
   else:
     if data_dir:
       _check_same_features(data_dir, schema.Manifest.load(data_dir), manifest)
-    rows = getattr(data_lib.load(data_dir, fold=fold) if data_dir else own(),
+    rows = getattr(train.load_data(config, data_dir) if data_dir else own(),
                    split)
     known = np.ones(len(rows), bool)
   members = regime.members(config, served)

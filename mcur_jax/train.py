@@ -84,6 +84,13 @@ INPUT_ERRORS = (validate.ConfigError, schema.DataError,
 RUN_FAILURES = INPUT_ERRORS + (TrainingDiverged,)
 
 
+def load_data(config, data_dir: str | None = None) -> data_lib.Dataset:
+  """The data of a run as its config prepares it (fold, per-speaker
+  normalisation); `data_dir` instead of the config's own directory."""
+  return data_lib.load(data_dir or config.data_dir, fold=config.fold or None,
+                       speaker_norm=validate.speaker_norm(config))
+
+
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   """A 1-D ("data",) mesh over the first `num_devices` devices (0 = all)."""
   devices = jax.devices()
@@ -350,7 +357,7 @@ class Run:
     started = time.time()
     COMPILES.clear()
     os.makedirs(workdir, exist_ok=True)
-    dataset = data_lib.load(config.data_dir, fold=config.fold or None)
+    dataset = load_data(config)
     manifest = dataset.manifest
     mesh = make_mesh(config.num_devices)
     validate.check(config, manifest, mesh.devices.size)

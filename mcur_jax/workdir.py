@@ -55,6 +55,21 @@ SAFE_ON_RESUME = {
     "missing_rate_seed": "the missing-rate protocol runs after training",
 }
 
+# Config fields added after the first runs were written, each with the
+# value that reproduces a run whose config.json predates the field: such a
+# workdir still evaluates, predicts and resumes.
+LATER_FIELDS = {
+    "compute_dtype": "float32",
+    "tensorboard": False,
+    "speaker_norm": "",
+}
+
+
+def read_config(path: str) -> dict:
+  """A run's config.json as a dict, with `LATER_FIELDS` it predates."""
+  with open(path) as f:
+    return {**LATER_FIELDS, **json.load(f)}
+
 
 class WorkdirBusy(validate.ConfigError):
   """Another live run holds the workdir's lock."""
@@ -168,8 +183,7 @@ def check_resume(workdir: str, config) -> None:
   wrote the workdir's checkpoints (fields of SAFE_ON_RESUME excepted)."""
   path = os.path.join(workdir, CONFIG_FILE)
   try:
-    with open(path) as f:
-      before = json.load(f)
+    before = read_config(path)
   except (OSError, ValueError) as e:
     raise validate.ConfigError(
         path, f"unreadable ({e}); cannot check that resuming the checkpoints"

@@ -134,6 +134,41 @@ def test_session_folds(tmp_path):
     data.load(tmp_path / "e", fold=1)
 
 
+def test_speaker_norm_standardises_each_speaker_over_every_split(tmp_path):
+  """Each (session, speaker)'s present audio rows, pooled over train, valid
+  and test, have mean 0 and std 1 per column (float32 of a float64 z-score:
+  1e-5); text keeps the training statistics; absent rows stay zero."""
+  table = make_table(sessions=True, n_groups=20)
+  writer.write(table, tmp_path / "d")
+  plain = data.load(tmp_path / "d", fold=2)
+  ds = data.load(tmp_path / "d", fold=2, speaker_norm=("audio",))
+  raw = data.load(tmp_path / "d", fold=2, normalized=False)
+  splits = lambda d: [getattr(d, s) for s in schema.SPLITS]
+  cat = lambda parts, f: np.concatenate([f(p) for p in parts])
+  audio = cat(splits(ds), lambda p: p.features["audio"])
+  raw_audio = cat(splits(raw), lambda p: p.features["audio"])
+  present = cat(splits(ds), lambda p: p.available[:, 0])
+  who = cat(splits(ds), data.speakers)
+  assert len(set(who)) == 8  # 4 sessions x F, M.
+  for key in set(who):
+    rows = (who == key) & present
+    x = raw_audio[rows].astype(np.float64)
+    np.testing.assert_allclose(audio[rows], (x - x.mean(0)) / x.std(0),
+                               atol=1e-5)
+  assert (audio[~present] == 0).all()
+  for a, b in zip(splits(ds), splits(plain)):
+    np.testing.assert_array_equal(a.features["text"], b.features["text"])
+
+
+def test_speaker_norm_needs_speaker_ids(tmp_path):
+  table = make_table(sessions=True, n_groups=20)
+  table.rows.speaker[:3] = ""
+  writer.write(table, tmp_path / "d")
+  with pytest.raises(schema.DataError, match="speaker: 3 records have no "
+                     "speaker id"):
+    data.load(tmp_path / "d", fold=1, speaker_norm=("audio",))
+
+
 def test_carve_groups_is_fixed_and_sized():
   groups = [f"v{i}" for i in range(31)] * 2
   a = data.carve_groups(groups, 0.33, 0)

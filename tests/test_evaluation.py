@@ -4,6 +4,7 @@ Runs use the `tiny` config on the 8 fake CPU devices of conftest.
 """
 
 import csv
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -35,6 +36,7 @@ from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -124,10 +126,16 @@ def test_config_check_names_the_field(mosi_dir):
       ("context_heads", 3, "config.context_heads: 3 does not divide"),
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
       ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
-      ("dataset", "mosei", "config.dataset: 'mosei'")):
+      ("dataset", "mosei", "config.dataset: 'mosei'"),
+      ("speaker_norm", "audio,voice", "config.speaker_norm: 'voice'")):
     with pytest.raises(validate.ConfigError, match=match):
       validate.check(tiny(mosi_dir, **{field: value}), manifest, 8)
   validate.check(tiny(mosi_dir), manifest, 8)
+  no_video = dataclasses.replace(manifest, dims={**manifest.dims, "video": 0})
+  with pytest.raises(validate.ConfigError,
+                     match="config.speaker_norm: video: the data in .* has "
+                     "no video"):
+    validate.check(tiny(mosi_dir, speaker_norm="video"), no_video, 8)
 
 
 def test_combo_index_and_route():
@@ -337,12 +345,16 @@ def test_evaluate_fits_the_calibration_of_a_run_without_one(mixed):
 def test_restore_for_inference_reads_checkpoints_of_the_older_layout(
     mixed, tmp_path):
   """Checkpoints saved before the digest (the state at the top of the
-  tree, no "state" key) restore the same selected parameters."""
+  tree, no "state" key), with a config.json written before the fields of
+  `workdir.LATER_FIELDS` existed, restore the same selected parameters."""
   workdir, _ = mixed
   state = final_params(workdir)
   old = tmp_path / "old"
   old.mkdir()
-  (old / "config.json").write_text((workdir / "config.json").read_text())
+  config = json.loads((workdir / "config.json").read_text())
+  for field in workdir_lib.LATER_FIELDS:
+    del config[field]
+  (old / "config.json").write_text(json.dumps(config))
   mngr = checkpoint.manager(str(old))
   mngr.save(3, args=ocp.args.StandardSave(state))
   mngr.wait_until_finished()

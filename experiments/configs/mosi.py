@@ -21,6 +21,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data_dir = ""
   # Cross-validation fold (IEMOCAP's held-out session); 0 for fixed splits.
   c.fold = 0
+  # Modalities standardised per speaker (comma-separated, e.g. "audio"; ""
+  # = none, every modality with the training split's statistics): each
+  # speaker's (session and speaker id) own mean and std over all of their
+  # utterances' features, test included, never their labels. Needs speaker
+  # ids; MOSI has none (one speaker per video).
+  c.speaker_norm = ""
   # Seeds trained together in one program (jax.vmap over the training state).
   c.seeds = (0, 1, 2, 3, 4)
   # Passes over the training split.
