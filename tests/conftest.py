@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (before jax is imported) and the shared real data.
+"""Test setup: 8 fake CPU devices (before jax is imported), one compilation
+cache for the session, and the shared real data.
 
 The real data (`../shared/data` beside the checkout, or `$MCUR_SHARED_DATA`)
 is optional: tests that need it skip cleanly when it is absent.
@@ -10,9 +11,32 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import pytest
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xla_cache(tmp_path_factory):
+  """A persistent compilation cache for the whole session and its
+  subprocesses (`runs.environment`), new and empty for each session: a
+  program compiled by an earlier test (the same tiny config trained again,
+  a restored run's evaluation) is loaded instead of compiled again. Traces,
+  which `train.COMPILES` counts, are unaffected."""
+  path = str(tmp_path_factory.mktemp("xla-cache"))
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs")
+  before = {name: getattr(jax.config, name) for name in names}
+  jax.config.update(names[0], path)
+  jax.config.update(names[1], 0)
+  compilation_cache.reset_cache()
+  yield path
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
 
 
 def shared_data_dir() -> pathlib.Path | None:

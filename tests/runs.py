@@ -1,6 +1,7 @@
-"""What the tests that run whole trainings share: the compilation cache,
-the command line, a topology-independent view of checkpoints, and the
-TensorBoard logs read back."""
+"""What the tests that run whole trainings share: the command line (with
+the session's compilation cache, `conftest.xla_cache`), a
+topology-independent view of checkpoints, and the TensorBoard logs read
+back."""
 
 import json
 import os
@@ -10,7 +11,6 @@ import sys
 
 import chex
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import orbax.checkpoint as ocp
 import pytest
 from tensorboardX.proto import event_pb2
@@ -27,25 +27,6 @@ ALL_COMBOS = set(combos.NAMES) | {"avg"}
 # near-equal values (s, |error|): a 1e-7 rounding difference can flip one
 # sample's decision or swap two neighbours in a ranking.
 CONTINUOUS = {"mae", "corr", "mae_non0", "corr_non0"}
-
-
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-  """A persistent compilation cache for a module (and its subprocesses):
-  runs of a config compiled before load their executables instead of
-  compiling them again; traces, which `train.COMPILES` counts, are
-  unaffected. Modules use it with `pytestmark`."""
-  path = str(tmp_path_factory.mktemp("xla-cache"))
-  names = ("jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs")
-  before = {name: getattr(jax.config, name) for name in names}
-  jax.config.update(names[0], path)
-  jax.config.update(names[1], 0)
-  compilation_cache.reset_cache()
-  yield path
-  for name, value in before.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 def environment(**extra) -> dict:

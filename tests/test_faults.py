@@ -27,9 +27,7 @@ from mcur_jax import train
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 from tests import runs
-from tests.runs import xla_cache  # pylint: disable=unused-import
 
-pytestmark = pytest.mark.usefixtures("xla_cache")
 KILLED = -signal.SIGKILL
 
 

@@ -22,9 +22,7 @@ from data_prep import synthetic
 from data_prep import writer
 from mcur_jax import data
 from tests import runs
-from tests.runs import xla_cache  # pylint: disable=unused-import
 
-pytestmark = pytest.mark.usefixtures("xla_cache")
 
 
 @pytest.fixture(scope="module")

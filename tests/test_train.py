@@ -1,9 +1,10 @@
 """End-to-end tests of mcur_jax.train and the entry points on small synthetic data.
 
 Every run uses the `tiny` config on 8 fake CPU devices unless a test says
-otherwise. The module keeps a persistent XLA compilation cache (`runs.xla_cache`), so
-runs of a config compiled before (the resumed run, the CLI runs, the single
-IEMOCAP fold) load their executables instead of compiling them again.
+otherwise. The session's persistent XLA compilation cache
+(`conftest.xla_cache`) lets runs of a config compiled before (the resumed
+run, the CLI runs, the single IEMOCAP fold) load their executables instead
+of compiling them again.
 """
 
 import dataclasses
@@ -38,7 +39,6 @@ from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
 from tests import runs
-from tests.runs import xla_cache  # pylint: disable=unused-import
 
 MOSI_CONFIG = runs.MOSI_CONFIG
 # Metrics that are fractions (all but MAE and the correlations).
@@ -50,7 +50,6 @@ UNCERTAINTY = {"ece", "sel_acc_80", "sel_acc_50", "s_err_spearman",
 REGRESSION_METRICS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "mae",
                       "corr", "acc7", "mae_non0", "corr_non0", *UNCERTAINTY}
 ALL_COMBOS = runs.ALL_COMBOS
-pytestmark = pytest.mark.usefixtures("xla_cache")
 # The model's forward pass, compiled once per input shape.
 predict = jax.jit(model.apply, static_argnums=0)
 
