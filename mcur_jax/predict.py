@@ -5,7 +5,9 @@ prepared directory's split, or an `.npz` of features in the format of
 `data_prep/formats/npz.py` where only `group_id` and one modality are
 required: `label` is optional (absent: not known), `split` is not read, and
 the features are standardised with the statistics the model was trained
-with (the run's manifest, its fold's for IEMOCAP).
+with (the run's manifest, its fold's for IEMOCAP), and the modalities of a
+run's `speaker_norm` with each speaker's statistics over the input (its
+`speaker` and `session` keys: `data.normalize_per_speaker`).
 
 Every utterance is predicted once, in the context of its own group, exactly
 as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
