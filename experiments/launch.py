@@ -74,14 +74,19 @@ def package_file(path: str) -> str:
 
 
 class _PackageFileParser(flags.ArgumentParser):
-  """Parses `FILE[:ARG]` with `parser`, FILE found by `package_file`."""
+  """Parses `FILE[:ARG]` with `parser`, FILE found by `package_file`; a
+  FILE that is not there is a flag error (one line, naming the flag),
+  not a traceback at the first use of the config."""
 
   def __init__(self, parser: flags.ArgumentParser):
     self.parser = parser
 
   def parse(self, argument: str):
     file, colon, arg = argument.partition(":")
-    return self.parser.parse(package_file(file) + colon + arg)
+    path = package_file(file)
+    if not os.path.isfile(path):
+      raise ValueError(f"{file}: no such config file")
+    return self.parser.parse(path + colon + arg)
 
 
 def define_config_file(name: str, default: str, help_string: str) -> None:

@@ -91,3 +91,15 @@ def test_package_file_finds_shipped_files_from_anywhere(tmp_path,
   (tmp_path / "experiments" / "configs" / "mosi.py").write_text("")
   assert launch.package_file("experiments/configs/mosi.py") == (
       "experiments/configs/mosi.py")
+
+
+def test_missing_config_file_is_one_flag_error(tmp_path):
+  """A --config file that is not there stops flag parsing with one line
+  naming the flag and the file (ml_collections alone defers the failure to
+  the first use of the config, a traceback)."""
+  result = runs.cli("--workdir", tmp_path, "--config", "missing.py:tiny",
+                    env=dict(os.environ))
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert ("flag --config=missing.py:tiny: missing.py: no such config file"
+          in result.stderr)
