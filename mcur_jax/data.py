@@ -5,8 +5,9 @@
 record against the manifest, and returns a `Dataset` of `Split`s with the
 features standardised by the train-split statistics stored in the manifest
 (or, for the modalities of `speaker_norm`, by each speaker's own
-statistics: `normalize_per_speaker`). The datasets are small (MOSEI ~23k utterances), so everything is read once
-into memory; no TensorFlow is needed.
+statistics: `normalize_per_speaker`). The datasets are small (MOSEI ~23k
+utterances), so everything is read once into memory; no TensorFlow is
+needed.
 
 Datasets with cross-validation folds (IEMOCAP) store all records in the `all`
 split; `load(directory, fold=k)` selects test = session k and carves a
