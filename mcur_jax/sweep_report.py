@@ -33,13 +33,17 @@ from mcur_jax import sweep  # pylint: disable=wrong-import-position
 
 def collect(workdir: str) -> tuple[list[str], list[dict]]:
   """(swept fields, rows): one row per point, finished ones first, sorted
-  by the validation headline metric (best first)."""
+  by the validation headline metric (best first). A point that does not
+  override a swept field (the ablation's `base`) shows the base config's
+  value."""
   with open(os.path.join(workdir, sweep.SWEEP_FILE)) as f:
     spec = json.load(f)
   fields = sorted({k for p in spec["points"] for k in p["overrides"]})
   rows = []
   for point in spec["points"]:
-    row = {"name": point["name"], **point["overrides"]}
+    row = {"name": point["name"],
+           **{f: _hashable(spec["base"].get(f)) for f in fields},
+           **point["overrides"]}
     path = os.path.join(workdir, point["name"], "results.json")
     if os.path.exists(path):
       with open(path) as f:
@@ -63,6 +67,11 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
   finished.sort(key=lambda r: -(r["valid"] if r["valid"] is not None
                                 else -math.inf))
   return fields, finished + [r for r in rows if "valid" not in r]
+
+
+def _hashable(value):
+  """A config value as a sweep point holds it (JSON lists as tuples)."""
+  return tuple(value) if isinstance(value, list) else value
 
 
 def _fmt(x, std=None) -> str:

@@ -260,6 +260,31 @@ def test_ablation_rows_are_named_by_method(tmp_path):
   assert "| MCUR | 0.800 ± 0.010 |" in paper
 
 
+def test_report_of_points_overriding_different_fields(tmp_path):
+  """The ablation's shape: a base point with no overrides and points that
+  each set another field; a field a point leaves alone shows the base
+  config's value (in the table, the CSV and the plot)."""
+  base = ml_collections.ConfigDict({"mcb_weight": 0.3, "sugr": True})
+  points = [{}, {"mcb_weight": 0.0}, {"sugr": False}]
+  sweep.record(str(tmp_path), base, points)
+  for point, valid in zip(points, (0.70, 0.72, 0.68)):
+    entry = {"mean": valid, "std": 0.01, "per_run": [valid]}
+    out = tmp_path / sweep.point_name(point)
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(
+        {"headline": "f1_non0", "dataset": "mosi", "task": "regression",
+         "method": "MCUR", "selected_on": "valid",
+         "data": {"synthetic": False, "format": "npz", "dir": "d"},
+         **{split: {c: {"f1_non0": entry} for c in [*combos.NAMES, "avg"]}
+            for split in ("valid", "test")}}))
+  text = sweep_report.write(str(tmp_path))
+  rows = [line.split("|")[2:4] for line in text.splitlines()
+          if line.startswith("| ")][1:]
+  assert [[c.strip() for c in r] for r in rows] == [
+      ["0.0", "True"], ["0.3", "True"], ["0.3", "False"]]
+  assert (tmp_path / "sweep_report.png").exists()
+
+
 def test_report_cli_without_sweep_exits_2(tmp_path, capsys):
   from experiments import sweep_report as cli  # pylint: disable=g-import-not-at-top
   assert cli.main([str(tmp_path)]) == 2
