@@ -41,9 +41,10 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
   fields = sorted({k for p in spec["points"] for k in p["overrides"]})
   rows = []
   for point in spec["points"]:
+    values = {**{f: spec["base"].get(f) for f in fields},
+              **point["overrides"]}
     row = {"name": point["name"],
-           **{f: _hashable(spec["base"].get(f)) for f in fields},
-           **point["overrides"]}
+           **{f: _hashable(v) for f, v in values.items()}}
     path = os.path.join(workdir, point["name"], "results.json")
     if os.path.exists(path):
       with open(path) as f:
@@ -70,7 +71,8 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
 
 
 def _hashable(value):
-  """A config value as a sweep point holds it (JSON lists as tuples)."""
+  """A config value as the sweep gave it (JSON lists back to tuples), so
+  tuple-valued fields print alike and group in the plot."""
   return tuple(value) if isinstance(value, list) else value
 
 
