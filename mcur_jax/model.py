@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mcur_jax import schema
+from mcur_jax import groups, schema
 
 MISSING_TOKENS = ("cls_only", "masked", "visible")
 # config.compute_dtype: the dtype of the encoders' and Transformers'
@@ -82,12 +82,23 @@ class SelfAttention(nnx.Module):
     self.value = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, mask, bias=None):
+  def __call__(self, x, mask, bias=None, block=0):
     """x [B, T, D], mask [B, T, T] bool, bias [B or 1, H, T, T] added to the
-    logits (None: no bias)."""
+    logits (None: no bias).
+
+    `block` > 0 (B 1, T a multiple of it): block-local attention, for the
+    context Transformer's long rows of windows. The T positions form T /
+    block blocks, and the queries of a block see the keys of that block and
+    its two neighbours only; mask and bias are then [T / block, block, 3 *
+    block] and [T / block, H, block, 3 * block] (`neighbours` lays out
+    the keys).
+    """
     b, t, d = x.shape
     heads = lambda y: y.reshape(b, t, self.num_heads, -1)
     q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+    if block:
+      q = q.reshape(t // block, block, *q.shape[2:])
+      k, v = neighbours(k[0], block, 0), neighbours(v[0], block, 0)
     # The logits' scaling, bias, mask and softmax in float32 whatever the
     # compute dtype: bfloat16's 8-bit mantissa would round them coarsely.
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(
@@ -97,6 +108,15 @@ class SelfAttention(nnx.Module):
     logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d))
+
+
+def neighbours(y: jax.Array, block: int, fill) -> jax.Array:
+  """[T, ...] -> [T / block, 3 * block, ...]: per block of `block` rows, the
+  previous block, itself and the next one (`fill` past either end)."""
+  y = y.reshape(-1, block, *y.shape[1:])
+  edge = jnp.full_like(y[:1], fill)
+  return jnp.concatenate([jnp.concatenate([edge, y[:-1]]), y,
+                          jnp.concatenate([y[1:], edge])], axis=1)
 
 
 class Block(nnx.Module):
@@ -111,9 +131,9 @@ class Block(nnx.Module):
     self.fc2 = nnx.Linear(mlp_ratio * dim, dim, dtype=dtype, rngs=rngs)
     self.drop = nnx.Dropout(dropout)
 
-  def __call__(self, x, mask, rngs, bias=None):
+  def __call__(self, x, mask, rngs, bias=None, block=0):
     drop = lambda y: self.drop(y, deterministic=rngs is None, rngs=rngs)
-    x = x + drop(self.attn(self.norm1(x), mask, bias))
+    x = x + drop(self.attn(self.norm1(x), mask, bias, block))
     return x + drop(self.fc2(nnx.gelu(self.fc1(self.norm2(x)))))
 
 
@@ -125,13 +145,23 @@ class Context(nnx.Module):
   is masked to the same window and biased per head by the learned bias of
   the clipped rank distance j - i (`max_distance` 0: no position
   information), then a LayerNorm.
+
+  Every window is a contiguous run of at most `window` positions of the
+  batch (`groups.train_plan` and `groups.EvalLayout` lay them out so), so
+  on a batch longer than 3 * `window` the attention is block-local
+  (`SelfAttention`'s `block`): each position sees the keys within `window`
+  of its block, which hold its whole window, at a cost linear in the batch
+  instead of quadratic (evaluation chunks hold 1,024 window slots). The
+  keys it leaves out are masked anyway, so the outputs are those of whole-
+  batch attention up to float rounding. `window` 0: always whole-batch.
   """
 
   def __init__(self, dim: int, num_layers: int, num_heads: int,
                mlp_ratio: int, dropout: float, max_distance: int,
-               num_speakers: int, *, rngs, dtype=None):
+               num_speakers: int, window: int = 0, *, rngs, dtype=None):
     init = nnx.initializers.normal(0.02)
     self.max_distance = max_distance
+    self.window = window
     self.speaker_embedding = nnx.Param(init(rngs.params(),
                                             (num_speakers, dim)))
     if max_distance:
@@ -146,17 +176,35 @@ class Context(nnx.Module):
     """u [B, D] -> h [B, D]; segment, rank, speaker [B] int."""
     table = self.speaker_embedding[...]
     x = u + table[jnp.clip(speaker, 0, table.shape[0] - 1)]
-    same = (segment[:, None] == segment[None, :]) & (segment[None, :] >= 0)
-    mask = (same | jnp.eye(len(segment), dtype=bool))[None]
+    b, block = len(segment), self.window
+    if b > 3 * block > 0:
+      pad = -b % block
+      x = jnp.pad(x, ((0, pad), (0, 0)))
+      segment = jnp.pad(segment, (0, pad), constant_values=groups.PAD)
+      rank = jnp.pad(rank, (0, pad))
+      # Per block: queries [n, block], keys [n, 3 * block]; a query's own
+      # key sits at offset block + its index in the block.
+      query = lambda y: y.reshape(-1, block)
+      key_segment = neighbours(segment, block, groups.PAD)
+      same = ((query(segment)[:, :, None] == key_segment[:, None, :])
+              & (key_segment[:, None, :] >= 0))
+      mask = same | jnp.eye(block, 3 * block, block, dtype=bool)
+      distance = neighbours(rank, block, 0)[:, None, :] - query(rank)[:, :, None]
+    else:
+      block = 0
+      same = (segment[:, None] == segment[None, :]) & (segment[None, :] >= 0)
+      mask = (same | jnp.eye(b, dtype=bool))[None]
+      distance = (rank[None, :] - rank[:, None])[None]
     bias = None
     if self.max_distance:
       d = self.max_distance
-      distance = jnp.clip(rank[None, :] - rank[:, None], -d, d) + d
-      bias = self.distance_bias[...][:, distance][None]  # [1, H, B, B]
+      distance = jnp.clip(distance, -d, d) + d
+      # [n or 1, H, queries, keys]
+      bias = jnp.moveaxis(self.distance_bias[...][:, distance], 0, 1)
     x = x[None]
-    for block in self.blocks:
-      x = block(x, mask, rngs, bias)
-    return self.norm(x[0])
+    for layer in self.blocks:
+      x = layer(x, mask, rngs, bias, block)
+    return self.norm(x[0, :b])
 
 
 class MCUR(nnx.Module):
@@ -168,8 +216,8 @@ class MCUR(nnx.Module):
                mlp_ratio: int = 2, dropout: float = 0.1, proj_dim: int = 128,
                missing_tokens: str = "cls_only", context_layers: int = 0,
                context_heads: int = 4, context_max_distance: int = 8,
-               context_speakers: int = 2, compute_dtype: str = "float32",
-               rngs: nnx.Rngs):
+               context_speakers: int = 2, context_window: int = 0,
+               compute_dtype: str = "float32", rngs: nnx.Rngs):
     if missing_tokens not in MISSING_TOKENS:
       raise ValueError(f"missing_tokens={missing_tokens!r}, not one of "
                        f"{MISSING_TOKENS}")
@@ -192,7 +240,7 @@ class MCUR(nnx.Module):
     self.norm = nnx.LayerNorm(hidden, rngs=rngs)
     self.context = (Context(hidden, context_layers, context_heads, mlp_ratio,
                             dropout, context_max_distance, context_speakers,
-                            rngs=rngs, dtype=dtype)
+                            context_window, rngs=rngs, dtype=dtype)
                     if context_layers else None)
     # The heads stay in float32: they are small, and their outputs feed the
     # losses and metrics directly.
@@ -277,6 +325,7 @@ def create(config, dims: dict[str, int], num_outputs: int):
                 context_heads=config.context_heads,
                 context_max_distance=config.context_max_distance,
                 context_speakers=config.context_speakers,
+                context_window=config.context_window,
                 compute_dtype=config.compute_dtype,
                 rngs=nnx.Rngs(params=key))
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))

@@ -25,7 +25,7 @@ def config(**overrides):
   fields = dict(hidden_dim=D, num_layers=2, num_heads=2, mlp_ratio=2,
                 dropout=0.1, proj_dim=P, missing_tokens="cls_only",
                 context_layers=0, context_heads=2, context_max_distance=4,
-                context_speakers=2, compute_dtype="float32")
+                context_speakers=2, context_window=0, compute_dtype="float32")
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -342,6 +342,64 @@ def test_context_sees_its_own_window_only():
     out = f(params, moved, mask, None)
     where = np.isin(np.arange(BC), rest)
     assert max_change(base, out, where)["h"] > 1e-3
+
+
+def contiguous_windows(size, window, seed):
+  """Window fields of `size` positions laid out as training and evaluation
+  lay them out: contiguous windows of 1..`window` positions, a run of
+  padding here and there, ranks running on from a random start."""
+  rng = np.random.default_rng(seed)
+  segment, rank = np.full(size, PAD, np.int32), np.zeros(size, np.int32)
+  at, s = 0, 0
+  while at < size:
+    n = min(int(rng.integers(1, window + 1)), size - at)
+    if rng.random() < 0.2:  # padding
+      at += n
+      continue
+    segment[at:at + n] = s
+    rank[at:at + n] = rng.integers(0, 20) + np.arange(n)
+    at, s = at + n, s + 1
+  return dict(segment=segment, rank=rank,
+              speaker=rng.integers(0, 3, size).astype(np.int32))
+
+
+def test_block_local_attention_equals_whole_batch_attention():
+  """On a batch longer than 3 windows the context attends block-locally
+  (model.Context): outputs and parameter gradients at the real positions
+  equal those of whole-batch attention (context_window 0), here with 42
+  positions in windows of at most 4 (not a multiple of 4: padded inside).
+  The masked keys weigh exactly 0 in both, so only the order of the
+  attention sums differs: 1e-5 on O(1) values, as in the equivariance test
+  below; a gradient entry sums such terms over all positions, so 1e-5 of
+  its leaf's largest entry (a small entry beside large ones carries their
+  rounding)."""
+  size, window = 42, 4
+  fields = contiguous_windows(size, window, seed=0)
+  real = fields["segment"] != PAD
+  x = {**features(6, 1.0, size),
+       **{k: jnp.asarray(v) for k, v in fields.items()}}
+  mask = jnp.asarray(np.random.default_rng(1).random((size, 3)) < 0.7)
+  outs, grads = [], []
+  for w in (window, 0):
+    graphdef, init = model.create(config(context_layers=2,
+                                         context_window=w), DIMS, K)
+    params = init(jax.random.key(3))
+    outs.append(jax.jit(functools.partial(model.apply, graphdef))(
+        params, x, mask))
+
+    def loss(params):
+      out = model.apply(graphdef, params, x, mask)
+      keep = jnp.asarray(real)[:, None]
+      return (jnp.sum(jnp.where(keep, out["pred"] ** 2, 0.0))
+              + jnp.sum(jnp.where(keep, out["z"], 0.0)))
+    grads.append(jax.jit(jax.grad(loss))(params))
+  for k in ("pred", "z", "s", "h"):
+    np.testing.assert_allclose(np.asarray(outs[0][k])[real],
+                               np.asarray(outs[1][k])[real], atol=1e-5,
+                               err_msg=k)
+  for a, b in zip(jax.tree_util.tree_leaves(grads[0]),
+                  jax.tree_util.tree_leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
 
 
 def test_context_is_equivariant_to_the_batch_order():
