@@ -147,7 +147,8 @@ class Context(nnx.Module):
   information), then a LayerNorm.
 
   Every window is a contiguous run of at most `window` positions of the
-  batch (`groups.train_plan` and `groups.EvalLayout` lay them out so), so
+  batch, padding never inside it (`groups.train_plan` and
+  `groups.EvalLayout` lay them out so; a caller of `apply` must too), so
   on a batch longer than 3 * `window` the attention is block-local
   (`SelfAttention`'s `block`): each position sees the keys within `window`
   of its block, which hold its whole window, at a cost linear in the batch

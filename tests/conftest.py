@@ -1,5 +1,5 @@
 """Test setup: 8 fake CPU devices (before jax is imported), one compilation
-cache for the session, and the shared real data.
+cache for the session, the shared real data, and the order of the modules.
 
 The real data (`../shared/data` beside the checkout, or `$MCUR_SHARED_DATA`)
 is optional: tests that need it skip cleanly when it is absent.
@@ -37,6 +37,17 @@ def xla_cache(tmp_path_factory):
   for name, value in before.items():
     jax.config.update(name, value)
   compilation_cache.reset_cache()
+
+
+def pytest_collection_modifyitems(items):
+  """Modules marked `slow(minutes)` first, the longest first, the rest in
+  their usual order. A parallel session (pytest-xdist, `--dist=loadfile`)
+  hands whole modules to its workers in this order, so the long modules
+  start at once and the many short ones fill the gaps at the end."""
+  def minutes(item):
+    mark = item.get_closest_marker("slow")
+    return -mark.kwargs["minutes"] if mark else 0
+  items.sort(key=minutes)  # Stable: a module's tests stay in their order.
 
 
 def shared_data_dir() -> pathlib.Path | None:

@@ -15,18 +15,31 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboardX.proto import event_pb2
 
+from experiments.configs import mosi as mosi_config
 from mcur_jax import combos
 from mcur_jax import tfrecord
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
 ALL_COMBOS = set(combos.NAMES) | {"avg"}
+# Metrics that are fractions (all but MAE and the correlations).
+FRACTIONS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7",
+             "wa", "ua", "wf1", "mf1", "ece", "sel_acc_80", "sel_acc_50",
+             "ece_cal", "sel_acc_50_cal"}
 # Metrics that are smooth functions of the predictions: equal runs agree on
 # them to the rounding of the predictions (1e-6). Every other metric counts
 # decisions at a threshold (the sign, the argmax, a confidence bin) or ranks
 # near-equal values (s, |error|): a 1e-7 rounding difference can flip one
 # sample's decision or swap two neighbours in a ranking.
 CONTINUOUS = {"mae", "corr", "mae_non0", "corr_non0"}
+
+
+def tiny_config(data_dir, base=mosi_config, **overrides):
+  """The `tiny` variant of a config module on `data_dir`, with overrides."""
+  config = base.get_config("tiny")
+  config.data_dir = str(data_dir)
+  config.update(overrides)
+  return config
 
 
 def environment(**extra) -> dict:

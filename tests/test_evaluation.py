@@ -38,6 +38,9 @@ from mcur_jax import train
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
+# About 4 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=4)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 

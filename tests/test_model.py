@@ -12,6 +12,9 @@ import pytest
 from mcur_jax import groups
 from mcur_jax import model
 
+# About 1.2 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=1.2)
+
 DIMS = {"audio": 5, "text": 7, "video": 3}
 B, K, D, P = 6, 3, 16, 8
 MODES = ("cls_only", "masked", "visible")

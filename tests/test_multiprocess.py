@@ -23,6 +23,8 @@ from data_prep import writer
 from mcur_jax import data
 from tests import runs
 
+# About 1.5 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=1.5)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,9 @@ from mcur_jax import sweep
 from mcur_jax import sweep_report
 from mcur_jax import validate
 
+# About 2.5 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=2.5)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = ["--grid", "learning_rate=1e-3,3e-4", "--grid", "tau=0.05,0.1"]
 

@@ -24,14 +24,12 @@ from tensorboardX.proto import plugin_hparams_pb2 as hparams_plugin
 
 from data_prep import synthetic
 from data_prep import writer
-from experiments.configs import iemocap as iemocap_config
 from experiments.configs import mosi as mosi_config
 from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
 from mcur_jax import groups
-from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import model
 from mcur_jax import regime
@@ -40,11 +38,11 @@ from mcur_jax import schema
 from mcur_jax import train
 from tests import runs
 
+# About 6 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=6)
+
 MOSI_CONFIG = runs.MOSI_CONFIG
-# Metrics that are fractions (all but MAE and the correlations).
-FRACTIONS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7",
-             "wa", "ua", "wf1", "mf1", "ece", "sel_acc_80", "sel_acc_50",
-             "ece_cal", "sel_acc_50_cal"}
+FRACTIONS = runs.FRACTIONS
 UNCERTAINTY = {"ece", "sel_acc_80", "sel_acc_50", "s_err_spearman",
                *calibration.SCORES}
 REGRESSION_METRICS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "mae",
@@ -85,11 +83,7 @@ def mosi_dir(tmp_path_factory):
   return out
 
 
-def tiny(data_dir, base=mosi_config, **overrides):
-  config = base.get_config("tiny")
-  config.data_dir = str(data_dir)
-  config.update(overrides)
-  return config
+tiny = runs.tiny_config
 
 
 def run(data_dir, workdir, **overrides) -> dict:
@@ -378,7 +372,9 @@ def test_padding_changes_neither_loss_nor_gradient(mosi_dir):
   same batch with padding positions and whole padding windows added (to
   float rounding, 1e-6 relative): padding counts in no sum and no count,
   and no real utterance attends to it. Dropout is off and the combination
-  fixed (atv), since their random draws depend on the batch's shape."""
+  fixed (atv), since their random draws depend on the batch's shape. The
+  batch of 5 groups (107 utterances in windows of 8) is long enough for
+  the context's block-local attention."""
   config = tiny(mosi_dir, dropout=0.0, sugr_warmup_epochs=0,
                 mcb_same_group_positives=False)
   dataset = data.load(mosi_dir)
@@ -403,7 +399,11 @@ def test_padding_changes_neither_loss_nor_gradient(mosi_dir):
     return jax.tree.map(jnp.asarray, out)
 
   pad = np.full(7, groups.PAD)
-  cut = len(rows) // 2
+  # Padding goes where the layouts put it, between windows (each window is
+  # a contiguous run of positions, model.Context): at the window start
+  # nearest the middle, and at the end.
+  starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+  cut = starts[np.argmin(np.abs(starts - len(rows) // 2))]
   padded = batch_of(
       np.concatenate([rows[:cut], np.zeros(7, int), rows[cut:],
                       np.zeros(7, int)]),
@@ -651,69 +651,3 @@ def test_cli_missing_data_dir_exits_2(tmp_path):
   [line] = runs.error_lines(result.stderr)
   assert line.startswith(f"error: {missing / schema.MANIFEST}: ")
   assert "Traceback" not in result.stderr
-
-
-# IEMOCAP folds
-# -------------
-
-
-@pytest.fixture(scope="module")
-def iemocap_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("data") / "iemocap4"
-  writer.write(synthetic.generate("iemocap4", 0, 0.06), out)
-  return out
-
-
-def iemocap(data_dir, workdir, fold: int) -> dict:
-  config = tiny(data_dir, base=iemocap_config, fold=fold, seeds=(0,),
-                num_epochs=1, num_devices=1)
-  return train.train_and_evaluate(config, str(workdir))
-
-
-@pytest.fixture(scope="module")
-def all_folds(iemocap_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("iemocap")
-  return workdir, iemocap(iemocap_dir, workdir, fold=0)
-
-
-def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
-  """fold=0 trains the 5 sessions in WORKDIR/fold1..fold5 and
-  WORKDIR/results.json pools their runs (5 folds x 1 seed)."""
-  workdir, results = all_folds
-  folds = [json.loads((workdir / f"fold{k}" / "results.json").read_text())
-           for k in range(1, 6)]
-  assert [r["fold"] for r in folds] == [1, 2, 3, 4, 5]
-  assert results["folds"] == [1, 2, 3, 4, 5]
-  assert json.loads((workdir / "results.json").read_text()) == results
-  assert results["task"] == "classification" and results["headline"] == "wf1"
-  for split in ("test", "valid"):
-    for c in ALL_COMBOS:
-      for k, v in results[split][c].items():
-        per_run = [x for r in folds for x in r[split][c][k]["per_run"]]
-        assert v["per_run"] == per_run and len(per_run) == 5
-        assert v["mean"] == pytest.approx(np.mean(per_run))
-        if k in FRACTIONS:
-          assert all(0 <= x <= 1 for x in per_run)
-
-
-def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
-  """fold=2 trains session 2 only, directly in WORKDIR, exactly as fold 2
-  of the fold=0 run."""
-  workdir, _ = all_folds
-  results = iemocap(iemocap_dir, tmp_path, fold=2)
-  assert results["fold"] == 2
-  assert sorted(os.listdir(tmp_path)) == [
-      ".lock", "calibration.json", "checkpoints", "config.json", "data.json",
-      "figures", "metrics.jsonl", "results.json", "results.md", "tb"]
-  fold2 = json.loads((workdir / "fold2" / "results.json").read_text())
-  assert results["test"] == fold2["test"]
-
-
-def test_evaluate_pools_folds_like_training(all_folds):
-  """`experiments.evaluate` on a cross-validated workdir evaluates each
-  fold's checkpoint and pools them: training's pooled numbers exactly."""
-  workdir, results = all_folds
-  found = inference.evaluate_workdir(str(workdir), "test", "all")
-  assert found["folds"] == [1, 2, 3, 4, 5]
-  for key in ("test", "missing_rate", "test_samples_without_modality"):
-    assert found[key] == results[key], key
