@@ -49,4 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # dropout 0.1 (0.762) did not beat these enough to pay for themselves.
     c.batch_size = 64
     c.learning_rate = 3e-4
+    # About 700 validation utterances per fold: 512 per chunk (1.12 s per
+    # epoch) and 256 (1.13 s) validate alike.
+    c.eval_batch_size = 512
   return c
