@@ -24,10 +24,11 @@ per-condition regime the model of the fixed combination (fixed protocol) or
 of the utterance's drawn combination (missing-rate protocol; one left with
 no modality goes to the model of the run's fullest combination).
 
-One compiled function runs every protocol: it predicts `MASK_SETS` mask
-sets over a fixed-size chunk of utterances and their window slots, so
-training, the final evaluation and `experiments.evaluate` share it and give
-bit-identical outputs.
+One compiled function runs every protocol: it predicts as many mask sets
+as the run has combinations (`make_predict`'s `sets`: 7, or 3 where a
+modality is missing from the dataset) over a fixed-size chunk of
+utterances and their window slots, so training, the final evaluation and
+`experiments.evaluate` share it and give bit-identical outputs.
 """
 
 import dataclasses
@@ -45,10 +46,6 @@ from mcur_jax import metrics
 from mcur_jax import model as model_lib
 from mcur_jax import schema
 from mcur_jax import transfer
-
-# Mask sets predicted per compiled call: the 7 combinations of the fixed
-# protocol, or 7 missing-rate draws at a time.
-MASK_SETS = len(combos.NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +79,15 @@ class Inputs:
              "rank": layout.rank, "speaker": layout.speaker}, repl))
 
 
-def make_predict(graphdef, mesh, compiles=None):
+def make_predict(graphdef, mesh, sets: int, compiles=None):
   """predict(params [M...], inputs, masks [C, N, 3], keys) -> {key: [C, M,
   N, ...]} as NumPy for `keys` among pred, s, h, z: the outputs of each of
   the C mask sets (per utterance of the split) and members, each utterance
-  predicted in its window. Traces are counted in `compiles["evaluate"]` (a
-  Counter) when given."""
+  predicted in its window. Each compiled call predicts `sets` mask sets:
+  the run's number of combinations (`len(members.combos)`), so the fixed
+  protocol is one call per chunk and no call predicts a combination the
+  run does not have; the missing-rate draws go `sets` at a time. Traces
+  are counted in `compiles["evaluate"]` (a Counter) when given."""
   sharded = NamedSharding(mesh, P("data"))
   mask_sharding = NamedSharding(mesh, P(None, "data"))
 
@@ -108,20 +108,20 @@ def make_predict(graphdef, mesh, compiles=None):
     # Each utterance position under its row's mask; padding under none.
     masks = masks[:, np.maximum(layout.rows, 0)] & (
         layout.rows >= 0)[None, :, None]
-    sets = len(masks)
-    padded = np.zeros((sets - sets % -MASK_SETS, *masks.shape[1:]), bool)
-    padded[:sets], padded[sets:] = masks, masks[-1]
+    count = len(masks)
+    padded = np.zeros((count - count % -sets, *masks.shape[1:]), bool)
+    padded[:count], padded[count:] = masks, masks[-1]
     parts = []
-    for j in range(0, len(padded), MASK_SETS):
+    for j in range(0, len(padded), sets):
       row = [transfer.to_host({k: v for k, v in predict_chunk(
           params, jax.tree.map(lambda x: x[c * u:(c + 1) * u],
                                inputs.utterances),
           jax.tree.map(lambda x: x[c * w:(c + 1) * w], inputs.windows),
-          padded[j:j + MASK_SETS, c * u:(c + 1) * u]).items() if k in keys})
+          padded[j:j + sets, c * u:(c + 1) * u]).items() if k in keys})
              for c in range(len(layout.rows) // u)]
       parts.append({k: np.concatenate([r[k] for r in row], axis=2)
                     for k in keys})
-    return {k: np.concatenate([p[k] for p in parts])[:sets][:, :, layout.owner]
+    return {k: np.concatenate([p[k] for p in parts])[:count][:, :, layout.owner]
             for k in keys}
 
   return predict

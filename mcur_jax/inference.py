@@ -52,9 +52,9 @@ def evaluate_workdir(workdir: str, split: str = "test",
       workdir, repl)
   dataset = train.load_data(config)
   inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
-  predict = evaluation.make_predict(graphdef, mesh)
   present = validate.present_modalities(manifest)
   members = regime.members(config, combos.realisable(present))
+  predict = evaluation.make_predict(graphdef, mesh, len(members.combos))
   found = evaluation.run(config, predict, params, inputs, members,
                          manifest.task, present, protocol)
   if "fixed" in found:

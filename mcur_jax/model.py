@@ -190,7 +190,8 @@ class Context(nnx.Module):
       same = ((query(segment)[:, :, None] == key_segment[:, None, :])
               & (key_segment[:, None, :] >= 0))
       mask = same | jnp.eye(block, 3 * block, block, dtype=bool)
-      distance = neighbours(rank, block, 0)[:, None, :] - query(rank)[:, :, None]
+      distance = (neighbours(rank, block, 0)[:, None, :]
+                  - query(rank)[:, :, None])
     else:
       block = 0
       same = (segment[:, None] == segment[None, :]) & (segment[None, :] >= 0)

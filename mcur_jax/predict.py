@@ -266,7 +266,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
                    split)
     known = np.ones(len(rows), bool)
   members = regime.members(config, served)
-  predict_fn = evaluation.make_predict(graphdef, mesh)
+  predict_fn = evaluation.make_predict(graphdef, mesh, len(members.combos))
   fitted = inference.run_calibration(workdir, config, manifest.task,
                                      predict_fn, params, members,
                                      lambda: own().valid, mesh)

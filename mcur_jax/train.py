@@ -381,7 +381,8 @@ class Run:
         tables=tables, member_data=member_data, inputs=inputs,
         train_epoch=make_train_epoch(config, graphdef, tx, manifest.task,
                                      mesh, len(dataset.train)),
-        predict=evaluation.make_predict(graphdef, mesh, COMPILES),
+        predict=evaluation.make_predict(graphdef, mesh, len(members.combos),
+                                        COMPILES),
         update_best=make_update_best(mesh), state=state, started=started)
 
 
