@@ -382,11 +382,12 @@ def test_block_local_attention_equals_whole_batch_attention():
   x = {**features(6, 1.0, size),
        **{k: jnp.asarray(v) for k, v in fields.items()}}
   mask = jnp.asarray(np.random.default_rng(1).random((size, 3)) < 0.7)
-  outs, grads = [], []
+  outs, grads, graphdefs = [], [], []
   for w in (window, 0):
     graphdef, init = model.create(config(context_layers=2,
                                          context_window=w), DIMS, K)
-    params = init(jax.random.key(3))
+    params = init(jax.random.key(3))  # The same for both.
+    graphdefs.append(graphdef)
     outs.append(jax.jit(functools.partial(model.apply, graphdef))(
         params, x, mask))
 
@@ -403,6 +404,12 @@ def test_block_local_attention_equals_whole_batch_attention():
   for a, b in zip(jax.tree_util.tree_leaves(grads[0]),
                   jax.tree_util.tree_leaves(grads[1])):
     np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
+  # The block-local path is the one taken: a window of 16 positions breaks
+  # its contract (at most `window` long) and so changes its outputs.
+  long = {**x, "segment": jnp.asarray(np.where(np.arange(size) < 16, 0,
+                                               fields["segment"] + 1))}
+  found = [model.apply(g, params, long, mask)["h"] for g in graphdefs]
+  assert np.abs(np.asarray(found[0] - found[1]))[:16].max() > 1e-3
 
 
 def test_context_is_equivariant_to_the_batch_order():
