@@ -15,6 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboardX.proto import event_pb2
 
+from data_prep import synthetic
+from data_prep import writer
 from experiments.configs import mosi as mosi_config
 from mcur_jax import combos
 from mcur_jax import tfrecord
@@ -32,6 +34,15 @@ FRACTIONS = {"acc2_non0", "f1_non0", "acc2_has0", "f1_has0", "acc7",
 # near-equal values (s, |error|): a 1e-7 rounding difference can flip one
 # sample's decision or swap two neighbours in a ranking.
 CONTINUOUS = {"mae", "corr", "mae_non0", "corr_non0"}
+
+
+def synthetic_dir(tmp_path_factory, like: str, scale: float,
+                  seed: int = 0) -> pathlib.Path:
+  """A prepared directory of synthetic data like `like`, in a new temporary
+  folder (for module-scoped fixtures)."""
+  out = tmp_path_factory.mktemp("data") / like
+  writer.write(synthetic.generate(like, seed, scale), out)
+  return out
 
 
 def tiny_config(data_dir, base=mosi_config, **overrides):

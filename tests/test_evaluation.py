@@ -19,9 +19,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data_prep import synthetic
-from data_prep import writer
-from experiments.configs import mosi as mosi_config
 from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
@@ -37,6 +34,7 @@ from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
+from tests import runs
 
 # About 4 minutes on 2 cores: conftest schedules the slow modules first.
 pytestmark = pytest.mark.slow(minutes=4)
@@ -46,16 +44,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def mosi_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("data") / "mosi"
-  writer.write(synthetic.generate("mosi", 0, 0.15), out)
-  return out
+  return runs.synthetic_dir(tmp_path_factory, "mosi", 0.15)
 
 
-def tiny(data_dir, **overrides):
-  config = mosi_config.get_config("tiny")
-  config.data_dir = str(data_dir)
-  config.update(overrides)
-  return config
+tiny = runs.tiny_config
 
 
 def final_params(workdir) -> dict:

@@ -36,9 +36,7 @@ KILLED = -signal.SIGKILL
 
 @pytest.fixture(scope="module")
 def mosi_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("data") / "mosi"
-  writer.write(synthetic.generate("mosi", 0, 0.1), out)
-  return out
+  return runs.synthetic_dir(tmp_path_factory, "mosi", 0.1)
 
 
 def args(data_dir, workdir, *extra):

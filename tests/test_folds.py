@@ -13,8 +13,6 @@ import os
 import numpy as np
 import pytest
 
-from data_prep import synthetic
-from data_prep import writer
 from experiments.configs import iemocap as iemocap_config
 from mcur_jax import inference
 from mcur_jax import train
@@ -26,9 +24,7 @@ pytestmark = pytest.mark.slow(minutes=1)
 
 @pytest.fixture(scope="module")
 def iemocap_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("data") / "iemocap4"
-  writer.write(synthetic.generate("iemocap4", 0, 0.06), out)
-  return out
+  return runs.synthetic_dir(tmp_path_factory, "iemocap4", 0.06)
 
 
 def iemocap(data_dir, workdir, fold: int) -> dict:

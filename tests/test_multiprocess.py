@@ -18,8 +18,6 @@ import sys
 import chex
 import pytest
 
-from data_prep import synthetic
-from data_prep import writer
 from mcur_jax import data
 from tests import runs
 
@@ -29,9 +27,7 @@ pytestmark = pytest.mark.slow(minutes=1.5)
 
 @pytest.fixture(scope="module")
 def mosi_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("data") / "mosi"
-  writer.write(synthetic.generate("mosi", 0, 0.1), out)
-  return out
+  return runs.synthetic_dir(tmp_path_factory, "mosi", 0.1)
 
 
 # The tiny config (seeds 0 and 1, context on) in 2 epochs of 2 steps, no

@@ -14,14 +14,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data_prep import synthetic
-from data_prep import writer
 from experiments import sweep as sweep_cli
 from experiments.configs import mosi
 from mcur_jax import combos
 from mcur_jax import sweep
 from mcur_jax import sweep_report
 from mcur_jax import validate
+from tests import runs
 
 # About 2.5 minutes on 2 cores: conftest schedules the slow modules first.
 pytestmark = pytest.mark.slow(minutes=2.5)
@@ -134,9 +133,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  out = tmp_path_factory.mktemp("data") / "mosi"
-  writer.write(synthetic.generate("mosi", seed=0, scale=0.1), out)
-  return str(out)
+  return str(runs.synthetic_dir(tmp_path_factory, "mosi", 0.1))
 
 
 def run_sweep(env, data_dir, workdir, *extra, wait=True):

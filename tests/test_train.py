@@ -78,9 +78,7 @@ def predict_in_windows(graphdef, params, split, mask, window: int) -> dict:
 @pytest.fixture(scope="module")
 def mosi_dir(tmp_path_factory):
   """Synthetic MOSI at scale 0.15: train/valid/test 193/34/103 utterances."""
-  out = tmp_path_factory.mktemp("data") / "mosi"
-  writer.write(synthetic.generate("mosi", 0, 0.15), out)
-  return out
+  return runs.synthetic_dir(tmp_path_factory, "mosi", 0.15)
 
 
 tiny = runs.tiny_config
