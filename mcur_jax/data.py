@@ -25,6 +25,9 @@ import numpy as np
 from mcur_jax import schema
 from mcur_jax import tfrecord
 
+# data.load's `validation`: how a fold's validation part is chosen.
+VALIDATION = ("groups", "session")
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -299,16 +302,42 @@ def carve_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
 
 
 def fold_assignment(group_id: np.ndarray, fold_key: np.ndarray, fold,
-                    valid_fraction: float, seed: int) -> np.ndarray:
+                    valid_fraction: float, seed: int,
+                    valid_fold=None) -> np.ndarray:
   """Split name per row for cross-validation fold `fold`.
 
   test = rows whose `fold_key` (the session) equals `fold`; valid = whole
-  groups (dialogues) carved from the rest by `carve_groups`; train = the rest.
+  groups (dialogues) carved from the rest by `carve_groups`, or with
+  `valid_fold` the rows whose `fold_key` equals it (a whole session);
+  train = the rest.
   """
   test = fold_key == fold
-  valid_groups = carve_groups(group_id[~test], valid_fraction, seed)
-  valid = ~test & np.isin(group_id, list(valid_groups))
+  if valid_fold is None:
+    valid_groups = carve_groups(group_id[~test], valid_fraction, seed)
+    valid = ~test & np.isin(group_id, list(valid_groups))
+  else:
+    valid = fold_key == valid_fold
   return np.where(test, "test", np.where(valid, "valid", "train"))
+
+
+def next_fold(values: Sequence, fold):
+  """The fold after `fold` in `values`, cyclically (the validation session
+  of `validation="session"`: fold 5's is session 1)."""
+  return values[(list(values).index(fold) + 1) % len(values)]
+
+
+def train_stats(directory: str | os.PathLike, fold=None,
+                validation: str = "groups") -> dict:
+  """The statistics `load` standardises a fold's (or the fixed splits')
+  features with, as `normalization_stats` gives them: the manifest's, or
+  with `validation="session"` those of the fold's training part."""
+  manifest = schema.Manifest.load(directory)
+  if manifest.folds and validation == "session":
+    train = load(directory, fold, normalized=False, validation=validation).train
+    return {m: {k: np.asarray(v, np.float64) for k, v in values.items()}
+            for m, values in feature_stats(train).items()}
+  return normalization_stats(directory, manifest,
+                             schema.fold_name(fold) if fold else "train")
 
 
 def normalization_stats(directory: str | os.PathLike,
@@ -330,7 +359,8 @@ def normalization_stats(directory: str | os.PathLike,
 
 
 def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
-         reader=read_split, speaker_norm: Sequence[str] = ()) -> Dataset:
+         reader=read_split, speaker_norm: Sequence[str] = (),
+         validation: str = "groups") -> Dataset:
   """Reads a prepared directory into train/valid/test `Split`s.
 
   Args:
@@ -342,7 +372,15 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
       (`normalize_per_speaker`; only with `normalized`).
     reader: `read_split` or a function of the same signature (the tf.data
       reader of `mcur_jax.data_tf`).
+    validation: with folds, the validation part: "groups" (the manifest's
+      `valid_fraction` of the training sessions' dialogues, spoken by the
+      training speakers) or "session" (the whole session after the test one,
+      `next_fold`: new speakers, as test has; the training part is then
+      the other sessions, standardised with their own statistics instead
+      of the manifest's). Fixed splits ignore it.
   """
+  if validation not in VALIDATION:
+    raise ValueError(f"validation={validation!r}, not one of {VALIDATION}")
   manifest = schema.Manifest.load(directory)
   path = os.path.join(directory, schema.MANIFEST)
   if manifest.folds:
@@ -351,12 +389,15 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
       raise schema.DataError(path, "folds", f"fold={fold!r}: pass one of "
                              f"{values} (the held-out {manifest.folds['key']})")
     everything = reader(directory, manifest, schema.ALL_SPLIT)
+    session = validation == "session"
     names = fold_assignment(everything.group_id,
                             getattr(everything, manifest.folds["key"]), fold,
                             manifest.folds["valid_fraction"],
-                            manifest.folds["seed"])
+                            manifest.folds["seed"],
+                            next_fold(values, fold) if session else None)
     parts = {s: everything.take(names == s) for s in schema.SPLITS}
-    stats = normalization_stats(directory, manifest, schema.fold_name(fold))
+    stats = (feature_stats(parts["train"]) if session else
+             normalization_stats(directory, manifest, schema.fold_name(fold)))
   else:
     if fold is not None:
       raise schema.DataError(path, "folds", f"fold={fold!r} given, but this "

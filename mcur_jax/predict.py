@@ -251,9 +251,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
   notes = []
   if npz:
     raw, known, notes = read_npz(npz, manifest)
-    stats = data_lib.normalization_stats(
-        config.data_dir, manifest,
-        schema.fold_name(fold) if fold else "train")
+    stats = data_lib.train_stats(config.data_dir, fold, config.validation)
     rows = data_lib.normalize(raw, stats)
     per_speaker = validate.speaker_norm(config)
     if per_speaker:

@@ -85,10 +85,12 @@ RUN_FAILURES = INPUT_ERRORS + (TrainingDiverged,)
 
 
 def load_data(config, data_dir: str | None = None) -> data_lib.Dataset:
-  """The data of a run as its config prepares it (fold, per-speaker
-  normalisation); `data_dir` instead of the config's own directory."""
+  """The data of a run as its config prepares it (fold, validation part,
+  per-speaker normalisation); `data_dir` instead of the config's own
+  directory."""
   return data_lib.load(data_dir or config.data_dir, fold=config.fold or None,
-                       speaker_norm=validate.speaker_norm(config))
+                       speaker_norm=validate.speaker_norm(config),
+                       validation=config.validation)
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:

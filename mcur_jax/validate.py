@@ -7,6 +7,7 @@ other exception, JAX's own included, keeps its traceback.
 """
 
 from mcur_jax import combos
+from mcur_jax import data
 from mcur_jax import losses
 from mcur_jax import model
 from mcur_jax import regime
@@ -51,6 +52,10 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   _one_of(config, "missing_tokens", model.MISSING_TOKENS)
   _one_of(config, "compute_dtype", model.COMPUTE_DTYPES)
   _one_of(config, "combo_draw", COMBO_DRAWS)
+  _one_of(config, "validation", data.VALIDATION)
+  if config.validation == "session" and not manifest.folds:
+    raise _error("validation", f"'session' needs a dataset with folds; "
+                 f"the data in {config.data_dir} has fixed splits")
   weights = tuple(config.combo_weights)
   served = combos.realisable(present_modalities(manifest))
   if (len(weights) != len(combos.NAMES) or min(weights) < 0

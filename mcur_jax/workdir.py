@@ -62,6 +62,7 @@ LATER_FIELDS = {
     "compute_dtype": "float32",
     "tensorboard": False,
     "speaker_norm": "",
+    "validation": "groups",
 }
 
 

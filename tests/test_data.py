@@ -134,6 +134,44 @@ def test_session_folds(tmp_path):
     data.load(tmp_path / "e", fold=1)
 
 
+def test_session_validation_holds_out_the_next_session(tmp_path):
+  """validation="session": valid is the whole session after the test one
+  (cyclically), train the other sessions, standardised with their own
+  statistics (float32 of a float64 z-score: 1e-5), which `train_stats`
+  returns too; the same rows as the default layout, split otherwise."""
+  table = make_table(sessions=True, n_groups=20)
+  writer.write(table, tmp_path / "d")
+  for fold, valid_session in ((1, 2), (4, 1)):
+    ds = data.load(tmp_path / "d", fold=fold, validation="session")
+    raw = data.load(tmp_path / "d", fold=fold, normalized=False,
+                    validation="session")
+    assert (ds.test.session == fold).all()
+    assert (ds.valid.session == valid_session).all() and len(ds.valid) == 25
+    assert set(ds.train.session) == {1, 2, 3, 4} - {fold, valid_session}
+    default = data.load(tmp_path / "d", fold=fold)
+    assert (sorted(np.concatenate([ds.train.utt_id, ds.valid.utt_id]))
+            == sorted(np.concatenate([default.train.utt_id,
+                                      default.valid.utt_id])))
+    stats = data.train_stats(tmp_path / "d", fold, "session")
+    np.testing.assert_equal(stats, {
+        m: {k: np.asarray(v) for k, v in values.items()}
+        for m, values in data.feature_stats(raw.train).items()})
+    for split in ("train", "test"):
+      x, y = getattr(raw, split), getattr(ds, split)
+      on = x.available[:, 1]
+      text = x.features["text"][on].astype(np.float64)
+      train_text = raw.train.features["text"][raw.train.available[:, 1]]
+      np.testing.assert_allclose(
+          y.features["text"][on],
+          (text - train_text.mean(0)) / train_text.std(0), atol=1e-5)
+  np.testing.assert_equal(
+      data.train_stats(tmp_path / "d", 2),
+      data.normalization_stats(tmp_path / "d",
+                               schema.Manifest.load(tmp_path / "d"), "fold2"))
+  with pytest.raises(ValueError, match="validation='speakers'"):
+    data.load(tmp_path / "d", fold=1, validation="speakers")
+
+
 def test_speaker_norm_standardises_each_speaker_over_every_split(tmp_path):
   """Each (session, speaker)'s present audio rows, pooled over train, valid
   and test, have mean 0 and std 1 per column (float32 of a float64 z-score:

@@ -122,7 +122,10 @@ def test_config_check_names_the_field(mosi_dir):
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
       ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
       ("dataset", "mosei", "config.dataset: 'mosei'"),
-      ("speaker_norm", "audio,voice", "config.speaker_norm: 'voice'")):
+      ("speaker_norm", "audio,voice", "config.speaker_norm: 'voice'"),
+      ("validation", "speakers", "config.validation: 'speakers'"),
+      ("validation", "session", "config.validation: 'session' needs a "
+       "dataset with folds")):
     with pytest.raises(validate.ConfigError, match=match):
       validate.check(tiny(mosi_dir, **{field: value}), manifest, 8)
   validate.check(tiny(mosi_dir), manifest, 8)

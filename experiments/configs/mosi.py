@@ -21,6 +21,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data_dir = ""
   # Cross-validation fold (IEMOCAP's held-out session); 0 for fixed splits.
   c.fold = 0
+  # Validation part of a fold (datasets with folds only): groups = a fixed
+  # fraction of the training sessions' dialogues (their speakers train
+  # too) | session = the whole session after the test one (new speakers,
+  # as test has; one session fewer to train on).
+  c.validation = "groups"
   # Modalities standardised per speaker (comma-separated, e.g. "audio"; ""
   # = none, every modality with the training split's statistics): each
   # speaker's (session and speaker id) own mean and std over all of their
