@@ -48,6 +48,12 @@ MISSING_TOKENS = ("cls_only", "masked", "visible")
 # for TPU and GPU, whose matrix units run bfloat16 at several times the
 # float32 rate; on CPU bfloat16 is emulated and slower).
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# config.context_position_init: the initial relative-position bias of the
+# context Transformer. "zero": no preference; "recency": ALiBi's slopes
+# (Press et al. 2022), head h of H starts at -2^(-8(h+1)/H) per step of
+# distance, so the heads start from local (the nearest utterances) to
+# nearly uniform (the window's mean). The bias is learned either way.
+POSITION_INITS = ("zero", "recency")
 
 
 class Encoder(nnx.Module):
@@ -144,7 +150,8 @@ class Context(nnx.Module):
   `num_speakers` - 1 share the last row), then pre-LN blocks whose attention
   is masked to the same window and biased per head by the learned bias of
   the clipped rank distance j - i (`max_distance` 0: no position
-  information), then a LayerNorm.
+  information; initialised by `position_init`, POSITION_INITS), then a
+  LayerNorm.
 
   Every window is a contiguous run of at most `window` positions of the
   batch, padding never inside it (`groups.train_plan` and
@@ -159,15 +166,21 @@ class Context(nnx.Module):
 
   def __init__(self, dim: int, num_layers: int, num_heads: int,
                mlp_ratio: int, dropout: float, max_distance: int,
-               num_speakers: int, window: int = 0, *, rngs, dtype=None):
+               num_speakers: int, window: int = 0,
+               position_init: str = "zero", *, rngs, dtype=None):
+    if position_init not in POSITION_INITS:
+      raise ValueError(f"context_position_init={position_init!r}, not one "
+                       f"of {POSITION_INITS}")
     init = nnx.initializers.normal(0.02)
     self.max_distance = max_distance
     self.window = window
     self.speaker_embedding = nnx.Param(init(rngs.params(),
                                             (num_speakers, dim)))
     if max_distance:
-      self.distance_bias = nnx.Param(jnp.zeros((num_heads,
-                                                2 * max_distance + 1)))
+      slopes = (2.0 ** (-8.0 * jnp.arange(1, num_heads + 1) / num_heads)
+                if position_init == "recency" else jnp.zeros(num_heads))
+      steps = jnp.abs(jnp.arange(-max_distance, max_distance + 1))
+      self.distance_bias = nnx.Param(-slopes[:, None] * steps[None, :])
     self.blocks = nnx.List([
         Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs, dtype=dtype)
         for _ in range(num_layers)])
@@ -219,6 +232,7 @@ class MCUR(nnx.Module):
                missing_tokens: str = "cls_only", context_layers: int = 0,
                context_heads: int = 4, context_max_distance: int = 8,
                context_speakers: int = 2, context_window: int = 0,
+               context_position_init: str = "zero",
                compute_dtype: str = "float32", rngs: nnx.Rngs):
     if missing_tokens not in MISSING_TOKENS:
       raise ValueError(f"missing_tokens={missing_tokens!r}, not one of "
@@ -242,7 +256,8 @@ class MCUR(nnx.Module):
     self.norm = nnx.LayerNorm(hidden, rngs=rngs)
     self.context = (Context(hidden, context_layers, context_heads, mlp_ratio,
                             dropout, context_max_distance, context_speakers,
-                            context_window, rngs=rngs, dtype=dtype)
+                            context_window, context_position_init,
+                            rngs=rngs, dtype=dtype)
                     if context_layers else None)
     # The heads stay in float32: they are small, and their outputs feed the
     # losses and metrics directly.
@@ -328,6 +343,7 @@ def create(config, dims: dict[str, int], num_outputs: int):
                 context_max_distance=config.context_max_distance,
                 context_speakers=config.context_speakers,
                 context_window=config.context_window,
+                context_position_init=config.context_position_init,
                 compute_dtype=config.compute_dtype,
                 rngs=nnx.Rngs(params=key))
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))

@@ -63,6 +63,7 @@ LATER_FIELDS = {
     "tensorboard": False,
     "speaker_norm": "",
     "validation": "groups",
+    "context_position_init": "zero",
 }
 
 

@@ -28,7 +28,8 @@ def config(**overrides):
   fields = dict(hidden_dim=D, num_layers=2, num_heads=2, mlp_ratio=2,
                 dropout=0.1, proj_dim=P, missing_tokens="cls_only",
                 context_layers=0, context_heads=2, context_max_distance=4,
-                context_speakers=2, context_window=0, compute_dtype="float32")
+                context_speakers=2, context_window=0,
+                context_position_init="zero", compute_dtype="float32")
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -453,6 +454,24 @@ def test_max_distance_zero_has_no_position_information():
   base = f(params, ctx_inputs(4), mask, None)
   rank = np.random.default_rng(0).integers(0, 50, BC)
   assert_outputs_equal(base, f(params, ctx_inputs(4, rank=rank), mask, None))
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_position_init(heads):
+  """"recency" starts head h of H at ALiBi's -2^(-8(h+1)/H) per step of
+  clipped distance (exact: powers of two times small integers); "zero" at
+  0; anything else is refused, naming the field."""
+  def bias(init):
+    _, make = model.create(config(context_layers=1, context_heads=heads,
+                                  context_max_distance=3,
+                                  context_position_init=init), DIMS, K)
+    return np.asarray(make(jax.random.key(0))["context"]["distance_bias"][...])
+  slopes = 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
+  np.testing.assert_array_equal(
+      bias("recency"), -slopes[:, None] * np.abs(np.arange(-3, 4))[None, :])
+  np.testing.assert_array_equal(bias("zero"), np.zeros((heads, 7)))
+  with pytest.raises(ValueError, match="context_position_init='alibi'"):
+    bias("alibi")
 
 
 def test_relative_positions():
