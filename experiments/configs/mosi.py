@@ -91,10 +91,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.context_max_distance = 8
   # Initial relative-position bias: zero (learned from no preference; it
   # stays within 0.03 to 0.11 of zero in trained models, i.e. almost no
-  # position information) | recency (ALiBi's per-head slopes: local to near-uniform
-  # heads; model.POSITION_INITS). Held out on new videos (MOSI) and new
-  # actors (IEMOCAP) the two score alike (0.709 both; 0.681 against
-  # 0.679), so zero stays (docs/results.md).
+  # position information) | recency (ALiBi's per-head slopes: local to
+  # near-uniform heads; model.POSITION_INITS). Held out on new videos
+  # (MOSI) and new actors (IEMOCAP) the two score alike (0.709 both; 0.681
+  # against 0.679), so zero stays (docs/results.md).
   c.context_position_init = "zero"
   # Speaker embeddings (by order of first appearance in the group); later
   # speakers share the last one.
