@@ -1,6 +1,7 @@
 """The MCUR network as Flax NNX modules, used functionally.
 
-    features (a, t, v) --encoder per modality--> tokens
+    features (a, t, v) [with their window mean, `context_means`]
+      --encoder per modality--> tokens
     absent modality    --> learned missing embedding instead of its encoding
     + learned modality-type embedding
     [CLS, a, t, v] --pre-LN Transformer, availability mask--> u = CLS output
@@ -18,6 +19,20 @@ h = u, and the window fields are not read.
 
 A modality the dataset does not have at all (dims[m] == 0) gets no encoder:
 its token is always the missing embedding.
+
+Window means (`context_means`, e.g. ("text",)): the encoder of a listed
+modality reads the utterance's features concatenated with their mean over
+the utterances of its window that may use the modality (the drawn mask:
+a hidden modality's features are never read; 0 where nobody in the window
+has it). This is the "+ context" input of the linear floors (peers.md
+section 9): the context Transformer attends over u, a per-utterance
+compression, and on real data it does not recover what the plain mean of
+the text features carries (new actors of IEMOCAP-4, held-out text 0.712
+without the mean, 0.750 with it; docs/results.md). A mean added after the
+fusion instead recovered less (0.733). Since the mean is over a window,
+the per-utterance part then runs once per window slot in evaluation
+(overlapping windows hold an utterance twice) instead of once per
+utterance.
 
 No module stores RNG state: dropout keys arrive with each call (`key=None`
 means deterministic), so `apply` is a pure function that works under
@@ -222,6 +237,28 @@ class Context(nnx.Module):
     return self.norm(x[0, :b])
 
 
+def window_means(x: jax.Array, keep: jax.Array, segment: jax.Array
+                 ) -> jax.Array:
+  """[S, d]: per row, the mean of `x` over the kept rows of its window (0
+  where the window keeps none).
+
+  Args:
+    x: [S, d] features.
+    keep: [S] bool, the rows that count (padding never does).
+    segment: [S] window ids (any order; PAD at padding).
+  """
+  n = segment.shape[0]
+  keep = keep & (segment >= 0)
+  # Window ids to 0..n-1 (a sort: the batch's ids are arbitrary integers).
+  _, window = jnp.unique(segment, size=n, return_inverse=True,
+                         fill_value=groups.PAD)
+  window = window.reshape(n)
+  sums = jax.ops.segment_sum(jnp.where(keep[:, None], x, 0), window,
+                             num_segments=n)
+  counts = jax.ops.segment_sum(keep.astype(x.dtype), window, num_segments=n)
+  return sums[window] / jnp.maximum(counts[window], 1)[:, None]
+
+
 class MCUR(nnx.Module):
   """Encoders, fusion Transformer over [CLS, a, t, v], optional context
   Transformer over windows, and three heads."""
@@ -233,6 +270,7 @@ class MCUR(nnx.Module):
                context_heads: int = 4, context_max_distance: int = 8,
                context_speakers: int = 2, context_window: int = 0,
                context_position_init: str = "zero",
+               context_means: tuple[str, ...] = (),
                compute_dtype: str = "float32", rngs: nnx.Rngs):
     if missing_tokens not in MISSING_TOKENS:
       raise ValueError(f"missing_tokens={missing_tokens!r}, not one of "
@@ -242,9 +280,13 @@ class MCUR(nnx.Module):
                        f"{COMPUTE_DTYPES}")
     self.missing_tokens = missing_tokens
     dtype = jnp.dtype(compute_dtype)
-    self.encoders = nnx.Dict({m: Encoder(dims[m], hidden, dropout, rngs=rngs,
-                                         dtype=dtype)
-                              for m in schema.MODALITIES if dims[m]})
+    # Only with context, and for modalities the dataset has.
+    self.means = tuple(m for m in context_means
+                       if dims[m]) if context_layers else ()
+    self.encoders = nnx.Dict({
+        m: Encoder(dims[m] * (2 if m in self.means else 1), hidden, dropout,
+                   rngs=rngs, dtype=dtype)
+        for m in schema.MODALITIES if dims[m]})
     init = nnx.initializers.normal(0.02)
     n = len(schema.MODALITIES)
     self.type_embedding = nnx.Param(init(rngs.params(), (n, hidden)))
@@ -291,8 +333,9 @@ class MCUR(nnx.Module):
       key: dropout PRNG key; None for deterministic evaluation.
       windows: optional [S] window slots over the B utterances: "index"
         (which utterance each slot holds), "segment", "rank", "speaker".
-        The per-utterance part runs once per utterance, the context and the
-        heads once per slot (evaluation's overlapping windows).
+        The per-utterance part runs once per utterance (once per slot with
+        `context_means`), the context and the heads once per slot
+        (evaluation's overlapping windows).
 
     Returns:
       per utterance (per slot with `windows`): pred [., K], z [., proj_dim]
@@ -300,14 +343,24 @@ class MCUR(nnx.Module):
       the heads read).
     """
     rngs = None if key is None else nnx.Rngs(dropout=key)
+    # Window means differ between the windows that hold an utterance, so
+    # with them the slots are gathered first.
+    per_slot = windows is not None and bool(self.means)
+    if per_slot:
+      inputs = {m: inputs[m][windows["index"]] for m in self.encoders}
+      mask = mask[windows["index"]]
+    where = inputs if windows is None else windows
     b = mask.shape[0]
     tokens = []
     for j, m in enumerate(schema.MODALITIES):
       token = jnp.broadcast_to(self.missing_embedding[j],
                                (b, self.cls.shape[0]))
       if m in self.encoders:
-        token = jnp.where(mask[:, j:j + 1], self.encoders[m](inputs[m], rngs),
-                          token)
+        x = inputs[m]
+        if m in self.means:
+          x = jnp.concatenate(
+              [x, window_means(x, mask[:, j], where["segment"])], -1)
+        token = jnp.where(mask[:, j:j + 1], self.encoders[m](x, rngs), token)
       tokens.append(token + self.type_embedding[j])
     x = jnp.stack([jnp.broadcast_to(self.cls[...], (b, self.cls.shape[0])),
                    *tokens], 1)
@@ -315,10 +368,9 @@ class MCUR(nnx.Module):
     for block in self.blocks:
       x = block(x, attention, rngs)
     h = self.norm(x[:, 0])
-    if windows is not None:
+    if windows is not None and not per_slot:
       h = h[windows["index"]]
     if self.context is not None:
-      where = inputs if windows is None else windows
       h = self.context(h, where["segment"], where["rank"], where["speaker"],
                        rngs)
     z = self.proj2(nnx.gelu(self.proj1(h)))
@@ -344,6 +396,7 @@ def create(config, dims: dict[str, int], num_outputs: int):
                 context_speakers=config.context_speakers,
                 context_window=config.context_window,
                 context_position_init=config.context_position_init,
+                context_means=schema.modality_names(config.context_means),
                 compute_dtype=config.compute_dtype,
                 rngs=nnx.Rngs(params=key))
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))

@@ -253,7 +253,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
     raw, known, notes = read_npz(npz, manifest)
     stats = data_lib.train_stats(config.data_dir, fold, config.validation)
     rows = data_lib.normalize(raw, stats)
-    per_speaker = validate.speaker_norm(config)
+    per_speaker = validate.modalities(config, "speaker_norm")
     if per_speaker:
       rows = data_lib.normalize_per_speaker({"input": rows}, per_speaker,
                                             npz)["input"]

@@ -108,6 +108,16 @@ class DataError(ValueError):
     super().__init__(message.encode("utf-8", "backslashreplace").decode())
 
 
+def modality_names(text: str) -> tuple[str, ...]:
+  """A comma-separated list of modalities ("audio,text"; "" = none) as a
+  tuple; ValueError naming an unknown one."""
+  names = tuple(m.strip() for m in text.split(",") if m.strip())
+  for m in names:
+    if m not in MODALITIES:
+      raise ValueError(f"{m!r}, not one of {MODALITIES}")
+  return names
+
+
 def available_field(modality: str) -> str:
   return AVAILABLE.key(modality)
 

@@ -89,7 +89,7 @@ def load_data(config, data_dir: str | None = None) -> data_lib.Dataset:
   per-speaker normalisation); `data_dir` instead of the config's own
   directory."""
   return data_lib.load(data_dir or config.data_dir, fold=config.fold or None,
-                       speaker_norm=validate.speaker_norm(config),
+                       speaker_norm=validate.modalities(config, "speaker_norm"),
                        validation=config.validation)
 
 

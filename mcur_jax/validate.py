@@ -83,23 +83,29 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     raise _error("context_window", f"{config.context_window} exceeds "
                       f"eval_batch_size {config.eval_batch_size}: a window "
                       "is predicted in one evaluation chunk")
-  for m in speaker_norm(config):
+  for m in modalities(config, "speaker_norm"):
     if not manifest.dims[m]:
       raise _error("speaker_norm", f"{m}: the data in {config.data_dir} "
+                   f"has no {m}")
+  means = modalities(config, "context_means")
+  if means and not config.context_layers:
+    raise _error("context_means", f"{config.context_means!r} needs the "
+                 "context Transformer (context_layers > 0)")
+  for m in means:
+    if not manifest.dims[m]:
+      raise _error("context_means", f"{m}: the data in {config.data_dir} "
                    f"has no {m}")
   for rate in config.missing_rates:
     if not 0 <= rate <= 0.7 + 1e-9:
       raise _error("missing_rates", f"{rate} outside [0, 0.7]")
 
 
-def speaker_norm(config) -> tuple[str, ...]:
-  """The modalities of config.speaker_norm ("audio,text" -> its names)."""
-  names = tuple(m.strip() for m in config.speaker_norm.split(",")
-                if m.strip())
-  for m in names:
-    if m not in schema.MODALITIES:
-      raise _error("speaker_norm", f"{m!r}, not one of {schema.MODALITIES}")
-  return names
+def modalities(config, field: str) -> tuple[str, ...]:
+  """The modalities a config field lists ("audio,text" -> their names)."""
+  try:
+    return schema.modality_names(config[field])
+  except ValueError as e:
+    raise _error(field, str(e)) from None
 
 
 def config_task(config) -> str | None:

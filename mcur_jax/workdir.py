@@ -64,6 +64,7 @@ LATER_FIELDS = {
     "speaker_norm": "",
     "validation": "groups",
     "context_position_init": "zero",
+    "context_means": "",
 }
 
 

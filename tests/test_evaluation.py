@@ -124,6 +124,7 @@ def test_config_check_names_the_field(mosi_dir):
       ("dataset", "mosei", "config.dataset: 'mosei'"),
       ("speaker_norm", "audio,voice", "config.speaker_norm: 'voice'"),
       ("validation", "speakers", "config.validation: 'speakers'"),
+      ("context_means", "voice", "config.context_means: 'voice'"),
       ("validation", "session", "config.validation: 'session' needs a "
        "dataset with folds")):
     with pytest.raises(validate.ConfigError, match=match):
@@ -134,6 +135,15 @@ def test_config_check_names_the_field(mosi_dir):
                      match="config.speaker_norm: video: the data in .* has "
                      "no video"):
     validate.check(tiny(mosi_dir, speaker_norm="video"), no_video, 8)
+  with pytest.raises(validate.ConfigError,
+                     match="config.context_means: video: the data in .* has "
+                     "no video"):
+    validate.check(tiny(mosi_dir, context_means="video"), no_video, 8)
+  with pytest.raises(validate.ConfigError,
+                     match="config.context_means: 'text' needs the context "
+                     "Transformer"):
+    validate.check(tiny(mosi_dir, context_means="text", context_layers=0),
+                   manifest, 8)
 
 
 def test_combo_index_and_route():

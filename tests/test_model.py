@@ -29,7 +29,8 @@ def config(**overrides):
                 dropout=0.1, proj_dim=P, missing_tokens="cls_only",
                 context_layers=0, context_heads=2, context_max_distance=4,
                 context_speakers=2, context_window=0,
-                context_position_init="zero", compute_dtype="float32")
+                context_position_init="zero", context_means="",
+                compute_dtype="float32")
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -261,12 +262,16 @@ CTX_MASK = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 0], [1, 0, 1], [1, 1, 0],
 DIMS_NO_VIDEO = {"audio": 5, "text": 7, "video": 0}
 
 
+# config.context_means of the context tests run both ways.
+MEANS = ("", "audio,text")
+
+
 @functools.cache
-def context_model(max_distance=4, dims=tuple(DIMS.items())):
+def context_model(max_distance=4, dims=tuple(DIMS.items()), means=""):
   """(graphdef, params, jit(apply)) of a 2-layer context model."""
   graphdef, init = model.create(
-      config(context_layers=2, context_max_distance=max_distance), dict(dims),
-      K)
+      config(context_layers=2, context_max_distance=max_distance,
+             context_means=means), dict(dims), K)
   return (graphdef, init(jax.random.key(3)),
           jax.jit(functools.partial(model.apply, graphdef)))
 
@@ -315,11 +320,13 @@ def test_context_parameters():
   assert any(p.startswith("['context']['blocks'][1]") for p in paths(params))
 
 
-def test_context_sees_its_own_window_only():
+@pytest.mark.parametrize("means", MEANS)
+def test_context_sees_its_own_window_only(means):
   """An utterance's outputs do not move (to 1e-6) when everything of the
   other windows (features, mask, rank, speaker) or of the padding changes;
-  changing one utterance of its own window moves them."""
-  _, params, f = context_model()
+  changing one utterance of its own window moves them. The same with
+  window means."""
+  _, params, f = context_model(means=means)
   x, mask = ctx_inputs(0), jnp.asarray(CTX_MASK)
   base = f(params, x, mask, None)
   assert all(np.isfinite(v).all() for v in base.values())
@@ -367,7 +374,8 @@ def contiguous_windows(size, window, seed):
               speaker=rng.integers(0, 3, size).astype(np.int32))
 
 
-def test_block_local_attention_equals_whole_batch_attention():
+@pytest.mark.parametrize("means", MEANS)
+def test_block_local_attention_equals_whole_batch_attention(means):
   """On a batch longer than 3 windows the context attends block-locally
   (model.Context): outputs and parameter gradients at the real positions
   equal those of whole-batch attention (context_window 0), here with 42
@@ -385,8 +393,8 @@ def test_block_local_attention_equals_whole_batch_attention():
   mask = jnp.asarray(np.random.default_rng(1).random((size, 3)) < 0.7)
   outs, grads, graphdefs = [], [], []
   for w in (window, 0):
-    graphdef, init = model.create(config(context_layers=2,
-                                         context_window=w), DIMS, K)
+    graphdef, init = model.create(config(context_layers=2, context_window=w,
+                                         context_means=means), DIMS, K)
     params = init(jax.random.key(3))  # The same for both.
     graphdefs.append(graphdef)
     outs.append(jax.jit(functools.partial(model.apply, graphdef))(
@@ -413,11 +421,13 @@ def test_block_local_attention_equals_whole_batch_attention():
   assert np.abs(np.asarray(found[0] - found[1]))[:16].max() > 1e-3
 
 
-def test_context_is_equivariant_to_the_batch_order():
+@pytest.mark.parametrize("means", MEANS)
+def test_context_is_equivariant_to_the_batch_order(means):
   """Permuting the batch positions (all inputs alike) permutes the outputs:
-  only segment, rank and speaker place an utterance, not its slot. 1e-5:
-  the attention sums its keys in another order (float32 rounding)."""
-  _, params, f = context_model()
+  only segment, rank and speaker place an utterance, not its slot (nor do
+  the window means need a window's positions to be adjacent). 1e-5: the
+  attention and the means sum in another order (float32 rounding)."""
+  _, params, f = context_model(means=means)
   perm = np.random.default_rng(1).permutation(BC)
   x, mask = ctx_inputs(2), CTX_MASK
   base = f(params, x, jnp.asarray(mask), None)
@@ -427,6 +437,71 @@ def test_context_is_equivariant_to_the_batch_order():
     np.testing.assert_allclose(out[k][REAL[perm]],
                                np.asarray(base[k])[perm][REAL[perm]],
                                atol=1e-5, err_msg=k)
+
+
+def test_window_means():
+  """model.window_means against a NumPy loop: per row, the mean over the
+  kept rows with its window id (ids in any order, PAD never counted), 0
+  where the window keeps none. 1e-6: float32 means of a few O(1) values."""
+  rng = np.random.default_rng(0)
+  segment = rng.choice([PAD, 4, 9, 17, 30], size=40).astype(np.int32)
+  keep = rng.random(40) < 0.6
+  keep[segment == 30] = False  # A window that keeps nothing.
+  x = rng.normal(size=(40, 5)).astype(np.float32)
+  mean = jax.jit(model.window_means)(x, keep, segment)
+  for i, s in enumerate(segment):
+    rows = (segment == s) & keep & (s != PAD)
+    np.testing.assert_allclose(
+        mean[i], x[rows].mean(0) if rows.any() else np.zeros(5), atol=1e-6)
+
+
+def test_window_means_read_what_the_mask_lets_them_only():
+  """context_means: only with context, the encoder of each listed modality
+  the dataset has reads twice its features. The features of a modality
+  the mask hides move no output at all (exactly), while a kept one moves
+  the other utterances of its window (even with the context Transformer's
+  attention switched off, which leaves the mean the only path between
+  utterances) that keep the modality too, and no other window."""
+  means = "audio,text"
+  graphdef, params, f = context_model(means=means)
+  fc1 = lambda p, m: p["encoders"][m]["fc1"]["kernel"].shape[0]
+  assert [fc1(params, m) for m in DIMS] == [10, 14, 3]
+  _, per_utterance = model.create(config(context_means=means), DIMS, K)
+  assert fc1(per_utterance(jax.random.key(0)), "text") == 7
+  _, no_video = model.create(config(context_layers=1, context_means="video"),
+                             DIMS_NO_VIDEO, K)
+  assert "video" not in no_video(jax.random.key(0))["encoders"]
+  with pytest.raises(ValueError, match="'voice'"):
+    model.create(config(context_layers=1, context_means="voice"), DIMS, K)
+  x, mask = ctx_inputs(7), jnp.asarray(CTX_MASK)
+  base = f(params, x, mask, None)
+  hidden = {m: jnp.where(mask[:, j:j + 1], x[m], 100.0)
+            for j, m in enumerate(DIMS)}
+  assert_outputs_equal(base, f(params, {**x, **hidden}, mask, None))
+  # No attention between utterances: zero the context blocks' attention
+  # output projections; then only the window means connect a window.
+  alone = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.zeros_like(v)
+      if "['attn']['out']" in jax.tree_util.keystr(path)
+      and "['context']" in jax.tree_util.keystr(path) else v, params)
+  before = f(alone, x, mask, None)
+  # Window 1 (positions 5-8): 6 and 7 keep text.
+  text_keeper, other = 6, 7
+  moved = {**x, "text": x["text"].at[text_keeper].set(features(8, b=BC)[
+      "text"][text_keeper])}
+  after = f(alone, moved, mask, None)
+  assert max_change(before, after, np.arange(BC) == other)["h"] > 1e-3
+  for v in max_change(before, after, REAL & (SEGMENT != 1)).values():
+    assert v <= 1e-6
+  # Without the means, the same change moves nothing else.
+  _, plain, g = context_model()
+  plain = jax.tree_util.tree_map_with_path(
+      lambda path, v: jnp.zeros_like(v)
+      if "['attn']['out']" in jax.tree_util.keystr(path)
+      and "['context']" in jax.tree_util.keystr(path) else v, plain)
+  for v in max_change(g(plain, x, mask, None), g(plain, moved, mask, None),
+                      REAL & (np.arange(BC) != text_keeper)).values():
+    assert v <= 1e-6
 
 
 def test_position_bias_and_speaker_embedding_gradients():

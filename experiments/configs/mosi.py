@@ -99,6 +99,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Speaker embeddings (by order of first appearance in the group); later
   # speakers share the last one.
   c.context_speakers = 2
+  # Modalities whose encoder also reads the mean of their features over the
+  # window (the utterances that may use the modality; comma-separated, "" =
+  # none; model.py's docstring). Text: held out on the training videos
+  # (standard MOSI, 4 folds of 13, 3 seeds; no test video read) Avg 0.725
+  # against 0.709 (text 0.830 against 0.815; with one draw per window,
+  # below), and on IEMOCAP-4's sessions 1-4 each held out (new actors, 2
+  # seeds) 0.694 against 0.679 (text 0.750 against 0.712); docs/results.md.
+  c.context_means = "text"
   # Task loss: l1 | mse (regression), ce (classification). DESIGN's
   # regression default is L1; MSE (MoMKE's) is better on MOSI's validation.
   c.task_loss = "mse"
@@ -125,8 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (those the dataset cannot realise get none).
   c.combo_weights = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
   # Training combination draws: utterance (each its own) | window (one per
-  # window, as the fixed protocol evaluates).
-  c.combo_draw = "utterance"
+  # window, as the fixed protocol evaluates). With the text window mean,
+  # window: the mean is then over the whole window in training as in the
+  # fixed protocol (held-out MOSI Avg 0.725 against 0.714 per utterance).
+  c.combo_draw = "window"
   # mixed: one model, per-sample combination draws (MCUR); per_condition:
   # one model per combination, fixed for the whole run (MoMKE).
   c.regime = "mixed"
