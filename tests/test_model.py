@@ -480,25 +480,23 @@ def test_window_means_read_what_the_mask_lets_them_only():
   assert_outputs_equal(base, f(params, {**x, **hidden}, mask, None))
   # No attention between utterances: zero the context blocks' attention
   # output projections; then only the window means connect a window.
-  alone = jax.tree_util.tree_map_with_path(
-      lambda path, v: jnp.zeros_like(v)
-      if "['attn']['out']" in jax.tree_util.keystr(path)
-      and "['context']" in jax.tree_util.keystr(path) else v, params)
-  before = f(alone, x, mask, None)
+  def alone(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.zeros_like(v)
+        if "['context']" in (k := jax.tree_util.keystr(path))
+        and "['attn']['out']" in k else v, params)
+  before = f(alone(params), x, mask, None)
   # Window 1 (positions 5-8): 6 and 7 keep text.
   text_keeper, other = 6, 7
   moved = {**x, "text": x["text"].at[text_keeper].set(features(8, b=BC)[
       "text"][text_keeper])}
-  after = f(alone, moved, mask, None)
+  after = f(alone(params), moved, mask, None)
   assert max_change(before, after, np.arange(BC) == other)["h"] > 1e-3
   for v in max_change(before, after, REAL & (SEGMENT != 1)).values():
     assert v <= 1e-6
   # Without the means, the same change moves nothing else.
   _, plain, g = context_model()
-  plain = jax.tree_util.tree_map_with_path(
-      lambda path, v: jnp.zeros_like(v)
-      if "['attn']['out']" in jax.tree_util.keystr(path)
-      and "['context']" in jax.tree_util.keystr(path) else v, plain)
+  plain = alone(plain)
   for v in max_change(g(plain, x, mask, None), g(plain, moved, mask, None),
                       REAL & (np.arange(BC) != text_keeper)).values():
     assert v <= 1e-6
