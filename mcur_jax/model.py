@@ -32,7 +32,8 @@ without the mean, 0.750 with it; docs/results.md). A mean added after the
 fusion instead recovered less (0.733). Since the mean is over a window,
 the per-utterance part then runs once per window slot in evaluation
 (overlapping windows hold an utterance twice) instead of once per
-utterance.
+utterance. Without context (`context_layers` 0) there is no window, and
+the option does nothing.
 
 No module stores RNG state: dropout keys arrive with each call (`key=None`
 means deterministic), so `apply` is a pure function that works under

@@ -87,11 +87,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     if not manifest.dims[m]:
       raise _error("speaker_norm", f"{m}: the data in {config.data_dir} "
                    f"has no {m}")
-  means = modalities(config, "context_means")
-  if means and not config.context_layers:
-    raise _error("context_means", f"{config.context_means!r} needs the "
-                 "context Transformer (context_layers > 0)")
-  for m in means:
+  for m in modalities(config, "context_means"):
     if not manifest.dims[m]:
       raise _error("context_means", f"{m}: the data in {config.data_dir} "
                    f"has no {m}")
