@@ -83,14 +83,10 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     raise _error("context_window", f"{config.context_window} exceeds "
                       f"eval_batch_size {config.eval_batch_size}: a window "
                       "is predicted in one evaluation chunk")
-  for m in modalities(config, "speaker_norm"):
-    if not manifest.dims[m]:
-      raise _error("speaker_norm", f"{m}: the data in {config.data_dir} "
-                   f"has no {m}")
-  for m in modalities(config, "context_means"):
-    if not manifest.dims[m]:
-      raise _error("context_means", f"{m}: the data in {config.data_dir} "
-                   f"has no {m}")
+  for field in ("speaker_norm", "context_means"):
+    for m in modalities(config, field):
+      if not manifest.dims[m]:
+        raise _error(field, f"{m}: the data in {config.data_dir} has no {m}")
   for rate in config.missing_rates:
     if not 0 <= rate <= 0.7 + 1e-9:
       raise _error("missing_rates", f"{rate} outside [0, 0.7]")
