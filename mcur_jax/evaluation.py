@@ -65,7 +65,8 @@ class Inputs:
   def of(cls, split: data_lib.Split, config, mesh) -> "Inputs":
     layout = groups_lib.EvalLayout.of(
         groups_lib.Groups.of(split), groups_lib.context_window(config),
-        transfer.chunk_size(config.eval_batch_size, mesh))
+        transfer.chunk_size(config.eval_batch_size, mesh),
+        per_slot=bool(schema.modality_names(config.context_means)))
     rows = np.maximum(layout.rows, 0)
     real = (layout.rows >= 0)[:, None]
     repl = NamedSharding(mesh, P())

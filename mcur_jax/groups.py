@@ -24,8 +24,10 @@ one group; the context Transformer attends within a window only.
   utterance is predicted by the window whose centre is nearest to it, so it
   is predicted exactly once, with context on both sides where its group has
   it. Windows are packed whole into chunks of the evaluation batch; a chunk
-  holds each of its utterances once (the per-utterance model runs once per
-  utterance) and its windows' slots gather them for the context.
+  holds each of its utterances once and its windows' slots gather them for
+  the context. The per-utterance model runs once per utterance, or once per
+  slot with window means (`model.MCUR`), and a chunk's sizes follow that
+  cost (`EvalLayout.of`).
 """
 
 import dataclasses
@@ -187,14 +189,17 @@ def eval_windows(length: int, window: int) -> tuple[np.ndarray, np.ndarray]:
 class EvalLayout:
   """Every utterance of a split in its evaluation window, in chunks.
 
-  A chunk holds up to `utterances` utterances (each once: the per-utterance
-  model runs once per utterance) and up to `slots` window slots (the
-  context Transformer's positions: an utterance of a long group sits in
-  every window that covers it). Windows are packed whole into chunks.
+  A chunk holds up to `utterances` utterances (each once) and up to `slots`
+  window slots (the context Transformer's positions: an utterance of a long
+  group sits in every window that covers it). Windows are packed whole into
+  chunks.
   """
 
   utterances: int
   slots: int
+  # The per-utterance model runs once per slot (window means), not once
+  # per utterance: the slots are the positions that cost.
+  per_slot: bool
   # [C * utterances] the split row of each utterance position (PAD at
   # padding).
   rows: np.ndarray
@@ -211,13 +216,21 @@ class EvalLayout:
   owner: np.ndarray
 
   @classmethod
-  def of(cls, groups: Groups, window: int, chunk: int) -> "EvalLayout":
+  def of(cls, groups: Groups, window: int, chunk: int,
+         per_slot: bool = False) -> "EvalLayout":
     """The layout of `groups` for windows of `window` in chunks of `chunk`
-    utterances (and twice as many slots when windows may overlap)."""
+    utterances and `chunk` slots; twice as many slots when windows may
+    overlap (W > 1) and the per-utterance model runs once per utterance, so
+    that a chunk of overlapping windows still fills its utterances. With
+    `per_slot` (window means: every slot runs the whole model) a chunk is
+    `chunk` slots, which then hold fewer distinct utterances where windows
+    overlap (IEMOCAP's validation: 3 chunks of 512 slots instead of 2 of
+    1,024, a quarter less work); without overlap (every MOSI video fits
+    its window) half the slots of 2 * chunk would be padding."""
     if window > chunk:
       raise ValueError(f"context_window {window} exceeds the evaluation "
                        f"chunk of {chunk} utterances (eval_batch_size)")
-    slots = chunk if window == 1 else 2 * chunk
+    slots = chunk if window == 1 or per_slot else 2 * chunk
     chunks = []  # Per chunk: (its rows, its slots' (row, window id)).
     windows = 0
     owner = np.zeros(len(groups.order), np.int64)
@@ -255,9 +268,10 @@ class EvalLayout:
     real = out["index"] >= 0
     for k in ("local", "rank", "speaker"):
       out[k] = np.where(real, out[k], 0).astype(np.int32)
-    return cls(utterances=chunk, slots=slots, rows=all_rows, owner=owner,
-               **out)
+    return cls(utterances=chunk, slots=slots, per_slot=per_slot,
+               rows=all_rows, owner=owner, **out)
 
   def padding(self) -> float:
-    """Fraction of utterance positions that hold no utterance."""
-    return float(np.mean(self.rows < 0))
+    """Fraction of the positions that cost (the slots with `per_slot`, else
+    the utterance positions) that hold no utterance."""
+    return float(np.mean((self.index if self.per_slot else self.rows) < 0))

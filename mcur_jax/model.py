@@ -175,7 +175,7 @@ class Context(nnx.Module):
   on a batch longer than 3 * `window` the attention is block-local
   (`SelfAttention`'s `block`): each position sees the keys within `window`
   of its block, which hold its whole window, at a cost linear in the batch
-  instead of quadratic (evaluation chunks hold 1,024 window slots). The
+  instead of quadratic (IEMOCAP's evaluation chunks hold 512 window slots). The
   keys it leaves out are masked anyway, so the outputs are those of whole-
   batch attention up to float rounding. `window` 0: always whole-batch.
   """

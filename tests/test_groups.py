@@ -289,20 +289,23 @@ LAYOUTS = [  # (window, chunk, group lengths)
 ]
 
 
+@pytest.mark.parametrize("per_slot", [False, True])
 @pytest.mark.parametrize("window, chunk, lengths", LAYOUTS)
-def test_eval_layout(window, chunk, lengths):
+def test_eval_layout(window, chunk, lengths, per_slot):
   """Every utterance in the utterance positions (once per chunk) and owned
   by exactly one slot, which holds it; a chunk holds at most `chunk` utterances, and
-  each of its slots points (`local`) at one of them; windows whole in one
-  chunk, contiguous, consecutive utterances of one group, at most W; short
-  groups are one window; long ones as `eval_windows`; rank/speaker per
-  slot; padding() is the PAD fraction of utterance positions."""
+  each of its slots points (`local`) at one of them; `chunk` slots per
+  chunk without context or with `per_slot`, else 2 * chunk; windows whole
+  in one chunk, contiguous, consecutive utterances of one group, at most
+  W; short groups are one window; long ones as `eval_windows`;
+  rank/speaker per slot; padding() is the PAD fraction of the slots with
+  `per_slot`, else of the utterance positions."""
   grp = groups.Groups.of(random_split(lengths, seed=chunk))
-  layout = groups.EvalLayout.of(grp, window, chunk)
+  layout = groups.EvalLayout.of(grp, window, chunk, per_slot)
   n, slots = len(grp.order), len(layout.index)
   per_chunk = layout.slots
   assert layout.utterances == chunk
-  assert per_chunk == (chunk if window == 1 else 2 * chunk)
+  assert per_chunk == (chunk if window == 1 or per_slot else 2 * chunk)
   chunks = len(layout.rows) // chunk
   assert len(layout.rows) == chunks * chunk and slots == chunks * per_chunk
   # Each utterance among the utterance positions, at most once per chunk
@@ -314,7 +317,8 @@ def test_eval_layout(window, chunk, lengths):
     part = layout.rows[c * chunk:(c + 1) * chunk]
     part = part[part != PAD]
     assert len(set(part.tolist())) == len(part)
-  assert layout.padding() == pytest.approx(np.mean(layout.rows == PAD))
+  assert layout.padding() == pytest.approx(
+      np.mean((layout.index if per_slot else layout.rows) == PAD))
   for x in (layout.local, layout.segment, layout.rank, layout.speaker):
     assert x.shape == (slots,)
   real = layout.index != PAD
@@ -382,6 +386,18 @@ def test_eval_layout_padding_and_window_larger_than_chunk():
   grp = groups.Groups.of(random_split([8], seed=3))
   layout = groups.EvalLayout.of(grp, 4, 8)
   assert layout.padding() == 0.0 and (layout.index != PAD).sum() == 12
+  # Per slot: chunks of 8 slots take two windows each (8 and 4 slots of
+  # 16), and the padding is counted over the slots.
+  layout = groups.EvalLayout.of(grp, 4, 8, per_slot=True)
+  assert layout.slots == 8 and len(layout.index) == 16
+  assert layout.padding() == pytest.approx(4 / 16)
+  # Groups that each fit a window: as many slots as utterances (3 + 4 + 1,
+  # then 4 + 3).
+  grp = groups.Groups.of(random_split([3, 4, 1, 4, 3], seed=4))
+  layout = groups.EvalLayout.of(grp, 4, 8, per_slot=True)
+  assert len(layout.index) == len(layout.rows) == 16
+  assert layout.padding() == pytest.approx(1 / 16)
+  np.testing.assert_array_equal(layout.index != PAD, layout.rows != PAD)
 
 
 def test_context_window_and_train_steps():

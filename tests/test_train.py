@@ -491,10 +491,11 @@ def test_results_json(baseline, mosi_dir):
   assert saved["padding"]["train"] == pytest.approx(1 - n / (steps * 32),
                                                     abs=1e-4)
   # Evaluation: the padded share of the test split's chunk layout for the
-  # tiny config's windows (8) and chunks (64 utterances, a multiple of the
-  # 8 devices); positions that repeat an utterance as context are no padding.
+  # tiny config's windows (8) and chunks (64 slots, a multiple of the 8
+  # devices, with the text window mean); slots that repeat an utterance as
+  # context are no padding.
   layout = groups.EvalLayout.of(groups.Groups.of(data.load(mosi_dir).test),
-                                8, 64)
+                                8, 64, per_slot=True)
   assert saved["padding"]["test"] == round(layout.padding(), 4)
   assert 0 < saved["padding"]["test"] < 1
   assert len(saved["selected_epoch"]) == 2

@@ -159,12 +159,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # and without it a run says so in one line and trains on without them.
   c.tensorboard = True
   # Utterances per evaluation chunk (rounded up to a multiple of the
-  # devices; each chunk holds twice as many window slots). A speed knob
-  # only (the context attends block-locally, so the chunk changes no
+  # devices), as many window slots with `context_means` (twice as many
+  # without; groups.EvalLayout). A speed knob only (the chunk changes no
   # prediction past float rounding): 128 fits MOSI's validation split of
   # about 240 utterances in 256 positions, and its per-epoch validation of
-  # the 7 combinations x 5 seeds takes 0.73 s against 1.82 s at 512 (18 %
-  # of the epoch; benchmarks/bench_train.py).
+  # the 7 combinations x 5 seeds took 0.73 s against 1.82 s at 512 (18 %
+  # of the epoch, before the window mean; benchmarks/bench_train.py).
   c.eval_batch_size = 128
   # Save a checkpoint every this many epochs (and always after the last).
   c.checkpoint_every = 1
