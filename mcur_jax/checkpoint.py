@@ -17,11 +17,11 @@ Saves run in the background (orbax's async manager): `save` copies the
 state to the host and returns while orbax writes it, so the write of one
 epoch's checkpoint overlaps the next epoch's training (on the 2-core
 development machine the epoch of MOSI's default run went from 2.88 s to
-2.52 to 2.77 s, IEMOCAP-4's from 2.50 s to 2.28 to 2.34 s over three runs
-of benchmarks/bench_train.py). The
-next `save`, and `wait`, first wait for it, so at most one is in flight and
-its failure is raised there; `train.fit` waits before it reports a kept
-checkpoint and before it returns.
+2.52 to 2.77 s, IEMOCAP-4's from 2.50 s to 2.28 to 2.34 s, over three runs
+of benchmarks/bench_train.py). The next `save`, and `wait`, first wait for
+it, so at most one is in flight and its failure is raised there;
+`train.fit` waits before it reports a kept checkpoint and before it
+returns.
 
 Damage: orbax writes a checkpoint into a temporary folder and renames it
 when complete (a save killed midway leaves no checkpoint, and the next

@@ -175,9 +175,10 @@ class Context(nnx.Module):
   on a batch longer than 3 * `window` the attention is block-local
   (`SelfAttention`'s `block`): each position sees the keys within `window`
   of its block, which hold its whole window, at a cost linear in the batch
-  instead of quadratic (IEMOCAP's evaluation chunks hold 512 window slots). The
-  keys it leaves out are masked anyway, so the outputs are those of whole-
-  batch attention up to float rounding. `window` 0: always whole-batch.
+  instead of quadratic (IEMOCAP's evaluation chunks hold 512 window
+  slots). The keys it leaves out are masked anyway, so the outputs are
+  those of whole-batch attention up to float rounding. `window` 0: always
+  whole-batch.
   """
 
   def __init__(self, dim: int, num_layers: int, num_heads: int,

@@ -386,8 +386,8 @@ def test_eval_layout_padding_and_window_larger_than_chunk():
   grp = groups.Groups.of(random_split([8], seed=3))
   layout = groups.EvalLayout.of(grp, 4, 8)
   assert layout.padding() == 0.0 and (layout.index != PAD).sum() == 12
-  # Per slot: chunks of 8 slots take two windows each (8 and 4 slots of
-  # 16), and the padding is counted over the slots.
+  # Per slot: chunks of 8 slots, the first with two windows, the second
+  # with the third (12 slots of 16); the padding is counted over slots.
   layout = groups.EvalLayout.of(grp, 4, 8, per_slot=True)
   assert layout.slots == 8 and len(layout.index) == 16
   assert layout.padding() == pytest.approx(4 / 16)
