@@ -68,7 +68,8 @@ def manager(workdir: str, config: ml_collections.ConfigDict | None = None,
   options = ocp.CheckpointManagerOptions(
       preservation_policy=checkpoint_managers.LatestN(keep),
       enable_async_checkpointing=True, cleanup_tmp_directories=True)
-  logging.getLogger("absl").addFilter(_FULL_DISK_LOG)  # Once per process.
+  # addFilter skips a filter the logger already has: one per process.
+  logging.getLogger("absl").addFilter(_FULL_DISK_LOG)
   return ocp.CheckpointManager(
       directory(workdir), options=options,
       metadata=None if config is None else config.to_dict())

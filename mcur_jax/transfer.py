@@ -23,6 +23,7 @@ def to_device(host: dict, sharding) -> dict:
 
 
 def to_host(tree):
-  """NumPy copies of replicated arrays: each process reads its local replica
-  (`jax.device_get` would need every shard addressable, false multi-host)."""
+  """NumPy arrays of replicated arrays: each process reads its local replica
+  (`jax.device_get` would need every shard addressable, false multi-host).
+  On CPU they are read-only views of the device buffers, not copies."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
