@@ -13,16 +13,6 @@ device (a save took 1.8 s for the tiny test config on 8 devices, 0.3 s so),
 and a checkpoint restores onto any number of devices or processes. Every
 process passes the same arrays; orbax writes them once.
 
-Saves run in the background (orbax's async manager): `save` copies the
-state to the host and returns while orbax writes it, so the write of one
-epoch's checkpoint overlaps the next epoch's training (on the 2-core
-development machine the epoch of MOSI's default run went from 2.88 s to
-2.52 to 2.77 s, IEMOCAP-4's from 2.50 s to 2.28 to 2.34 s, over three runs
-of benchmarks/bench_train.py). The next `save`, and `wait`, first wait for
-it, so at most one is in flight and its failure is raised there;
-`train.fit` waits before it reports a kept checkpoint and before it
-returns.
-
 Damage: orbax writes a checkpoint into a temporary folder and renames it
 when complete (a save killed midway leaves no checkpoint, and the next
 manager removes the folder). A complete checkpoint that is damaged on disk
@@ -31,10 +21,8 @@ and a checkpoint that fails to restore or to match it is reported and the
 one before it used.
 """
 
-import contextlib
 import errno
 import hashlib
-import logging
 import os
 
 import jax
@@ -67,9 +55,7 @@ def manager(workdir: str, config: ml_collections.ConfigDict | None = None,
   folders of saves that never finished."""
   options = ocp.CheckpointManagerOptions(
       preservation_policy=checkpoint_managers.LatestN(keep),
-      enable_async_checkpointing=True, cleanup_tmp_directories=True)
-  # addFilter skips a filter the logger already has: one per process.
-  logging.getLogger("absl").addFilter(_FULL_DISK_LOG)
+      enable_async_checkpointing=False, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       directory(workdir), options=options,
       metadata=None if config is None else config.to_dict())
@@ -93,47 +79,20 @@ def _out_of_space(e: BaseException) -> bool:
 
 
 def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
-  """Starts saving `state` (replicated on the mesh) and its digest as the
-  checkpoint of `epoch`, in the background, once the save before it has
-  finished (`wait`)."""
-  # Copies: a NumPy view of a CPU device buffer would keep the next epoch
-  # from donating (reusing) it while orbax writes.
-  host = jax.tree.map(np.array, transfer.to_host(state))
-  wait(mngr)
-  with _full_disk(mngr):
+  """Saves `state` (replicated on the mesh) and its digest as the
+  checkpoint of `epoch`, from host copies; a full disk raises
+  CheckpointError (the checkpoints before stay intact)."""
+  host = transfer.to_host(state)
+  try:
     mngr.save(epoch, args=ocp.args.StandardSave(
         {"state": host, "digest": digest(host)}), force=True)
-
-
-def wait(mngr: ocp.CheckpointManager) -> None:
-  """Waits for the background save in flight, if any; a full disk raises
-  CheckpointError (the checkpoints before it stay intact)."""
-  with _full_disk(mngr):
     mngr.wait_until_finished()
-
-
-class _FullDiskLog(logging.Filter):
-  """Drops orbax's logged traceback of a background save that ran out of
-  space: `wait` raises that failure as one CheckpointError line."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.exc_info and _out_of_space(record.exc_info[1]))
-
-
-_FULL_DISK_LOG = _FullDiskLog()
-
-
-@contextlib.contextmanager
-def _full_disk(mngr: ocp.CheckpointManager):
-  """Turns orbax's errors of a full disk into one CheckpointError."""
-  try:
-    yield
   except Exception as e:  # pylint: disable=broad-except
     if not _out_of_space(e):
       raise
     raise CheckpointError(
-        str(mngr.directory), "no space left on device saving a checkpoint;"
-        " the checkpoints before it are intact: free space and rerun the "
+        str(mngr.directory), f"no space left on device saving epoch {epoch}"
+        "; the checkpoints before it are intact: free space and rerun the "
         "same command to resume") from None
 
 

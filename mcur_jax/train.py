@@ -431,7 +431,6 @@ def fit(run: Run) -> dict:
         bad = ", ".join(
             " ".join(f"{k} {v}" for k, v in members.describe(i).items())
             for i in np.flatnonzero(~np.isfinite(stats["loss"])))
-        checkpoint.wait(mngr)
         last = mngr.latest_step()
         kept = (f"the last good checkpoint (after epoch {last}) in "
                 f"{checkpoint.directory(workdir)} and " if last else
@@ -451,7 +450,6 @@ def fit(run: Run) -> dict:
       if (epoch + 1) % config.checkpoint_every == 0 or (
           epoch + 1 == config.num_epochs):
         checkpoint.save(mngr, epoch + 1, state)
-    checkpoint.wait(mngr)
   finally:
     progress.close()
     board.close()
