@@ -483,10 +483,13 @@ def table(report: dict) -> str:
           {" ".join(k): v for k, v in inside.items()})))
   for r in report["cases"]:
     if r["seed_scaling"]:
-      one = r["seed_scaling"]["1"]
-      lines.append(f"Seeds, {r['case']} {r['variant']}, train s per epoch: "
-                   + ", ".join(f"{n}: {t:.2f} ({t / one:.2f}x)"
-                               for n, t in r["seed_scaling"].items()))
+      # Relative to the fewest seeds measured (1 by default).
+      first = min(r["seed_scaling"], key=int)
+      one = r["seed_scaling"][first]
+      lines.append(f"Seeds, {r['case']} {r['variant']}, train s per epoch "
+                   f"(x {first} seed(s)): " + ", ".join(
+                       f"{n}: {t:.2f} ({t / one:.2f}x)"
+                       for n, t in r["seed_scaling"].items()))
   if report.get("device_scaling"):
     d = report["device_scaling"]
     one, many = d["seconds"]["1"], d["seconds"][str(d["devices"])]

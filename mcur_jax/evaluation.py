@@ -66,7 +66,9 @@ class Inputs:
     layout = groups_lib.EvalLayout.of(
         groups_lib.Groups.of(split), groups_lib.context_window(config),
         transfer.chunk_size(config.eval_batch_size, mesh),
-        per_slot=bool(schema.modality_names(config.context_means)))
+        per_slot=bool(model_lib.mean_modalities(
+            config.context_layers, schema.modality_names(config.context_means),
+            {m: x.shape[1] for m, x in split.features.items()})))
     rows = np.maximum(layout.rows, 0)
     real = (layout.rows >= 0)[:, None]
     repl = NamedSharding(mesh, P())

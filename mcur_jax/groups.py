@@ -3,7 +3,7 @@
 A group is a video (MOSI/MOSEI) or a dialogue (IEMOCAP). Utterances are
 predicted in the context of their group, never across groups or splits. A
 window is a run of at most W = `context_window` consecutive utterances of
-one group; the context Transformer attends within a window only.
+one group; the context module reads within a window only.
 
 * `Groups.of(split)`: per group, the split's row indices in position order
   (the index arrays into the utterance table), each row's rank in its group
@@ -190,7 +190,7 @@ class EvalLayout:
   """Every utterance of a split in its evaluation window, in chunks.
 
   A chunk holds up to `utterances` utterances (each once) and up to `slots`
-  window slots (the context Transformer's positions: an utterance of a long
+  window slots (the context module's positions: an utterance of a long
   group sits in every window that covers it). Windows are packed whole into
   chunks.
   """

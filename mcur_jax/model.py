@@ -5,16 +5,16 @@
     absent modality    --> learned missing embedding instead of its encoding
     + learned modality-type embedding
     [CLS, a, t, v] --pre-LN Transformer, availability mask--> u = CLS output
-    u + speaker embedding --context Transformer over the utterances of each
-          window (relative-position bias)--> h   (h = u without context)
+    u + speaker embedding --context over the utterances of each window:
+          Transformer (relative-position bias) or bidirectional GRU
+          (`context_kind`)--> h   (h = u without context)
     h --> task head (K logits or 1 score), projection head z (L2-normalised,
           for MCB-CL), uncertainty head s (log-variance, for SUGR)
 
 A batch is a flat list of utterances; each carries its window id
 ("segment", `groups.PAD` for padding), its rank in its group and its
-speaker's rank (`groups.py`). The context Transformer attends from an
-utterance to the utterances of its own window only, so one batch holds many
-windows. `context_layers` 0 is the per-utterance model: no context module,
+speaker's rank (`groups.py`). The context module reads, for an utterance,
+the utterances of its own window only, so one batch holds many windows. `context_layers` 0 is the per-utterance model: no context module,
 h = u, and the window fields are not read.
 
 A modality the dataset does not have at all (dims[m] == 0) gets no encoder:
@@ -70,6 +70,12 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # distance, so the heads start from local (the nearest utterances) to
 # nearly uniform (the window's mean). The bias is learned either way.
 POSITION_INITS = ("zero", "recency")
+# config.context_kind: what runs over the utterances of a window.
+# "transformer": DESIGN section 3's pre-LN Transformer (attention masked to
+# the window, relative-position bias); "gru": bidirectional GRU layers over
+# the window in rank order (order is its position information; the
+# prototype of peers.md section 9 used one).
+CONTEXT_KINDS = ("transformer", "gru")
 
 
 class Encoder(nnx.Module):
@@ -159,17 +165,66 @@ class Block(nnx.Module):
     return x + drop(self.fc2(nnx.gelu(self.fc1(self.norm2(x)))))
 
 
+class BiGRU(nnx.Module):
+  """Pre-LN residual bidirectional GRU layer over runs of a sequence:
+  x + Dropout(Dense([forward GRU; backward GRU](LN(x)))).
+
+  Each direction is the standard GRU cell (Cho et al. 2014, PyTorch's
+  form: the reset gate scales the hidden projection, its bias included);
+  the state restarts from 0 where a run begins (`start` in the forward
+  direction, `end` in the backward one), so no run reads another. The
+  input projections are one matmul over the whole sequence (in the
+  compute dtype); only the hidden projection is sequential (float32).
+  """
+
+  def __init__(self, dim: int, dropout: float, *, rngs, dtype=None):
+    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.inputs = nnx.List([nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
+                            for _ in range(2)])
+    self.hidden = nnx.List([nnx.Linear(dim, 3 * dim, rngs=rngs)
+                            for _ in range(2)])
+    self.out = nnx.Linear(2 * dim, dim, dtype=dtype, rngs=rngs)
+    self.drop = nnx.Dropout(dropout)
+
+  def __call__(self, x, start, end, rngs):
+    """x [T, D]; start, end [T] bool (a run begins, ends at this row)."""
+    y = self.norm(x)
+    forward = self.direction(0, y, start)
+    backward = self.direction(1, y[::-1], end[::-1])[::-1]
+    out = self.out(jnp.concatenate([forward, backward], -1))
+    return x + self.drop(out, deterministic=rngs is None, rngs=rngs)
+
+  def direction(self, i: int, y, reset):
+    """The GRU states of direction `i` over y [T, D], restarting at `reset`."""
+    xr, xz, xn = jnp.split(self.inputs[i](y).astype(jnp.float32), 3, -1)
+    kernel, bias = self.hidden[i].kernel[...], self.hidden[i].bias[...]
+
+    def step(h, row):
+      xr, xz, xn, restart = row
+      h = jnp.where(restart, 0.0, h)
+      hr, hz, hn = jnp.split(h @ kernel + bias, 3, -1)
+      r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+      h = (1 - z) * jnp.tanh(xn + r * hn) + z * h
+      return h, h
+
+    h0 = jnp.zeros(y.shape[-1], jnp.float32)
+    return jax.lax.scan(step, h0, (xr, xz, xn, reset))[1]
+
+
 class Context(nnx.Module):
-  """The context Transformer over the utterances of windows.
+  """The context module over the utterances of windows.
 
   Adds a learned embedding of each utterance's speaker rank (speakers past
-  `num_speakers` - 1 share the last row), then pre-LN blocks whose attention
-  is masked to the same window and biased per head by the learned bias of
-  the clipped rank distance j - i (`max_distance` 0: no position
-  information; initialised by `position_init`, POSITION_INITS), then a
-  LayerNorm.
+  `num_speakers` - 1 share the last row), then, by `kind`:
+  "transformer": pre-LN blocks whose attention is masked to the same
+  window and biased per head by the learned bias of the clipped rank
+  distance j - i (`max_distance` 0: no position information; initialised
+  by `position_init`, POSITION_INITS); "gru": pre-LN residual
+  bidirectional GRU layers over each window in rank order (`recurrent`;
+  the order is its position information, and `num_heads`, `max_distance`,
+  `position_init` and `window` go unused). Then a LayerNorm.
 
-  Every window is a contiguous run of at most `window` positions of the
+  For the Transformer every window is a contiguous run of at most `window` positions of the
   batch, padding never inside it (`groups.train_plan` and
   `groups.EvalLayout` lay them out so; a caller of `apply` must too), so
   on a batch longer than 3 * `window` the attention is block-local
@@ -184,29 +239,37 @@ class Context(nnx.Module):
   def __init__(self, dim: int, num_layers: int, num_heads: int,
                mlp_ratio: int, dropout: float, max_distance: int,
                num_speakers: int, window: int = 0,
-               position_init: str = "zero", *, rngs, dtype=None):
+               position_init: str = "zero", kind: str = "transformer", *,
+               rngs, dtype=None):
     if position_init not in POSITION_INITS:
       raise ValueError(f"context_position_init={position_init!r}, not one "
                        f"of {POSITION_INITS}")
+    if kind not in CONTEXT_KINDS:
+      raise ValueError(f"context_kind={kind!r}, not one of {CONTEXT_KINDS}")
     init = nnx.initializers.normal(0.02)
-    self.max_distance = max_distance
+    self.max_distance = 0 if kind == "gru" else max_distance
     self.window = window
     self.speaker_embedding = nnx.Param(init(rngs.params(),
                                             (num_speakers, dim)))
-    if max_distance:
+    self.grus = (nnx.List([BiGRU(dim, dropout, rngs=rngs, dtype=dtype)
+                           for _ in range(num_layers)])
+                 if kind == "gru" else None)
+    if self.max_distance:
       slopes = (2.0 ** (-8.0 * jnp.arange(1, num_heads + 1) / num_heads)
                 if position_init == "recency" else jnp.zeros(num_heads))
       steps = jnp.abs(jnp.arange(-max_distance, max_distance + 1))
       self.distance_bias = nnx.Param(-slopes[:, None] * steps[None, :])
     self.blocks = nnx.List([
         Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs, dtype=dtype)
-        for _ in range(num_layers)])
+        for _ in range(0 if self.grus is not None else num_layers)])
     self.norm = nnx.LayerNorm(dim, rngs=rngs)
 
   def __call__(self, u, segment, rank, speaker, rngs):
     """u [B, D] -> h [B, D]; segment, rank, speaker [B] int."""
     table = self.speaker_embedding[...]
     x = u + table[jnp.clip(speaker, 0, table.shape[0] - 1)]
+    if self.grus is not None:
+      return self.recurrent(x, segment, rank, rngs)
     b, block = len(segment), self.window
     if b > 3 * block > 0:
       pad = -b % block
@@ -237,6 +300,29 @@ class Context(nnx.Module):
     for layer in self.blocks:
       x = layer(x, mask, rngs, bias, block)
     return self.norm(x[0, :b])
+
+  def recurrent(self, x, segment, rank, rngs):
+    """The GRU layers over each window in rank order: the batch is sorted
+    by (window, rank), so a window need not be contiguous nor in order,
+    and the outputs go back to the batch's order (padding rows form runs
+    of their own, read by nobody)."""
+    order = jnp.lexsort((rank, segment))
+    run = segment[order]
+    change = run[1:] != run[:-1]
+    start = jnp.concatenate([jnp.ones(1, bool), change])
+    end = jnp.concatenate([change, jnp.ones(1, bool)])
+    x = x[order]
+    for layer in self.grus:
+      x = layer(x, start, end, rngs)
+    return jnp.zeros_like(x).at[order].set(self.norm(x))
+
+
+def mean_modalities(context_layers: int, context_means: tuple[str, ...],
+                    dims: dict[str, int]) -> tuple[str, ...]:
+  """The modalities whose encoder reads its window mean (`context_means`):
+  those listed that the data has, and none without context (no window).
+  With any, evaluation runs the per-utterance part once per window slot."""
+  return tuple(m for m in context_means if dims[m]) if context_layers else ()
 
 
 def window_means(x: jax.Array, keep: jax.Array, segment: jax.Array
@@ -272,6 +358,7 @@ class MCUR(nnx.Module):
                context_heads: int = 4, context_max_distance: int = 8,
                context_speakers: int = 2, context_window: int = 0,
                context_position_init: str = "zero",
+               context_kind: str = "transformer",
                context_means: tuple[str, ...] = (),
                compute_dtype: str = "float32", rngs: nnx.Rngs):
     if missing_tokens not in MISSING_TOKENS:
@@ -282,9 +369,7 @@ class MCUR(nnx.Module):
                        f"{COMPUTE_DTYPES}")
     self.missing_tokens = missing_tokens
     dtype = jnp.dtype(compute_dtype)
-    # Only with context, and for modalities the dataset has.
-    self.means = tuple(m for m in context_means
-                       if dims[m]) if context_layers else ()
+    self.means = mean_modalities(context_layers, context_means, dims)
     self.encoders = nnx.Dict({
         m: Encoder(dims[m] * (2 if m in self.means else 1), hidden, dropout,
                    rngs=rngs, dtype=dtype)
@@ -301,7 +386,7 @@ class MCUR(nnx.Module):
     self.context = (Context(hidden, context_layers, context_heads, mlp_ratio,
                             dropout, context_max_distance, context_speakers,
                             context_window, context_position_init,
-                            rngs=rngs, dtype=dtype)
+                            context_kind, rngs=rngs, dtype=dtype)
                     if context_layers else None)
     # The heads stay in float32: they are small, and their outputs feed the
     # losses and metrics directly.
@@ -398,6 +483,7 @@ def create(config, dims: dict[str, int], num_outputs: int):
                 context_speakers=config.context_speakers,
                 context_window=config.context_window,
                 context_position_init=config.context_position_init,
+                context_kind=config.context_kind,
                 context_means=schema.modality_names(config.context_means),
                 compute_dtype=config.compute_dtype,
                 rngs=nnx.Rngs(params=key))

@@ -18,8 +18,8 @@ TensorBoard (`tensorboard.py`).
   compile once per run (`COMPILES` counts traces).
 * Data parallel: a ("data",) mesh, the data and parameters replicated, each
   batch sharded over "data"; XLA adds the gradient all-reduce, and MCB-CL
-  sees the global batch (the context Transformer attends across the
-  devices' shards of a window).
+  sees the global batch (the context reads across the devices' shards of
+  a window).
 * Model selection: after every epoch each member is evaluated on validation
   under the combinations it serves (all the dataset can realise in the
   mixed regime); its best

@@ -52,6 +52,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   _one_of(config, "missing_tokens", model.MISSING_TOKENS)
   _one_of(config, "compute_dtype", model.COMPUTE_DTYPES)
   _one_of(config, "context_position_init", model.POSITION_INITS)
+  _one_of(config, "context_kind", model.CONTEXT_KINDS)
   _one_of(config, "combo_draw", COMBO_DRAWS)
   _one_of(config, "validation", data.VALIDATION)
   if config.validation == "session" and not manifest.folds:

@@ -65,6 +65,7 @@ LATER_FIELDS = {
     "validation": "groups",
     "context_position_init": "zero",
     "context_means": "",
+    "context_kind": "transformer",
 }
 
 

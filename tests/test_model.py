@@ -2,6 +2,7 @@
 
 import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,7 +31,7 @@ def config(**overrides):
                 context_layers=0, context_heads=2, context_max_distance=4,
                 context_speakers=2, context_window=0,
                 context_position_init="zero", context_means="",
-                compute_dtype="float32")
+                context_kind="transformer", compute_dtype="float32")
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -266,12 +267,18 @@ DIMS_NO_VIDEO = {"audio": 5, "text": 7, "video": 0}
 MEANS = ("", "audio,text")
 
 
+# config.context_kind x context_means: the context tests that hold for
+# every context module.
+KINDS_MEANS = [(k, m) for k in model.CONTEXT_KINDS for m in MEANS]
+
+
 @functools.cache
-def context_model(max_distance=4, dims=tuple(DIMS.items()), means=""):
+def context_model(max_distance=4, dims=tuple(DIMS.items()), means="",
+                  kind="transformer"):
   """(graphdef, params, jit(apply)) of a 2-layer context model."""
   graphdef, init = model.create(
       config(context_layers=2, context_max_distance=max_distance,
-             context_means=means), dict(dims), K)
+             context_means=means, context_kind=kind), dict(dims), K)
   return (graphdef, init(jax.random.key(3)),
           jax.jit(functools.partial(model.apply, graphdef)))
 
@@ -320,13 +327,13 @@ def test_context_parameters():
   assert any(p.startswith("['context']['blocks'][1]") for p in paths(params))
 
 
-@pytest.mark.parametrize("means", MEANS)
-def test_context_sees_its_own_window_only(means):
+@pytest.mark.parametrize("kind,means", KINDS_MEANS)
+def test_context_sees_its_own_window_only(kind, means):
   """An utterance's outputs do not move (to 1e-6) when everything of the
   other windows (features, mask, rank, speaker) or of the padding changes;
   changing one utterance of its own window moves them. The same with
-  window means."""
-  _, params, f = context_model(means=means)
+  window means, and with the GRU context."""
+  _, params, f = context_model(means=means, kind=kind)
   x, mask = ctx_inputs(0), jnp.asarray(CTX_MASK)
   base = f(params, x, mask, None)
   assert all(np.isfinite(v).all() for v in base.values())
@@ -421,13 +428,14 @@ def test_block_local_attention_equals_whole_batch_attention(means):
   assert np.abs(np.asarray(found[0] - found[1]))[:16].max() > 1e-3
 
 
-@pytest.mark.parametrize("means", MEANS)
-def test_context_is_equivariant_to_the_batch_order(means):
+@pytest.mark.parametrize("kind,means", KINDS_MEANS)
+def test_context_is_equivariant_to_the_batch_order(kind, means):
   """Permuting the batch positions (all inputs alike) permutes the outputs:
   only segment, rank and speaker place an utterance, not its slot (nor do
-  the window means need a window's positions to be adjacent). 1e-5: the
-  attention and the means sum in another order (float32 rounding)."""
-  _, params, f = context_model(means=means)
+  the window means, nor the GRU, which sorts by window and rank, need a
+  window's positions to be adjacent). 1e-5: the attention and the means
+  sum in another order (float32 rounding)."""
+  _, params, f = context_model(means=means, kind=kind)
   perm = np.random.default_rng(1).permutation(BC)
   x, mask = ctx_inputs(2), CTX_MASK
   base = f(params, x, jnp.asarray(mask), None)
@@ -577,6 +585,74 @@ def test_relative_positions():
   in_1 = SEGMENT == 1
   reversed_rank = np.where(in_1, 23 - RANK, RANK)
   out = f(params, ctx_inputs(5, rank=reversed_rank), mask, None)
+  assert max_change(base, out, in_1)["h"] > 1e-4
+  for v in max_change(base, out, REAL & ~in_1).values():
+    assert v <= 1e-6
+
+
+def numpy_layer_norm(x, norm):
+  """flax's LayerNorm (epsilon 1e-6) in float64."""
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return ((x - mean) / np.sqrt(var + 1e-6) * np.asarray(norm.scale[...])
+          + np.asarray(norm.bias[...]))
+
+
+def numpy_gru(x, inputs, hidden):
+  """One GRU direction over the rows of x [T, D] from a zero state, in
+  float64 (PyTorch's cell: the reset gate scales the hidden projection
+  with its bias)."""
+  sigmoid = lambda v: 1 / (1 + np.exp(-v))
+  w_i, b_i = np.asarray(inputs.kernel[...]), np.asarray(inputs.bias[...])
+  w_h, b_h = np.asarray(hidden.kernel[...]), np.asarray(hidden.bias[...])
+  h, states = np.zeros(x.shape[1]), []
+  for row in x:
+    xr, xz, xn = np.split(row @ w_i + b_i, 3)
+    hr, hz, hn = np.split(h @ w_h + b_h, 3)
+    r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+    h = (1 - z) * np.tanh(xn + r * hn) + z * h
+    states.append(h)
+  return np.array(states)
+
+
+def test_gru_context_against_numpy():
+  """context_kind gru: each window, in rank order (here stored shuffled),
+  through 2 pre-LN residual bidirectional GRU layers and a LayerNorm, as a
+  float64 NumPy loop computes it; padding rows are not compared. 1e-5:
+  float32 rounding through two recurrent layers of O(1) values."""
+  context = model.Context(D, 2, 2, 2, 0.1, 4, 2, kind="gru",
+                          rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  u = rng.normal(size=(BC, D)).astype(np.float32)
+  perm = rng.permutation(BC)
+  found = np.asarray(context(jnp.asarray(u[perm]), jnp.asarray(SEGMENT[perm]),
+                             jnp.asarray(RANK[perm]),
+                             jnp.asarray(SPEAKER[perm]), None))
+  found = found[np.argsort(perm)]
+  table = np.asarray(context.speaker_embedding[...])
+  for s in (3, 7, 1):
+    rows = np.flatnonzero(SEGMENT == s)
+    rows = rows[np.argsort(RANK[rows])]
+    x = u[rows].astype(np.float64) + table[SPEAKER[rows]]
+    for layer in context.grus:
+      y = numpy_layer_norm(x, layer.norm)
+      both = np.concatenate(
+          [numpy_gru(y, layer.inputs[0], layer.hidden[0]),
+           numpy_gru(y[::-1], layer.inputs[1], layer.hidden[1])[::-1]], -1)
+      x = x + both @ np.asarray(layer.out.kernel[...]) + np.asarray(
+          layer.out.bias[...])
+    np.testing.assert_allclose(found[rows], numpy_layer_norm(x, context.norm),
+                               atol=1e-5, err_msg=f"window {s}")
+
+
+def test_gru_context_reads_order():
+  """The GRU's position information is the order of ranks: reversing a
+  window's ranks moves its outputs (and no other window's, to 1e-6)."""
+  _, params, f = context_model(kind="gru")
+  mask = jnp.asarray(CTX_MASK)
+  base = f(params, ctx_inputs(5), mask, None)
+  in_1 = SEGMENT == 1
+  out = f(params, ctx_inputs(5, rank=np.where(in_1, 23 - RANK, RANK)), mask,
+          None)
   assert max_change(base, out, in_1)["h"] > 1e-4
   for v in max_change(base, out, REAL & ~in_1).values():
     assert v <= 1e-6

@@ -163,12 +163,13 @@ def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
                            len(getattr(dataset, split)))
 
 
-def test_one_data_parallel_step_equals_single_device(mosi_dir):
+@pytest.mark.parametrize("kind", model.CONTEXT_KINDS)
+def test_one_data_parallel_step_equals_single_device(mosi_dir, kind):
   """One SUGR-active step on a batch of windows sharded over 8 devices
-  (gradient all-reduce, context attention across the shards, MCB-CL over
-  the global batch) gives the losses (rtol 1e-6) and gradients (to 1e-5 of
-  each leaf's largest entry) of 1 device."""
-  config = tiny(mosi_dir)
+  (gradient all-reduce, context attention or GRU across the shards,
+  MCB-CL over the global batch) gives the losses (rtol 1e-6) and gradients
+  (to 1e-5 of each leaf's largest entry) of 1 device."""
+  config = tiny(mosi_dir, context_kind=kind)
   dataset = data.load(mosi_dir)
   # Whole videos, so that the step's windows have context.
   videos = np.unique(dataset.train.group_id)[:6]
@@ -365,16 +366,18 @@ def test_sugr_down_weights_corrupted_labels(tmp_path_factory):
 # ------------------------------
 
 
-def test_padding_changes_neither_loss_nor_gradient(mosi_dir):
+@pytest.mark.parametrize("kind", model.CONTEXT_KINDS)
+def test_padding_changes_neither_loss_nor_gradient(mosi_dir, kind):
   """The loss and its gradient over a batch of windows are those of the
   same batch with padding positions and whole padding windows added (to
   float rounding, 1e-6 relative): padding counts in no sum and no count,
-  and no real utterance attends to it. Dropout is off and the combination
-  fixed (atv), since their random draws depend on the batch's shape. The
-  batch of 5 groups (107 utterances in windows of 8) is long enough for
-  the context's block-local attention."""
+  and no real utterance attends to it or reads it through the GRU.
+  Dropout is off and the combination fixed (atv), since their random
+  draws depend on the batch's shape. The batch of 5 groups (107
+  utterances in windows of 8) is long enough for the context's
+  block-local attention."""
   config = tiny(mosi_dir, dropout=0.0, sugr_warmup_epochs=0,
-                mcb_same_group_positives=False)
+                mcb_same_group_positives=False, context_kind=kind)
   dataset = data.load(mosi_dir)
   split = dataset.train
   graphdef, init = model.create(config, dataset.manifest.dims, 1)
