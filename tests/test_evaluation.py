@@ -125,6 +125,7 @@ def test_config_check_names_the_field(mosi_dir):
       ("speaker_norm", "audio,voice", "config.speaker_norm: 'voice'"),
       ("validation", "speakers", "config.validation: 'speakers'"),
       ("context_means", "voice", "config.context_means: 'voice'"),
+      ("context_kind", "lstm", "config.context_kind: 'lstm', not one of"),
       ("validation", "session", "config.validation: 'session' needs a "
        "dataset with folds")):
     with pytest.raises(validate.ConfigError, match=match):

@@ -236,8 +236,9 @@ def test_jit_grad_with_dropout_key(params):
 
 
 def test_invalid_config_raises():
-  """Unknown missing_tokens, and heads (fusion or context) not dividing the
-  hidden size, are refused when the model is built."""
+  """Unknown missing_tokens, compute_dtype or context_kind, and heads
+  (fusion or context) not dividing the hidden size, are refused when the
+  model is built."""
   with pytest.raises(ValueError, match="missing_tokens"):
     model.create(config(missing_tokens="zeros"), DIMS, K)
   with pytest.raises(ValueError, match="compute_dtype"):
@@ -246,6 +247,8 @@ def test_invalid_config_raises():
     model.create(config(hidden_dim=15), DIMS, K)
   with pytest.raises(ValueError, match="divisible"):
     model.create(config(context_layers=1, context_heads=3), DIMS, K)
+  with pytest.raises(ValueError, match="context_kind='lstm'"):
+    model.create(config(context_layers=1, context_kind="lstm"), DIMS, K)
 
 
 # Context over windows.
