@@ -14,8 +14,9 @@
 A batch is a flat list of utterances; each carries its window id
 ("segment", `groups.PAD` for padding), its rank in its group and its
 speaker's rank (`groups.py`). The context module reads, for an utterance,
-the utterances of its own window only, so one batch holds many windows. `context_layers` 0 is the per-utterance model: no context module,
-h = u, and the window fields are not read.
+the utterances of its own window only, so one batch holds many windows.
+`context_layers` 0 is the per-utterance model: no context module, h = u,
+and the window fields are not read.
 
 A modality the dataset does not have at all (dims[m] == 0) gets no encoder:
 its token is always the missing embedding.
@@ -224,16 +225,16 @@ class Context(nnx.Module):
   the order is its position information, and `num_heads`, `max_distance`,
   `position_init` and `window` go unused). Then a LayerNorm.
 
-  For the Transformer every window is a contiguous run of at most `window` positions of the
-  batch, padding never inside it (`groups.train_plan` and
-  `groups.EvalLayout` lay them out so; a caller of `apply` must too), so
-  on a batch longer than 3 * `window` the attention is block-local
-  (`SelfAttention`'s `block`): each position sees the keys within `window`
-  of its block, which hold its whole window, at a cost linear in the batch
-  instead of quadratic (IEMOCAP's evaluation chunks hold 512 window
-  slots). The keys it leaves out are masked anyway, so the outputs are
-  those of whole-batch attention up to float rounding. `window` 0: always
-  whole-batch.
+  For the Transformer every window is a contiguous run of at most
+  `window` positions of the batch, padding never inside it
+  (`groups.train_plan` and `groups.EvalLayout` lay them out so; a caller
+  of `apply` must too), so on a batch longer than 3 * `window` the
+  attention is block-local (`SelfAttention`'s `block`): each position
+  sees the keys within `window` of its block, which hold its whole window,
+  at a cost linear in the batch instead of quadratic (IEMOCAP's
+  evaluation chunks hold 512 window slots). The keys it leaves out are
+  masked anyway, so the outputs are those of whole-batch attention up to
+  float rounding. `window` 0: always whole-batch.
   """
 
   def __init__(self, dim: int, num_layers: int, num_heads: int,
