@@ -88,23 +88,9 @@ def fit_temperature(logits: np.ndarray, label: np.ndarray) -> float:
       logits / math.exp(log_t))[rows, label].mean())
 
 
-def _sign_probability(margin: np.ndarray, task_loss: str) -> np.ndarray:
-  """P(the label has the predicted sign) at |pred| / scale = `margin`."""
-  if task_loss == "mse":
-    erf = np.vectorize(math.erf, otypes=[np.float64])
-    return 0.5 * (1 + erf(margin / math.sqrt(2)))
-  return 1 - 0.5 * np.exp(-margin)
-
-
-def _sugr_margin(pred: np.ndarray, s: np.ndarray, task_loss: str):
-  """|pred| over the scale SUGR's s implies (sqrt(exp s) or exp s)."""
-  scale = np.exp(s) if task_loss == "l1" else np.sqrt(np.exp(s))
-  return np.abs(pred) / scale
-
-
 def fit_scale(margin: np.ndarray, correct: np.ndarray, task_loss: str):
   """The k > 0 minimising the NLL of P(margin / k)."""
-  return _argmin_log(lambda log_k: _nll(_sign_probability(
+  return _argmin_log(lambda log_k: _nll(metrics.sign_probability(
       margin / math.exp(log_k), task_loss), correct))
 
 
@@ -140,8 +126,8 @@ def confidence(cal: dict, task: str, task_loss: str, pred: np.ndarray,
   if cal["method"] == "magnitude":
     a, b = cal["magnitude"]
     return 1 / (1 + np.exp(-(a * np.abs(score) + b))), None
-  margin = _sugr_margin(score, np.asarray(s, np.float64), task_loss)
-  return _sign_probability(margin / cal["sugr_scale"], task_loss), None
+  margin = metrics.sugr_margin(score, np.asarray(s, np.float64), task_loss)
+  return metrics.sign_probability(margin / cal["sugr_scale"], task_loss), None
 
 
 def decisions(task: str, task_loss: str, pred, s, label):
@@ -167,7 +153,7 @@ def fit(task: str, task_loss: str, pred: np.ndarray, s: np.ndarray,
                             cal, task, task_loss, pred, s)[0])}
     return cal
   score, s_kept = np.asarray(pred, np.float64)[keep, 0], np.asarray(s)[keep]
-  cal = {"sugr_scale": fit_scale(_sugr_margin(score, s_kept, task_loss),
+  cal = {"sugr_scale": fit_scale(metrics.sugr_margin(score, s_kept, task_loss),
                                  correct, task_loss),
          "magnitude": list(fit_magnitude(np.abs(score), correct))}
   found = {"raw": metrics.ece(correct, raw)}

@@ -13,7 +13,7 @@ one group; the context module reads within a window only.
   at a window edge); the windows of all groups are shuffled and laid end to
   end, and the stream is cut into steps of at most `batch_size` utterances.
   A step is a flat batch of utterances with a window id ("segment") each;
-  attention is masked to the same segment, so a step holds many windows
+  the context reads within the same segment, so a step holds many windows
   without padding between them. A window that would straddle two steps is
   cut there (one more moving cut point). The epoch's padding, spread evenly
   over its steps, is `steps * batch_size - N` positions.

@@ -33,6 +33,12 @@ on non-zero labels; the argmax class), and its confidence is:
   * `s_err_spearman`: Spearman correlation between `s` and the per-sample
     error (|pred - label|; the cross-entropy for classes): positive when
     `s` knows which predictions are bad.
+`s` is read as the uncertainty head gives it. SUGR's loss reads it clipped
+to [-sugr_s_max, sugr_s_max] and gives it no gradient past the clip, where
+it still ranks (a clip would tie it there). On the default runs MOSI's `s`
+stays inside (test: -2.93 to 1.44), while IEMOCAP-4's text falls below -3
+for a third of the test utterances (cross-entropy's optimum log l goes far
+below -3 for confident classes); its calibration does not read `s`.
 
 The headline metric (model selection, the Avg column) is `f1_non0` for
 regression and `wf1` for classification.
@@ -117,6 +123,23 @@ def classification(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
           "wf1": weighted_f1(label, pred), "mf1": macro(label, pred, "f1")}
 
 
+def sugr_margin(pred: np.ndarray, s: np.ndarray, task_loss: str) -> np.ndarray:
+  """|pred| over the scale of the predictive distribution SUGR's `s`
+  implies (module docstring): exp(s) (Laplace, "l1"), sqrt(exp(s))
+  (Gaussian, "mse")."""
+  scale = np.exp(s) if task_loss == "l1" else np.sqrt(np.exp(s))
+  return np.abs(pred) / scale
+
+
+def sign_probability(margin: np.ndarray, task_loss: str) -> np.ndarray:
+  """P(the label has the predicted sign) at |pred| / scale = `margin`:
+  1 - exp(-margin) / 2 (Laplace), Phi(margin) (Gaussian)."""
+  if task_loss == "mse":
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return 0.5 * (1 + erf(margin / math.sqrt(2)))
+  return 1 - 0.5 * np.exp(-margin)
+
+
 def decisions(task: str, outputs: np.ndarray, label: np.ndarray, s: np.ndarray,
               task_loss: str):
   """(correct, confidence, error, s) over the samples the headline decision
@@ -132,12 +155,7 @@ def decisions(task: str, outputs: np.ndarray, label: np.ndarray, s: np.ndarray,
   if task == "regression":
     pred, keep = outputs[:, 0], label != 0
     pred, label, s = pred[keep], label[keep], s[keep]
-    scale = np.exp(s)
-    if task_loss == "mse":
-      z = np.abs(pred) / np.sqrt(scale)
-      confidence = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
-    else:
-      confidence = 1 - 0.5 * np.exp(-np.abs(pred) / scale)
+    confidence = sign_probability(sugr_margin(pred, s, task_loss), task_loss)
     return (pred > 0) == (label > 0), confidence, np.abs(pred - label), s
   logits = outputs - outputs.max(-1, keepdims=True)
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

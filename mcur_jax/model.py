@@ -128,15 +128,22 @@ class SelfAttention(nnx.Module):
     if block:
       q = q.reshape(t // block, block, *q.shape[2:])
       k, v = neighbours(k[0], block, 0), neighbours(v[0], block, 0)
-    # The logits' scaling, bias, mask and softmax in float32 whatever the
-    # compute dtype: bfloat16's 8-bit mantissa would round them coarsely.
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(
-        jnp.float32) / jnp.sqrt(q.shape[-1])
+    logits = attention_logits(q, k)
     if bias is not None:
       logits = logits + bias
     logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d))
+
+
+def attention_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+  """Queries [B, T, H, Dh] and keys [B, S, H, Dh] -> the scaled dot products
+  [B, H, T, S] in float32 whatever their dtype: bfloat16 products accumulate
+  into a float32 result (`preferred_element_type`), as the bias, mask and
+  softmax that follow take them, since bfloat16's 8-bit mantissa would
+  round the logits coarsely (a logit of 40 to a step of 0.25)."""
+  return jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                    preferred_element_type=jnp.float32) / jnp.sqrt(q.shape[-1])
 
 
 def neighbours(y: jax.Array, block: int, fill) -> jax.Array:
@@ -350,7 +357,7 @@ def window_means(x: jax.Array, keep: jax.Array, segment: jax.Array
 
 class MCUR(nnx.Module):
   """Encoders, fusion Transformer over [CLS, a, t, v], optional context
-  Transformer over windows, and three heads."""
+  module over windows (Transformer or GRU), and three heads."""
 
   def __init__(self, dims: dict[str, int], num_outputs: int, *,
                hidden: int = 256, num_layers: int = 2, num_heads: int = 4,

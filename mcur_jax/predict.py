@@ -12,7 +12,10 @@ run's `speaker_norm` with each speaker's statistics over the input (its
 Every utterance is predicted once, in the context of its own group, exactly
 as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
 under the modalities it has, restricted to `combination` if given; the
-combination it was predicted under is a column. A modality the model was
+combination it was predicted under is a column, and in the per-condition
+regime that combination's model predicts it (evaluation's fixed protocol
+routes by the combination asked for: the two differ only for an utterance
+that natively lacks a modality of it). A modality the model was
 trained without (dims 0 in its manifest) or with another feature size is an
 error naming the field; a modality the model knows but the input lacks is
 absent for every utterance (the model is built for that), and a note says so.

@@ -73,8 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.proj_dim = 128
   # Who attends to a missing modality's token: cls_only | masked | visible.
   c.missing_tokens = "cls_only"
-  # Context Transformer layers over the utterances of a window of the video
-  # or dialogue; 0 = the per-utterance model (no context; batches of random
+  # Context layers (Transformer blocks or GRU layers, `context_kind`) over
+  # the utterances of a window of the video or dialogue; 0 = the
+  # per-utterance model (no context; batches of random
   # utterances, as before context existed).
   c.context_layers = 1
   # What the context layers are: transformer (DESIGN section 3: attention
@@ -86,7 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 0.767 on validation; 2 GRU layers 0.710. DESIGN's Transformer is one
   # flag away (IEMOCAP keeps it: a tie there, iemocap.py).
   c.context_kind = "gru"
-  # Attention heads of the context Transformer (divide hidden_dim).
+  # Attention heads of the context Transformer (divide hidden_dim; the GRU
+  # has none).
   c.context_heads = 4
   # Window W: the most consecutive utterances of one group seen together
   # (training windows are cut at moving points; evaluation windows are
@@ -95,15 +97,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # and lr 3e-4, 8, 16 and 32 scored 0.766, 0.763 and 0.760, and 16 at the
   # defaults 0.769 (IEMOCAP: 32 won, see iemocap.py).
   c.context_window = 64
-  # Relative position: rank distances up to this get their own attention
-  # bias per head (farther ones share the last); 0 = no position information.
+  # Relative position (Transformer only: the GRU's is the order): rank
+  # distances up to this get their own attention bias per head (farther ones
+  # share the last); 0 = no position information.
   c.context_max_distance = 8
-  # Initial relative-position bias: zero (learned from no preference; it
-  # stays within 0.03 to 0.11 of zero in trained models, i.e. almost no
-  # position information) | recency (ALiBi's per-head slopes: local to
-  # near-uniform heads; model.POSITION_INITS). Held out on new videos
-  # (MOSI) and new actors (IEMOCAP) the two score alike (0.709 both; 0.681
-  # against 0.679), so zero stays (docs/results.md).
+  # Initial relative-position bias (Transformer only): zero (learned from
+  # no preference; it stays within 0.03 to 0.11 of zero in trained models,
+  # i.e. almost no position information) | recency (ALiBi's per-head
+  # slopes: local to near-uniform heads; model.POSITION_INITS). Held out
+  # on new videos (MOSI) and new actors (IEMOCAP) the two score alike (0.709
+  # both; 0.681 against 0.679), so zero stays (docs/results.md).
   c.context_position_init = "zero"
   # Speaker embeddings (by order of first appearance in the group); later
   # speakers share the last one.
