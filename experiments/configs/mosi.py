@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # against 0.760 and 0.746 for 64 and 3e-4; docs/results.md).
   c.batch_size = 256
   # Peak learning rate of AdamW (after linear warm-up, then cosine decay).
-  # dropout, mcb_weight, tau and task_loss were chosen on the validation
+  # mcb_weight, tau and task_loss were chosen on the validation
   # split of the Poria MOSI features with the per-utterance model
   # (docs/results.md, "Poria MOSI with the per-utterance model").
   c.learning_rate = 1e-3
@@ -63,8 +63,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_heads = 4
   # Transformer MLP width as a multiple of hidden_dim.
   c.mlp_ratio = 2
-  # Dropout rate in encoders and Transformer.
-  c.dropout = 0.3
+  # Dropout rate in encoders, Transformers and GRU layers. Held out on the
+  # training videos (4 folds of 13, 3 seeds; no test video read) with the
+  # GRU context: 0.4 scored Avg 0.728 against 0.720 for 0.3 (text 0.834
+  # against 0.824, audio + text 0.833 against 0.825; higher in 3 of the 4
+  # folds) and 0.720 for 0.5; validation 0.774, 0.771, 0.775
+  # (docs/results.md). IEMOCAP keeps 0.3 (iemocap.py).
+  c.dropout = 0.4
   # Dtype of the encoders' and Transformers' matmuls: float32 | bfloat16
   # (mixed precision for TPU and GPU: parameters, optimizer, norms, softmax,
   # heads and losses stay float32; on CPU bfloat16 is emulated and slower).
