@@ -38,7 +38,8 @@ to [-sugr_s_max, sugr_s_max] and gives it no gradient past the clip, where
 it still ranks (a clip would tie it there). On the default runs MOSI's `s`
 stays inside (test: -2.93 to 1.44), while IEMOCAP-4's text falls below -3
 for a third of the test utterances (cross-entropy's optimum log l goes far
-below -3 for confident classes); its calibration does not read `s`.
+below -3 for confident classes), where IEMOCAP's calibration (temperature
+scaling) does not read `s`.
 
 The headline metric (model selection, the Avg column) is `f1_non0` for
 regression and `wf1` for classification.

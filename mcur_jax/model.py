@@ -63,7 +63,7 @@ MISSING_TOKENS = ("cls_only", "masked", "visible")
 # matmuls. Parameters, optimizer state, LayerNorms, the residual stream, the
 # attention softmax, the heads and the losses stay float32 (mixed precision
 # for TPU and GPU, whose matrix units run bfloat16 at several times the
-# float32 rate; on CPU bfloat16 is emulated and slower).
+# float32 rate; on CPU bfloat16 gains nothing).
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # config.context_position_init: the initial relative-position bias of the
 # context Transformer. "zero": no preference; "recency": ALiBi's slopes

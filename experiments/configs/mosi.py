@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dropout = 0.4
   # Dtype of the encoders' and Transformers' matmuls: float32 | bfloat16
   # (mixed precision for TPU and GPU: parameters, optimizer, norms, softmax,
-  # heads and losses stay float32; on CPU bfloat16 is emulated and slower).
+  # heads and losses stay float32; on CPU bfloat16 gains nothing).
   c.compute_dtype = "float32"
   # Output size of the projection head g (MCB-CL space).
   c.proj_dim = 128
@@ -80,8 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.missing_tokens = "cls_only"
   # Context layers (Transformer blocks or GRU layers, `context_kind`) over
   # the utterances of a window of the video or dialogue; 0 = the
-  # per-utterance model (no context; batches of random
-  # utterances, as before context existed).
+  # per-utterance model (no context; batches of random utterances, as
+  # before context existed).
   c.context_layers = 1
   # What the context layers are: transformer (DESIGN section 3: attention
   # over the window with a relative-position bias) | gru (bidirectional GRU
