@@ -35,8 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 2 seeds) the bidirectional GRU that MOSI uses tied with it (Avg 0.696
   # against 0.694; validation 0.693 against 0.691), so the spec's stays.
   c.context_kind = "transformer"
-  # Dropout 0.3, MOSI's before its GRU held-out choice of 0.4: IEMOCAP's
-  # validation compared 0.1 with 0.3 (below).
+  # Dropout 0.3 (MOSI's is 0.4): validation compared 0.1 with 0.3 (below),
+  # and on sessions 1-4 each held out (new actors, 2 seeds) MOSI's 0.4
+  # scored Avg 0.689 against 0.694 (validation 0.688 against 0.691).
   c.dropout = 0.3
   if not arg:
     # 20 epochs matched 30 on validation (0.753 both) in two thirds of the
