@@ -65,7 +65,7 @@ class Inputs:
   def of(cls, split: data_lib.Split, config, mesh) -> "Inputs":
     layout = groups_lib.EvalLayout.of(
         groups_lib.Groups.of(split), groups_lib.context_window(config),
-        transfer.chunk_size(config.eval_batch_size, mesh),
+        transfer.chunk_size(config.eval_batch_size, mesh.devices.size),
         per_slot=bool(model_lib.mean_modalities(
             config.context_layers, schema.modality_names(config.context_means),
             {m: x.shape[1] for m, x in split.features.items()})))

@@ -179,7 +179,9 @@ def _header(config, manifest, task) -> dict:
           "left_out": left_out,
           "data": {"dir": config.data_dir, "format": manifest.format,
                    "synthetic": manifest.format == "synthetic"},
-          "fold": config.fold or None, "selected_on": "valid",
+          "fold": config.fold or None,
+          "selected_on": ("valid" if config.selection == "valid"
+                          else "last epoch"),
           "headline": metrics.HEADLINE[task], "seeds": list(config.seeds)}
 
 

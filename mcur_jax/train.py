@@ -442,7 +442,8 @@ def fit(run: Run) -> dict:
                          valid_masks, keys=("pred",))["pred"]
       valid, score = evaluation.member_scores(run.task, pred, dataset.valid,
                                               members)
-      improved = score > transfer.to_host(state["best_metric"])
+      improved = (score > transfer.to_host(state["best_metric"])
+                  if config.selection == "valid" else np.ones(len(score), bool))
       state = run.update_best(state, improved, score.astype(np.float32), epoch)
       board.write(log.write(epoch + 1, members, stats, valid, score,
                             run.task, learning_rates[epoch]))

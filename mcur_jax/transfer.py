@@ -9,10 +9,9 @@ import jax
 import numpy as np
 
 
-def chunk_size(eval_batch_size: int, mesh) -> int:
-  """Rows per compiled evaluation call: `eval_batch_size` rounded up to the
-  devices."""
-  devices = mesh.devices.size
+def chunk_size(eval_batch_size: int, devices: int) -> int:
+  """Rows per compiled evaluation call: `eval_batch_size` rounded up to a
+  multiple of the `devices`."""
   return -(-eval_batch_size // devices) * devices
 
 

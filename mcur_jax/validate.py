@@ -12,9 +12,12 @@ from mcur_jax import losses
 from mcur_jax import model
 from mcur_jax import regime
 from mcur_jax import schema
+from mcur_jax import transfer
 
 # How the training combination is drawn: per utterance, or one per window.
 COMBO_DRAWS = ("utterance", "window")
+# Which epoch's parameters a run keeps per seed (config.selection).
+SELECTIONS = ("valid", "last")
 # The config.task_loss values that train each task (schema.TASKS).
 TASK_LOSSES = {"regression": ("l1", "mse"), "classification": ("ce",)}
 
@@ -54,6 +57,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   _one_of(config, "context_position_init", model.POSITION_INITS)
   _one_of(config, "context_kind", model.CONTEXT_KINDS)
   _one_of(config, "combo_draw", COMBO_DRAWS)
+  _one_of(config, "selection", SELECTIONS)
   _one_of(config, "validation", data.VALIDATION)
   if config.validation == "session" and not manifest.folds:
     raise _error("validation", f"'session' needs a dataset with folds; "
@@ -66,7 +70,12 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
                       "non-negative weights, not all 0 on the combinations "
                       "the data has (" + " ".join(combos.NAMES[c]
                                                   for c in served) + ")")
-  for field in ("num_heads", "context_heads"):
+  # The context's heads matter only to a context Transformer (the GRU has
+  # none).
+  heads = ("num_heads", "context_heads") if (
+      config.context_layers and config.context_kind == "transformer") else (
+          "num_heads",)
+  for field in heads:
     if config[field] < 1 or config.hidden_dim % config[field]:
       raise _error(field, f"{config[field]} does not divide hidden_dim "
                         f"{config.hidden_dim}")
@@ -79,7 +88,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   if config.batch_size % devices:
     raise _error("batch_size", f"{config.batch_size} does not divide by "
                       f"the {devices} devices")
-  chunk = -(-config.eval_batch_size // devices) * devices
+  chunk = transfer.chunk_size(config.eval_batch_size, devices)
   if config.context_layers and config.context_window > chunk:
     raise _error("context_window", f"{config.context_window} exceeds "
                       f"eval_batch_size {config.eval_batch_size}: a window "

@@ -66,6 +66,7 @@ LATER_FIELDS = {
     "context_position_init": "zero",
     "context_means": "",
     "context_kind": "transformer",
+    "selection": "valid",
 }
 
 

@@ -118,7 +118,8 @@ def test_config_check_names_the_field(mosi_dir):
       ("regime", "per_sample", "config.regime: 'per_sample'"),
       ("combo_weights", (0.0,) * 7, "config.combo_weights"),
       ("task_loss", "ce", "config.task_loss: 'ce'"),
-      ("context_heads", 3, "config.context_heads: 3 does not divide"),
+      ("num_heads", 3, "config.num_heads: 3 does not divide"),
+      ("selection", "test", "config.selection: 'test', not one of"),
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
       ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
       ("dataset", "mosei", "config.dataset: 'mosei'"),
@@ -131,6 +132,14 @@ def test_config_check_names_the_field(mosi_dir):
     with pytest.raises(validate.ConfigError, match=match):
       validate.check(tiny(mosi_dir, **{field: value}), manifest, 8)
   validate.check(tiny(mosi_dir), manifest, 8)
+  # A context Transformer needs its heads to divide the width; the GRU
+  # has no heads, so the same value runs there.
+  with pytest.raises(validate.ConfigError,
+                     match="config.context_heads: 3 does not divide"):
+    validate.check(tiny(mosi_dir, context_kind="transformer",
+                        context_heads=3), manifest, 8)
+  validate.check(tiny(mosi_dir, context_kind="gru", context_heads=3),
+                 manifest, 8)
   no_video = dataclasses.replace(manifest, dims={**manifest.dims, "video": 0})
   with pytest.raises(validate.ConfigError,
                      match="config.speaker_norm: video: the data in .* has "

@@ -223,6 +223,20 @@ def test_vmapped_seed_equals_seed_alone(baseline, mosi_dir, tmp_path):
                          len(getattr(dataset, split)))
 
 
+def test_selection_last_keeps_the_last_epoch(baseline, mosi_dir, tmp_path):
+  """`selection=last` keeps every seed's last-epoch parameters and changes
+  nothing of the training: its final parameters equal the baseline's
+  (validation-selected) run's, which trained the same seeds."""
+  workdir, _, _ = baseline
+  results = run(mosi_dir, tmp_path, selection="last")
+  assert results["selected_on"] == "last epoch"
+  assert results["selected_epoch"] == [3, 3]
+  last, selected = saved_state(tmp_path), saved_state(workdir)
+  chex.assert_trees_all_equal(last["params"], selected["params"])
+  chex.assert_trees_all_equal(last["best_params"], last["params"])
+  np.testing.assert_array_equal(last["best_epoch"], [2, 2])
+
+
 # Resume
 # ------
 

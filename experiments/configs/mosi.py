@@ -163,6 +163,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Decay of the parameters' moving average that is evaluated, selected and
   # kept (per step); 0 = off, evaluate the raw parameters.
   c.ema_decay = 0.0
+  # The model kept per seed: valid (the epoch with the best validation
+  # headline; DESIGN section 5) | last (the last epoch's; validation is
+  # still scored and logged every epoch, and the calibration fitted on it).
+  # Held out on the training videos (4 folds of 13, 3 seeds; no test video
+  # read) last scored Avg 0.724 against 0.728, but its audio ECE after
+  # calibration was 0.055 against 0.086 (lower in all 4 folds: the epoch
+  # picked on 10 validation videos flatters their audio, 0.605 against
+  # 0.553, and the calibration fitted there trusts it); on IEMOCAP's new
+  # actors 0.688 against 0.694 (docs/results.md). valid stays.
+  c.selection = "valid"
   # Missing rates of the missing-rate protocol (GCNet semantics, <= 0.7).
   c.missing_rates = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
   # Fixed-seed mask draws per missing rate (metrics averaged over them).
