@@ -1,6 +1,6 @@
 """Predicts with a trained run: one CSV row per utterance (and seed).
 
-    python -m experiments.predict --workdir runs/mosi [--data_dir D --split test | --input FILE.npz] [--combination at] [--ensemble] --out predictions.csv
+    python -m experiments.predict --workdir runs/mosi [--data_dir D --split test | --input FILE.npz] [--key label=label4] [--combination at] [--ensemble] --out predictions.csv
 
 Without --data_dir or --input it predicts the run's own data (--split,
 default test). Columns and the npz format: `mcur_jax/predict.py`. Exit 2
@@ -27,6 +27,9 @@ flags.DEFINE_string("combination", None, "use only these modalities, e.g. at "
                     "(default: every modality each utterance has)")
 flags.DEFINE_bool("ensemble", False, "one row per utterance from the seeds' "
                   "ensemble (default: one row per utterance and seed)")
+flags.DEFINE_multi_string("key", [], "FIELD=NPZKEY: the --input npz key of "
+                          "a field, as data_prep.convert takes it (e.g. "
+                          "label=label4)")
 flags.DEFINE_string("out", "predictions.csv", "the CSV to write")
 FLAGS = flags.FLAGS
 
@@ -36,11 +39,14 @@ def main(argv) -> None:
   if FLAGS.data_dir and FLAGS.input:
     print("error: --data_dir and --input: give one", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.key and not FLAGS.input:
+    print("error: --key: names the keys of an --input npz", file=sys.stderr)
+    sys.exit(2)
   try:
     found, notes = predict.predict(
         FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
         npz=FLAGS.input, combination=FLAGS.combination,
-        ensemble=FLAGS.ensemble)
+        ensemble=FLAGS.ensemble, keys=FLAGS.key)
     predict.write_csv(found, FLAGS.out)
   except (FileNotFoundError, *train.INPUT_ERRORS) as e:
     print(f"error: {e}", file=sys.stderr)

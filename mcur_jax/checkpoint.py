@@ -149,7 +149,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_for_inference(workdir: str, sharding=None):
-  """The selected (best-on-validation) model of every member of a run.
+  """The selected model (`config.selection`) of every member of a run.
 
   Args:
     workdir: the run's workdir.
@@ -164,6 +164,9 @@ def restore_for_inference(workdir: str, sharding=None):
     the prepared data's manifest gives dims and task.
   """
   config = load_config(workdir)
+  workdir_lib.check_data(workdir, config.data_dir, "its statistics, splits "
+                         "and results would not be the run's: prepare the "
+                         "data again as the run's was, or train again")
   manifest = schema.Manifest.load(config.data_dir)
   graphdef, init = model_lib.create(config, manifest.dims,
                                     manifest.num_classes)

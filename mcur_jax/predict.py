@@ -3,11 +3,22 @@
 `predict` is what `python -m experiments.predict` runs. Its input is a
 prepared directory's split, or an `.npz` of features in the format of
 `data_prep/formats/npz.py` where only `group_id` and one modality are
-required: `label` is optional (absent: not known), `split` is not read, and
+required: `label` is optional (absent: not known; -1 for a class: not known), `split`
+is not read, keys may be named as `data_prep.convert --key` names them, and
 the features are standardised with the statistics the model was trained
 with (the run's manifest, its fold's for IEMOCAP), and the modalities of a
 run's `speaker_norm` with each speaker's statistics over the input (its
-`speaker` and `session` keys: `data.normalize_per_speaker`).
+`speaker` and `session` keys, both required then, since speaker ids count
+within a session: `data.normalize_per_speaker`; a note names any speaker
+with a single utterance, whose features that leaves all zero). Every row
+is predicted, unlabelled ones included, and every row is context and
+speaker statistics for the others: training's conversion left out the
+utterances without a label for the task (IEMOCAP's `label4` -1), so an npz
+that keeps them predicts the labelled ones in a slightly different context
+than evaluation did. Another prepared directory (`data_dir`) is
+standardised likewise: the run's training statistics, then `speaker_norm`
+over that directory's utterances; it must have the model's task, classes
+(in order) and feature sizes.
 
 Every utterance is predicted once, in the context of its own group, exactly
 as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
@@ -91,14 +102,17 @@ def write_csv(predictions: Predictions, path: str) -> None:
       out.writerow([_number(x) for x in row])
 
 
-def read_npz(path: str, manifest: schema.Manifest) -> tuple[data_lib.Split,
-                                                            np.ndarray, list]:
+def read_npz(path: str, manifest: schema.Manifest, keys=(),
+             speaker_norm: tuple[str, ...] = ()) -> tuple[data_lib.Split,
+                                                          np.ndarray, list]:
   """(raw split, label known [N] bool, notes) of an npz of new features,
-  checked against the model's `manifest` (module docstring)."""
+  checked against the model's `manifest` (module docstring); `keys` are
+  FIELD=NPZKEY pairs (as `data_prep.convert --key`), `speaker_norm` the
+  run's per-speaker modalities."""
   classification = manifest.task == "classification"
-  fields = {f: f for f in npz_format.FIELDS}
+  fields, mapped = npz_format.key_map(list(keys))
   with npz_format.open_archive(path) as archive:
-    columns = npz_format.Columns(path, archive, fields, set())
+    columns = npz_format.Columns(path, archive, fields, mapped)
     group_id = columns.text("group_id", None)
     n = len(group_id)
     label = columns.get("label", npz_format.NUMBERS, n, required=False)
@@ -110,8 +124,9 @@ def read_npz(path: str, manifest: schema.Manifest) -> tuple[data_lib.Split,
     utt_id = columns.text("utt_id", n, required=False)
     if utt_id is None:
       utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
-    speaker = columns.text("speaker", n, required=False)
-    session = columns.get("session", npz_format.INTEGERS, n, required=False)
+    speaker = columns.text("speaker", n, required=bool(speaker_norm))
+    session = columns.get("session", npz_format.INTEGERS, n,
+                          required=bool(speaker_norm))
     features, available, _ = npz_format.read_features(columns, n)
   notes = []
   for j, m in enumerate(schema.MODALITIES):
@@ -148,6 +163,16 @@ def read_npz(path: str, manifest: schema.Manifest) -> tuple[data_lib.Split,
                            position=position, label=label, features=features,
                            available=available, speaker=speaker,
                            session=session)
+  if speaker_norm and speaker is not None:
+    ids, counts = np.unique(data_lib.speakers(split), return_counts=True)
+    if (counts == 1).any():
+      notes.append(
+          f"{path}: {int((counts == 1).sum())} speaker(s) with a single "
+          f"utterance ({', '.join(ids[counts == 1][:5])}"
+          f"{', ...' if (counts == 1).sum() > 5 else ''}): standardised with "
+          f"their own statistics (speaker_norm: {', '.join(speaker_norm)}), "
+          "their features are all zero; give each speaker's other "
+          "utterances too")
   return split, known, notes
 
 
@@ -155,7 +180,7 @@ def _check_same_features(directory: str, data: schema.Manifest,
                          model: schema.Manifest) -> None:
   """A prepared directory must have the model's task and feature sizes."""
   path = os.path.join(directory, schema.MANIFEST)
-  for field in ("task", "num_classes", "dims"):
+  for field in ("task", "num_classes", "classes", "dims"):
     if getattr(data, field) != getattr(model, field):
       raise schema.DataError(path, field, f"{getattr(data, field)!r}, but "
                              f"the model was trained on "
@@ -200,10 +225,25 @@ def _rows(split, known, fold, model_names, combination_names, pred, s,
   return Predictions(cols)
 
 
+def _prepared(config, data_dir: str, split: str) -> data_lib.Split:
+  """`split` of another prepared directory (the run's fold of it, if it has
+  folds), standardised as the run's model expects: with the run's training
+  statistics, then `speaker_norm` over that directory's utterances."""
+  raw = data_lib.load(data_dir, fold=config.fold or None, normalized=False,
+                      validation=config.validation)
+  stats = data_lib.train_stats(config.data_dir, config.fold or None,
+                               config.validation)
+  parts = {s: data_lib.normalize(getattr(raw, s), stats) for s in SPLITS}
+  per_speaker = validate.modalities(config, "speaker_norm")
+  if per_speaker:
+    parts = data_lib.normalize_per_speaker(parts, per_speaker, data_dir)
+  return parts[split]
+
+
 def predict(workdir: str, *, data_dir: str | None = None,
             split: str = "test", npz: str | None = None,
-            combination: str | None = None,
-            ensemble: bool = False) -> tuple[Predictions, list[str]]:
+            combination: str | None = None, ensemble: bool = False,
+            keys=()) -> tuple[Predictions, list[str]]:
   """Predictions of the run in `workdir` (module docstring) and notes.
 
   Args:
@@ -213,6 +253,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
     data_dir: a prepared directory (default: the run's own data).
     split: its split to predict.
     npz: an .npz of features instead of a prepared directory.
+    keys: FIELD=NPZKEY pairs naming the npz's keys (e.g. "label=label4").
     combination: restrict every utterance to these modalities (e.g. "at").
     ensemble: one row per utterance from the seeds' ensemble.
 
@@ -232,7 +273,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
                                  "validated: pass one fold's workdir (e.g. "
                                  f"{folds[0]}) to predict an npz")
     parts = [predict(d, data_dir=data_dir, split=split,
-                     combination=combination, ensemble=ensemble)
+                     combination=combination, ensemble=ensemble, keys=keys)
              for d in folds]
     return (Predictions.concatenate([p for p, _ in parts]),
             sum((n for _, n in parts), []))
@@ -253,18 +294,18 @@ def predict(workdir: str, *, data_dir: str | None = None,
   own = functools.cache(lambda: train.load_data(config))
   notes = []
   if npz:
-    raw, known, notes = read_npz(npz, manifest)
+    per_speaker = validate.modalities(config, "speaker_norm")
+    raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
     stats = data_lib.train_stats(config.data_dir, fold, config.validation)
     rows = data_lib.normalize(raw, stats)
-    per_speaker = validate.modalities(config, "speaker_norm")
     if per_speaker:
       rows = data_lib.normalize_per_speaker({"input": rows}, per_speaker,
                                             npz)["input"]
   else:
     if data_dir:
       _check_same_features(data_dir, schema.Manifest.load(data_dir), manifest)
-    rows = getattr(train.load_data(config, data_dir) if data_dir else own(),
-                   split)
+    rows = (_prepared(config, data_dir, split) if data_dir
+            else getattr(own(), split))
     known = np.ones(len(rows), bool)
   members = regime.members(config, served)
   predict_fn = evaluation.make_predict(graphdef, mesh, len(members.combos))

@@ -203,13 +203,20 @@ def check_resume(workdir: str, config) -> None:
         f"config ({', '.join(differ)})",
         f"differs from the run whose checkpoints are in {workdir} ({changes})"
         "; resume with the same config, or use a new --workdir")
+  check_data(workdir, config.data_dir, "resume on the same data, or use a "
+             "new --workdir")
+
+
+def check_data(workdir: str, data_dir: str, advice: str) -> None:
+  """Raises ConfigError if the prepared data in `data_dir` is not the data
+  the run in `workdir` trained on (the manifest's sha256 that
+  `record_start` wrote; runs from before it are not checked)."""
   data = os.path.join(workdir, DATA_FILE)
   if os.path.exists(data):
     with open(data) as f:
       recorded = json.load(f)["manifest_sha256"]
-    if recorded != data_sha256(config.data_dir):
+    if recorded != data_sha256(data_dir):
       raise validate.ConfigError(
-          os.path.join(config.data_dir, schema.MANIFEST),
+          os.path.join(data_dir, schema.MANIFEST),
           f"the prepared data changed since the run in {workdir} started "
-          "(manifest sha256 differs); resume on the same data, or use a new "
-          "--workdir")
+          f"(manifest sha256 differs); {advice}")

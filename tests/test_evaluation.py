@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -490,6 +491,90 @@ def test_predict_rejects_features_that_do_not_fit_the_model(mixed, tmp_path):
     predict.predict(str(workdir), npz=str(path))
   with pytest.raises(validate.ConfigError, match="--combination"):
     predict.predict(str(workdir), combination="x")
+
+
+def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
+  """An npz's keys may be named as `data_prep.convert --key` names them;
+  with a run's speaker_norm the speaker and session keys are required
+  (speaker ids count within a session), and a speaker with one utterance,
+  whose per-speaker standardisation leaves zeros, gets a note."""
+  manifest = data.load(mosi_dir).manifest
+  raw = data.load(mosi_dir, normalized=False).test
+  n = len(raw)
+  path = tmp_path / "keys.npz"
+  np.savez(path, video_id=raw.group_id, score=raw.label,
+           **{m: raw.features[m] for m in raw.features},
+           **{f"available_{m}": raw.available[:, j]
+              for j, m in enumerate(raw.features)})
+  split, known, _ = predict.read_npz(
+      str(path), manifest, keys=("group_id=video_id", "label=score"))
+  np.testing.assert_array_equal(split.label, raw.label)
+  assert known.all()
+  with pytest.raises(schema.DataError, match="group_id: missing"):
+    predict.read_npz(str(path), manifest)
+  speaker = np.where(np.arange(n) == 0, "alone", "crowd")
+  np.savez(path, group_id=raw.group_id, speaker=speaker,
+           **{m: raw.features[m] for m in raw.features},
+           **{f"available_{m}": raw.available[:, j]
+              for j, m in enumerate(raw.features)})
+  with pytest.raises(schema.DataError, match="session: missing"):
+    predict.read_npz(str(path), manifest, speaker_norm=("audio",))
+  np.savez(path, group_id=raw.group_id, speaker=speaker,
+           session=np.ones(n, np.int64),
+           **{m: raw.features[m] for m in raw.features},
+           **{f"available_{m}": raw.available[:, j]
+              for j, m in enumerate(raw.features)})
+  _, _, notes = predict.read_npz(str(path), manifest, speaker_norm=("audio",))
+  assert len(notes) == 1 and "1 speaker(s) with a single utterance (1|alone)" \
+      in notes[0]
+  _, _, notes = predict.read_npz(str(path), manifest)
+  assert not notes
+
+
+def test_predict_other_data_dir_uses_the_runs_statistics(mixed, tmp_path):
+  """Another prepared directory is standardised with the run's training
+  statistics, not its own: a copy of the run's data whose manifest records
+  other statistics predicts exactly as the run's data. One with other
+  classes (or their order) is rejected."""
+  workdir, results = mixed
+  copy = tmp_path / "copy"
+  shutil.copytree(results["data"]["dir"], copy)
+  manifest = json.loads((copy / schema.MANIFEST).read_text())
+  audio = manifest["normalization"]["train"]["audio"]
+  audio["mean"] = [x + 0.5 for x in audio["mean"]]
+  (copy / schema.MANIFEST).write_text(json.dumps(manifest))
+  own, _ = predict.predict(str(workdir))
+  other, _ = predict.predict(str(workdir), data_dir=str(copy))
+  assert other.columns == own.columns
+  model_manifest = data.load(results["data"]["dir"]).manifest
+  with pytest.raises(schema.DataError, match="classes"):
+    predict._check_same_features(
+        str(copy), dataclasses.replace(model_manifest, classes=["neg", "pos"]),
+        model_manifest)
+
+
+def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
+  """A run whose prepared data changed since it trained (the manifest's
+  sha256 in data.json) cannot be evaluated or predicted: its statistics and
+  splits would not be the run's. Exit 2 naming the manifest."""
+  workdir, results = mixed
+  moved = tmp_path / "run"
+  shutil.copytree(workdir, moved)
+  recorded = json.loads((moved / workdir_lib.DATA_FILE).read_text())
+  assert recorded["manifest_sha256"] == workdir_lib.data_sha256(
+      results["data"]["dir"])
+  recorded["manifest_sha256"] = "0" * 64
+  (moved / workdir_lib.DATA_FILE).write_text(json.dumps(recorded))
+  with pytest.raises(validate.ConfigError, match="the prepared data changed"):
+    checkpoint.restore_for_inference(str(moved))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.predict", "--workdir", str(moved),
+       "--out", str(tmp_path / "p.csv")], cwd=ROOT, capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 2
+  manifest = pathlib.Path(results["data"]["dir"]) / schema.MANIFEST
+  assert result.stderr.startswith(f"error: {manifest}: the prepared data "
+                                  "changed since the run")
 
 
 # Reports

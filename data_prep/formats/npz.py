@@ -110,7 +110,7 @@ def add_arguments(group):
 def read(args) -> writer.Table:
   """Reads `args.input` and returns its table (see the module docstring)."""
   task, classes = common.dataset_task(args.dataset)
-  keys, mapped = _key_map(args.key or [])
+  keys, mapped = key_map(args.key or [])
   path = common.require(args.input, "npz", "--input", "FILE.npz")
   with open_archive(path) as archive:
     columns = Columns(path, archive, keys, mapped)
@@ -199,7 +199,7 @@ def read_features(columns: "Columns", n: int):
   return features, np.stack(available, 1), notes
 
 
-def _key_map(pairs: list[str]) -> tuple[dict[str, str], set[str]]:
+def key_map(pairs: list[str]) -> tuple[dict[str, str], set[str]]:
   """`--key FIELD=NPZKEY` arguments -> ({field: npz key} for every field,
   the fields mapped explicitly)."""
   keys = {f: f for f in FIELDS}
