@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import iemocap as iemocap_config
+from mcur_jax import checkpoint
+from mcur_jax import data
 from mcur_jax import inference
+from mcur_jax import metrics
+from mcur_jax import predict
 from mcur_jax import train
 from tests import runs
 
@@ -80,3 +84,52 @@ def test_evaluate_pools_folds_like_training(all_folds):
   assert found["folds"] == [1, 2, 3, 4, 5]
   for key in ("test", "missing_rate", "test_samples_without_modality"):
     assert found[key] == results[key], key
+
+
+def test_predict_classification_over_folds_and_from_npz(all_folds, tmp_path):
+  """`experiments.predict` on the cross-validated workdir: each fold's test
+  utterances once, by that fold's model (out-of-fold), whose classes give
+  the fold's results.json weighted F1 exactly; the calibrated class
+  probabilities sum to 1 and their largest is the class and the confidence.
+  The raw session-1 features as an npz with speaker and session keys
+  (IEMOCAP's config standardises audio per speaker) predict exactly as the
+  prepared split does."""
+  workdir, results = all_folds
+  found, _ = predict.predict(str(workdir), combination="atv")
+  cols = found.columns
+  folds = np.array(cols["fold"])
+  assert sorted(set(cols["fold"])) == [1, 2, 3, 4, 5]
+  for k in range(1, 6):
+    fold = json.loads((workdir / f"fold{k}" / "results.json").read_text())
+    rows = folds == k
+    label = np.array(cols["label"])[rows].astype(int)
+    wf1 = metrics.weighted_f1(label, np.array(cols["class"])[rows])
+    assert wf1 == fold["test"]["atv"]["wf1"]["per_run"][0], k
+  names = [c for c in cols if c.startswith("p_")]
+  probs = np.stack([np.asarray(cols[c], np.float64) for c in names], 1)
+  np.testing.assert_allclose(probs.sum(1), 1, rtol=0, atol=1e-9)
+  np.testing.assert_array_equal(probs.argmax(1), cols["class"])
+  np.testing.assert_array_equal(probs.max(1), cols["confidence"])
+
+  config = checkpoint.load_config(str(workdir / "fold1"))
+  raw = data.load(config.data_dir, fold=1, normalized=False).test
+  path = tmp_path / "session1.npz"
+  np.savez(path, group_id=raw.group_id, position=raw.position,
+           utt_id=raw.utt_id, label=raw.label, speaker=raw.speaker,
+           session=raw.session,
+           **{m: raw.features[m] for m in raw.features},
+           **{f"available_{m}": raw.available[:, j]
+              for j, m in enumerate(raw.features)})
+  from_npz, notes = predict.predict(str(workdir / "fold1"), npz=str(path),
+                                    combination="atv")
+  prepared, _ = predict.predict(str(workdir / "fold1"), combination="atv")
+  assert not notes
+  index = {u: i for i, u in enumerate(prepared.columns["utt_id"])}
+  take = [index[u] for u in from_npz.columns["utt_id"]]
+  assert sorted(take) == list(range(len(prepared)))
+  # Rows in another order fill the evaluation chunks differently, so XLA's
+  # float32 sums may round differently: a few float32 ulps, not bits.
+  for c in names + ["confidence"]:
+    np.testing.assert_allclose(
+        np.asarray(from_npz.columns[c], np.float64),
+        np.asarray(prepared.columns[c], np.float64)[take], rtol=0, atol=1e-6)
