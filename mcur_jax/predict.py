@@ -3,11 +3,11 @@
 `predict` is what `python -m experiments.predict` runs. Its input is a
 prepared directory's split, or an `.npz` of features in the format of
 `data_prep/formats/npz.py` where only `group_id` and one modality are
-required: `label` is optional (absent: not known; -1 for a class: not known), `split`
-is not read, keys may be named as `data_prep.convert --key` names them, and
-the features are standardised with the statistics the model was trained
-with (the run's manifest, its fold's for IEMOCAP), and the modalities of a
-run's `speaker_norm` with each speaker's statistics over the input (its
+required: `label` is optional (absent, or -1 for a class: not known),
+`split` is not read, keys may be named as `data_prep.convert --key` names
+them, and the features are standardised with the statistics the model was
+trained with (the run's manifest, its fold's for IEMOCAP), and the
+modalities of a run's `speaker_norm` with each speaker's statistics over the input (its
 `speaker` and `session` keys, both required then, since speaker ids count
 within a session: `data.normalize_per_speaker`; a note names any speaker
 with a single utterance, whose features that leaves all zero). Every row
