@@ -7,10 +7,11 @@ required: `label` is optional (absent, or -1 for a class: not known),
 `split` is not read, keys may be named as `data_prep.convert --key` names
 them, and the features are standardised with the statistics the model was
 trained with (the run's manifest, its fold's for IEMOCAP), and the
-modalities of a run's `speaker_norm` with each speaker's statistics over the input (its
-`speaker` and `session` keys, both required then, since speaker ids count
-within a session: `data.normalize_per_speaker`; a note names any speaker
-with a single utterance, whose features that leaves all zero). Every row
+modalities of a run's `speaker_norm` with each speaker's statistics over
+the input (its `speaker` and `session` keys, both required then, since
+speaker ids count within a session: `data.normalize_per_speaker`; a note
+names any speaker with a single utterance, whose features that leaves all
+zero). Every row
 is predicted, unlabelled ones included, and every row is context and
 speaker statistics for the others: training's conversion left out the
 utterances without a label for the task (IEMOCAP's `label4` -1), so an npz
