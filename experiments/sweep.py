@@ -64,15 +64,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 def configure_compilation_cache(setting: str | None,
                                 workdir: str) -> str | None:
   """Applies --compilation_cache (`setting`): "off"; a directory; or by
-  default JAX_COMPILATION_CACHE_DIR when the environment sets one (kept as
-  it is), else WORKDIR/compilation_cache. Returns the directory in use
-  (None: off)."""
+  default JAX_COMPILATION_CACHE_DIR when the environment sets one, else
+  WORKDIR/compilation_cache; every program is kept, however briefly it
+  compiled. Returns the directory in use (None: off)."""
   if setting == "off":
     jax.config.update("jax_enable_compilation_cache", False)
     return None
-  if setting or not jax.config.jax_compilation_cache_dir:
-    sweep.use_compilation_cache(setting or os.path.join(
-        workdir, sweep.COMPILATION_CACHE))
+  sweep.use_compilation_cache(
+      setting or jax.config.jax_compilation_cache_dir
+      or os.path.join(workdir, sweep.COMPILATION_CACHE))
   return jax.config.jax_compilation_cache_dir
 
 

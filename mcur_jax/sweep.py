@@ -6,15 +6,24 @@ A point is a dict of config overrides, e.g. `{"learning_rate": 3e-4,
 from `--grid FIELD=V1,V2,...` flags (their Cartesian product). The seeds of
 a point (`config.seeds`) train together in one program with `jax.vmap`.
 
-Restartable: a point whose `results.json` exists is skipped; an unfinished
-one resumes from its checkpoints (`train.train_and_evaluate` does that). So
-rerunning the same command after a crash or a preempted VM completes the
-sweep with the results an uninterrupted one would have had.
+A point's values are first given its config field's type where that loses
+nothing (`normalize`: 1 -> 1.0 for a float field, NumPy scalars -> Python,
+lists -> tuples), so the same config always has the same point name. A name
+longer than `MAX_NAME` characters is cut and ends in a hash of the whole.
 
-A point whose run fails for a reason of its own (`train.RUN_FAILURES`: a
-config value that cannot run, bad data, divergence, a busy workdir) is
-recorded in `WORKDIR/<point>/failed.json` with its error and the sweep goes
-on; the report lists it, and a rerun retries it.
+Restartable: a point whose `results.json` exists is skipped, after checking
+that it trained with this point's config and data (`workdir.check_resume`;
+a point finished under another config is a failed point, never reported as
+this one); an unfinished one resumes from its checkpoints
+(`train.train_and_evaluate` does that). So rerunning the same command after
+a crash or a preempted VM completes the sweep with the results an
+uninterrupted one would have had.
+
+A point whose run fails, for any reason but an interrupt (a config value
+that cannot run, bad data, divergence, a busy workdir, out of memory, a
+bug), is recorded in `WORKDIR/<point>/failed.json` with its error (and the
+traceback of an unexpected one) and the sweep goes on; the report lists it,
+and a rerun retries it.
 
 Many machines: `shard=(i, n)` makes a process take points i, i+n, i+2n, ...
 of the sweep's fixed order, so n machines sharing one workdir (a mounted
@@ -31,16 +40,19 @@ its own epoch; a rerun, a resumed point and a sweep with other seeds (as
 many) load everything.
 """
 
+import hashlib
 import itertools
 import json
 import os
 import re
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
+import numpy as np
 
 from mcur_jax import train
 from mcur_jax import validate
@@ -49,6 +61,8 @@ from mcur_jax import workdir as workdir_lib
 SWEEP_FILE = "sweep.json"
 FAILED_FILE = "failed.json"
 COMPILATION_CACHE = "compilation_cache"
+# Longest point name (a directory name; file systems allow 255 bytes).
+MAX_NAME = 120
 
 
 def use_compilation_cache(directory: str) -> None:
@@ -101,14 +115,47 @@ def grid_points(config, grid: Sequence[str]) -> list[dict[str, Any]]:
   return product(**fields)
 
 
+def _as_type(current, value):
+  """`value` as the type of the config's `current` value where that loses
+  nothing; otherwise `value` unchanged (`point_config` then reports it)."""
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, list):
+    value = tuple(value)
+  if isinstance(current, tuple) and isinstance(value, tuple) and current:
+    return tuple(_as_type(current[0], v) for v in value)
+  if isinstance(value, bool) or isinstance(current, bool):
+    return value
+  if isinstance(current, float) and isinstance(value, int):
+    return float(value)
+  if (isinstance(current, int) and isinstance(value, float)
+      and value.is_integer()):
+    return int(value)
+  return value
+
+
+def normalize(base: ml_collections.ConfigDict,
+              point: dict[str, Any]) -> dict[str, Any]:
+  """The point's values as the types of `base`'s fields (module
+  docstring); unknown fields are left for `point_config` to report."""
+  return {k: _as_type(base[k], v) if k in base else v
+          for k, v in point.items()}
+
+
 def point_name(point: dict[str, Any]) -> str:
-  """A stable directory name, e.g. `learning_rate=0.0003,tau=0.05`."""
+  """A stable directory name, e.g. `learning_rate=0.0003,tau=0.05` (of a
+  `normalize`d point); one over MAX_NAME characters is cut and ends in
+  `+` and 16 hex digits of the whole name's sha256."""
   if not point:
     return "base"
   def text(v):
     return ";".join(map(str, v)) if isinstance(v, tuple) else str(v)
   name = ",".join(f"{k}={text(v)}" for k, v in sorted(point.items()))
-  return re.sub(r"[^A-Za-z0-9._=,;+-]", "_", name)
+  name = re.sub(r"[^A-Za-z0-9._=,;+-]", "_", name)
+  if len(name) > MAX_NAME:
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    name = f"{name[:MAX_NAME - 17]}+{digest}"
+  return name
 
 
 def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
@@ -122,7 +169,11 @@ def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
       raise validate.ConfigError(
           f"sweep point {point}", "may not set seeds: the seeds of a point "
           "train together; set --config.seeds for the sweep")
-    config[field] = value
+    try:
+      config[field] = value
+    except TypeError as e:
+      raise validate.ConfigError(f"sweep point {point}",
+                                 f"{field}: {e}") from None
   return config
 
 
@@ -138,13 +189,10 @@ def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
   """Writes `WORKDIR/sweep.json` (every point, for the report); the same
   content from every shard, written atomically."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, SWEEP_FILE)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump({"base": json.loads(base.to_json_best_effort()),
-               "points": [{"name": point_name(p), "overrides": p}
-                          for p in points]}, f, indent=1, default=str)
-  os.replace(tmp, path)
+  workdir_lib.write_text(os.path.join(workdir, SWEEP_FILE), json.dumps(
+      {"base": json.loads(base.to_json_best_effort()),
+       "points": [{"name": point_name(p), "overrides": p} for p in points]},
+      indent=1, default=str))
 
 
 def _finished(out: str) -> bool:
@@ -160,31 +208,45 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   """Trains this shard's points; returns {name: "done" | "skipped" |
   "failed"}.
 
-  Names must be unique (two points with the same overrides are one point).
+  Points are `normalize`d first; their names must then be unique (two
+  points of the same config are one point, an error naming them).
   """
+  points = [normalize(base, p) for p in points]
   names = [point_name(p) for p in points]
-  if len(set(names)) != len(names):
-    raise validate.ConfigError("sweep", "duplicate points")
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise validate.ConfigError("sweep", "points of the same config, listed "
+                               f"twice: {', '.join(twice)}")
   record(workdir, base, points)
   status = {}
   mine = shard_points(points, *shard)
   for k, point in enumerate(mine):
     name = point_name(point)
     out = os.path.join(workdir, name)
-    if _finished(out):
-      log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")
-      status[name] = "skipped"
-      continue
-    log(f"[{k + 1}/{len(mine)}] {name}")
     failed = os.path.join(out, FAILED_FILE)
+    finished = _finished(out)
     try:
-      train.train_and_evaluate(point_config(base, point), out)
-    except train.RUN_FAILURES as e:
-      log(f"[{k + 1}/{len(mine)}] {name}: FAILED: {e}")
+      config = point_config(base, point)
+      if finished:
+        workdir_lib.check_resume(out, config)
+        log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")
+        status[name] = "skipped"
+        continue
+      log(f"[{k + 1}/{len(mine)}] {name}")
+      train.train_and_evaluate(config, out)
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure of one point: recorded, and the sweep goes on.
+      error = {"error": str(e), "type": type(e).__name__}
+      if finished:
+        error["error"] += (f" (a finished point: remove {out} to train it "
+                           "again with this config)")
+      if not isinstance(e, train.RUN_FAILURES):
+        error["traceback"] = traceback.format_exc()
+        log(error["traceback"])
+      log(f"[{k + 1}/{len(mine)}] {name}: FAILED: {error['error']}")
       if jax.process_index() == 0:
         os.makedirs(out, exist_ok=True)
-        workdir_lib.write_json(failed, {"error": str(e),
-                                        "type": type(e).__name__})
+        workdir_lib.write_json(failed, error)
       status[name] = "failed"
       continue
     if jax.process_index() == 0 and os.path.exists(failed):

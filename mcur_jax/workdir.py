@@ -92,7 +92,9 @@ def replacing(path: str):
   """Yields a hidden temporary path beside `path` to write; renames it over
   `path` when the block ends normally, removes it otherwise."""
   folder, name = os.path.split(path)
-  tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+  # Host and pid: shards on several machines may share one workdir.
+  tmp = os.path.join(folder, f".{name}.{socket.gethostname()}."
+                     f"{os.getpid()}.tmp")
   try:
     yield tmp
     os.replace(tmp, path)

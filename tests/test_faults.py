@@ -260,3 +260,55 @@ def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
   sweep.run(base, str(tmp_path), points, log=lambda *_: None)
   assert calls == [str(tmp_path / "hidden_dim=33")]
   assert not (tmp_path / "hidden_dim=33" / sweep.FAILED_FILE).exists()
+
+
+def test_any_failure_of_a_point_is_recorded_and_the_sweep_goes_on(
+    mosi_dir, tmp_path, monkeypatch):
+  """An unexpected exception in one point (a bug, out of memory) is
+  recorded with its traceback and the next point still runs; an interrupt
+  stops the sweep."""
+  base = runs_config(mosi_dir)
+  def fake(config, workdir):
+    if config.tau == 0.1:
+      raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+    calls.append(workdir)
+  calls = []
+  monkeypatch.setattr(train, "train_and_evaluate", fake)
+  status = sweep.run(base, str(tmp_path), [{"tau": 0.1}, {"tau": 0.2}],
+                     log=lambda *_: None)
+  assert status == {"tau=0.1": "failed", "tau=0.2": "done"}
+  assert calls == [str(tmp_path / "tau=0.2")]
+  failed = json.loads((tmp_path / "tau=0.1" / sweep.FAILED_FILE).read_text())
+  assert failed["type"] == "RuntimeError"
+  assert failed["error"] == "RESOURCE_EXHAUSTED: out of memory"
+  assert "Traceback" in failed["traceback"]
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    sweep.run(base, str(tmp_path), [{"tau": 0.3}, {"tau": 0.4}],
+              log=lambda *_: None)
+
+
+def test_a_point_finished_under_another_config_is_not_reused(
+    mosi_dir, tmp_path, monkeypatch):
+  """A rerun skips a finished point only if it trained with the config (and
+  data) the point has now; one finished under another --config.* value is
+  a failed point saying how to train it again, not a result of this one."""
+  base = runs_config(mosi_dir)
+  out = tmp_path / "tau=0.1"
+  out.mkdir()
+  workdir_lib.record_start(str(out), sweep.point_config(base, {"tau": 0.1}))
+  (out / "results.json").write_text("{}")
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config, workdir: pytest.fail("trained"))
+  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
+                   log=lambda *_: None) == {"tau=0.1": "skipped"}
+  base.hidden_dim = 64
+  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
+                   log=lambda *_: None) == {"tau=0.1": "failed"}
+  failed = json.loads((out / sweep.FAILED_FILE).read_text())
+  assert failed["type"] == "ConfigError"
+  assert "hidden_dim: 32 -> 64" in failed["error"]
+  assert failed["error"].endswith(f"(a finished point: remove {out} to train "
+                                  "it again with this config)")

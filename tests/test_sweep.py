@@ -57,6 +57,29 @@ def test_point_names_are_stable_and_distinct():
   assert "/" not in sweep.point_name({"missing_tokens": "a/b"})
 
 
+def test_one_config_has_one_point_name():
+  """Values take their field's type where that loses nothing, so `1` and
+  `1.0` (or NumPy scalars, or a list for a tuple) name one point; a value
+  that would lose something stays and fails in point_config, naming the
+  field; long names are cut, distinct, and end in a hash."""
+  base = mosi.get_config("tiny")
+  name = lambda p: sweep.point_name(sweep.normalize(base, p))
+  assert (name({"learning_rate": 1}) == name({"learning_rate": 1.0})
+          == name({"learning_rate": np.float32(1)}) == "learning_rate=1.0")
+  assert name({"hidden_dim": np.int64(64)}) == name({"hidden_dim": 64.0}) \
+      == "hidden_dim=64"
+  assert name({"combo_weights": [1, 0, 0, 1, 0, 0, 1]}) == name(
+      {"combo_weights": (1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)})
+  assert sweep.normalize(base, {"sugr": 1}) == {"sugr": 1}
+  with pytest.raises(validate.ConfigError, match="hidden_dim"):
+    sweep.point_config(base, sweep.normalize(base, {"hidden_dim": 64.5}))
+  rates = [tuple(i / k for i in range(8)) for k in (70, 71)]
+  long = [name({"missing_rates": r, "combo_weights": (1 / 7,) * 7})
+          for r in rates]
+  assert all(len(n) == sweep.MAX_NAME for n in long)
+  assert long[0] != long[1] and long[0][:60] == long[1][:60]
+
+
 def test_point_config_overrides_a_copy_and_rejects_unknown_fields():
   base = mosi.get_config("tiny")
   before = base.tau
@@ -80,8 +103,12 @@ def test_shards_partition_the_points(count):
 
 
 def test_duplicate_points_are_refused(tmp_path):
-  with pytest.raises(ValueError, match="duplicate"):
-    sweep.run(mosi.get_config("tiny"), str(tmp_path), [{"tau": 0.1}] * 2)
+  with pytest.raises(validate.ConfigError, match="listed twice: tau=0.1$"):
+    sweep.run(mosi.get_config("tiny"), str(tmp_path),
+              [{"tau": 0.1}, {"tau": 0.2}, {"tau": 0.1}])
+  with pytest.raises(validate.ConfigError, match="listed twice: tau=1.0$"):
+    sweep.run(mosi.get_config("tiny"), str(tmp_path), [{"tau": 1},
+                                                       {"tau": 1.0}])
 
 
 @pytest.fixture
@@ -116,8 +143,11 @@ def test_compilation_cache_serves_a_later_identical_program(
     jax.monitoring.unregister_event_listener(listener)
   assert os.listdir(cache)
   assert hits.count("/jax/compilation_cache/cache_hits") == 1
-  # A directory from the environment is kept; "off" turns the cache off.
+  # A directory from the environment is kept, and keeps every program too;
+  # "off" turns the cache off.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   assert sweep_cli.configure_compilation_cache(None, "elsewhere") == cache
+  assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
   assert sweep_cli.configure_compilation_cache("off", "elsewhere") is None
   assert not jax.config.jax_enable_compilation_cache
 
