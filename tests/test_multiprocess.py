@@ -142,14 +142,14 @@ def test_killed_processes_restart_to_the_uninterrupted_run(
 def test_two_process_sweep_shard_agrees_on_finished_points(
     two, mosi_dir, tmp_path):
   """A sweep run by 2 processes of one slice: both skip the point that has
-  its results (process 0 decides and tells the other) and train the other
-  one together."""
+  its results (process 0 decides and tells the other; the `two` run is the
+  point tau=0.2, the config's own tau, of the same config and data) and
+  train the other one together."""
   workdir, _ = two
   shutil.copytree(workdir, tmp_path / "tau=0.2")
   results = two_processes(
       ("--config", f"{runs.MOSI_CONFIG}:tiny", "--data_dir", mosi_dir,
-       "--workdir", tmp_path, *FAST, "--config.seeds=0",
-       "--config.num_epochs=1", "--grid", "tau=0.2,0.1"),
+       "--workdir", tmp_path, *FAST, "--grid", "tau=0.2,0.1"),
       module="experiments.sweep")
   assert_ok(results)
   for r in results:
