@@ -51,6 +51,10 @@ def points(config) -> list[dict]:
   if FLAGS.sweep:
     from_file = runpy.run_path(launch.package_file(FLAGS.sweep))["get_sweep"]()
   grid = sweep.grid_points(config, FLAGS.grid)
+  both = sorted(set(grid[0]) & {k for p in from_file for k in p})
+  if both:
+    raise validate.ConfigError(f"--grid {both[0]}", "also set by the points "
+                               f"of {FLAGS.sweep}: sweep it in one place")
   return [{**a, **b} for a in from_file for b in grid]
 
 

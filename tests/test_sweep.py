@@ -236,6 +236,14 @@ def test_bad_grid_exits_2_with_one_line(env, data_dir, tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "error: --grid nope: no such config field"]
+  # A field both in the sweep file's points and in --grid: refused, not
+  # silently taken from the grid.
+  proc = run_sweep(env, data_dir, tmp_path, "--sweep",
+                   "experiments/sweeps/mosi_small.py", "--grid", "tau=0.1")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --grid tau: also set by the points of "
+      "experiments/sweeps/mosi_small.py: sweep it in one place"]
 
 
 def fake_sweep(workdir, scores, field="tau", methods=None):
