@@ -18,7 +18,8 @@ when complete (a save killed midway leaves no checkpoint, and the next
 manager removes the folder). A complete checkpoint that is damaged on disk
 later is caught by `resume`: each stores the sha256 of its state's bytes,
 and a checkpoint that fails to restore or to match it is reported and the
-one before it used.
+one before it used. `restore_for_inference` checks it too (`verify`), and
+refuses a damaged one.
 """
 
 import errno
@@ -109,6 +110,26 @@ def restore(mngr: ocp.CheckpointManager, epoch: int, like):
       saved["state"], like)
 
 
+def verify(mngr: ocp.CheckpointManager, epoch: int) -> None:
+  """Raises CheckpointError if the checkpoint of `epoch` does not restore
+  or does not match its saved digest (read as saved, with no target: the
+  whole state; checkpoints from before the digest are not checked)."""
+  try:
+    saved = mngr.restore(epoch, args=ocp.args.PyTreeRestore())
+    damaged = "digest" in saved and not np.array_equal(
+        digest(saved["state"]), np.asarray(saved["digest"]))
+    problem = "does not match its saved digest"
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever orbax or tensorstore raise for damaged files.
+    damaged, problem = True, f"does not restore ({type(e).__name__})"
+  if damaged:
+    raise CheckpointError(
+        str(mngr.directory), f"the checkpoint of epoch {epoch} {problem}: "
+        "damaged on disk, so its models would not be the run's; rerun the "
+        "training command (it resumes from the checkpoint before) or "
+        "restore the directory from a backup")
+
+
 def resume(mngr: ocp.CheckpointManager, like, log=print):
   """(epoch, state) of the newest checkpoint that restores intact, after
   deleting newer damaged ones and saying so; (0, like) without checkpoints.
@@ -183,6 +204,7 @@ def restore_for_inference(workdir: str, sharding=None):
     mngr.close()
     raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
   try:
+    verify(mngr, epoch)
     # Checkpoints saved before the digest existed hold the state at the top.
     for layout in (lambda x: {"state": x}, lambda x: x):
       item = layout({"best_params": abstract})

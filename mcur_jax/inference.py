@@ -18,16 +18,39 @@ from mcur_jax import combos
 from mcur_jax import evaluation
 from mcur_jax import regime
 from mcur_jax import report
+from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 
 def fold_workdirs(workdir: str) -> list[str]:
-  """The per-fold workdirs of a cross-validated run ([] for a single run)."""
-  if os.path.exists(os.path.join(workdir, "config.json")):
+  """The per-fold workdirs of a cross-validated run ([] for a single run).
+
+  Raises:
+    validate.ConfigError: the run is unfinished (a fold of its dataset
+      without results.json): pooling some folds, or a fold's model before
+      its last epoch, would not be the run's numbers.
+  """
+  if os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     return []
-  return sorted(glob.glob(os.path.join(workdir, "fold[0-9]*")),
-                key=lambda d: int(os.path.basename(d)[4:]))
+  found = sorted(glob.glob(os.path.join(workdir, "fold[0-9]*")),
+                 key=lambda d: int(os.path.basename(d)[4:]))
+  started = [d for d in found
+             if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
+  if not started:
+    return found
+  manifest = schema.Manifest.load(checkpoint.load_config(started[0]).data_dir)
+  folds = ([os.path.join(workdir, f"fold{v}") for v in manifest.folds["values"]]
+           if manifest.folds else found)
+  unfinished = [os.path.basename(d) for d in folds
+                if not os.path.exists(os.path.join(d, report.RESULTS_FILE))]
+  if unfinished:
+    raise validate.ConfigError(
+        workdir, f"an unfinished cross-validated run ({', '.join(unfinished)}"
+        " without results.json): rerun its training command to finish it, "
+        "or pass a finished fold's workdir")
+  return folds
 
 
 def evaluate_workdir(workdir: str, split: str = "test",

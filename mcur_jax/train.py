@@ -36,6 +36,7 @@ TensorBoard (`tensorboard.py`).
 
 import collections
 import dataclasses
+import glob
 import os
 import time
 
@@ -297,7 +298,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   with workdir_lib.lock(workdir):
     manifest = schema.Manifest.load(config.data_dir)
-    if not (manifest.folds and not config.fold):
+    all_folds = bool(manifest.folds) and not config.fold
+    _check_kind(workdir, all_folds)
+    if not all_folds:
       return _train_fold(config, workdir)
     runs = []
     for fold in manifest.folds["values"]:
@@ -312,6 +315,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         report.write_summary_figures(workdir, results)
       print(report.table(results))
     return results
+
+
+def _check_kind(workdir: str, all_folds: bool) -> None:
+  """Refuses a workdir that holds the other kind of run: a single run (or
+  fold) writes WORKDIR/config.json, a cross-validated one WORKDIR/fold<k>/,
+  and the two in one workdir would overwrite each other's results."""
+  single = os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+  folds = [d for d in glob.glob(os.path.join(workdir, "fold[0-9]*"))
+           if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
+  if all_folds and single:
+    raise validate.ConfigError(
+        "--workdir", f"{workdir} holds a single run (its config.json), not "
+        "the folds of fold=0: use a new --workdir")
+  if not all_folds and folds:
+    raise validate.ConfigError(
+        "--workdir", f"{workdir} holds a cross-validated run ("
+        f"{', '.join(sorted(os.path.basename(d) for d in folds))}): train "
+        "one fold in a new --workdir, or rerun fold=0 to resume all")
 
 
 def _train_fold(config, workdir: str) -> dict:
@@ -403,7 +424,11 @@ def fit(run: Run) -> dict:
   except BaseException:
     mngr.close()
     raise
-  workdir_lib.record_start(workdir, config)
+  if start:
+    note = workdir_lib.check_devices(workdir, run.mesh.devices.size)
+    if note:
+      say(note)
+  workdir_lib.record_start(workdir, config, run.mesh.devices.size)
   log = report.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
                           enabled=run.main_process)
   learning_rates = epoch_learning_rates(

@@ -97,6 +97,9 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     for m in modalities(config, field):
       if not manifest.dims[m]:
         raise _error(field, f"{m}: the data in {config.data_dir} has no {m}")
+  if not 0 <= config.ema_decay < 1:
+    raise _error("ema_decay", f"{config.ema_decay}, must be in [0, 1) (0: "
+                 "off; 1 would keep the initial parameters)")
   for rate in config.missing_rates:
     if not 0 <= rate <= 0.7 + 1e-9:
       raise _error("missing_rates", f"{rate} outside [0, 0.7]")

@@ -6,11 +6,14 @@ started, and files that are whole or absent.
   SIGKILL included, so a killed run never leaves it stuck; a second run on
   the same workdir is refused at start (`WorkdirBusy`). flock is reliable
   on local disks; on NFS it depends on the mount (see the README).
-* `record_start(workdir, config)` writes the run's config (`config.json`)
-  and its data's manifest checksum (`data.json`); `check_resume(workdir,
-  config)` then requires a run that resumes from checkpoints to have that
-  config and data, except the fields of `SAFE_ON_RESUME`; anything else is
-  refused (`validate.ConfigError` naming every differing field).
+* `record_start(workdir, config, devices)` writes the run's config
+  (`config.json`), its data's manifest checksum and its device count
+  (`data.json`); `check_resume(workdir, config)` then requires a run that
+  resumes from checkpoints to have that config and data, except the fields
+  of `SAFE_ON_RESUME`; anything else is refused (`validate.ConfigError`
+  naming every differing field). `check_data` is the data half, which
+  evaluation and prediction check too; `check_devices` notes a resume on
+  another device count.
 * `write_text(path, text)`: written to a hidden temporary file beside
   `path`, then renamed over it, so a run killed while writing leaves the
   old file or the new one, never half of one.
@@ -40,15 +43,21 @@ CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"
 
 # Config fields a resumed run may change, and why each is safe: none of
-# them changes a training step, so the resumed run trains exactly as the
-# interrupted one would have.
+# them changes a training step or a prediction, so the resumed run trains
+# and scores exactly as the interrupted one would have; except the device
+# count (num_devices, distributed: a resume on other hardware), which
+# changes the order of data-parallel sums, so the run then equals an
+# uninterrupted one to float rounding (about 1e-6), not bit for bit, and
+# a resume says so (`check_devices`). eval_batch_size is not here: the
+# evaluation chunks change predictions in their last bits, which can move
+# a selection.
 SAFE_ON_RESUME = {
     "plots": "figures are written after training",
     "tensorboard": "event files only show what metrics.jsonl records",
-    "eval_batch_size": "evaluation chunking (predictions are per utterance)",
     "checkpoint_every": "when the state is saved, not what it is",
     "num_devices": "data parallelism (equal within float rounding)",
-    "distributed": "how the processes find each other",
+    "distributed": "how the processes find each other (the device count: "
+                   "float rounding)",
     "data_dir": "the data may move; its manifest checksum must not change",
     "missing_rates": "the missing-rate protocol runs after training",
     "missing_rate_draws": "the missing-rate protocol runs after training",
@@ -173,16 +182,34 @@ def data_sha256(data_dir: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def record_start(workdir: str, config) -> None:
-  """Writes what `check_resume` compares against (process 0): the config
-  and the data checksum."""
+def record_start(workdir: str, config, devices: int) -> None:
+  """Writes what `check_resume` and `check_devices` compare against
+  (process 0): the config, the data checksum and the device count."""
   if jax.process_index() != 0:
     return
   write_text(os.path.join(workdir, CONFIG_FILE),
              config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
   write_json(os.path.join(workdir, DATA_FILE),
              {"data_dir": config.data_dir,
-              "manifest_sha256": data_sha256(config.data_dir)})
+              "manifest_sha256": data_sha256(config.data_dir),
+              "devices": devices})
+
+
+def check_devices(workdir: str, devices: int) -> str | None:
+  """A note if the run in `workdir` last trained on another number of
+  devices (data parallelism sums in another order: the resumed run equals
+  an uninterrupted one to float rounding only); None if the same or not
+  recorded."""
+  path = os.path.join(workdir, DATA_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    before = json.load(f).get("devices")
+  if before in (None, devices):
+    return None
+  return (f"NOTE: {workdir} trained on {before} device(s) before and "
+          f"resumes on {devices}: the run equals an uninterrupted one to "
+          "float rounding (about 1e-6), not bit for bit")
 
 
 def check_resume(workdir: str, config) -> None:

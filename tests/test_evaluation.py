@@ -121,6 +121,7 @@ def test_config_check_names_the_field(mosi_dir):
       ("task_loss", "ce", "config.task_loss: 'ce'"),
       ("num_heads", 3, "config.num_heads: 3 does not divide"),
       ("selection", "test", "config.selection: 'test', not one of"),
+      ("ema_decay", 1.0, r"config.ema_decay: 1.0, must be in \[0, 1\)"),
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
       ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
       ("dataset", "mosei", "config.dataset: 'mosei'"),

@@ -145,6 +145,34 @@ def test_no_good_checkpoint_exits_2_naming_the_directory(
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_evaluate_refuses_a_damaged_checkpoint(how, reference, tmp_path):
+  """`experiments.evaluate` (and predict, through the same restore) checks
+  the newest checkpoint's digest: a damaged one is an error naming it,
+  never a table of a model the run did not train."""
+  workdir = copy_run(reference, tmp_path)
+  damage(workdir, 3, how)
+  result = runs.cli("--workdir", workdir, dataset="evaluate")
+  assert result.returncode == 2, result.stderr
+  [line] = runs.error_lines(result.stderr)
+  assert line.startswith(f"error: {workdir / 'checkpoints'}: the checkpoint "
+                         "of epoch 3 ")
+  assert "damaged on disk" in line and "Traceback" not in result.stderr
+
+
+def test_a_resume_on_other_devices_says_it_is_equal_to_rounding(tmp_path):
+  """data.json records the device count; a resume on another count gets a
+  note (data-parallel sums change order: float rounding), the same count
+  none."""
+  config = runs_config(tmp_path)
+  (tmp_path / "manifest.json").write_text("{}")
+  workdir_lib.record_start(str(tmp_path), config, devices=8)
+  assert workdir_lib.check_devices(str(tmp_path), 8) is None
+  note = workdir_lib.check_devices(str(tmp_path), 1)
+  assert note.startswith(f"NOTE: {tmp_path} trained on 8 device(s) before "
+                         "and resumes on 1")
+
+
 def test_resume_with_another_config_or_data_is_refused(
     mosi_dir, reference, tmp_path):
   """A changed model size, loss switch or seed list, or changed prepared
@@ -167,12 +195,15 @@ def test_resume_with_another_config_or_data_is_refused(
     train.train_and_evaluate(config, str(workdir))
 
   logs = sorted(p.name for p in (workdir / "tb").rglob("*"))
+  # The evaluation chunks change predictions in their last bits (which can
+  # move a selection): not safe.
+  result = runs.cli(*args(mosi_dir, workdir, "--config.eval_batch_size=128"))
+  assert result.returncode == 2
+  assert "config (eval_batch_size): differs" in result.stderr
   safe = runs.cli(*args(mosi_dir, workdir, "--config.plots=False",
-                        "--config.eval_batch_size=128",
                         "--config.tensorboard=False"))
   assert safe.returncode == 0, safe.stderr
-  assert set(workdir_lib.SAFE_ON_RESUME) >= {"plots", "eval_batch_size",
-                                             "tensorboard"}
+  assert set(workdir_lib.SAFE_ON_RESUME) >= {"plots", "tensorboard"}
   assert sorted(p.name for p in (workdir / "tb").rglob("*")) == logs
 
 
@@ -298,7 +329,8 @@ def test_a_point_finished_under_another_config_is_not_reused(
   base = runs_config(mosi_dir)
   out = tmp_path / "tau=0.1"
   out.mkdir()
-  workdir_lib.record_start(str(out), sweep.point_config(base, {"tau": 0.1}))
+  workdir_lib.record_start(str(out), sweep.point_config(base, {"tau": 0.1}),
+                           devices=8)
   (out / "results.json").write_text("{}")
   monkeypatch.setattr(train, "train_and_evaluate",
                       lambda config, workdir: pytest.fail("trained"))

@@ -9,6 +9,7 @@ worker) runs these five trainings beside the other modules.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import predict
 from mcur_jax import train
+from mcur_jax import validate
 from tests import runs
 
 # About 1 minute on 2 cores: conftest schedules the slow modules first.
@@ -84,6 +86,28 @@ def test_evaluate_pools_folds_like_training(all_folds):
   assert found["folds"] == [1, 2, 3, 4, 5]
   for key in ("test", "missing_rate", "test_samples_without_modality"):
     assert found[key] == results[key], key
+
+
+def test_unfinished_folds_and_mixed_kinds_of_run_are_refused(
+    all_folds, iemocap_dir, tmp_path):
+  """Evaluating a cross-validated run that has a fold without results.json
+  (or without its directory) is an error naming them, not a pool of what
+  is there; a single fold trained into a fold=0 workdir, or fold=0 into a
+  single fold's, is refused before it overwrites the other's results."""
+  workdir, _ = all_folds
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  (copy / "fold4" / "results.json").unlink()
+  shutil.rmtree(copy / "fold5")
+  with pytest.raises(validate.ConfigError,
+                     match=r"unfinished cross-validated run \(fold4, fold5 "):
+    inference.evaluate_workdir(str(copy))
+  with pytest.raises(validate.ConfigError, match="holds a cross-validated "
+                     r"run \(fold1, fold2, fold3, fold4\)"):
+    iemocap(iemocap_dir, copy, fold=3)
+  single = copy / "fold1"
+  with pytest.raises(validate.ConfigError, match="holds a single run"):
+    iemocap(iemocap_dir, single, fold=0)
 
 
 def test_predict_classification_over_folds_and_from_npz(all_folds, tmp_path):
