@@ -69,6 +69,11 @@ def evaluate_workdir(workdir: str, split: str = "test",
     return report.combine_folds([evaluate_workdir(d, split, protocol)
                                  for d in folds])
   config = checkpoint.load_config(workdir)
+  if not os.path.exists(os.path.join(workdir, report.RESULTS_FILE)):
+    raise validate.ConfigError(
+        workdir, f"an unfinished run (no {report.RESULTS_FILE}): its "
+        "checkpoint holds the best model so far, not the run's; rerun its "
+        "training command to finish it")
   mesh = train.make_mesh(config.num_devices)
   repl = NamedSharding(mesh, P())
   graphdef, params, config, manifest = checkpoint.restore_for_inference(

@@ -92,7 +92,7 @@ def test_unfinished_folds_and_mixed_kinds_of_run_are_refused(
     all_folds, iemocap_dir, tmp_path):
   """Evaluating a cross-validated run that has a fold without results.json
   (or without its directory) is an error naming them, not a pool of what
-  is there; a single fold trained into a fold=0 workdir, or fold=0 into a
+  is there, and so is evaluating an unfinished fold alone; a single fold trained into a fold=0 workdir, or fold=0 into a
   single fold's, is refused before it overwrites the other's results."""
   workdir, _ = all_folds
   copy = tmp_path / "copy"
@@ -102,6 +102,10 @@ def test_unfinished_folds_and_mixed_kinds_of_run_are_refused(
   with pytest.raises(validate.ConfigError,
                      match=r"unfinished cross-validated run \(fold4, fold5 "):
     inference.evaluate_workdir(str(copy))
+  with pytest.raises(validate.ConfigError, match=r"an unfinished run \(no "
+                     r"results.json\): its checkpoint holds the best model so "
+                     "far"):
+    inference.evaluate_workdir(str(copy / "fold4"))
   with pytest.raises(validate.ConfigError, match="holds a cross-validated "
                      r"run \(fold1, fold2, fold3, fold4\)"):
     iemocap(iemocap_dir, copy, fold=3)
