@@ -230,10 +230,9 @@ def run(base: ml_collections.ConfigDict, workdir: str,
       if finished:
         workdir_lib.check_resume(out, config)
         log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")
-        status[name] = "skipped"
-        continue
-      log(f"[{k + 1}/{len(mine)}] {name}")
-      train.train_and_evaluate(config, out)
+      else:
+        log(f"[{k + 1}/{len(mine)}] {name}")
+        train.train_and_evaluate(config, out)
     except Exception as e:  # pylint: disable=broad-except
       # Any failure of one point: recorded, and the sweep goes on.
       error = {"error": str(e), "type": type(e).__name__}
@@ -249,7 +248,9 @@ def run(base: ml_collections.ConfigDict, workdir: str,
         workdir_lib.write_json(failed, error)
       status[name] = "failed"
       continue
+    # A failure recorded before (a retried point, or a finished one checked
+    # against another config) no longer holds.
     if jax.process_index() == 0 and os.path.exists(failed):
       os.remove(failed)
-    status[name] = "done"
+    status[name] = "skipped" if finished else "done"
   return status

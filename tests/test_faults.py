@@ -344,3 +344,8 @@ def test_a_point_finished_under_another_config_is_not_reused(
   assert "hidden_dim: 32 -> 64" in failed["error"]
   assert failed["error"].endswith(f"(a finished point: remove {out} to train "
                                   "it again with this config)")
+  # Back to the config it trained with: skipped, the failure gone.
+  base.hidden_dim = 32
+  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
+                   log=lambda *_: None) == {"tau=0.1": "skipped"}
+  assert not (out / sweep.FAILED_FILE).exists()
