@@ -358,9 +358,21 @@ def normalization_stats(directory: str | os.PathLike,
   return stats
 
 
+def standardize(parts: dict[str, Split], stats,
+                speaker_norm: Sequence[str] = (), path: str = ""
+                ) -> dict[str, Split]:
+  """`normalize` with `stats`, then `normalize_per_speaker` of the
+  `speaker_norm` modalities over all `parts` together (`path` names the
+  data in its errors)."""
+  parts = {s: normalize(p, stats) for s, p in parts.items()}
+  if speaker_norm:
+    parts = normalize_per_speaker(parts, speaker_norm, path)
+  return parts
+
+
 def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
          reader=read_split, speaker_norm: Sequence[str] = (),
-         validation: str = "groups") -> Dataset:
+         validation: str = "groups", stats=None) -> Dataset:
   """Reads a prepared directory into train/valid/test `Split`s.
 
   Args:
@@ -378,6 +390,8 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
       `next_fold`: new speakers, as test has; the training part is then
       the other sessions, standardised with their own statistics instead
       of the manifest's). Fixed splits ignore it.
+    stats: standardise with these statistics instead of the directory's
+      own (a trained model's, `train_stats` of its data).
   """
   if validation not in VALIDATION:
     raise ValueError(f"validation={validation!r}, not one of {VALIDATION}")
@@ -396,16 +410,15 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
                             manifest.folds["seed"],
                             next_fold(values, fold) if session else None)
     parts = {s: everything.take(names == s) for s in schema.SPLITS}
-    stats = (feature_stats(parts["train"]) if session else
-             normalization_stats(directory, manifest, schema.fold_name(fold)))
+    own = (feature_stats(parts["train"]) if session else
+           normalization_stats(directory, manifest, schema.fold_name(fold)))
   else:
     if fold is not None:
       raise schema.DataError(path, "folds", f"fold={fold!r} given, but this "
                              "dataset has fixed train/valid/test splits")
     parts = {s: reader(directory, manifest, s) for s in schema.SPLITS}
-    stats = normalization_stats(directory, manifest, "train")
+    own = normalization_stats(directory, manifest, "train")
   if normalized:
-    parts = {s: normalize(p, stats) for s, p in parts.items()}
-    if speaker_norm:
-      parts = normalize_per_speaker(parts, speaker_norm, str(directory))
+    parts = standardize(parts, own if stats is None else stats, speaker_norm,
+                        str(directory))
   return Dataset(manifest=manifest, **parts)

@@ -6,7 +6,6 @@ does (`evaluation.py`), so its numbers equal those that training wrote to
 results.json, bit for bit, on the same devices.
 """
 
-import glob
 import os
 
 from jax.sharding import NamedSharding
@@ -34,17 +33,14 @@ def fold_workdirs(workdir: str) -> list[str]:
   """
   if os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     return []
-  found = sorted(glob.glob(os.path.join(workdir, "fold[0-9]*")),
-                 key=lambda d: int(os.path.basename(d)[4:]))
-  started = [d for d in found
-             if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
+  started = workdir_lib.started_folds(workdir)
   if not started:
-    return found
+    return []
   manifest = schema.Manifest.load(checkpoint.load_config(started[0]).data_dir)
-  folds = ([os.path.join(workdir, f"fold{v}") for v in manifest.folds["values"]]
-           if manifest.folds else found)
-  unfinished = [os.path.basename(d) for d in folds
-                if not os.path.exists(os.path.join(d, report.RESULTS_FILE))]
+  folds = ([os.path.join(workdir, schema.fold_name(v))
+            for v in manifest.folds["values"]] if manifest.folds else started)
+  unfinished = [os.path.basename(d) for d in folds if not os.path.exists(
+      os.path.join(d, workdir_lib.RESULTS_FILE))]
   if unfinished:
     raise validate.ConfigError(
         workdir, f"an unfinished cross-validated run ({', '.join(unfinished)}"
@@ -69,9 +65,9 @@ def evaluate_workdir(workdir: str, split: str = "test",
     return report.combine_folds([evaluate_workdir(d, split, protocol)
                                  for d in folds])
   config = checkpoint.load_config(workdir)
-  if not os.path.exists(os.path.join(workdir, report.RESULTS_FILE)):
+  if not os.path.exists(os.path.join(workdir, workdir_lib.RESULTS_FILE)):
     raise validate.ConfigError(
-        workdir, f"an unfinished run (no {report.RESULTS_FILE}): its "
+        workdir, f"an unfinished run (no {workdir_lib.RESULTS_FILE}): its "
         "checkpoint holds the best model so far, not the run's; rerun its "
         "training command to finish it")
   mesh = train.make_mesh(config.num_devices)

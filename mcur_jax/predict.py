@@ -226,21 +226,6 @@ def _rows(split, known, fold, model_names, combination_names, pred, s,
   return Predictions(cols)
 
 
-def _prepared(config, data_dir: str, split: str) -> data_lib.Split:
-  """`split` of another prepared directory (the run's fold of it, if it has
-  folds), standardised as the run's model expects: with the run's training
-  statistics, then `speaker_norm` over that directory's utterances."""
-  raw = data_lib.load(data_dir, fold=config.fold or None, normalized=False,
-                      validation=config.validation)
-  stats = data_lib.train_stats(config.data_dir, config.fold or None,
-                               config.validation)
-  parts = {s: data_lib.normalize(getattr(raw, s), stats) for s in SPLITS}
-  per_speaker = validate.modalities(config, "speaker_norm")
-  if per_speaker:
-    parts = data_lib.normalize_per_speaker(parts, per_speaker, data_dir)
-  return parts[split]
-
-
 def predict(workdir: str, *, data_dir: str | None = None,
             split: str = "test", npz: str | None = None,
             combination: str | None = None, ensemble: bool = False,
@@ -294,19 +279,23 @@ def predict(workdir: str, *, data_dir: str | None = None,
   # The run's own data, read only where it is needed.
   own = functools.cache(lambda: train.load_data(config))
   notes = []
-  if npz:
-    per_speaker = validate.modalities(config, "speaker_norm")
-    raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
+  per_speaker = validate.modalities(config, "speaker_norm")
+  if npz or data_dir:
+    # Other data is standardised with the run's training statistics, as its
+    # own was; per-speaker statistics come from the data's own utterances.
     stats = data_lib.train_stats(config.data_dir, fold, config.validation)
-    rows = data_lib.normalize(raw, stats)
-    if per_speaker:
-      rows = data_lib.normalize_per_speaker({"input": rows}, per_speaker,
-                                            npz)["input"]
+  if npz:
+    raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
+    rows = data_lib.standardize({"input": raw}, stats, per_speaker,
+                                npz)["input"]
   else:
     if data_dir:
       _check_same_features(data_dir, schema.Manifest.load(data_dir), manifest)
-    rows = (_prepared(config, data_dir, split) if data_dir
-            else getattr(own(), split))
+      rows = getattr(data_lib.load(
+          data_dir, fold=fold, speaker_norm=per_speaker,
+          validation=config.validation, stats=stats), split)
+    else:
+      rows = getattr(own(), split)
     known = np.ones(len(rows), bool)
   members = regime.members(config, served)
   predict_fn = evaluation.make_predict(graphdef, mesh, len(members.combos))

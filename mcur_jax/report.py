@@ -255,16 +255,12 @@ def combine_folds(runs: list[dict]) -> dict:
   return _clean(out)
 
 
-# Its presence marks a finished run (`write_results`).
-RESULTS_FILE = "results.json"
-
-
 def write_results(workdir: str, results_dict: dict) -> None:
   """Writes results.md, then results.json, each atomically: the presence of
   results.json means the run finished."""
   workdir_lib.write_text(os.path.join(workdir, "results.md"),
                          markdown([(results_dict["method"], results_dict)]))
-  workdir_lib.write_text(os.path.join(workdir, RESULTS_FILE),
+  workdir_lib.write_text(os.path.join(workdir, workdir_lib.RESULTS_FILE),
                          json.dumps(results_dict, indent=1) + "\n")
 
 

@@ -198,8 +198,8 @@ def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
 def _finished(out: str) -> bool:
   """Whether the point in `out` has its results; on a multi-host slice
   process 0 decides for all, so every host takes the same branch."""
-  return workdir_lib.agree(os.path.exists(os.path.join(out,
-                                                      "results.json")))
+  return workdir_lib.agree(os.path.exists(os.path.join(
+      out, workdir_lib.RESULTS_FILE)))
 
 
 def run(base: ml_collections.ConfigDict, workdir: str,

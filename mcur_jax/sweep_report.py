@@ -29,6 +29,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from mcur_jax import combos  # pylint: disable=wrong-import-position
 from mcur_jax import report  # pylint: disable=wrong-import-position
 from mcur_jax import sweep  # pylint: disable=wrong-import-position
+from mcur_jax import workdir as workdir_lib  # pylint: disable=wrong-import-position
 
 
 def collect(workdir: str) -> tuple[list[str], list[dict]]:
@@ -45,7 +46,7 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
               **point["overrides"]}
     row = {"name": point["name"],
            **{f: _hashable(v) for f, v in values.items()}}
-    path = os.path.join(workdir, point["name"], "results.json")
+    path = os.path.join(workdir, point["name"], workdir_lib.RESULTS_FILE)
     if os.path.exists(path):
       with open(path) as f:
         results = json.load(f)
@@ -164,7 +165,7 @@ def paper_table(workdir: str) -> str | None:
     points = json.load(f)["points"]
   found = []
   for point in points:
-    path = os.path.join(workdir, point["name"], "results.json")
+    path = os.path.join(workdir, point["name"], workdir_lib.RESULTS_FILE)
     if os.path.exists(path):
       with open(path) as f:
         found.append((point["name"], json.load(f)))

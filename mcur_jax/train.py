@@ -36,7 +36,6 @@ TensorBoard (`tensorboard.py`).
 
 import collections
 import dataclasses
-import glob
 import os
 import time
 
@@ -306,8 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for fold in manifest.folds["values"]:
       fold_config = ml_collections.ConfigDict(config.to_dict())
       fold_config.fold = fold
-      runs.append(_train_fold(fold_config, os.path.join(workdir,
-                                                        f"fold{fold}")))
+      runs.append(_train_fold(fold_config, os.path.join(
+          workdir, schema.fold_name(fold))))
     results = report.combine_folds(runs)
     if jax.process_index() == 0:
       report.write_results(workdir, results)
@@ -322,8 +321,7 @@ def _check_kind(workdir: str, all_folds: bool) -> None:
   fold) writes WORKDIR/config.json, a cross-validated one WORKDIR/fold<k>/,
   and the two in one workdir would overwrite each other's results."""
   single = os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE))
-  folds = [d for d in glob.glob(os.path.join(workdir, "fold[0-9]*"))
-           if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
+  folds = workdir_lib.started_folds(workdir)
   if all_folds and single:
     raise validate.ConfigError(
         "--workdir", f"{workdir} holds a single run (its config.json), not "
@@ -331,7 +329,7 @@ def _check_kind(workdir: str, all_folds: bool) -> None:
   if not all_folds and folds:
     raise validate.ConfigError(
         "--workdir", f"{workdir} holds a cross-validated run ("
-        f"{', '.join(sorted(os.path.basename(d) for d in folds))}): train "
+        f"{', '.join(os.path.basename(d) for d in folds)}): train "
         "one fold in a new --workdir, or rerun fold=0 to resume all")
 
 

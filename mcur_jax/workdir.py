@@ -25,6 +25,7 @@ process 0's, broadcast (`agree`).
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -41,6 +42,8 @@ LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 # sha256 of the prepared data's manifest.json at the run's start.
 DATA_FILE = "data.json"
+# Its presence marks a finished run (`report.write_results`).
+RESULTS_FILE = "results.json"
 
 # Config fields a resumed run may change, and why each is safe: none of
 # them changes a training step or a prediction, so the resumed run trains
@@ -180,6 +183,14 @@ def data_sha256(data_dir: str) -> str:
   shard's utterance count and the converted sources' checksums."""
   with open(os.path.join(data_dir, schema.MANIFEST), "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
+
+
+def started_folds(workdir: str) -> list[str]:
+  """The WORKDIR/fold<k>/ of a cross-validated run that have started
+  (their config.json), in fold order."""
+  found = [d for d in glob.glob(os.path.join(workdir, "fold[0-9]*"))
+           if os.path.exists(os.path.join(d, CONFIG_FILE))]
+  return sorted(found, key=lambda d: int(os.path.basename(d)[4:]))
 
 
 def record_start(workdir: str, config, devices: int) -> None:
