@@ -23,8 +23,9 @@ with its compiled functions timed from outside:
   initialisation;
 * the steady epoch split into train (the compiled `lax.scan` epoch),
   valid (the per-epoch validation predict of every combination the
-  dataset realises), ckpt (checkpoint saves: one per epoch at the default
-  `checkpoint_every` 1) and host (the rest of fit's epoch: stats to host,
+  dataset realises), ckpt (a checkpoint save: after every epoch here,
+  `checkpoint_seconds` 0, where the configs save at most every 30 s) and
+  host (the rest of fit's epoch: stats to host,
   metrics, selection, logging);
 * train utterances/s and eval utterances/s (the fixed protocol's predict
   on test), counting every seed (and every combination);
@@ -52,7 +53,6 @@ the device subprocess is always CPU.
 """
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import io
@@ -76,6 +76,7 @@ from mcur_jax import checkpoint
 from mcur_jax import evaluation
 from mcur_jax import groups
 from mcur_jax import sweep
+from mcur_jax import timing
 from mcur_jax import train
 from mcur_jax import transfer
 
@@ -235,30 +236,6 @@ class HostBytes:
     return counted
 
 
-class CompileSeconds:
-  """JAX's own durations of tracing, lowering and XLA compilation
-  (`jax.monitoring` events), summed per function while `active`."""
-
-  EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-            "/jax/core/compile/jaxpr_to_mlir_module_duration",
-            "/jax/core/compile/backend_compile_duration")
-
-  def __init__(self):
-    self.seconds = collections.Counter()
-
-  def __call__(self, event, duration, fun_name="", **_):
-    if event in self.EVENTS:
-      self.seconds[fun_name.removeprefix("jit(").removesuffix(")")] += duration
-
-  @contextlib.contextmanager
-  def active(self):
-    jax.monitoring.register_event_duration_secs_listener(self)
-    try:
-      yield self
-    finally:
-      jax.monitoring.unregister_event_duration_listener(self)
-
-
 @contextlib.contextmanager
 def patched(module, name, value):
   """`module.name` replaced by `value` inside the block."""
@@ -284,7 +261,10 @@ def fit_timed(config, epochs: int, workdir: str, seed_counts=()) -> dict:
   module docstring), then the epoch's cost and host checks, and the seed
   scaling for `seed_counts`; returns the figures of the case."""
   config.num_epochs = 1 + epochs
-  with CompileSeconds().active() as compiled:
+  # A save after every epoch, to time one (the configs' checkpoint_seconds
+  # saves at most every 30 s).
+  config.checkpoint_seconds = 0.0
+  with timing.CompileSeconds().active() as compiled:
     t = time.perf_counter()
     run = train.Run.setup(config, workdir)
     setup_s = time.perf_counter() - t

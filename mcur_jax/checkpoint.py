@@ -191,7 +191,7 @@ def restore_for_inference(workdir: str, sharding=None):
   manifest = schema.Manifest.load(config.data_dir)
   graphdef, init = model_lib.create(config, manifest.dims,
                                     manifest.num_classes)
-  seeds = jax.numpy.asarray(regime.members(config, combos.realisable(
+  seeds = np.asarray(regime.members(config, combos.realisable(
       validate.present_modalities(manifest))).seeds)
   device = sharding or jax.sharding.SingleDeviceSharding(
       jax.local_devices()[0])

@@ -20,8 +20,9 @@ MASKS = (BITS[:, None] >> np.arange(3)) & 1 == 1
 
 
 def bits_of(mask: jax.Array) -> jax.Array:
-  """[..., 3] bool -> int bit mask (0 = no modality)."""
-  return (mask.astype(jnp.int32) * jnp.array([1, 2, 4])).sum(-1)
+  """[..., 3] bool -> int bit mask (0 = no modality); NumPy in, NumPy out
+  (no device work for the host's masks)."""
+  return (mask.astype(jnp.int32) * np.array([1, 2, 4], np.int32)).sum(-1)
 
 
 def realisable(present: np.ndarray) -> np.ndarray:

@@ -55,11 +55,12 @@ class Inputs:
 
   split: data_lib.Split
   layout: groups_lib.EvalLayout
-  # Replicated device arrays: per utterance position the modality
-  # features; per window slot "index" (the chunk-local utterance it holds),
-  # "segment", "rank", "speaker".
-  utterances: dict
-  windows: dict
+  # Per chunk of the layout, (utterances, windows) as replicated device
+  # arrays: per utterance position the modality features; per window slot
+  # "index" (the chunk-local utterance it holds), "segment", "rank",
+  # "speaker". Cut on the host once, so a predict does no device work but
+  # its compiled calls.
+  chunks: tuple
 
   @classmethod
   def of(cls, split: data_lib.Split, config, mesh) -> "Inputs":
@@ -71,15 +72,18 @@ class Inputs:
             {m: x.shape[1] for m, x in split.features.items()})))
     rows = np.maximum(layout.rows, 0)
     real = (layout.rows >= 0)[:, None]
+    utterances = {m: np.where(real, split.features[m][rows], 0).astype(
+        np.float32) for m in schema.MODALITIES}
+    windows = {"index": layout.local, "segment": layout.segment,
+               "rank": layout.rank, "speaker": layout.speaker}
+    u, w = layout.utterances, layout.slots
     repl = NamedSharding(mesh, P())
-    return cls(
-        split=split, layout=layout,
-        utterances=transfer.to_device(
-            {m: np.where(real, split.features[m][rows], 0).astype(np.float32)
-             for m in schema.MODALITIES}, repl),
-        windows=transfer.to_device(
-            {"index": layout.local, "segment": layout.segment,
-             "rank": layout.rank, "speaker": layout.speaker}, repl))
+    return cls(split=split, layout=layout, chunks=tuple(
+        (transfer.to_device({k: v[c * u:(c + 1) * u]
+                             for k, v in utterances.items()}, repl),
+         transfer.to_device({k: v[c * w:(c + 1) * w]
+                             for k, v in windows.items()}, repl))
+        for c in range(len(layout.rows) // u)))
 
 
 def make_predict(graphdef, mesh, sets: int, compiles=None):
@@ -107,7 +111,7 @@ def make_predict(graphdef, mesh, sets: int, compiles=None):
 
   def predict(params, inputs: Inputs, masks, keys=("pred", "s")):
     layout = inputs.layout
-    u, w = layout.utterances, layout.slots
+    u = layout.utterances
     # Each utterance position under its row's mask; padding under none.
     masks = masks[:, np.maximum(layout.rows, 0)] & (
         layout.rows >= 0)[None, :, None]
@@ -117,11 +121,9 @@ def make_predict(graphdef, mesh, sets: int, compiles=None):
     parts = []
     for j in range(0, len(padded), sets):
       row = [transfer.to_host({k: v for k, v in predict_chunk(
-          params, jax.tree.map(lambda x: x[c * u:(c + 1) * u],
-                               inputs.utterances),
-          jax.tree.map(lambda x: x[c * w:(c + 1) * w], inputs.windows),
+          params, utterances, windows,
           padded[j:j + sets, c * u:(c + 1) * u]).items() if k in keys})
-             for c in range(len(layout.rows) // u)]
+             for c, (utterances, windows) in enumerate(inputs.chunks)]
       parts.append({k: np.concatenate([r[k] for r in row], axis=2)
                     for k in keys})
     return {k: np.concatenate([p[k] for p in parts])[:count][:, :, layout.owner]

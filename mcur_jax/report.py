@@ -6,12 +6,13 @@ over seeds (and folds, where there are folds); std is the sample std
 (ddof = 1), 0 for a single run.
 """
 
+import functools
 import json
 import math
 import os
 import sys
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from mcur_jax import calibration
@@ -20,6 +21,7 @@ from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import plots
 from mcur_jax import schema
+from mcur_jax import transfer
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
@@ -186,9 +188,10 @@ def _header(config, manifest, task) -> dict:
 
 
 def results(*, config, manifest, task, found, selected_epoch, compiles,
-            seconds, padding) -> dict:
+            seconds, padding, timing) -> dict:
   """The results.json dict of one run (one fold); `found` holds the
-  `evaluation.run` outputs of "valid" (fixed) and "test" (all)."""
+  `evaluation.run` outputs of "valid" (fixed) and "test" (all); `timing`
+  the run's `timing.summary`."""
   return _clean({
       **_header(config, manifest, task),
       "selected_epoch": selected_epoch,
@@ -199,6 +202,7 @@ def results(*, config, manifest, task, found, selected_epoch, compiles,
       "compiles": compiles,
       "padding": padding,
       "seconds": round(seconds, 1),
+      **timing,
   })
 
 
@@ -247,7 +251,8 @@ def combine_folds(runs: list[dict]) -> dict:
         "samples_without_modality": {
             rate: sum(r["missing_rate"]["samples_without_modality"][rate]
                       for r in runs) for rate in rates}}
-  for k in ("selected_epoch", "compiles", "padding"):
+  for k in ("selected_epoch", "compiles", "padding", "seconds_by_phase",
+            "compile_seconds"):
     if k in first:
       out[k] = [r[k] for r in runs]
   if "seconds" in first:
@@ -324,8 +329,10 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
 
 def _categories(task: str, label: np.ndarray, rule: str):
   """(index per sample, names) of MCB-CL's categories (`losses.category`)."""
-  values, index = np.unique(np.asarray(losses.category(
-      jnp.asarray(label), task, rule)), return_inverse=True)
+  with transfer.on_host():
+    category = np.asarray(jax.jit(functools.partial(
+        losses.category, task=task, rule=rule))(label))
+  values, index = np.unique(category, return_inverse=True)
   if task == "regression" and rule == "sign":
     return index, [("negative (< 0)", "non-negative (>= 0)")[v]
                    for v in values]

@@ -26,8 +26,9 @@ TensorBoard (`tensorboard.py`).
   parameters by their average headline metric are kept in the state. With
   `ema_decay` the evaluated and kept parameters are the moving average.
   Test is evaluated once, at the end, with the kept parameters.
-* The state is checkpointed with orbax every `checkpoint_every` epochs; a
-  run started on a workdir with checkpoints resumes from the latest intact
+* The state is checkpointed with orbax every `checkpoint_every` epochs once
+  `checkpoint_seconds` have passed since the last save, and after the last
+  epoch; a run started on a workdir with checkpoints resumes from the latest intact
   one (`checkpoint.resume`), if its config and data are those the
   checkpoints were made with (`workdir.check_resume`), and ends with
   exactly the parameters of an uninterrupted run. One run at a time holds
@@ -61,6 +62,7 @@ from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import tensorboard
 from mcur_jax import tfrecord
+from mcur_jax import timing
 from mcur_jax import transfer
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
@@ -114,7 +116,8 @@ def epoch_learning_rates(config, steps_per_epoch: int) -> np.ndarray:
   """[num_epochs] the mean learning rate of each epoch's steps, as the
   logged losses are means over them."""
   steps = np.arange(config.num_epochs * steps_per_epoch)
-  rates = np.asarray(make_schedule(config, steps_per_epoch)(steps))
+  with transfer.on_host():
+    rates = np.asarray(jax.jit(make_schedule(config, steps_per_epoch))(steps))
   return rates.reshape(config.num_epochs, steps_per_epoch).mean(1)
 
 
@@ -256,10 +259,14 @@ def seed_key(seed, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), stream)
 
 
-def init_state(init_params, tx, seeds: jax.Array, repl,
+def init_state(init_params, tx, seeds: np.ndarray, repl,
                ema: bool = False) -> dict:
   """The stacked training state of all members (one per entry of `seeds`),
-  replicated on the mesh."""
+  replicated on the mesh. It is computed on the host CPU
+  (`transfer.on_host`) and then placed: the random draws of every
+  parameter make a program that compiled in 11 s for an H200 against 3 s
+  for 2 CPU cores, and a seed starts from the same parameters on any
+  accelerator."""
   def init(seeds):
     params = jax.vmap(lambda s: init_params(seed_key(s, 0)))(seeds)
     state = {"params": params, "opt_state": jax.vmap(tx.init)(params),
@@ -269,7 +276,10 @@ def init_state(init_params, tx, seeds: jax.Array, repl,
     if ema:
       state["ema_params"] = params
     return state
-  return jax.jit(init, out_shardings=repl)(seeds)
+  with transfer.on_host():
+    host = transfer.to_host(jax.jit(init)(np.asarray(seeds)))
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(repl, x), host)
 
 
 def _finite(stats) -> bool:
@@ -335,9 +345,13 @@ def _check_kind(workdir: str, all_folds: bool) -> None:
 
 def _train_fold(config, workdir: str) -> dict:
   """train_and_evaluate for one fold (or a dataset with fixed splits)."""
-  run = Run.setup(config, workdir)
-  state = fit(run)
-  return finish(run, state)
+  phases = timing.Phases()
+  with timing.CompileSeconds().active() as compiled:
+    with phases.phase("setup"):
+      run = Run.setup(config, workdir)
+    with phases.phase("train"):
+      state = fit(run)
+    return finish(run, state, phases, compiled)
 
 
 @dataclasses.dataclass
@@ -394,7 +408,7 @@ class Run:
                                                    config.batch_size))
     member_data = transfer.to_device(
         {"seeds": members.seeds, "draw_weights": members.draw_weights}, repl)
-    state = init_state(init_params, tx, member_data["seeds"], repl,
+    state = init_state(init_params, tx, members.seeds, repl,
                        ema=bool(config.ema_decay))
     return cls(
         config=config, workdir=workdir, dataset=dataset, mesh=mesh,
@@ -410,7 +424,9 @@ class Run:
 def fit(run: Run) -> dict:
   """Trains from the latest checkpoint (or from scratch) to the last epoch;
   selects each member's best epoch on validation; returns the final
-  state. Checkpoints every `checkpoint_every` epochs and after the last."""
+  state. Checkpoints every `checkpoint_every` epochs once
+  `checkpoint_seconds` have passed since the last save (process 0's clock
+  decides for all), and after the last epoch."""
   config, workdir, state = run.config, run.workdir, run.state
   dataset, members = run.dataset, run.members
   say = print if run.main_process else lambda *_: None
@@ -445,6 +461,7 @@ def fit(run: Run) -> dict:
                              enabled=run.main_process)
   board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
                                enabled=run.main_process and config.tensorboard)
+  saved = time.monotonic()
   try:
     for epoch in range(start, config.num_epochs):
       state, stats = run.train_epoch(state, run.train, run.tables,
@@ -457,7 +474,8 @@ def fit(run: Run) -> dict:
         last = mngr.latest_step()
         kept = (f"the last good checkpoint (after epoch {last}) in "
                 f"{checkpoint.directory(workdir)} and " if last else
-                "no checkpoint yet (see checkpoint_every); ")
+                "no checkpoint yet (see checkpoint_every and "
+                "checkpoint_seconds); ")
         raise TrainingDiverged(
             f"epoch {epoch + 1}: training loss is NaN/inf for {bad}; "
             f"stopped. Kept: {kept}the logs in {workdir}.")
@@ -471,9 +489,11 @@ def fit(run: Run) -> dict:
       board.write(log.write(epoch + 1, members, stats, valid, score,
                             run.task, learning_rates[epoch]))
       progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
-      if (epoch + 1) % config.checkpoint_every == 0 or (
-          epoch + 1 == config.num_epochs):
+      due = (epoch + 1) % config.checkpoint_every == 0 and workdir_lib.agree(
+          time.monotonic() - saved >= config.checkpoint_seconds)
+      if due or epoch + 1 == config.num_epochs:
         checkpoint.save(mngr, epoch + 1, state)
+        saved = time.monotonic()
   finally:
     progress.close()
     board.close()
@@ -481,31 +501,36 @@ def fit(run: Run) -> dict:
   return state
 
 
-def finish(run: Run, state: dict) -> dict:
+def finish(run: Run, state: dict, phases: timing.Phases,
+           compiled: timing.CompileSeconds) -> dict:
   """Evaluates the selected models on valid (fixed protocol) and test (all
   protocols), fits their calibration on valid (`calibration.py`); writes
-  calibration.json, results.json, results.md and the figures."""
+  calibration.json, results.json (with the run's `timing.summary`),
+  results.md and the figures."""
   config = run.config
   best = state["best_params"]
-  found = {split: evaluation.run(config, run.predict, best, run.inputs[split],
-                                 run.members, run.task, run.present,
-                                 "all" if split == "test" else "fixed")
-           for split in ("valid", "test")}
+  with phases.phase("evaluate"):
+    found = {split: evaluation.run(
+        config, run.predict, best, run.inputs[split], run.members, run.task,
+        run.present, "all" if split == "test" else "fixed")
+             for split in ("valid", "test")}
   names = [combos.NAMES[c] for c in run.members.combos]
-  fitted = calibration.fit_run(run.task, config.task_loss,
-                               found["valid"]["outputs"],
-                               run.dataset.valid.label, names)
-  for split in ("valid", "test"):
-    calibration.add_scores(found[split]["fixed"], fitted,
-                           found[split]["outputs"],
-                           getattr(run.dataset, split).label, names)
+  with phases.phase("calibrate"):
+    fitted = calibration.fit_run(run.task, config.task_loss,
+                                 found["valid"]["outputs"],
+                                 run.dataset.valid.label, names)
+    for split in ("valid", "test"):
+      calibration.add_scores(found[split]["fixed"], fitted,
+                             found[split]["outputs"],
+                             getattr(run.dataset, split).label, names)
   results = report.results(
       config=config, manifest=run.dataset.manifest, task=run.task,
       found=found,
       selected_epoch=report.selected_epochs(
           run.members, transfer.to_host(state["best_epoch"]) + 1),
       compiles=dict(COMPILES), padding=padding(run),
-      seconds=time.time() - run.started)
+      seconds=time.time() - run.started,
+      timing=timing.summary(phases, compiled))
   if run.main_process:
     calibration.write(run.workdir, fitted)
     if config.tensorboard:  # Before results.json, which marks a finished run.

@@ -5,6 +5,8 @@ arrays with a given sharding (each process passes the same, whole table;
 the datasets are small), and replicated device outputs come back as NumPy.
 """
 
+import contextlib
+
 import jax
 import numpy as np
 
@@ -26,3 +28,18 @@ def to_host(tree):
   (`jax.device_get` would need every shard addressable, false multi-host).
   On CPU they are read-only views of the device buffers, not copies."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def on_host():
+  """A context in which `jax.numpy` work runs on the host CPU: the small
+  host-side computations outside the compiled programs (the learning-rate
+  schedule's values for the log, the labels' MCB-CL categories for the
+  figures). On the default device each eager operation would compile a
+  program of its own for the accelerator and copy its operands there and
+  back. Without a CPU backend (`JAX_PLATFORMS` without cpu) the default
+  device is kept."""
+  try:
+    cpu = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:
+    return contextlib.nullcontext()
+  return jax.default_device(cpu)

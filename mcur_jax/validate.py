@@ -82,7 +82,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for field, low in (("context_layers", 0), ("context_window", 1),
                      ("context_max_distance", 0), ("context_speakers", 1),
                      ("batch_size", 1), ("num_epochs", 1),
-                     ("checkpoint_every", 1)):
+                     ("checkpoint_every", 1), ("checkpoint_seconds", 0)):
     if config[field] < low:
       raise _error(field, f"{config[field]}, must be >= {low}")
   if config.batch_size % devices:

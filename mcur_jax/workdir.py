@@ -58,6 +58,7 @@ SAFE_ON_RESUME = {
     "plots": "figures are written after training",
     "tensorboard": "event files only show what metrics.jsonl records",
     "checkpoint_every": "when the state is saved, not what it is",
+    "checkpoint_seconds": "when the state is saved, not what it is",
     "num_devices": "data parallelism (equal within float rounding)",
     "distributed": "how the processes find each other (the device count: "
                    "float rounding)",
@@ -79,6 +80,7 @@ LATER_FIELDS = {
     "context_means": "",
     "context_kind": "transformer",
     "selection": "valid",
+    "checkpoint_seconds": 0.0,
 }
 
 

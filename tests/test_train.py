@@ -7,6 +7,7 @@ run, the CLI runs, the single IEMOCAP fold) load their executables instead
 of compiling them again.
 """
 
+import collections
 import dataclasses
 import json
 import os
@@ -90,11 +91,25 @@ def run(data_dir, workdir, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def baseline(mosi_dir, tmp_path_factory):
-  """(workdir, results, COMPILES) of the tiny config: seeds 0 and 1, 3
-  epochs, 8 devices."""
+  """(workdir, results, COMPILES, programs) of the tiny config: seeds 0 and
+  1, 3 epochs, 8 devices; `programs` counts, by name, every program XLA
+  compiled (or loaded from the persistent cache) during the run, which
+  starts from empty in-memory caches."""
   workdir = tmp_path_factory.mktemp("baseline")
-  results = run(mosi_dir, workdir)
-  return workdir, results, dict(train.COMPILES)
+  programs = collections.Counter()
+
+  def listen(event, duration, fun_name="", **_):
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration":
+      programs[fun_name] += 1
+
+  jax.clear_caches()
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    results = run(mosi_dir, workdir)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  return workdir, results, dict(train.COMPILES), dict(programs)
 
 
 def saved_state(workdir) -> dict:
@@ -128,11 +143,41 @@ def metric_lines(workdir) -> list[dict]:
 def test_compiles_once(baseline):
   """3 epochs, 2 seeds and 7 combinations trace the epoch and the evaluation
   once each (masks and epochs are data), as results.json records."""
-  workdir, results, compiles = baseline
+  workdir, results, compiles, _ = baseline
   assert compiles == {"train_epoch": 1, "evaluate": 1}
   assert results["compiles"] == compiles
   saved = json.loads((workdir / "results.json").read_text())
   assert saved["compiles"] == compiles
+
+
+def test_results_say_where_the_time_went(baseline):
+  """results.json splits the run's seconds into its phases, which cover
+  the run (setup starts a moment before the run's clock, hence the 0.5 s;
+  what follows calibration is assembling the results, milliseconds), and
+  gives the compile seconds of each program."""
+  workdir, results, _, _ = baseline
+  saved = json.loads((workdir / "results.json").read_text())
+  phases = saved["seconds_by_phase"]
+  assert list(phases) == ["setup", "train", "evaluate", "calibrate"]
+  assert all(v > 0 for v in phases.values())
+  assert abs(sum(phases.values()) - saved["seconds"]) < 0.5
+  compiled = saved["compile_seconds"]
+  assert {"init", "train_epoch", "predict_chunk"} <= set(compiled)
+  assert compiled["train_epoch"] < phases["train"]
+
+
+def test_no_device_work_outside_the_compiled_programs(baseline):
+  """A run compiles the four programs of training and evaluation and two
+  small host-side ones (the schedule's values for the log, the labels'
+  categories for the figures, run on the CPU by `transfer.on_host`), and
+  nothing else: an eager `jax.numpy` operation on the device would compile
+  a program of its own, named by its primitive (`jit(multiply)`), and
+  move its operands (a run used to compile 24 of them; about 0.065 s each
+  on an H200)."""
+  *_, programs = baseline
+  assert programs == {f"jit({name})": 1 for name in (
+      "init", "train_epoch", "predict_chunk", "update_best", "schedule",
+      "category")}
 
 
 # Data parallelism and vmap over seeds
@@ -144,7 +189,7 @@ def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
   """A run on 1 device ends with the parameters (to 1e-6: float32
   reduction order, 21 steps) and the metrics (see assert_metrics_close) of
   the same run on 8 devices."""
-  workdir, results, _ = baseline
+  workdir, results, _, _ = baseline
   assert jax.device_count() == 8
   single = run(mosi_dir, tmp_path, num_devices=1)
   assert "; 1 device(s);" in capsys.readouterr().out
@@ -205,7 +250,7 @@ def test_vmapped_seed_equals_seed_alone(baseline, mosi_dir, tmp_path):
   """Seed 1 trained beside seed 0 (vmap) ends as seed 1 trained alone:
   parameters to 1e-6 (float32 rounding of batched kernels), metrics as
   assert_metrics_close says."""
-  workdir, results, _ = baseline
+  workdir, results, _, _ = baseline
   alone = run(mosi_dir, tmp_path, seeds=(1,))
   assert alone["seeds"] == [1]
   both, one = saved_state(workdir), saved_state(tmp_path)
@@ -227,7 +272,7 @@ def test_selection_last_keeps_the_last_epoch(baseline, mosi_dir, tmp_path):
   """`selection=last` keeps every seed's last-epoch parameters and changes
   nothing of the training: its final parameters equal the baseline's
   (validation-selected) run's, which trained the same seeds."""
-  workdir, _, _ = baseline
+  workdir, _, _, _ = baseline
   results = run(mosi_dir, tmp_path, selection="last")
   assert results["selected_on"] == "last epoch"
   assert results["selected_epoch"] == [3, 3]
@@ -252,7 +297,7 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
   ends bitwise equal to the uninterrupted run: state, metrics.jsonl and
   results. TensorBoard shows the uninterrupted run's logs, each (tag,
   epoch) once: the resumed writer purges the stale epoch 2."""
-  workdir, results, _ = baseline
+  workdir, results, _, _ = baseline
   update = report.Progress.update
 
   def update_then_die(self, epoch, *args):
@@ -310,6 +355,14 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path):
   assert [(line["epoch"], line["seed"]) for line in metric_lines(tmp_path)
           ] == [(1, 0), (1, 1)]
   assert not (tmp_path / "results.json").exists()
+
+
+def test_checkpoint_seconds_leaves_only_the_last_epoch(mosi_dir, tmp_path):
+  """With `checkpoint_seconds` longer than the run, only the last epoch is
+  saved (the tiny config's 0 saves every epoch: the tests above)."""
+  run(mosi_dir, tmp_path, checkpoint_seconds=1e6)
+  assert checkpoint_steps(tmp_path) == [3]
+  assert (tmp_path / "results.json").exists()
 
 
 def test_nan_loss_before_any_checkpoint_says_so(mosi_dir, tmp_path):
@@ -493,7 +546,7 @@ def test_results_json(baseline, mosi_dir):
   with mean/std/per_run over the seeds, fractions in [0, 1], the synthetic
   flag, the test samples left without a modality, and the missing-rate
   protocol per rate; results.md and the figures beside it."""
-  workdir, results, _ = baseline
+  workdir, results, _, _ = baseline
   saved = json.loads((workdir / "results.json").read_text())
   assert saved == results
   assert saved["selected_on"] == "valid"
@@ -564,7 +617,7 @@ def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
   window under `atv` and native availability, one window at a time, gives
   results.json's test metrics (the predictions round differently outside
   training's packed, vmapped, chunked evaluation: assert_metrics_close)."""
-  workdir, results, _ = baseline
+  workdir, results, _, _ = baseline
   graphdef, params, config, manifest = checkpoint.restore_for_inference(
       str(workdir))
   assert list(config.seeds) == [0, 1]
@@ -584,7 +637,7 @@ def test_tensorboard_logs_show_metrics_jsonl_and_results(baseline):
   validation headline per combination and Avg, and each seed's loss and
   Avg; WORKDIR/tb/hparams/ one HPARAMS session, the config with
   results.json's final metrics."""
-  workdir, results, _ = baseline
+  workdir, results, _, _ = baseline
   lines = metric_lines(workdir)
   logged = runs.tensorboard_scalars(workdir / "tb")
   for epoch in (1, 2, 3):
@@ -633,7 +686,7 @@ def test_tensorboard_logs_show_metrics_jsonl_and_results(baseline):
 def test_cli_trains_and_prints_table(baseline, mosi_dir, tmp_path):
   """`python -m experiments.mosi --data_dir ... --config ...:tiny` exits 0,
   prints the test table and writes the results of the same in-process run."""
-  _, results, _ = baseline
+  _, results, _, _ = baseline
   result = runs.cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
                f"{MOSI_CONFIG}:tiny", "--config.seeds=0,1")
   assert result.returncode == 0, result.stderr

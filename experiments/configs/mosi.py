@@ -195,6 +195,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 128
   # Save a checkpoint every this many epochs (and always after the last).
   c.checkpoint_every = 1
+  # ... and only once this many seconds have passed since the last save (or
+  # the start), so a crash loses at most about this much training on any
+  # hardware while a fast run does not spend its epochs saving: on an H200
+  # a save of MOSI's 5 seeds (190 MB) took 0.85 s against 0.13 s of
+  # training and validation. 0 = every `checkpoint_every` epochs.
+  c.checkpoint_seconds = 30.0
   # Devices of the ("data",) mesh; 0 = all.
   c.num_devices = 0
   # Entry points call jax.distributed.initialize() first (multi-host slices).
@@ -211,6 +217,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.context_window = 8
     c.context_heads = 2
     c.context_max_distance = 4
+    c.checkpoint_seconds = 0.0  # Every epoch: the fault tests resume from each.
   elif arg:
     raise ValueError(f"unknown config variant {arg!r} (known: tiny)")
   return c
