@@ -86,15 +86,18 @@ class Inputs:
         for c in range(len(layout.rows) // u)))
 
 
-def make_predict(graphdef, mesh, sets: int, compiles=None):
+def make_predict(graphdef, mesh, sets: int, compute_dtype: str,
+                 compiles=None):
   """predict(params [M...], inputs, masks [C, N, 3], keys) -> {key: [C, M,
   N, ...]} as NumPy for `keys` among pred, s, h, z: the outputs of each of
   the C mask sets (per utterance of the split) and members, each utterance
   predicted in its window. Each compiled call predicts `sets` mask sets:
   the run's number of combinations (`len(members.combos)`), so the fixed
   protocol is one call per chunk and no call predicts a combination the
-  run does not have; the missing-rate draws go `sets` at a time. Traces
-  are counted in `compiles["evaluate"]` (a Counter) when given."""
+  run does not have; the missing-rate draws go `sets` at a time; matmuls
+  at `model.matmul_precision(compute_dtype)`. Traces are counted in
+  `compiles["evaluate"]` (a Counter) when given."""
+  precision = model_lib.matmul_precision(compute_dtype)
   sharded = NamedSharding(mesh, P("data"))
   mask_sharding = NamedSharding(mesh, P(None, "data"))
 
@@ -105,9 +108,10 @@ def make_predict(graphdef, mesh, sets: int, compiles=None):
     utterances = jax.lax.with_sharding_constraint(utterances, sharded)
     windows = jax.lax.with_sharding_constraint(windows, sharded)
     masks = jax.lax.with_sharding_constraint(masks, mask_sharding)
-    return jax.lax.map(lambda mask: jax.vmap(
-        lambda p: model_lib.apply(graphdef, p, utterances, mask,
-                                  windows=windows))(params), masks)
+    with jax.default_matmul_precision(precision):
+      return jax.lax.map(lambda mask: jax.vmap(
+          lambda p: model_lib.apply(graphdef, p, utterances, mask,
+                                    windows=windows))(params), masks)
 
   def predict(params, inputs: Inputs, masks, keys=("pred", "s")):
     layout = inputs.layout

@@ -78,7 +78,8 @@ def evaluate_workdir(workdir: str, split: str = "test",
   inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
   present = validate.present_modalities(manifest)
   members = regime.members(config, combos.realisable(present))
-  predict = evaluation.make_predict(graphdef, mesh, len(members.combos))
+  predict = evaluation.make_predict(graphdef, mesh, len(members.combos),
+                                    config.compute_dtype)
   found = evaluation.run(config, predict, params, inputs, members,
                          manifest.task, present, protocol)
   if "fixed" in found:

@@ -474,6 +474,17 @@ class MCUR(nnx.Module):
             "s": self.uncertainty_head(h)[:, 0], "h": h}
 
 
+def matmul_precision(compute_dtype: str) -> str | None:
+  """The `jax.default_matmul_precision` of the compiled epoch and
+  evaluation. A float32 run asks for true float32: JAX's default lets an
+  accelerator compute float32 matmuls at reduced precision (TF32 on recent
+  NVIDIA GPUs, bfloat16 passes on TPU; a 512 x 512 float32 product on an
+  H200 was off float64 by up to 0.033, against 0.00012 on a CPU), so a
+  float32 result would depend on where it ran. A bfloat16 run, the fast
+  setting, keeps JAX's default (None)."""
+  return "float32" if compute_dtype == "float32" else None
+
+
 def create(config, dims: dict[str, int], num_outputs: int):
   """The model of a config, functionally: (graphdef, init).
 

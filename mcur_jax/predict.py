@@ -298,7 +298,8 @@ def predict(workdir: str, *, data_dir: str | None = None,
       rows = getattr(own(), split)
     known = np.ones(len(rows), bool)
   members = regime.members(config, served)
-  predict_fn = evaluation.make_predict(graphdef, mesh, len(members.combos))
+  predict_fn = evaluation.make_predict(graphdef, mesh, len(members.combos),
+                                       config.compute_dtype)
   fitted = inference.run_calibration(workdir, config, manifest.task,
                                      predict_fn, params, members,
                                      lambda: own().valid, mesh)

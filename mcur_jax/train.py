@@ -26,13 +26,13 @@ TensorBoard (`tensorboard.py`).
   parameters by their average headline metric are kept in the state. With
   `ema_decay` the evaluated and kept parameters are the moving average.
   Test is evaluated once, at the end, with the kept parameters.
-* The state is checkpointed with orbax every `checkpoint_every` epochs once
-  `checkpoint_seconds` have passed since the last save, and after the last
-  epoch; a run started on a workdir with checkpoints resumes from the latest intact
-  one (`checkpoint.resume`), if its config and data are those the
-  checkpoints were made with (`workdir.check_resume`), and ends with
-  exactly the parameters of an uninterrupted run. One run at a time holds
-  a workdir (`workdir.lock`).
+* The state is checkpointed with orbax every `checkpoint_every` epochs
+  once `checkpoint_seconds` have passed since the last save, and after the
+  last epoch; a run started on a workdir with checkpoints resumes from the
+  latest intact one (`checkpoint.resume`), if its config and data are
+  those the checkpoints were made with (`workdir.check_resume`), and ends
+  with exactly the parameters of an uninterrupted run. One run at a time
+  holds a workdir (`workdir.lock`).
 """
 
 import collections
@@ -205,6 +205,7 @@ def make_train_epoch(config, graphdef, tx, task, mesh, num_train: int):
   loss_fn = make_loss_fn(config, graphdef, task)
   batch_sharding = NamedSharding(mesh, P(None, "data"))
   decay = config.ema_decay
+  precision = model_lib.matmul_precision(config.compute_dtype)
 
   def member_update(params, opt_state, batch_data, key, epoch, draw_weights):
     grads, stats = jax.grad(loss_fn, has_aux=True)(params, batch_data, key,
@@ -214,6 +215,10 @@ def make_train_epoch(config, graphdef, tx, task, mesh, num_train: int):
 
   def train_epoch(state, train, tables, members, epoch):
     COMPILES["train_epoch"] += 1
+    with jax.default_matmul_precision(precision):
+      return epoch_body(state, train, tables, members, epoch)
+
+  def epoch_body(state, train, tables, members, epoch):
     keys = jax.vmap(lambda s: jax.random.fold_in(seed_key(s, 1), epoch))(
         members["seeds"])
     plans = jax.vmap(lambda k: groups.train_plan(
@@ -417,7 +422,7 @@ class Run:
         train_epoch=make_train_epoch(config, graphdef, tx, manifest.task,
                                      mesh, len(dataset.train)),
         predict=evaluation.make_predict(graphdef, mesh, len(members.combos),
-                                        COMPILES),
+                                        config.compute_dtype, COMPILES),
         update_best=make_update_best(mesh), state=state, started=started)
 
 

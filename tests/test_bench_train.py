@@ -1,10 +1,12 @@
-"""The training benchmark's short mode prints every figure, each sane."""
+"""The training benchmarks' short modes print every figure, each sane."""
 
 import json
 import os
 import pathlib
 import subprocess
 import sys
+
+from benchmarks import bench_runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -49,3 +51,28 @@ def test_short_benchmark_prints_sane_figures(tmp_path):
   assert host["ckpt"] > 0
   assert not case["host_calls_in_epoch"]
   assert case["transfer_guard"] == "none"
+
+
+def test_whole_run_benchmark_reports_a_run_and_a_stopped_one(tmp_path):
+  """bench_runs.py --short runs the tiny config end to end and reports its
+  wall and recorded seconds, phases and test Avg; a run that outlives its
+  limit is stopped and reported so (0.5 s: less than Python and JAX take
+  to start)."""
+  out = tmp_path / "runs.json"
+  done = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "bench_runs.py"), "--short",
+       "--dtypes", "float32", "--json", str(out), "--workdir", str(tmp_path)],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "synthetic MOSI (tiny) float32: finished" in done.stdout
+  [run] = json.loads(out.read_text())
+  assert run["wall_s"] >= run["seconds"] > 0
+  assert list(run["seconds_by_phase"]) == ["setup", "train", "evaluate",
+                                           "calibrate"]
+  assert run["compile_seconds"]["train_epoch"] > 0
+  assert run["headline"] == "f1_non0" and 0 < run["test_avg"] < 1
+
+  stopped = bench_runs.run_one("x", "mosi", str(tmp_path), "float32",
+                               str(tmp_path / "stopped"), limit=0.5)
+  assert stopped["status"].startswith("stopped at the deadline")
+  assert stopped["folds_finished"] == []

@@ -180,6 +180,22 @@ def test_no_device_work_outside_the_compiled_programs(baseline):
       "category")}
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_float32_matmuls_ask_for_true_float32(mosi_dir, tmp_path, dtype):
+  """A float32 run's compiled epoch asks for full-precision matmuls
+  (HIGHEST on every dot_general), where JAX's default lets a GPU use TF32
+  and a TPU bfloat16 passes (`model.matmul_precision`); a bfloat16 run
+  keeps the default. On the CPU both precisions give the same bits, so
+  the lowered program is what can be checked here."""
+  run = train.Run.setup(tiny(mosi_dir, compute_dtype=dtype), str(tmp_path))
+  text = run.train_epoch.lower(run.state, run.train, run.tables,
+                               run.member_data, 0).as_text()
+  dots = [line for line in text.splitlines() if "dot_general" in line]
+  assert len(dots) > 10
+  highest = ["precision = [HIGHEST, HIGHEST]" in line for line in dots]
+  assert all(highest) if dtype == "float32" else not any(highest)
+
+
 # Data parallelism and vmap over seeds
 # ------------------------------------
 
