@@ -6,7 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import bench_runs
+
+# About a minute on 2 cores: three processes that train.
+pytestmark = pytest.mark.slow(minutes=1)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
