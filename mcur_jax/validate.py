@@ -82,7 +82,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for field, low in (("context_layers", 0), ("context_window", 1),
                      ("context_max_distance", 0), ("context_speakers", 1),
                      ("batch_size", 1), ("num_epochs", 1),
-                     ("checkpoint_every", 1), ("checkpoint_seconds", 0)):
+                     ("checkpoint_every", 1)):
     if config[field] < low:
       raise _error(field, f"{config[field]}, must be >= {low}")
   if config.batch_size % devices:
@@ -97,6 +97,9 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     for m in modalities(config, field):
       if not manifest.dims[m]:
         raise _error(field, f"{m}: the data in {config.data_dir} has no {m}")
+  if not 0 <= config.checkpoint_seconds:  # NaN would save only the last.
+    raise _error("checkpoint_seconds", f"{config.checkpoint_seconds}, must "
+                 "be >= 0")
   if not 0 <= config.ema_decay < 1:
     raise _error("ema_decay", f"{config.ema_decay}, must be in [0, 1) (0: "
                  "off; 1 would keep the initial parameters)")
