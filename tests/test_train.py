@@ -172,7 +172,7 @@ def test_no_device_work_outside_the_compiled_programs(baseline):
   categories for the figures, run on the CPU by `transfer.on_host`), and
   nothing else: an eager `jax.numpy` operation on the device would compile
   a program of its own, named by its primitive (`jit(multiply)`), and
-  move its operands (a run used to compile 24 of them; about 0.065 s each
+  move its operands (a run used to compile 26 of them; about 0.065 s each
   on an H200)."""
   *_, programs = baseline
   assert programs == {f"jit({name})": 1 for name in (
