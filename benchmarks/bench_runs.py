@@ -45,8 +45,9 @@ def run_one(name: str, module: str, data_dir: str, dtype: str, out: str,
   try:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           timeout=limit)
-    status = "finished" if done.returncode == 0 else (
-        f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    status = ("finished" if done.returncode == 0 else
+              f"exit {done.returncode}: {last}")
   except subprocess.TimeoutExpired:
     status = f"stopped at the deadline ({limit:.0f} s)"
   found = {"run": name, "dtype": dtype, "status": status,
