@@ -283,8 +283,7 @@ def init_state(init_params, tx, seeds: np.ndarray, repl,
     return state
   with transfer.on_host():
     host = transfer.to_host(jax.jit(init)(np.asarray(seeds)))
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(repl, x), host)
+  return transfer.to_device(host, repl)
 
 
 def _finite(stats) -> bool:

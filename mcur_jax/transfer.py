@@ -17,10 +17,12 @@ def chunk_size(eval_batch_size: int, devices: int) -> int:
   return -(-eval_batch_size // devices) * devices
 
 
-def to_device(host: dict, sharding) -> dict:
-  """Device arrays of a dict of NumPy arrays, with `sharding`."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in host.items()}
+def to_device(host, sharding):
+  """Device arrays of a tree (a dict, nested or not) of NumPy arrays, with
+  `sharding`."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding,
+                                                       np.asarray(x)), host)
 
 
 def to_host(tree):

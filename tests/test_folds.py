@@ -92,8 +92,9 @@ def test_unfinished_folds_and_mixed_kinds_of_run_are_refused(
     all_folds, iemocap_dir, tmp_path):
   """Evaluating a cross-validated run that has a fold without results.json
   (or without its directory) is an error naming them, not a pool of what
-  is there, and so is evaluating an unfinished fold alone; a single fold trained into a fold=0 workdir, or fold=0 into a
-  single fold's, is refused before it overwrites the other's results."""
+  is there, and so is evaluating an unfinished fold alone; a single fold
+  trained into a fold=0 workdir, or fold=0 into a single fold's, is
+  refused before it overwrites the other's results."""
   workdir, _ = all_folds
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)
