@@ -18,8 +18,9 @@ when complete (a save killed midway leaves no checkpoint, and the next
 manager removes the folder). A complete checkpoint that is damaged on disk
 later is caught by `resume`: each stores the sha256 of its state's bytes,
 and a checkpoint that fails to restore or to match it is reported and the
-one before it used. `restore_for_inference` checks it too (`verify`), and
-refuses a damaged one.
+one before it used. `restore_for_inference` reads it once, checks it
+(`verify`), refuses a damaged one, and takes the selected parameters from
+that read.
 """
 
 import errno
@@ -110,10 +111,14 @@ def restore(mngr: ocp.CheckpointManager, epoch: int, like):
       saved["state"], like)
 
 
-def verify(mngr: ocp.CheckpointManager, epoch: int) -> None:
-  """Raises CheckpointError if the checkpoint of `epoch` does not restore
-  or does not match its saved digest (read as saved, with no target: the
-  whole state; checkpoints from before the digest are not checked)."""
+def verify(mngr: ocp.CheckpointManager, epoch: int) -> dict:
+  """The checkpoint of `epoch` read as saved, with no target (nested dicts
+  of NumPy arrays under string keys: the whole state and its digest).
+
+  Raises:
+    CheckpointError: it does not restore or does not match its saved
+      digest (checkpoints from before the digest are not checked).
+  """
   try:
     saved = mngr.restore(epoch, args=ocp.args.PyTreeRestore())
     damaged = "digest" in saved and not np.array_equal(
@@ -128,6 +133,30 @@ def verify(mngr: ocp.CheckpointManager, epoch: int) -> None:
         "damaged on disk, so its models would not be the run's; rerun the "
         "training command (it resumes from the checkpoint before) or "
         "restore the directory from a backup")
+  return saved
+
+
+def _key(entry) -> str:
+  """A pytree path entry as a key of a checkpoint read without a target."""
+  for field in ("key", "name", "idx"):
+    if hasattr(entry, field):
+      return str(getattr(entry, field))
+  return str(entry)
+
+
+def _fill(saved, like):
+  """`like`'s tree (of jax.ShapeDtypeStruct) with each leaf taken from
+  `saved`, a tree read without a target, by its path; None when `saved`
+  lacks a leaf or holds it with another shape or dtype."""
+  leaves = []
+  for path, want in jax.tree_util.tree_flatten_with_path(like)[0]:
+    node = saved
+    for entry in path:
+      node = node.get(_key(entry)) if isinstance(node, dict) else None
+    if node is None or np.shape(node) != want.shape or node.dtype != want.dtype:
+      return None
+    leaves.append(node)
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
 def resume(mngr: ocp.CheckpointManager, like, log=print):
@@ -195,28 +224,21 @@ def restore_for_inference(workdir: str, sharding=None):
       validate.present_modalities(manifest))).seeds)
   device = sharding or jax.sharding.SingleDeviceSharding(
       jax.local_devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      jax.eval_shape(jax.vmap(lambda s: init(jax.random.key(s))), seeds))
+  abstract = jax.eval_shape(jax.vmap(lambda s: init(jax.random.key(s))),
+                            seeds)
   mngr = manager(workdir)
   epoch = mngr.latest_step()
   if epoch is None:
     mngr.close()
     raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
   try:
-    verify(mngr, epoch)
-    # Checkpoints saved before the digest existed hold the state at the top.
-    for layout in (lambda x: {"state": x}, lambda x: x):
-      item = layout({"best_params": abstract})
-      restored = mngr.restore(epoch, args=ocp.args.PyTreeRestore(
-          item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-          partial_restore=True))
-      params = restored.get("state", restored)["best_params"]
-      # A partial restore of keys the checkpoint lacks returns them unread.
-      if not any(isinstance(x, jax.ShapeDtypeStruct)
-                 for x in jax.tree.leaves(params)):
-        return graphdef, params, config, manifest
+    saved = verify(mngr, epoch)
   finally:
     mngr.close()
-  raise CheckpointError(directory(workdir), f"the checkpoint of epoch {epoch}"
-                        " holds no best_params of this config's model")
+  # Checkpoints saved before the digest existed hold the state at the top.
+  params = _fill(saved.get("state", saved).get("best_params"), abstract)
+  if params is None:
+    raise CheckpointError(directory(workdir), f"the checkpoint of epoch "
+                          f"{epoch} holds no best_params of this config's "
+                          "model")
+  return graphdef, jax.device_put(params, device), config, manifest

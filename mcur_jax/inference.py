@@ -49,6 +49,17 @@ def fold_workdirs(workdir: str) -> list[str]:
   return folds
 
 
+def check_finished(workdir: str) -> None:
+  """Raises validate.ConfigError unless the single run in `workdir` has
+  finished: before its last epoch the checkpoint holds the best model so
+  far, not the run's."""
+  if not os.path.exists(os.path.join(workdir, workdir_lib.RESULTS_FILE)):
+    raise validate.ConfigError(
+        workdir, f"an unfinished run (no {workdir_lib.RESULTS_FILE}): its "
+        "checkpoint holds the best model so far, not the run's; rerun its "
+        "training command to finish it")
+
+
 def evaluate_workdir(workdir: str, split: str = "test",
                      protocol: str = "all") -> dict:
   """Evaluates a run's selected models on `split` under `protocol` (fixed |
@@ -65,11 +76,7 @@ def evaluate_workdir(workdir: str, split: str = "test",
     return report.combine_folds([evaluate_workdir(d, split, protocol)
                                  for d in folds])
   config = checkpoint.load_config(workdir)
-  if not os.path.exists(os.path.join(workdir, workdir_lib.RESULTS_FILE)):
-    raise validate.ConfigError(
-        workdir, f"an unfinished run (no {workdir_lib.RESULTS_FILE}): its "
-        "checkpoint holds the best model so far, not the run's; rerun its "
-        "training command to finish it")
+  check_finished(workdir)
   mesh = train.make_mesh(config.num_devices)
   repl = NamedSharding(mesh, P())
   graphdef, params, config, manifest = checkpoint.restore_for_inference(

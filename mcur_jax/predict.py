@@ -266,6 +266,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise validate.ConfigError("--workdir", f"{workdir}: no config.json, not"
                                " the workdir of a training run")
+  inference.check_finished(workdir)
   config = checkpoint.load_config(workdir)
   mesh = train.make_mesh(config.num_devices)
   graphdef, params, config, manifest = checkpoint.restore_for_inference(

@@ -323,9 +323,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           workdir, schema.fold_name(fold))))
     results = report.combine_folds(runs)
     if jax.process_index() == 0:
-      report.write_results(workdir, results)
-      if config.plots:
+      if config.plots:  # Before results.json, which marks a finished run.
         report.write_summary_figures(workdir, results)
+      report.write_results(workdir, results)
       print(report.table(results))
     return results
 
@@ -509,8 +509,8 @@ def finish(run: Run, state: dict, phases: timing.Phases,
            compiled: timing.CompileSeconds) -> dict:
   """Evaluates the selected models on valid (fixed protocol) and test (all
   protocols), fits their calibration on valid (`calibration.py`); writes
-  calibration.json, results.json (with the run's `timing.summary`),
-  results.md and the figures."""
+  calibration.json, the figures, results.md and, last, results.json (with
+  the run's `timing.summary`)."""
   config = run.config
   best = state["best_params"]
   with phases.phase("evaluate"):
@@ -537,12 +537,13 @@ def finish(run: Run, state: dict, phases: timing.Phases,
       timing=timing.summary(phases, compiled))
   if run.main_process:
     calibration.write(run.workdir, fitted)
-    if config.tensorboard:  # Before results.json, which marks a finished run.
+    # Before results.json, which marks a finished run (a sweep skips it).
+    if config.tensorboard:
       tensorboard.write_hparams(run.workdir, config, results)
-    report.write_results(run.workdir, results)
     if config.plots:
       report.write_figures(run.workdir, results, config, found["test"],
                            run.dataset.test, fitted)
+    report.write_results(run.workdir, results)
     print(report.table(results))
   return results
 

@@ -397,6 +397,34 @@ def test_restore_for_inference_reads_checkpoints_of_the_older_layout(
                                 want)
 
 
+def test_restore_for_inference_reads_the_checkpoint_once(
+    mixed, tmp_path, monkeypatch):
+  """The selected parameters come from the read that checks the digest:
+  the checkpoint (every seed's parameters, optimizer state and best
+  parameters) is read once. A checkpoint of another model (config.json
+  edited to another width) is refused, naming the checkpoint."""
+  workdir, _ = mixed
+  reads = []
+  original = ocp.CheckpointManager.restore
+  monkeypatch.setattr(ocp.CheckpointManager, "restore",
+                      lambda self, *a, **k: (reads.append(a),
+                                             original(self, *a, **k))[1])
+  _, params, _, _ = checkpoint.restore_for_inference(str(workdir))
+  assert len(reads) == 1
+  chex.assert_trees_all_equal(
+      jax.device_get(jax.tree.leaves(params)),
+      jax.tree.leaves(final_params(workdir)["best_params"]))
+  other = tmp_path / "other"
+  shutil.copytree(workdir, other)
+  config = json.loads((other / "config.json").read_text())
+  config["hidden_dim"] *= 2
+  (other / "config.json").write_text(json.dumps(config))
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"checkpoints: the checkpoint of epoch \d+ holds "
+                     "no best_params of this config's model"):
+    checkpoint.restore_for_inference(str(other))
+
+
 # experiments.predict
 # -------------------
 

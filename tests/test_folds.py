@@ -92,7 +92,8 @@ def test_unfinished_folds_and_mixed_kinds_of_run_are_refused(
     all_folds, iemocap_dir, tmp_path):
   """Evaluating a cross-validated run that has a fold without results.json
   (or without its directory) is an error naming them, not a pool of what
-  is there, and so is evaluating an unfinished fold alone; a single fold
+  is there, and so is evaluating or predicting with an unfinished fold
+  alone (its checkpoint holds the best model so far); a single fold
   trained into a fold=0 workdir, or fold=0 into a single fold's, is
   refused before it overwrites the other's results."""
   workdir, _ = all_folds
@@ -107,6 +108,8 @@ def test_unfinished_folds_and_mixed_kinds_of_run_are_refused(
                      r"results.json\): its checkpoint holds the best model so "
                      "far"):
     inference.evaluate_workdir(str(copy / "fold4"))
+  with pytest.raises(validate.ConfigError, match=r"an unfinished run \(no "):
+    predict.predict(str(copy / "fold4"))
   with pytest.raises(validate.ConfigError, match="holds a cross-validated "
                      r"run \(fold1, fold2, fold3, fold4\)"):
     iemocap(iemocap_dir, copy, fold=3)
