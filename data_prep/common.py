@@ -122,7 +122,8 @@ def apply_nan_policy(matrix: np.ndarray, available: np.ndarray, policy: str,
     who = f"utterance {str(ids[i])!r}" if ids is not None else f"row {i}"
     raise schema.DataError(file if isinstance(file, str) else file[i], field,
                            f"NaN or inf in {int(bad.sum())} vectors, first at "
-                           f"{who} (see --nan_policy)")
+                           f"{who} (a value beyond float32's range reads as "
+                           "inf; see --nan_policy)")
   matrix = np.where(bad[:, None], 0, matrix).astype(np.float32)
   note = (f"{field}: {int(bad.sum())} vectors with NaN/inf zeroed and marked "
           "absent (--nan_policy zero)")
@@ -145,9 +146,12 @@ def read_split_file(path: str) -> dict[str, str]:
       raise schema.DataError(path, split, "missing or not a non-empty list "
                              "of group ids")
     for g in groups:
-      if g in assignment:
-        raise schema.DataError(path, split, f"group {g!r} is also in "
-                               f"{assignment[g]!r}")
+      if not isinstance(g, (str, int)) or isinstance(g, bool):
+        raise schema.DataError(path, split, f"{g!r} is not a group id (a "
+                               "string or an integer)")
+      if str(g) in assignment:
+        raise schema.DataError(path, split, f"group {str(g)!r} is also in "
+                               f"{assignment[str(g)]!r}")
       assignment[str(g)] = split
   for key in sorted(raw.keys() - set(schema.SPLITS)):
     raise schema.DataError(path, key, "unknown split (use train/valid/test)")
@@ -165,7 +169,8 @@ def split_from_file(path: str, group_id: np.ndarray) -> np.ndarray:
   unknown = sorted(assignment.keys() - present)
   if unknown:
     raise schema.DataError(path, "split_file", f"{len(unknown)} groups are "
-                           f"not in the data, e.g. {unknown[0]!r}")
+                           f"not in the data, e.g. {unknown[0]!r} (or have "
+                           "no utterance left: all unlabelled for the task)")
   return np.array([assignment[g] for g in group_id.tolist()])
 
 

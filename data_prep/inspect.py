@@ -61,7 +61,8 @@ def verify(directory: str) -> tuple[schema.Manifest, dict[str, data.Split]]:
     for fold in manifest.folds["values"]:
       names = data.fold_assignment(
           everything.group_id, getattr(everything, manifest.folds["key"]),
-          fold, manifest.folds["valid_fraction"], manifest.folds["seed"])
+          fold, manifest.folds["valid_fraction"], manifest.folds["seed"],
+          os.path.join(directory, schema.MANIFEST))
       _check_stats(directory, manifest, schema.fold_name(fold),
                    everything.take(names == "train"))
   else:

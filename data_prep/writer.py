@@ -54,6 +54,38 @@ class Table:
   session_folds: bool = False
 
 
+def _check_groups(table: Table) -> None:
+  """Each group's positions are distinct (they order its utterances for the
+  context), and with session folds each group lies in one session and
+  sessions are numbered from 1 (`config.fold=0` means every fold)."""
+  rows, origin = table.rows, table.origin
+  order = np.lexsort((rows.position, rows.group_id))
+  group, position = rows.group_id[order], rows.position[order]
+  twice = np.flatnonzero((group[1:] == group[:-1])
+                         & (position[1:] == position[:-1]))
+  if len(twice):
+    i = order[twice[0]]
+    raise schema.DataError(
+        origin.get("position", origin["utt_id"]), "position",
+        f"{len(twice)} utterances share their group's position with another, "
+        f"e.g. {rows.utt_id[i]!r} and {rows.utt_id[order[twice[0] + 1]]!r} "
+        f"at position {rows.position[i]} of group {rows.group_id[i]!r} "
+        "(positions order a group's utterances for the context)")
+  if not table.session_folds:
+    return
+  where = origin.get("session", origin["utt_id"])
+  if (rows.session < 1).any():
+    raise schema.DataError(where, "session", f"session "
+                           f"{int(rows.session.min())}: sessions are the "
+                           "folds, numbered from 1 (fold 0 means all folds)")
+  first = {}
+  for g, session in zip(rows.group_id.tolist(), rows.session.tolist()):
+    if first.setdefault(g, session) != session:
+      raise schema.DataError(where, "session", f"group {g!r} is in sessions "
+                             f"{first[g]} and {session} (give each session's "
+                             "groups their own ids)")
+
+
 def sha256_source(path: str | os.PathLike, role: str) -> dict[str, Any]:
   """A provenance entry: sha256 of a file, or of a directory tree (sorted
   relative paths and contents of every file under it)."""
@@ -129,6 +161,7 @@ def check(table: Table) -> None:
     where = sorted(pairs[pairs[:, 0] == g, 1].tolist())
     raise schema.DataError(origin["split"], "split",
                            f"group {g!r} is in more than one split: {where}")
+  _check_groups(table)
   needed = (schema.ALL_SPLIT,) if table.session_folds else schema.SPLITS
   for s in needed:
     if not (table.split == s).any():
@@ -165,10 +198,28 @@ def _normalization(table: Table, folds) -> dict:
   stats = {}
   for fold in folds["values"]:
     names = data.fold_assignment(table.rows.group_id, table.rows.session, fold,
-                                 folds["valid_fraction"], folds["seed"])
+                                 folds["valid_fraction"], folds["seed"],
+                                 table.origin.get("session",
+                                                  table.origin["utt_id"]))
     stats[schema.fold_name(fold)] = data.feature_stats(
         table.rows.take(names == "train"))
   return stats
+
+
+def _unscaled_notes(normalization: dict) -> list[str]:
+  """A note per modality with columns that vary but only so little that
+  readers centre them without scaling (`data.MIN_STD`)."""
+  notes = []
+  for m in schema.MODALITIES:
+    std = np.array([part[m]["std"] for part in normalization.values()])
+    tiny = ((std > 0) & (std <= data.MIN_STD)).any(0)
+    if tiny.any():
+      notes.append(
+          f"{m}: {int(tiny.sum())} columns vary with a std of at most "
+          f"{data.MIN_STD:g} (e.g. column {int(np.flatnonzero(tiny)[0])}): "
+          "they are centred, not scaled; rescale them before converting if "
+          "they carry signal")
+  return notes
 
 
 def _write_shards(table: Table, directory: str
@@ -233,15 +284,16 @@ def write(table: Table, out: str | os.PathLike, overwrite: bool = False
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
   try:
     splits, lengths = _write_shards(table, tmp)
+    normalization = _normalization(table, folds)
     manifest = schema.Manifest(
         dataset=table.dataset, task=table.task, classes=table.classes,
         dims={m: int(x.shape[1]) for m, x in table.rows.features.items()},
         splits=splits,
-        normalization=_normalization(table, folds), folds=folds,
+        normalization=normalization, folds=folds,
         label_range=list(LABEL_RANGE) if table.task == "regression" else None,
         extra_fields=sorted(table.rows.extras), format=table.format,
         split_source=table.split_source, sources=table.sources,
-        notes=table.notes)
+        notes=table.notes + _unscaled_notes(normalization))
     with open(os.path.join(tmp, schema.MANIFEST), "w") as f:
       f.write(manifest.to_json())
     tfds_metadata.write(tmp, manifest, lengths)

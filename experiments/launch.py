@@ -100,7 +100,9 @@ def define_config_file(name: str, default: str, help_string: str) -> None:
 
 def take_dataset(config, explicit: bool) -> None:
   """Sets config.dataset to the dataset that the manifest of
-  config.data_dir names, so a prepared directory needs no --config.dataset.
+  config.data_dir names, so a prepared directory needs no --config.dataset,
+  and checks that the data's task is the config's (MOSI converted without
+  regression labels is a classification dataset named mosi).
 
   Args:
     config: the run's config; config.data_dir is a prepared directory.
@@ -113,10 +115,8 @@ def take_dataset(config, explicit: bool) -> None:
       were chosen for the other task).
   """
   manifest = schema.Manifest.load(config.data_dir)
-  if manifest.dataset == config.dataset:
-    return
   path = os.path.join(config.data_dir, schema.MANIFEST)
-  if explicit:
+  if explicit and manifest.dataset != config.dataset:
     raise schema.DataError(
         path, "dataset", f"{manifest.dataset!r}, but --config.dataset is "
         f"{config.dataset!r}; leave --config.dataset out to train on "

@@ -211,6 +211,13 @@ def _check_label(path: str, manifest: schema.Manifest, i: int, label) -> None:
                            f"record {i}: {label!r}, expected {expected}")
 
 
+# A column whose std is at most this is only centred, not scaled: a constant
+# one, or a numerically dead one (4 of the 768 mpnet text dimensions of the
+# real sets have std 1e-7 to 1e-33; scaled, they would be noise at unit
+# scale). The converter notes such columns when they are not constant.
+MIN_STD = 1e-6
+
+
 def feature_stats(split: Split) -> dict[str, dict[str, list[float]]]:
   """Per-modality mean and std over the rows where the modality is present."""
   stats = {}
@@ -233,7 +240,7 @@ def normalize(split: Split, stats) -> Split:
   for j, m in enumerate(schema.MODALITIES):
     mean = np.asarray(stats[m]["mean"], np.float32)
     std = np.asarray(stats[m]["std"], np.float32)
-    std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+    std = np.where(std > MIN_STD, std, 1.0).astype(np.float32)
     x = (split.features[m] - mean) / std
     features[m] = np.where(split.available[:, j:j + 1], x, 0).astype(np.float32)
   return dataclasses.replace(split, features=features)
@@ -280,7 +287,7 @@ def normalize_per_speaker(parts: dict[str, Split], modalities: Sequence[str],
       rows = (keys == key) & present
       if rows.any():
         std = x[rows].std(0)
-        out[rows] = (x[rows] - x[rows].mean(0)) / np.where(std > 1e-6, std,
+        out[rows] = (x[rows] - x[rows].mean(0)) / np.where(std > MIN_STD, std,
                                                            1.0)
     for i, n in enumerate(names):
       features[n][m] = out[bounds[i]:bounds[i + 1]].astype(np.float32)
@@ -302,7 +309,7 @@ def carve_groups(groups: Sequence[str], fraction: float, seed: int) -> set[str]:
 
 
 def fold_assignment(group_id: np.ndarray, fold_key: np.ndarray, fold,
-                    valid_fraction: float, seed: int,
+                    valid_fraction: float, seed: int, source: str,
                     valid_fold=None) -> np.ndarray:
   """Split name per row for cross-validation fold `fold`.
 
@@ -310,6 +317,10 @@ def fold_assignment(group_id: np.ndarray, fold_key: np.ndarray, fold,
   groups (dialogues) carved from the rest by `carve_groups`, or with
   `valid_fold` the rows whose `fold_key` equals it (a whole session);
   train = the rest.
+
+  Raises:
+    schema.DataError: a part is empty (naming `source`, the file the
+      sessions come from): too few groups outside the held-out session.
   """
   test = fold_key == fold
   if valid_fold is None:
@@ -317,7 +328,15 @@ def fold_assignment(group_id: np.ndarray, fold_key: np.ndarray, fold,
     valid = ~test & np.isin(group_id, list(valid_groups))
   else:
     valid = fold_key == valid_fold
-  return np.where(test, "test", np.where(valid, "valid", "train"))
+  names = np.where(test, "test", np.where(valid, "valid", "train"))
+  for part in schema.SPLITS:
+    if not (names == part).any():
+      raise schema.DataError(
+          source, "session", f"fold {fold}: no {part} utterances (from the "
+          f"{len(set(group_id[~test].tolist()))} groups outside session "
+          f"{fold}, validation takes round({valid_fraction} x groups)): "
+          "cross-validation over sessions needs more groups per session")
+  return names
 
 
 def next_fold(values: Sequence, fold):
@@ -407,7 +426,7 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
     names = fold_assignment(everything.group_id,
                             getattr(everything, manifest.folds["key"]), fold,
                             manifest.folds["valid_fraction"],
-                            manifest.folds["seed"],
+                            manifest.folds["seed"], path,
                             next_fold(values, fold) if session else None)
     parts = {s: everything.take(names == s) for s in schema.SPLITS}
     own = (feature_stats(parts["train"]) if session else

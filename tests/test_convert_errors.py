@@ -50,7 +50,7 @@ def test_unknown_dataset(capsys, tmp_path, folder):
   assert status == 2 and "--dataset: unknown 'x'" in err
 
 
-@pytest.mark.parametrize("value", ['"nan"', '"inf"', '"-inf"'])
+@pytest.mark.parametrize("value", ['"nan"', '"inf"', '"-inf"', '"1e39"'])
 def test_nan_or_inf_feature(capsys, tmp_path, folder, value):
   edit_csv(folder[0] / "audio_test0.csv", 2, 1, value)
   status, err = run(capsys, tmp_path, *poria(folder))

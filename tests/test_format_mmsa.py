@@ -219,6 +219,9 @@ def _duplicate_id(raw):
     (_set("train", "regression_labels", lambda x: x + 3.5), "label"),
     (_set("train", "id", lambda x: np.array(["novideo"] * len(x))),
      "train.id"),
+    # A digit that is no decimal digit (int() refuses it).
+    (_set("train", "id", lambda x: np.array(["v$_$\u00b2"] * len(x))),
+     "train.id"),
     (_duplicate_id, "utt_id"),
     (_only_text_bert, "train.text"),
 ])

@@ -163,6 +163,10 @@ def _put(key, value):
     (_put("split", lambda c: np.full(len(c["label"]), 3)), "split"),
     (_put("position", lambda c: -np.ones(len(c["label"]), int)), "position"),
     (_put("position", lambda c: np.zeros(len(c["label"]), int)), "utt_id"),
+    # Positions order a group for the context: none may repeat in a group.
+    (lambda c: c.update(utt_id=np.arange(len(c["label"])).astype(str),
+                        position=np.arange(len(c["label"])) // 2 % 2),
+     "position"),
     (_put("available_text", lambda c: np.full(len(c["label"]), 2)),
      "available_text"),
     (_put("audio", lambda c: np.where(c["audio"] > 2, np.nan, c["audio"])),
@@ -251,6 +255,51 @@ def test_iemocap_without_a_split_gets_session_folds(tmp_path):
   assert "leave-one-session-out" in manifest.split_source
   assert set(dataset.test.session) == {3}
   assert sum(len(getattr(dataset, s)) for s in SPLITS) == 40
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.update(session=c["session"] - 1),
+     "session 0: sessions are the folds, numbered from 1"),
+    (lambda c: c.update(session=np.arange(len(c["label"])) % 5 + 1),
+     "group 'vid0' is in sessions 1 and 2"),
+    # One group per session: a fold's 2 training groups give round(0.2 x 2)
+    # = 0 validation groups.
+    (lambda c: [c.__setitem__(k, v[:12]) for k, v in list(c.items())]
+     and c.update(session=np.repeat([1, 2, 3], 4)),
+     "fold 1: no valid utterances (from the 2 groups outside session 1"),
+])
+def test_session_folds_that_cannot_be_made_are_errors(tmp_path, capsys, edit,
+                                                       message):
+  """Sessions are fold numbers (fold 0 means all), a group lies in one
+  session, and every fold has training, validation and test utterances."""
+  columns = _iemocap_columns()
+  edit(columns)
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out", dataset="iemocap4") == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "session")
+  assert message in line
+
+
+@pytest.mark.parametrize("content,field,message", [
+    ({"train": [0, 1, 2, 3, 4], "valid": [5, 6], "test": [7, 8, 1]}, "test",
+     "group '1' is also in 'train'"),
+    ({"train": [[0, 1, 2, 3, 4]], "valid": [5, 6], "test": [7, 8]}, "train",
+     "[0, 1, 2, 3, 4] is not a group id"),
+])
+def test_bad_split_file(tmp_path, capsys, content, field, message):
+  """Integer group ids are the same groups as their strings (a group listed
+  twice is an error either way); an entry that is no id is an error."""
+  columns = _columns()
+  columns["group_id"] = np.repeat(np.arange(9), 4)
+  del columns["split"]
+  path = _save(tmp_path, columns)
+  split_file = tmp_path / "split.json"
+  split_file.write_text(json.dumps(content))
+  assert _convert(path, tmp_path / "out", "--split_file",
+                  str(split_file)) == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", split_file,
+                                   field)
+  assert message in line
 
 
 def test_iemocap_without_split_or_session_is_an_error(tmp_path, capsys):

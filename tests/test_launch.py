@@ -62,6 +62,20 @@ def test_config_of_the_other_task_is_refused(iemocap6_dir):
   assert config.dataset == "mosi"
 
 
+def test_task_is_checked_when_the_dataset_name_matches(tmp_path):
+  """Classification data named mosi (the Poria features converted without
+  --labels) under the MOSI config: the same DataError naming the task,
+  not a config error about task_loss."""
+  table = synthetic.generate("iemocap6", 0, 0.02)
+  table.dataset = "mosi"
+  writer.write(table, tmp_path / "mosi")
+  config = config_on(mosi_config, tmp_path / "mosi")
+  with pytest.raises(schema.DataError, match=r"task: 'classification' "
+                     r"\(dataset 'mosi'\), but this config \(dataset "
+                     r"'mosi', task_loss 'mse'\) is for regression"):
+    launch.take_dataset(config, explicit=False)
+
+
 def test_cli_takes_the_dataset_without_config_dataset(iemocap6_dir, tmp_path):
   """`python -m experiments.iemocap --data_dir IEMOCAP6` gets past the
   config's dataset check (`validate.check` compares the dataset first) to

@@ -118,9 +118,17 @@ def test_mosi_standard(prepared, capsys):
   assert [len(getattr(dataset, s)) for s in schema.SPLITS] == [1284, 229, 686]
   assert dataset.manifest.dims == MOSI_DIMS
   assert dataset.manifest.task == "regression"
-  assert dataset.manifest.notes == [
+  assert dataset.manifest.notes[0] == (
       "video: no 'video' key in mosi_standard_mpnet.npz: the dataset has no "
-      "video"]
+      "video")
+  # 4 of mpnet's 768 dimensions vary by 1e-7 to 1e-33: centred, not scaled.
+  std = np.array(dataset.manifest.normalization["train"]["text"]["std"])
+  tiny = np.flatnonzero((std > 0) & (std <= data.MIN_STD))
+  assert len(tiny) == 4
+  assert dataset.manifest.notes[1:] == [
+      f"text: 4 columns vary with a std of at most 1e-06 (e.g. column "
+      f"{tiny[0]}): they are centred, not scaled; rescale them before "
+      "converting if they carry signal"]
   assert dataset.test.features["video"].shape == (686, 0)
   capsys.readouterr()
   assert inspect.main([str(directory)]) == 0

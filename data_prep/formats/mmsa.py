@@ -258,7 +258,7 @@ def _parse_ids(path, split, ids):
     group, sep, clip = utt.partition("$_$")
     if not sep:
       group, sep, clip = utt.rpartition("_")
-    if not (sep and group and clip.isdigit()):
+    if not (sep and group and clip.isdecimal()):
       raise schema.DataError(path, f"{split}.{ID_KEY}", f"{utt!r} is not "
                              "'videoid$_$clip' (or 'videoid_clip') with an "
                              "integer clip number")
