@@ -226,6 +226,10 @@ def define_flags(name: str, workdir: str) -> None:
       "config", os.path.join(CONFIGS, f"{name}.py"),
       "config file (FILE or FILE:tiny; experiments/configs/... is found in "
       "the installed package too); override fields with --config.x=...")
+  # --help lists the flags of the main module only: make these its own.
+  for flag in ("data_dir", "workdir", "coordinator_address", "num_processes",
+               "process_id", "config"):
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[flag])
 
 
 def run(name: str) -> None:

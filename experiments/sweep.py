@@ -27,6 +27,7 @@ import runpy
 from absl import app
 from absl import flags
 import jax
+from ml_collections import config_flags
 
 from experiments import launch
 from mcur_jax import sweep
@@ -84,8 +85,15 @@ def run(config, workdir: str) -> None:
   """This shard's points; a failed point (recorded, the others run) makes
   the sweep end with one `error:` line and exit status 2."""
   configure_compilation_cache(FLAGS.compilation_cache, workdir)
+  explicit = "dataset" in config_flags.get_override_values(FLAGS["config"])
+
+  def prepare(point_config, point):
+    # A point's own data directory names its dataset, as --data_dir does.
+    if "data_dir" in point:
+      launch.take_dataset(point_config, explicit or "dataset" in point)
+
   status = sweep.run(config, workdir, points(config),
-                     parse_shard(FLAGS.shard))
+                     parse_shard(FLAGS.shard), prepare=prepare)
   failed = [name for name, s in status.items() if s == "failed"]
   if failed:
     raise validate.ConfigError(

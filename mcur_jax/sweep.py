@@ -159,7 +159,9 @@ def point_name(point: dict[str, Any]) -> str:
 
 
 def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
-  """A copy of `base` with the point's overrides (unknown fields fail)."""
+  """A copy of `base` with the point's overrides (unknown fields fail); a
+  `data_dir` is made absolute, so that the point's config.json finds its
+  data from anywhere."""
   config = ml_collections.ConfigDict(base.to_dict())
   for field, value in point.items():
     if field not in config:
@@ -169,6 +171,8 @@ def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
       raise validate.ConfigError(
           f"sweep point {point}", "may not set seeds: the seeds of a point "
           "train together; set --config.seeds for the sweep")
+    if field == "data_dir":
+      value = os.path.abspath(value)
     try:
       config[field] = value
     except TypeError as e:
@@ -204,12 +208,15 @@ def _finished(out: str) -> bool:
 
 def run(base: ml_collections.ConfigDict, workdir: str,
         points: list[dict[str, Any]], shard: tuple[int, int] = (0, 1),
-        log=print) -> dict[str, str]:
+        log=print, prepare=None) -> dict[str, str]:
   """Trains this shard's points; returns {name: "done" | "skipped" |
   "failed"}.
 
   Points are `normalize`d first; their names must then be unique (two
   points of the same config are one point, an error naming them).
+  `prepare(config, point)`, when given, completes each point's config
+  before it is checked or trained (an error fails that point): the entry
+  point takes the dataset of a `data_dir` point from its manifest.
   """
   points = [normalize(base, p) for p in points]
   names = [point_name(p) for p in points]
@@ -227,6 +234,8 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     finished = _finished(out)
     try:
       config = point_config(base, point)
+      if prepare is not None:
+        prepare(config, point)
       if finished:
         workdir_lib.check_resume(out, config)
         log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")

@@ -33,8 +33,9 @@ from mcur_jax import combos
 DIR = "tb"
 HPARAMS_DIR = "hparams"
 MISSING = ("NOTE: config.tensorboard is on but tensorboardX is not installed: "
-           "no TensorBoard logs (pip install -e \".[tb]\", or "
-           "--config.tensorboard=False to silence this).")
+           "no TensorBoard logs (pip install tensorboardX, or in a checkout "
+           "pip install -e \".[tb]\"; --config.tensorboard=False silences "
+           "this).")
 
 
 def _tensorboardx():

@@ -463,8 +463,10 @@ def fit(run: Run) -> dict:
                                        members.combos)
   progress = report.Progress(config.num_epochs, start,
                              enabled=run.main_process)
+  # No event file for a run whose epochs are all done (a rerun to finish).
   board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
-                               enabled=run.main_process and config.tensorboard)
+                               enabled=run.main_process and config.tensorboard
+                               and start < config.num_epochs)
   saved = time.monotonic()
   try:
     for epoch in range(start, config.num_epochs):

@@ -117,3 +117,11 @@ def test_missing_config_file_is_one_flag_error(tmp_path):
   assert "Traceback" not in result.stderr
   assert ("flag --config=missing.py:tiny: missing.py: no such config file"
           in result.stderr)
+
+
+def test_help_lists_the_entry_points_flags():
+  """`--help` of a training entry point lists its flags (absl lists only
+  the main module's own)."""
+  result = runs.cli("--help", env=dict(os.environ))
+  for flag in ("--config", "--data_dir", "--workdir"):
+    assert f"  {flag}:" in result.stdout, flag

@@ -2,6 +2,8 @@
 and nothing else, runs from any directory once installed into a fresh
 virtual environment, and LICENSE and CITATION.cff say what they should."""
 
+import ast
+import configparser
 import importlib.metadata
 import importlib.util
 import os
@@ -140,6 +142,54 @@ def test_installed_entry_points_run_from_any_directory(wheel, tmp_path):
       "--config.dataset is 'iemocap4'; leave --config.dataset out to train "
       "on 'iemocap6'"]
   assert os.listdir(cwd) == []
+
+
+def _imported_modules(folder: pathlib.Path) -> set[str]:
+  """Top-level names of the modules the .py files under `folder` import."""
+  names = set()
+  for path in folder.rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names |= {a.name.split(".")[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and not node.level:
+        names.add(node.module.split(".")[0])
+  return names
+
+
+def _declared(extras: bool) -> set[str]:
+  """Distribution names setup.cfg requires (and its extras, if asked)."""
+  config = configparser.ConfigParser()
+  config.read(ROOT / "setup.cfg")
+  lines = config["options"]["install_requires"].split()
+  if extras:
+    lines += " ".join(config["options.extras_require"].values()).split()
+  return {_normalized(re.split(r"[<>=!~;\[ ]", line)[0]) for line in lines
+          if line and line[0].isalpha()}
+
+
+def _normalized(distribution: str) -> str:
+  return re.sub(r"[-_.]+", "-", distribution).lower()  # PEP 503
+
+
+def test_every_imported_distribution_is_declared():
+  """What the packages import is in install_requires (optional imports,
+  tensorflow and tensorboardX, in an extra); the tests' imports in the
+  `test` extra or install_requires. Found through the installed
+  distributions that provide each module, so a dependency that only
+  arrives with another (absl-py, with jax) is caught."""
+  provides = importlib.metadata.packages_distributions()
+  optional = {"tensorflow", "tensorboardX"}
+  for folders, extras in ((PACKAGES, False), ({"tests", "benchmarks"}, True)):
+    used = set().union(*(_imported_modules(ROOT / f) for f in folders))
+    used -= set(sys.stdlib_module_names) | PACKAGES | {"tests", "benchmarks",
+                                                       "__future__"}
+    if not extras:
+      used -= optional
+    missing = sorted(
+        name for name in used
+        if not {_normalized(d) for d in provides.get(name, [name])}
+        & _declared(extras))
+    assert not missing, f"{sorted(folders)} import undeclared {missing}"
 
 
 def test_license_is_apache_2():

@@ -231,6 +231,26 @@ def test_sharded_processes_cover_the_sweep(env, data_dir, tmp_path):
   assert len(results(tmp_path)) == 4
 
 
+def test_data_dir_points_take_their_dataset_and_an_absolute_path(
+    env, data_dir, tmp_path, tmp_path_factory):
+  """A sweep over data_dir, given relative to the working directory: each
+  point trains on its own directory's dataset (MOSEI data under the MOSI
+  config, as --data_dir would), and its config.json names the data by an
+  absolute path, so that evaluate and predict find it from anywhere."""
+  mosei = runs.synthetic_dir(tmp_path_factory, "mosei", 0.01)
+  values = [os.path.relpath(d, ROOT) for d in (data_dir, mosei)]
+  proc = run_sweep(env, data_dir, tmp_path, "--grid",
+                   f"data_dir={','.join(values)}", "--config.num_epochs=1")
+  assert proc.returncode == 0, proc.stderr
+  found = {}
+  for name in os.listdir(tmp_path):
+    path = tmp_path / name / "config.json"
+    if path.exists():
+      config = json.loads(path.read_text())
+      found[config["dataset"]] = config["data_dir"]
+  assert found == {"mosi": str(data_dir), "mosei": str(mosei)}
+
+
 def test_bad_grid_exits_2_with_one_line(env, data_dir, tmp_path):
   proc = run_sweep(env, data_dir, tmp_path, "--grid", "nope=1")
   assert proc.returncode == 2
