@@ -323,7 +323,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           workdir, schema.fold_name(fold))))
     results = report.combine_folds(runs)
     if jax.process_index() == 0:
-      if config.plots:  # Before results.json, which marks a finished run.
+      # Before results.json, which marks a finished run.
+      if config.tensorboard:  # The pooled run's HPARAMS row (fold 0).
+        tensorboard.write_hparams(workdir, config, results)
+      if config.plots:
         report.write_summary_figures(workdir, results)
       report.write_results(workdir, results)
       print(report.table(results))

@@ -54,6 +54,10 @@ def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
   assert [r["fold"] for r in folds] == [1, 2, 3, 4, 5]
   assert results["folds"] == [1, 2, 3, 4, 5]
   assert json.loads((workdir / "results.json").read_text()) == results
+  # The pooled run's TensorBoard HPARAMS session holds its pooled numbers.
+  pooled = runs.tensorboard_scalars(workdir / "tb" / "hparams")
+  assert pooled["hparam/test/avg/wf1"] == {  # At step num_epochs, 1.
+      1: [pytest.approx(results["test"]["avg"]["wf1"]["mean"])]}
   assert results["task"] == "classification" and results["headline"] == "wf1"
   for split in ("test", "valid"):
     for c in runs.ALL_COMBOS:
