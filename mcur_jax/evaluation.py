@@ -20,9 +20,13 @@ group has it.
 
 Each utterance's prediction comes from the member (`regime.Members`) that
 serves its combination: the seed's single model in the mixed regime; in the
-per-condition regime the model of the fixed combination (fixed protocol) or
-of the utterance's drawn combination (missing-rate protocol; one left with
-no modality goes to the model of the run's fullest combination).
+per-condition regime the model of the fixed combination (fixed protocol;
+also for an utterance that natively lacks one of its modalities, as that
+combination's test condition includes it) or of the combination the
+utterance is left with, its draw intersected with what it natively has
+(missing-rate protocol; one left with no modality goes to the model of the
+run's fullest combination). No real dataset here lacks a modality for some
+utterances only, so the two readings coincide on them.
 
 One compiled function runs every protocol: it predicts as many mask sets
 as the run has combinations (`make_predict`'s `sets`: 7, or 3 where a

@@ -104,6 +104,8 @@ def regression(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
   nonzero = label != 0
   non0 = (label[nonzero] > 0, pred[nonzero] > 0)
   has0 = (label >= 0, pred >= 0)
+  # Acc-7 as the field's code (MMSA/MulT): clip to [-3, 3], then np.round,
+  # which rounds halves to even (-2.5 -> -2, 0.5 -> 0, 1.5 -> 2).
   seven = lambda x: np.round(np.clip(x, -3, 3))
   return {
       "acc2_non0": accuracy(*non0), "f1_non0": weighted_f1(*non0),
@@ -165,7 +167,10 @@ def decisions(task: str, outputs: np.ndarray, label: np.ndarray, s: np.ndarray,
 
 
 def ece(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> float:
-  """Expected calibration error with `bins` equal-width bins over [0, 1]."""
+  """Expected calibration error with `bins` equal-width bins over [0, 1],
+  each [lo, hi) but the last, which holds 1.0 too (Guo et al.'s code uses
+  (lo, hi]: they differ only for a confidence exactly on an edge, here a
+  regression score of exactly 0, confidence 0.5)."""
   if not len(correct):
     return float("nan")
   which = np.minimum((confidence * bins).astype(int), bins - 1)
@@ -179,14 +184,26 @@ def ece(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> float:
 
 def coverage_curve(correct: np.ndarray, uncertainty: np.ndarray,
                    coverages=np.linspace(0.1, 1.0, 10)):
-  """Accuracy on the ceil(q N) least uncertain samples, for each coverage q
-  (ties in `uncertainty` are broken by sample order)."""
+  """Accuracy on the ceil(q N) least uncertain samples, for each coverage q.
+
+  Samples tied in `uncertainty` at the cut count at their tie group's mean
+  accuracy (the expectation over the orders of the ties), so an uncertainty
+  that does not separate samples withholds none by sample order: a
+  constant one gives the accuracy on all at every coverage.
+  """
   if not len(correct):
     return np.full(len(coverages), np.nan)
-  hits = np.cumsum(correct[np.argsort(uncertainty, kind="stable")])
+  order = np.argsort(uncertainty, kind="stable")
+  hit = np.asarray(correct, np.float64)[order]
+  _, start, group, size = np.unique(np.asarray(uncertainty)[order],
+                                    return_index=True, return_inverse=True,
+                                    return_counts=True)
+  before = np.concatenate([[0.0], np.cumsum(hit)])[start]
+  mean = np.bincount(group, hit) / size
   counts = np.maximum(np.ceil(np.asarray(coverages) * len(correct) - 1e-9),
                       1).astype(int)
-  return hits[counts - 1] / counts
+  g = group[counts - 1]
+  return (before[g] + (counts - start[g]) * mean[g]) / counts
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

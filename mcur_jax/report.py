@@ -121,7 +121,10 @@ def summarize(per_run: list[dict]) -> dict:
   combinations (the run's realisable ones)."""
   names = [c for c in combos.NAMES if c in per_run[0]]
   metric_names = list(per_run[0][names[0]])
-  with_avg = [{**run, "avg": {k: float(np.mean([run[c][k] for c in names]))
+  # A null (a pooled fold's NaN metric) stays NaN in the Avg.
+  value = lambda x: np.nan if x is None else x
+  with_avg = [{**run, "avg": {k: float(np.mean([value(run[c][k])
+                                                for c in names]))
                               for k in metric_names}} for run in per_run]
   return {c: summarize_flat([run[c] for run in with_avg])
           for c in names + ["avg"]}

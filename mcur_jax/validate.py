@@ -88,6 +88,10 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   if config.batch_size % devices:
     raise _error("batch_size", f"{config.batch_size} does not divide by "
                       f"the {devices} devices")
+  if config.context_layers and config.context_window > config.batch_size:
+    raise _error("context_window", f"{config.context_window} exceeds "
+                 f"batch_size {config.batch_size}: training windows would be "
+                 "cut to the batch while evaluation windows are not")
   chunk = transfer.chunk_size(config.eval_batch_size, devices)
   if config.context_layers and config.context_window > chunk:
     raise _error("context_window", f"{config.context_window} exceeds "
@@ -97,6 +101,11 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     for m in modalities(config, field):
       if not manifest.dims[m]:
         raise _error(field, f"{m}: the data in {config.data_dir} has no {m}")
+  # Not > 0 (NaN too): MCB-CL would be NaN, SUGR's clip [-s_max, s_max]
+  # empty (every s would be -s_max, with no gradient).
+  for field in ("tau", "sugr_s_max"):
+    if not config[field] > 0:
+      raise _error(field, f"{config[field]}, must be > 0")
   if not 0 <= config.checkpoint_seconds:  # NaN would save only the last.
     raise _error("checkpoint_seconds", f"{config.checkpoint_seconds}, must "
                  "be >= 0")

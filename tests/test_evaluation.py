@@ -126,6 +126,10 @@ def test_config_check_names_the_field(mosi_dir):
        "config.checkpoint_seconds: nan, must be >= 0"),
       ("checkpoint_seconds", -1.0,
        "config.checkpoint_seconds: -1.0, must be >= 0"),
+      ("tau", 0.0, "config.tau: 0.0, must be > 0"),
+      ("context_window", 40, "config.context_window: 40 exceeds batch_size "
+       "32: training windows"),
+      ("sugr_s_max", -1.0, "config.sugr_s_max: -1.0, must be > 0"),
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
       ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
       ("dataset", "mosei", "config.dataset: 'mosei'"),
@@ -612,6 +616,25 @@ def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
 
 # Reports
 # -------
+
+
+def test_folds_pool_with_null_metrics():
+  """A fold whose metric is null in results.json (NaN: Corr of constant
+  predictions) pools as NaN, written null, instead of failing; the other
+  metrics pool over every (fold, seed) run."""
+  def fold(k, corr):
+    per_seed = [{c: {"mae": 0.1 * k + s, "corr": corr} for c in ("a", "t")}
+                for s in range(2)]
+    return report._clean({"dataset": "mosi", "task": "regression",
+                          "combinations": ["a", "t"], "fold": k,
+                          "test": report.summarize(per_seed)})
+  pooled = report.combine_folds([fold(1, float("nan")), fold(2, 0.5)])
+  assert pooled["folds"] == [1, 2]
+  for c in ("a", "t", "avg"):
+    assert pooled["test"][c]["corr"]["mean"] is None
+    assert pooled["test"][c]["corr"]["per_run"] == [None, None, 0.5, 0.5]
+    assert pooled["test"][c]["mae"]["mean"] == pytest.approx(0.65)
+  json.dumps(pooled, allow_nan=False)
 
 
 def test_markdown_table_has_a_row_per_method(mixed, per_condition):

@@ -1,5 +1,6 @@
 """The metrics of DESIGN section 5 against scikit-learn and NumPy."""
 
+import itertools
 import math
 import warnings
 
@@ -231,6 +232,23 @@ def test_ece_and_coverage_match_references():
     k = int(np.ceil(q * 200))
     [got] = metrics.coverage_curve(correct, uncertainty, [q])
     assert got == pytest.approx(correct[order[:k]].mean())
+
+
+def test_coverage_counts_ties_at_the_cut_at_their_mean():
+  """Tied uncertainties withhold nobody by sample order: the reference is
+  the mean over every order of the ties (all 4! orders of a tie group of
+  4, brute force), and a constant uncertainty gives the accuracy on all."""
+  correct = np.array([1, 0, 0, 1, 1, 0, 1], bool)
+  uncertainty = np.array([0.2, 0.5, 0.5, 0.1, 0.5, 0.9, 0.5])
+  tied = np.flatnonzero(uncertainty == 0.5)
+  for q in (0.3, 0.5, 0.6, 0.8):
+    k = int(np.ceil(q * 7))
+    want = np.mean([correct[np.r_[3, 0, list(p), 5]][:k].mean()
+                    for p in itertools.permutations(tied)])
+    [got] = metrics.coverage_curve(correct, uncertainty, [q])
+    assert got == pytest.approx(want)
+  assert metrics.coverage_curve(correct, np.zeros(7), [0.5])[0] == (
+      pytest.approx(correct.mean()))
 
 
 @pytest.mark.parametrize("task_loss", ["l1", "mse"])

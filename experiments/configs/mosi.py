@@ -51,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.warmup_epochs = 2
   # Final learning rate as a fraction of the peak (end of the cosine).
   c.final_lr_fraction = 0.01
-  # AdamW decoupled weight decay (on weight matrices, not biases or norms).
+  # AdamW decoupled weight decay (on every parameter of 2 or more axes:
+  # weight matrices, embeddings and the position bias; not biases, norms or
+  # the CLS vector).
   c.weight_decay = 1e-4
   # Gradient clipping by global norm.
   c.grad_clip_norm = 1.0
