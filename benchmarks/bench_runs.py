@@ -11,10 +11,11 @@ start: Python, JAX's backend, compiling), `python -m experiments.mosi
 IEMOCAP` (5 folds x 5 seeds) with each of `--dtypes`
 (`--config.compute_dtype`); a dataset whose directory is absent is
 skipped. Each run gets what is left of `--deadline` seconds and is stopped
-when it is spent (its finished folds are still reported). Prints per run
-the wall seconds, and from its results.json the seconds it recorded,
-`seconds_by_phase`, the largest `compile_seconds` and the test Avg of the
-headline metric. Set `JAX_COMPILATION_CACHE_DIR` to measure runs that
+when it is spent (the figures of its finished folds are still reported).
+Prints per run the wall seconds, and from its results.json (a stopped
+run: each finished fold's) the seconds it recorded, `seconds_by_phase`,
+the largest `compile_seconds` and the test Avg of the headline metric;
+`--json` is rewritten after every run. Set `JAX_COMPILATION_CACHE_DIR` to measure runs that
 load their programs from JAX's persistent cache. `--short`: the tiny
 config on a small synthetic MOSI with each dtype (seconds; for CI).
 """
@@ -52,44 +53,56 @@ def run_one(name: str, module: str, data_dir: str, dtype: str, out: str,
     status = f"stopped at the deadline ({limit:.0f} s)"
   found = {"run": name, "dtype": dtype, "status": status,
            "wall_s": round(time.perf_counter() - start, 1)}
-  path = os.path.join(out, workdir_lib.RESULTS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      results = json.load(f)
-    headline = results["headline"]
-    found.update(
-        seconds=results["seconds"],
-        test_avg=round(results["test"]["avg"][headline]["mean"], 4),
-        headline=headline,
-        **{k: results[k] for k in ("seconds_by_phase", "compile_seconds")
-           if k in results})
+  if os.path.exists(os.path.join(out, workdir_lib.RESULTS_FILE)):
+    found.update(figures(out))
   else:
-    found["folds_finished"] = [
-        os.path.basename(d) for d in workdir_lib.started_folds(out)
-        if os.path.exists(os.path.join(d, workdir_lib.RESULTS_FILE))]
+    found["folds_finished"] = {
+        os.path.basename(d): figures(d) for d in workdir_lib.started_folds(out)
+        if os.path.exists(os.path.join(d, workdir_lib.RESULTS_FILE))}
   return found
 
 
+def figures(workdir: str) -> dict:
+  """The timing and test Avg of a finished run (or fold) in `workdir`."""
+  with open(os.path.join(workdir, workdir_lib.RESULTS_FILE)) as f:
+    results = json.load(f)
+  headline = results["headline"]
+  return {"seconds": results["seconds"],
+          "test_avg": round(results["test"]["avg"][headline]["mean"], 4),
+          "headline": headline,
+          **{k: results[k] for k in ("seconds_by_phase", "compile_seconds")
+             if k in results}}
+
+
 def describe(r: dict) -> str:
-  """One line of a run's figures (the first fold's phases for folds)."""
+  """A run's figures: one line, the first fold's phases for folds; a
+  stopped run, a line per finished fold."""
   line = f"{r['run']} {r['dtype']}: {r['status']}, {r['wall_s']} s wall"
   if "seconds" in r:
-    line += f", {r['seconds']} s recorded, test Avg {r['headline']} "
-    line += f"{r['test_avg']}"
+    line += _timing(r)
+  folds = r.get("folds_finished")
+  if folds is not None:
+    line += "; folds finished: " + (", ".join(folds) or "none")
+    line += "".join(f"\n  {name}:{_timing(f)}" for name, f in folds.items())
+  return line
+
+
+def _timing(r: dict) -> str:
+  """Recorded seconds, test Avg, phases and the 3 largest compiles."""
+  line = (f" {r['seconds']} s recorded, test Avg {r['headline']} "
+          f"{r['test_avg']}")
   phases = r.get("seconds_by_phase")
   if isinstance(phases, list):
     phases = phases[0]
     line += "; fold 1"
   if phases:
-    line += "; phases " + ", ".join(f"{k} {v}" for k, v in phases.items())
+    line += "; phases (s) " + ", ".join(f"{k} {v}" for k, v in phases.items())
   compiled = r.get("compile_seconds")
   if isinstance(compiled, list):
     compiled = compiled[0]
   if compiled:
-    line += "; compile " + ", ".join(
-        f"{k} {v}" for k, v in list(compiled.items())[:3])
-  if "folds_finished" in r:
-    line += f"; folds finished: {r['folds_finished'] or 'none'}"
+    line += "; compile (s: trace, lower and XLA, within the phases) " + (
+        ", ".join(f"{k} {v}" for k, v in list(compiled.items())[:3]))
   return line
 
 
@@ -130,9 +143,10 @@ def main() -> None:
         out = os.path.join(tmp, f"{module}-{dtype}")
         found.append(run_one(name, module, data_dir, dtype, out, left, extra))
         print(describe(found[-1]), flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(found, f, indent=1)
+        if args.json:  # After every run: a process stopped later keeps it.
+          with open(args.json + ".tmp", "w") as f:
+            json.dump(found, f, indent=1)
+          os.replace(args.json + ".tmp", args.json)
 
 
 if __name__ == "__main__":

@@ -564,16 +564,25 @@ def main(argv=None) -> dict:
         r.update(case=case.name, variant=variant,
                  peak_ratio=r["achieved_flops_per_s"] / peak)
         report["cases"].append(r)
+        # Each case as it is measured: a run stopped later keeps these.
+        print(table(report).split("\n\n")[1].splitlines()[-1], flush=True)
+        write_json(args.json, report)
     if args.devices and found:
       report["device_scaling"] = {
           "case": found[0].name, "devices": args.devices,
           "seconds": {str(n): t for n, t in device_scaling(found[0],
                                                            args).items()}}
   print(table(report))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=1)
+  write_json(args.json, report)
   return report
+
+
+def write_json(path: str | None, report: dict) -> None:
+  """The report as JSON at `path` (if given), replaced whole."""
+  if path:
+    with open(path + ".tmp", "w") as f:
+      json.dump(report, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,20 @@ def test_whole_run_benchmark_reports_a_run_and_a_stopped_one(tmp_path):
   assert run["compile_seconds"]["train_epoch"] > 0
   assert run["headline"] == "f1_non0" and 0 < run["test_avg"] < 1
 
+  # A cross-validated run stopped after its first fold: that fold's
+  # figures are reported (its results.json, written here by hand).
+  fold1 = tmp_path / "stopped" / "fold1"
+  fold1.mkdir(parents=True)
+  (tmp_path / "stopped" / "fold2").mkdir()
+  for fold in (fold1, tmp_path / "stopped" / "fold2"):  # Both started.
+    (fold / "config.json").write_text("{}")
+  (fold1 / "results.json").write_text(json.dumps(
+      {"headline": "wf1", "seconds": 12.5, "test": {"avg": {"wf1": {
+          "mean": 0.61234}}}, "seconds_by_phase": {"setup": 2.0}}))
   stopped = bench_runs.run_one("x", "mosi", str(tmp_path), "float32",
                                str(tmp_path / "stopped"), limit=0.5)
   assert stopped["status"].startswith("stopped at the deadline")
-  assert stopped["folds_finished"] == []
+  assert stopped["folds_finished"] == {"fold1": {
+      "seconds": 12.5, "test_avg": 0.6123, "headline": "wf1",
+      "seconds_by_phase": {"setup": 2.0}}}
+  assert "\n  fold1: 12.5 s recorded" in bench_runs.describe(stopped)
