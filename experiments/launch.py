@@ -169,13 +169,28 @@ def _os_error(e: OSError, workdir: str) -> str:
 
 
 def start(argv) -> None:
-  """What every entry point's main does first: refuse stray arguments and
-  log only warnings unless --verbosity says otherwise (orbax logs every
-  save at INFO)."""
+  """What every entry point's main does first: refuse stray arguments, log
+  only warnings unless --verbosity says otherwise (orbax logs every save at
+  INFO), and keep a damaged checkpoint's one error line readable
+  (`_quiet_closed_loops`)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
+
+
+def _quiet_closed_loops(hook):
+  """`hook` for every unraisable exception but one: the RuntimeError("Event
+  loop is closed") that tensorstore's reads, still running after orbax's
+  restore of a damaged checkpoint failed and closed its event loop, raise
+  in their callbacks (hundreds of tracebacks around the error line that
+  says what happened). The failure itself is raised and reported."""
+  def quiet(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+  return quiet
 
 
 def execute(argv, job) -> None:

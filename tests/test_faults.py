@@ -104,8 +104,9 @@ def copy_run(reference, tmp_path):
 
 
 def damage(workdir, epoch: int, how: str) -> None:
-  """Truncates to half, or flips bytes in the middle of, every file of a
-  checkpoint larger than 1 kB (the array data)."""
+  """Truncates to half, flips bytes in the middle of, or scrambles (every
+  97th byte flipped) every file of a checkpoint larger than 1 kB (the array
+  data)."""
   folder = workdir / "checkpoints" / str(epoch)
   files = [p for p in folder.rglob("*") if p.is_file()
            and p.stat().st_size > 1024]
@@ -114,6 +115,8 @@ def damage(workdir, epoch: int, how: str) -> None:
     data = bytearray(path.read_bytes())
     if how == "truncate":
       data = data[:len(data) // 2]
+    elif how == "scramble":
+      data[::97] = bytes(b ^ 0xFF for b in data[::97])
     else:
       middle = len(data) // 2
       data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
@@ -152,19 +155,21 @@ def test_no_good_checkpoint_exits_2_naming_the_directory(
   assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("how", ["truncate", "flip"])
+@pytest.mark.parametrize("how", ["truncate", "flip", "scramble"])
 def test_evaluate_refuses_a_damaged_checkpoint(how, reference, tmp_path):
   """`experiments.evaluate` (and predict, through the same restore) checks
   the newest checkpoint's digest: a damaged one is an error naming it,
-  never a table of a model the run did not train."""
+  never a table of a model the run did not train. The error is all it
+  prints: tensorstore's reads that outlive orbax's failed restore (a
+  scrambled checkpoint) would print a traceback each."""
   workdir = copy_run(reference, tmp_path)
   damage(workdir, 3, how)
   result = runs.cli("--workdir", workdir, dataset="evaluate")
   assert result.returncode == 2, result.stderr
-  [line] = runs.error_lines(result.stderr)
+  [line] = result.stderr.splitlines()
   assert line.startswith(f"error: {workdir / 'checkpoints'}: the checkpoint "
                          "of epoch 3 ")
-  assert "damaged on disk" in line and "Traceback" not in result.stderr
+  assert "damaged on disk" in line
 
 
 def test_a_resume_on_other_devices_says_it_is_equal_to_rounding(tmp_path):

@@ -3,6 +3,7 @@ from a prepared directory's manifest, and files found in the package."""
 
 import os
 import pathlib
+import types
 
 import pytest
 
@@ -125,3 +126,18 @@ def test_help_lists_the_entry_points_flags():
   result = runs.cli("--help", env=dict(os.environ))
   for flag in ("--config", "--data_dir", "--workdir"):
     assert f"  {flag}:" in result.stdout, flag
+
+
+def test_closed_loop_callbacks_are_quiet_and_nothing_else():
+  """The entry points' unraisable-exception hook drops exactly the
+  RuntimeError("Event loop is closed") that tensorstore's leftover reads
+  raise after a failed restore; any other unraisable exception reaches the
+  hook before it."""
+  seen = []
+  hook = launch._quiet_closed_loops(seen.append)
+  closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+  other = types.SimpleNamespace(exc_value=RuntimeError("something else"))
+  value = types.SimpleNamespace(exc_value=ValueError("Event loop is closed"))
+  for unraisable in (closed, other, value):
+    hook(unraisable)
+  assert seen == [other, value]
