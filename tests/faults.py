@@ -22,6 +22,8 @@ saving its second checkpoint. Faults (N counts calls, from 1):
   enospc_results writing results.json fails with ENOSPC
   hold:PATH      at the first epoch's end, create PATH and sleep (a run that
                  is alive and holds its workdir, for the lock test)
+  nan_sugr       SUGR's clip bound is NaN (`sugr_with_nan_bound`): the loss
+                 turns NaN when SUGR starts, after its warm-up epochs
 
 The patches replace module attributes that the code looks up at call time,
 so the entry point runs unchanged around them.
@@ -38,6 +40,7 @@ from matplotlib import figure
 from orbax.checkpoint._src.path import atomicity
 
 from mcur_jax import evaluation
+from mcur_jax import losses
 from mcur_jax import report
 from mcur_jax import train
 
@@ -99,6 +102,13 @@ def _hold(path):
   _on_call(report.Progress, "update", 1, update)
 
 
+def sugr_with_nan_bound(sugr):
+  """`losses.sugr` with a NaN clip bound (a value the config check refuses):
+  its loss is NaN once SUGR is active, a divergence on cue."""
+  return lambda *args, **kwargs: sugr(*args, **{**kwargs,
+                                                "s_max": float("nan")})
+
+
 def inject(fault: str) -> None:
   kind, _, arg = fault.partition(":")
   if kind == "epoch":
@@ -122,6 +132,8 @@ def inject(fault: str) -> None:
     _publishing("results.json", 1, _full)
   elif kind == "hold":
     _hold(arg)
+  elif kind == "nan_sugr":
+    losses.sugr = sugr_with_nan_bound(losses.sugr)
   else:
     raise SystemExit(f"unknown fault {fault!r}")
 

@@ -31,12 +31,14 @@ from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
 from mcur_jax import groups
+from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import model
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
+from tests import faults
 from tests import runs
 
 # About 6 minutes on 2 cores: conftest schedules the slow modules first.
@@ -357,12 +359,20 @@ def test_progress_follows_current_stdout(capsys):
 # ----------
 
 
-def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path):
+@pytest.fixture
+def nan_sugr(monkeypatch):
+  """SUGR's loss NaN once active (after the tiny config's 1 warm-up epoch)."""
+  monkeypatch.setattr(losses, "sugr", faults.sugr_with_nan_bound(losses.sugr))
+
+
+def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path,
+                                                         nan_sugr):
   """A loss that turns NaN in epoch 2 (SUGR starts after 1 warm-up epoch
-  with s_max NaN) raises TrainingDiverged naming the epoch, the seeds and
-  the kept checkpoint; epoch 1's checkpoint and log lines stay."""
+  with a NaN clip bound) raises TrainingDiverged naming the epoch, the
+  seeds and the kept checkpoint; epoch 1's checkpoint and log lines
+  stay."""
   with pytest.raises(train.TrainingDiverged) as info:
-    run(mosi_dir, tmp_path, sugr_s_max=float("nan"))
+    run(mosi_dir, tmp_path)
   message = str(info.value)
   assert message.startswith("epoch 2: ")
   assert "NaN/inf for seed 0, seed 1;" in message
@@ -381,11 +391,12 @@ def test_checkpoint_seconds_leaves_only_the_last_epoch(mosi_dir, tmp_path):
   assert (tmp_path / "results.json").exists()
 
 
-def test_nan_loss_before_any_checkpoint_says_so(mosi_dir, tmp_path):
+def test_nan_loss_before_any_checkpoint_says_so(mosi_dir, tmp_path,
+                                               nan_sugr):
   """With no checkpoint saved yet (checkpoint_every 2, NaN in epoch 2) the
   message says there is none instead of naming an epoch."""
   with pytest.raises(train.TrainingDiverged) as info:
-    run(mosi_dir, tmp_path, sugr_s_max=float("nan"), checkpoint_every=2)
+    run(mosi_dir, tmp_path, checkpoint_every=2)
   assert checkpoint_steps(tmp_path) == []
   message = str(info.value)
   assert "None" not in message
@@ -396,7 +407,7 @@ def test_cli_nan_loss_exits_3(mosi_dir, tmp_path):
   """Through the CLI a diverged run exits with status 3 and one `error:`
   line, no traceback."""
   result = runs.cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
-               f"{MOSI_CONFIG}:tiny", "--config.sugr_s_max=nan")
+                    f"{MOSI_CONFIG}:tiny", fault="nan_sugr")
   assert result.returncode == 3, result.stderr
   [line] = runs.error_lines(result.stderr)
   assert line.startswith("error: epoch 2: training loss is NaN/inf")
