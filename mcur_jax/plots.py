@@ -5,9 +5,13 @@ post-hoc calibration.
 Each function writes one PNG and closes its figure, so a long run can render
 many figures without holding them in memory. The inputs are the run's own
 outputs (the results.json dict, `metrics.jsonl`) or evaluation arrays, and
-the uncertainty panels use the helpers behind `metrics.uncertainty`, so a
-figure never disagrees with the tables. Every title says what is averaged
-over how many runs, and results from synthetic data say so in the title.
+the uncertainty panels use the helpers behind `metrics.uncertainty`. The
+bars and curves show results.json's numbers; the uncertainty and
+calibration figures pool a seed's combinations, so their ECE and selective
+accuracy rank the pooled decisions (across combinations too: a deployment
+that meets them mixed), which results.json, scoring each combination and
+averaging, does not hold. Every title says what is averaged over how many
+runs, and results from synthetic data say so in the title.
 """
 
 import json
@@ -107,7 +111,8 @@ def combination_bars(results: dict, path: str, split: str = "test") -> None:
   ax.set_xticks(x, names + ["Avg"])
   ax.set_ylim(0, top + 0.08)
   ax.set_xlabel("modality combination at evaluation (a = audio, t = text, "
-                f"v = video; Avg = mean over the {len(names)})")
+                f"v = video; Avg = mean over the {len(names)} the data "
+                "has)")
   ax.set_ylabel("metric value (fraction)")
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
   ax.grid(axis="y", alpha=0.3)
@@ -416,7 +421,7 @@ def _coverage_panel(ax, correct, curves, title: str) -> None:
 def uncertainty_plot(task: str, outputs: np.ndarray, label: np.ndarray,
                      s: np.ndarray, path: str, task_loss: str,
                      title: str = "") -> None:
-  """How well SUGR's log-variance s tracks the errors of one model.
+  """How well SUGR's log-variance s tracks the errors of a seed's model(s).
 
   Panels: (a) s against the per-sample error; (b) the reliability diagram
   of the decision's confidence; (c) accuracy against coverage when the
@@ -452,14 +457,15 @@ def uncertainty_plot(task: str, outputs: np.ndarray, label: np.ndarray,
   scored = ("samples with a non-zero label" if task == "regression"
             else "samples")
   fig.suptitle(f"{title}{': ' if title else ''}SUGR uncertainty over "
-               f"{len(correct)} {scored} (one model)")
+               f"{len(correct)} {scored}")
   _save(fig, path)
 
 
 def calibration_plot(task: str, task_loss: str, outputs: np.ndarray,
                      label: np.ndarray, s: np.ndarray, calibrators: list,
                      path: str, title: str = "") -> None:
-  """The post-hoc calibration of one model (`calibration.py`) on a split.
+  """The post-hoc calibration of a seed's model(s) (`calibration.py`) on a
+  split.
 
   Panels: (a) the reliability diagram of the uncalibrated confidence and
   (b) of the calibrated one, each combination's decisions pooled; (c)
@@ -502,5 +508,5 @@ def calibration_plot(task: str, task_loss: str, outputs: np.ndarray,
                   "(c) accuracy against coverage")
   fig.suptitle(f"{title}{': ' if title else ''}calibration of "
                f"{len(correct)} decisions, {len(calibrators)} combinations "
-               "pooled (one model)")
+               "pooled")
   _save(fig, path)

@@ -289,10 +289,13 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
   One table per main metric (columns `a t v at av tv atv Avg`), one of the
   headline metric against the missing rate, and one of the uncertainty
   metrics averaged over the combinations; cells are mean ± std over seeds
-  (and folds). `rows` pairs a label with a results.json dict.
+  (and folds). `rows` pairs a label with a results.json dict; rows may
+  differ in their combinations or missing rates (a sweep over them): the
+  columns are all of them, "n/a" where a row has none.
   """
   first = rows[0][1]
-  cols = names(first) + ["avg"]
+  cols = [c for c in combos.NAMES
+          if any(c in names(r) for _, r in rows)] + ["avg"]
   runs = len(first[split]["avg"][first["headline"]]["per_run"])
   out = [f"# {first['dataset']}: {split} metrics of the models selected on "
          f"{first['selected_on']}",
@@ -305,18 +308,21 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
     out += ["", f"## {k}", "", "| method | " + " | ".join(
         "Avg" if c == "avg" else c for c in cols) + " |",
             "|---" * (len(cols) + 1) + "|"]
-    out += [f"| {name} | " + " | ".join(_cell(r[split][c][k]) for c in cols)
+    out += [f"| {name} | " + " | ".join(
+        _cell(r[split][c][k]) if c in r[split] else "n/a" for c in cols)
             + " |" for name, r in rows]
   with_rates = [(name, r) for name, r in rows if "missing_rate" in r]
   if with_rates:
     mr = with_rates[0][1]["missing_rate"]
-    rates = list(mr["rates"])
+    rates = sorted({rate for _, r in with_rates
+                    for rate in r["missing_rate"]["rates"]}, key=float)
     out += ["", f"## {first['headline']} against the missing rate "
             f"({mr['split']}, GCNet semantics, mean of {mr['draws']} draws "
             "per run)", "", "| method | " + " | ".join(rates) + " |",
             "|---" * (len(rates) + 1) + "|"]
     out += [f"| {name} | " + " | ".join(
         _cell(r["missing_rate"]["rates"][rate][first["headline"]])
+        if rate in r["missing_rate"]["rates"] else "n/a"
         for rate in rates) + " |" for name, r in with_rates]
   if _UNCERTAINTY[0] in first[split]["avg"]:
     shown = [k for k in _UNCERTAINTY if k in first[split]["avg"]]
@@ -330,8 +336,9 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
   return "\n".join(out) + "\n"
 
 
-def _categories(task: str, label: np.ndarray, rule: str):
-  """(index per sample, names) of MCB-CL's categories (`losses.category`)."""
+def _categories(task: str, label: np.ndarray, rule: str, classes=None):
+  """(index per sample, names) of MCB-CL's categories (`losses.category`);
+  classes by their names where `classes` gives them."""
   with transfer.on_host():
     category = np.asarray(jax.jit(functools.partial(
         losses.category, task=task, rule=rule))(label))
@@ -339,7 +346,8 @@ def _categories(task: str, label: np.ndarray, rule: str):
   if task == "regression" and rule == "sign":
     return index, [("negative (< 0)", "non-negative (>= 0)")[v]
                    for v in values]
-  return index, [str(v) for v in values]
+  return index, [classes[v] if task == "classification" and classes else
+                 str(v) for v in values]
 
 
 def _figure(workdir: str, name: str) -> str:
@@ -357,10 +365,11 @@ def write_summary_figures(workdir: str, results_dict: dict) -> None:
 
 
 def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
-                  test_split, fitted: dict) -> None:
+                  test_split, fitted: dict, classes=None) -> None:
   """The PNG figures of a run in WORKDIR/figures/ (see plots.py), from the
   fixed-protocol test outputs of `evaluation.run` (`test_found`) and the
-  run's calibration (`fitted`, `calibration.fit_run`)."""
+  run's calibration (`fitted`, `calibration.fit_run`); `classes` names the
+  classes of a classification dataset (its manifest's)."""
   write_summary_figures(workdir, results_dict)
   task, seed = results_dict["task"], results_dict["seeds"][0]
   source = (f"{results_dict['dataset']} test"
@@ -370,26 +379,33 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
       os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],
       _figure(workdir, "training"), sum(selected.values(), []) if isinstance(
           selected, dict) else selected)
+  # Seed 0's model, or in the per-condition regime its model per
+  # combination (`evaluation.route`): one PCA over separate models' spaces.
+  model = (f"seed {seed}'s {len(names(results_dict))} models" if
+           config.regime == "per_condition" else f"seed {seed}")
   category, category_names = _categories(task, test_split.label,
-                                         config.regression_categories)
+                                         config.regression_categories,
+                                         classes)
   out = test_found["outputs"]
   plots.representation_map(
       {"h (after context)": out["h"][:, 0],
        "z (MCB-CL projection)": out["z"][:, 0]},
       names(results_dict), category, category_names,
       _figure(workdir, "representation"),
-      f"{source}, seed {seed}: PCA of the representation under each "
+      f"{source}, {model}: PCA of the representation under each "
       "combination")
   pred, s = out["pred"], out["s"]
+  pooled = ("ranked across combinations; results.json ranks within each "
+            "and averages")
   plots.uncertainty_plot(
       task, pred[:, 0].reshape(-1, pred.shape[-1]),
       np.tile(test_split.label, pred.shape[0]), s[:, 0].reshape(-1),
       _figure(workdir, "uncertainty"), config.task_loss,
-      f"{source}, seed {seed}, all {len(pred)} combinations pooled")
+      f"{source}, {model}, all {len(pred)} combinations pooled\n({pooled})")
   plots.calibration_plot(
       task, config.task_loss, pred[:, 0], test_split.label, s[:, 0],
       [fitted["seeds"][0][c] for c in names(results_dict)],
-      _figure(workdir, "calibration"), f"{source}, seed {seed}")
+      _figure(workdir, "calibration"), f"{source}, {model}\n({pooled})")
 
 
 def table(results_dict: dict, split: str = "test") -> str:

@@ -4,10 +4,11 @@ For a sweep workdir (see `mcur_jax.sweep`) this reads `sweep.json` and each
 point's `results.json` and writes:
 
 * `sweep_report.md` and `sweep_report.csv`: per point, the swept fields,
-  the validation headline metric averaged over the 7 combinations (mean and
-  std over seeds and folds) of the selected models, then the test metrics
-  (Avg and each combination). Rows are sorted by the validation metric, never
-  by test; unfinished points are listed last, failed ones with their error.
+  the validation headline metric averaged over the realisable combinations
+  (mean and std over seeds and folds) of the selected models, then the test
+  metrics (Avg and each combination). Rows are sorted by the validation
+  metric, never by test; unfinished points are listed last, failed ones
+  with their error.
 * `sweep_report.png`: the validation (and, for information, test) metric
   against each swept field, with error bars over seeds.
 * `results.md`: the paper-style tables of `report.markdown` with a row per
@@ -148,7 +149,7 @@ def plot(path: str, fields: list[str], rows: list[dict]) -> None:
     if not numeric:
       ax.set_xticks(range(len(values)), [str(v) for v in values])
     ax.set_xlabel(field)
-    ax.set_ylabel(f"{key} (avg over 7 combinations)")
+    ax.set_ylabel(f"{key} (Avg over the realisable combinations)")
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
   fig.suptitle("Sweep: selection uses validation only", fontsize=10)

@@ -547,7 +547,8 @@ def finish(run: Run, state: dict, phases: timing.Phases,
       tensorboard.write_hparams(run.workdir, config, results)
     if config.plots:
       report.write_figures(run.workdir, results, config, found["test"],
-                           run.dataset.test, fitted)
+                           run.dataset.test, fitted,
+                           run.dataset.manifest.classes)
     report.write_results(run.workdir, results)
     print(report.table(results))
   return results

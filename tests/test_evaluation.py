@@ -3,6 +3,7 @@
 Runs use the `tiny` config on the 8 fake CPU devices of conftest.
 """
 
+import copy
 import csv
 import dataclasses
 import json
@@ -652,3 +653,22 @@ def test_markdown_table_has_a_row_per_method(mixed, per_condition):
           "ece_cal | sel_acc_50_cal | sel_gain_50_cal |") in md
   assert (workdir / "results.md").read_text() == report.markdown(
       [("MCUR (per-condition)", per_results)])
+
+
+def test_markdown_of_rows_with_other_rates_and_combinations(mixed):
+  """A sweep over missing_rates or over data with other modalities gives
+  rows that differ: every rate and combination gets a column, "n/a" where
+  a row has none (the sweep report used to fail on the first row's)."""
+  _, results = mixed
+  fewer = copy.deepcopy(results)
+  rates = list(fewer["missing_rate"]["rates"])
+  del fewer["missing_rate"]["rates"][rates[-1]]
+  fewer["combinations"] = [c for c in fewer["combinations"] if c != "v"]
+  del fewer["test"]["v"]
+  md = report.markdown([("fewer", fewer), ("all", results)])
+  rate_header = "| method | " + " | ".join(rates) + " |"
+  assert rate_header in md
+  [row] = [line for line in md.splitlines()
+           if line.startswith("| fewer |") and line.endswith("| n/a |")]
+  assert row.count("n/a") == 1
+  assert md.count("| method | a | t | v | at | av | tv | atv | Avg |") == 5

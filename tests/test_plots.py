@@ -372,3 +372,18 @@ def test_uncertainty_plot_without_scored_samples_fails_clearly(tmp_path):
   with pytest.raises(ValueError, match="no scored sample"):
     plots.uncertainty_plot("regression", np.ones((5, 1)), np.zeros(5),
                            np.zeros(5), str(tmp_path / "x.png"), "l1")
+
+
+def test_categories_are_named_by_the_manifests_classes():
+  """The representation map's legend names classes as the manifest does
+  (class indices without it); regression categories by their sign."""
+  label = np.array([2, 0, 2, 3])
+  index, names = report._categories("classification", label, "sign",
+                                    ["hap", "sad", "neu", "ang"])
+  assert [names[i] for i in index] == ["neu", "hap", "neu", "ang"]
+  assert report._categories("classification", label, "sign")[1] == [
+      "0", "2", "3"]
+  index, names = report._categories("regression", np.array([-1.5, 0.0, 2.0]),
+                                    "sign")
+  assert [names[i] for i in index] == ["negative (< 0)", "non-negative (>= 0)",
+                                       "non-negative (>= 0)"]
