@@ -236,8 +236,16 @@ def run(base: ml_collections.ConfigDict, workdir: str,
       config = point_config(base, point)
       if prepare is not None:
         prepare(config, point)
+      changed = []
       if finished:
         workdir_lib.check_resume(out, config)
+        changed = workdir_lib.changed_after_training(out, config)
+      if changed:
+        # Finished again: its training is done, its outputs are not.
+        log(f"[{k + 1}/{len(mine)}] {name}: finished before; "
+            f"{', '.join(changed)} changed: evaluating again")
+        train.train_and_evaluate(config, out)
+      elif finished:
         log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")
       else:
         log(f"[{k + 1}/{len(mine)}] {name}")
@@ -261,5 +269,5 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     # against another config) no longer holds.
     if jax.process_index() == 0 and os.path.exists(failed):
       os.remove(failed)
-    status[name] = "skipped" if finished else "done"
+    status[name] = "skipped" if finished and not changed else "done"
   return status

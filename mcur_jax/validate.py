@@ -6,6 +6,8 @@ run, so the entry points can turn bad configs (like bad data,
 other exception, JAX's own included, keeps its traceback.
 """
 
+import numbers
+
 from mcur_jax import combos
 from mcur_jax import data
 from mcur_jax import losses
@@ -46,8 +48,14 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   if config.dataset != manifest.dataset:
     raise _error("dataset", f"{config.dataset!r}, but the data in "
                       f"{config.data_dir} is {manifest.dataset!r}")
-  if not config.seeds:
+  seeds = tuple(config.seeds)
+  if not seeds:
     raise _error("seeds", "empty")
+  if len(set(seeds)) < len(seeds) or not all(
+      isinstance(seed, numbers.Integral) and not isinstance(seed, bool)
+      and 0 <= seed < 2**31 for seed in seeds):
+    raise _error("seeds", f"{seeds}: need distinct integers in [0, 2**31) "
+                 "(a repeated seed trains the same model twice)")
   _one_of(config, "task_loss", TASK_LOSSES[manifest.task])
   _one_of(config, "regime", regime.REGIMES)
   _one_of(config, "positives", losses.POSITIVES)
@@ -101,11 +109,20 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     for m in modalities(config, field):
       if not manifest.dims[m]:
         raise _error(field, f"{m}: the data in {config.data_dir} has no {m}")
-  # Not > 0 (NaN too): MCB-CL would be NaN, SUGR's clip [-s_max, s_max]
-  # empty (every s would be -s_max, with no gradient).
-  for field in ("tau", "sugr_s_max"):
+  # Values that would run but mean nothing (NaN fails each test too): tau 0
+  # makes MCB-CL NaN, a non-positive s_max empties SUGR's clip (every s
+  # -s_max, no gradient), a negative learning rate ascends the loss.
+  for field in ("tau", "sugr_s_max", "learning_rate", "grad_clip_norm"):
     if not config[field] > 0:
       raise _error(field, f"{config[field]}, must be > 0")
+  for field in ("weight_decay", "mcb_weight"):
+    if not config[field] >= 0:
+      raise _error(field, f"{config[field]}, must be >= 0")
+  for field, high, bracket in (("dropout", 1, ")"),
+                               ("final_lr_fraction", 1, "]")):
+    value = config[field]
+    if not (0 <= value < high or bracket == "]" and value == high):
+      raise _error(field, f"{value}, must be in [0, {high}{bracket}")
   if not 0 <= config.checkpoint_seconds:  # NaN would save only the last.
     raise _error("checkpoint_seconds", f"{config.checkpoint_seconds}, must "
                  "be >= 0")
@@ -113,8 +130,8 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     raise _error("ema_decay", f"{config.ema_decay}, must be in [0, 1) (0: "
                  "off; 1 would keep the initial parameters)")
   for rate in config.missing_rates:
-    if not 0 <= rate <= 0.7 + 1e-9:
-      raise _error("missing_rates", f"{rate} outside [0, 0.7]")
+    if not isinstance(rate, numbers.Real) or not 0 <= rate <= 0.7 + 1e-9:
+      raise _error("missing_rates", f"{rate!r} outside [0, 0.7]")
 
 
 def modalities(config, field: str) -> tuple[str, ...]:

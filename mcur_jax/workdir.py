@@ -249,6 +249,20 @@ def check_resume(workdir: str, config) -> None:
              "new --workdir")
 
 
+# The SAFE_ON_RESUME fields that change what a finished run writes after
+# training: a finished sweep point given another value is finished again.
+AFTER_TRAINING = ("plots", "tensorboard", "missing_rates",
+                  "missing_rate_draws", "missing_rate_seed")
+
+
+def changed_after_training(workdir: str, config) -> list[str]:
+  """The AFTER_TRAINING fields whose value in `config` differs from the one
+  the run in `workdir` recorded."""
+  before = read_config(os.path.join(workdir, CONFIG_FILE))
+  now = json.loads(config.to_json_best_effort())
+  return [k for k in AFTER_TRAINING if before.get(k) != now.get(k)]
+
+
 def check_data(workdir: str, data_dir: str, advice: str) -> None:
   """Raises ConfigError if the prepared data in `data_dir` is not the data
   the run in `workdir` trained on (the manifest's sha256 that
@@ -260,5 +274,6 @@ def check_data(workdir: str, data_dir: str, advice: str) -> None:
     if recorded != data_sha256(data_dir):
       raise validate.ConfigError(
           os.path.join(data_dir, schema.MANIFEST),
-          f"the prepared data changed since the run in {workdir} started "
-          f"(manifest sha256 differs); {advice}")
+          f"not the prepared data the run in {workdir} started on (its "
+          f"manifest sha256 differs: other data, or the data changed); "
+          f"{advice}")

@@ -128,6 +128,14 @@ def test_config_check_names_the_field(mosi_dir):
       ("checkpoint_seconds", -1.0,
        "config.checkpoint_seconds: -1.0, must be >= 0"),
       ("tau", 0.0, "config.tau: 0.0, must be > 0"),
+      ("seeds", (0, 0), r"config.seeds: \(0, 0\): need distinct integers"),
+      ("seeds", (0.5, 1.7), r"config.seeds: \(0.5, 1.7\): need distinct"),
+      ("learning_rate", -1e-3, "config.learning_rate: -0.001, must be > 0"),
+      ("dropout", 1.5, r"config.dropout: 1.5, must be in \[0, 1\)"),
+      ("final_lr_fraction", 2.0, r"config.final_lr_fraction: 2.0, must be "
+       r"in \[0, 1\]"),
+      ("weight_decay", -1.0, "config.weight_decay: -1.0, must be >= 0"),
+      ("missing_rates", ("",), "config.missing_rates: '' outside"),
       ("context_window", 40, "config.context_window: 40 exceeds batch_size "
        "32: training windows"),
       ("sugr_s_max", -1.0, "config.sugr_s_max: -1.0, must be > 0"),
@@ -603,7 +611,8 @@ def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
       results["data"]["dir"])
   recorded["manifest_sha256"] = "0" * 64
   (moved / workdir_lib.DATA_FILE).write_text(json.dumps(recorded))
-  with pytest.raises(validate.ConfigError, match="the prepared data changed"):
+  with pytest.raises(validate.ConfigError,
+                     match="not the prepared data the run in .* started on"):
     checkpoint.restore_for_inference(str(moved))
   result = subprocess.run(
       [sys.executable, "-m", "experiments.predict", "--workdir", str(moved),
@@ -611,8 +620,8 @@ def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
       text=True, timeout=300)
   assert result.returncode == 2
   manifest = pathlib.Path(results["data"]["dir"]) / schema.MANIFEST
-  assert result.stderr.startswith(f"error: {manifest}: the prepared data "
-                                  "changed since the run")
+  assert result.stderr.startswith(f"error: {manifest}: not the prepared data "
+                                  "the run in ")
 
 
 # Reports

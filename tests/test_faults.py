@@ -203,7 +203,8 @@ def test_resume_with_another_config_or_data_is_refused(
   other = tmp_path / "other"
   writer.write(synthetic.generate("mosi", 1, 0.1), other)
   config = runs_config(other)
-  with pytest.raises(validate.ConfigError, match="prepared data changed"):
+  with pytest.raises(validate.ConfigError,
+                     match="not the prepared data the run in"):
     train.train_and_evaluate(config, str(workdir))
 
   logs = sorted(p.name for p in (workdir / "tb").rglob("*"))

@@ -221,6 +221,18 @@ def test_killed_sweep_completes_on_rerun_with_uninterrupted_results(
   assert "resuming after epoch" in rerun.stdout
   assert results(killed) == results(whole)
 
+  # A finished point asked for other outputs after training (a changed
+  # missing-rate protocol) is evaluated again, not reported as it was.
+  again = run_sweep(env, data_dir, killed, *args,
+                    "--config.missing_rates=(0.0,0.5)")
+  assert again.returncode == 0, again.stderr
+  assert ("tau=0.05: finished before; missing_rates changed: evaluating "
+          "again") in again.stdout
+  rates = json.loads((killed / "tau=0.05" / "results.json").read_text())[
+      "missing_rate"]["rates"]
+  assert list(rates) == ["0.0", "0.5"]
+  assert results(killed) == results(whole)  # Training untouched.
+
 
 def test_sharded_processes_cover_the_sweep(env, data_dir, tmp_path):
   for shard in ("0/2", "1/2"):
