@@ -144,9 +144,7 @@ def main() -> None:
         found.append(run_one(name, module, data_dir, dtype, out, left, extra))
         print(describe(found[-1]), flush=True)
         if args.json:  # After every run: a process stopped later keeps it.
-          with open(args.json + ".tmp", "w") as f:
-            json.dump(found, f, indent=1)
-          os.replace(args.json + ".tmp", args.json)
+          workdir_lib.write_text(args.json, json.dumps(found, indent=1))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ from mcur_jax import sweep
 from mcur_jax import timing
 from mcur_jax import train
 from mcur_jax import transfer
+from mcur_jax import workdir as workdir_lib
 
 CONFIGS = {"mosi": mosi_config, "iemocap": iemocap_config,
            "mosei": mosei_config}
@@ -566,23 +567,17 @@ def main(argv=None) -> dict:
         report["cases"].append(r)
         # Each case as it is measured: a run stopped later keeps these.
         print(table(report).split("\n\n")[1].splitlines()[-1], flush=True)
-        write_json(args.json, report)
+        if args.json:
+          workdir_lib.write_text(args.json, json.dumps(report, indent=1))
     if args.devices and found:
       report["device_scaling"] = {
           "case": found[0].name, "devices": args.devices,
           "seconds": {str(n): t for n, t in device_scaling(found[0],
                                                            args).items()}}
   print(table(report))
-  write_json(args.json, report)
+  if args.json:
+    workdir_lib.write_text(args.json, json.dumps(report, indent=1))
   return report
-
-
-def write_json(path: str | None, report: dict) -> None:
-  """The report as JSON at `path` (if given), replaced whole."""
-  if path:
-    with open(path + ".tmp", "w") as f:
-      json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,11 @@ def take_dataset(config, explicit: bool) -> None:
   config.dataset = manifest.dataset
 
 
+def dataset_overridden() -> bool:
+  """Whether the command line set --config.dataset."""
+  return "dataset" in config_flags.get_override_values(FLAGS["config"])
+
+
 def find_data(config, workdir: str) -> str:
   """The prepared directory to train on when none is given (see the module
   docstring)."""
@@ -208,8 +213,7 @@ def execute(argv, job) -> None:
     # Absolute, so that config.json finds the data from anywhere.
     config.data_dir = os.path.abspath(given or find_data(config, workdir))
     if given:
-      take_dataset(config, "dataset" in config_flags.get_override_values(
-          FLAGS["config"]))
+      take_dataset(config, dataset_overridden())
     job(config, workdir)
   except train.INPUT_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)

@@ -27,7 +27,6 @@ import runpy
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 
 from experiments import launch
 from mcur_jax import sweep
@@ -85,7 +84,7 @@ def run(config, workdir: str) -> None:
   """This shard's points; a failed point (recorded, the others run) makes
   the sweep end with one `error:` line and exit status 2."""
   configure_compilation_cache(FLAGS.compilation_cache, workdir)
-  explicit = "dataset" in config_flags.get_override_values(FLAGS["config"])
+  explicit = launch.dataset_overridden()
 
   def prepare(point_config, point):
     # A point's own data directory names its dataset, as --data_dir does.

@@ -102,12 +102,16 @@ class Progress:
       self.stream.write("\n")
 
 
+def _number(value) -> float:
+  """A metric value; null (a NaN written by `_clean`) read back as NaN."""
+  return np.nan if value is None else value
+
+
 def summarize_flat(per_run: list[dict]) -> dict:
   """[{metric: value}] per run -> {metric: {"mean", "std", "per_run"}}."""
   out = {}
   for k in per_run[0]:
-    values = np.array([np.nan if run[k] is None else run[k]
-                       for run in per_run], np.float64)
+    values = np.array([_number(run[k]) for run in per_run], np.float64)
     out[k] = {"mean": float(np.mean(values)),
               "std": float(np.std(values, ddof=1)) if len(values) > 1
               else 0.0,
@@ -121,9 +125,7 @@ def summarize(per_run: list[dict]) -> dict:
   combinations (the run's realisable ones)."""
   names = [c for c in combos.NAMES if c in per_run[0]]
   metric_names = list(per_run[0][names[0]])
-  # A null (a pooled fold's NaN metric) stays NaN in the Avg.
-  value = lambda x: np.nan if x is None else x
-  with_avg = [{**run, "avg": {k: float(np.mean([value(run[c][k])
+  with_avg = [{**run, "avg": {k: float(np.mean([_number(run[c][k])
                                                 for c in names]))
                               for k in metric_names}} for run in per_run]
   return {c: summarize_flat([run[c] for run in with_avg])

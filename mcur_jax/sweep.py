@@ -236,10 +236,9 @@ def run(base: ml_collections.ConfigDict, workdir: str,
       config = point_config(base, point)
       if prepare is not None:
         prepare(config, point)
-      changed = []
-      if finished:
-        workdir_lib.check_resume(out, config)
-        changed = workdir_lib.changed_after_training(out, config)
+      changed = [k for k in (workdir_lib.check_resume(out, config)
+                             if finished else ())
+                 if k in workdir_lib.AFTER_TRAINING]
       if changed:
         # Finished again: its training is done, its outputs are not.
         log(f"[{k + 1}/{len(mine)}] {name}: finished before; "

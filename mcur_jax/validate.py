@@ -115,7 +115,8 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for field in ("tau", "sugr_s_max", "learning_rate", "grad_clip_norm"):
     if not config[field] > 0:
       raise _error(field, f"{config[field]}, must be > 0")
-  for field in ("weight_decay", "mcb_weight"):
+  # NaN fails too (a NaN checkpoint_seconds would save only the last).
+  for field in ("weight_decay", "mcb_weight", "checkpoint_seconds"):
     if not config[field] >= 0:
       raise _error(field, f"{config[field]}, must be >= 0")
   for field, high, bracket in (("dropout", 1, ")"),
@@ -123,9 +124,6 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     value = config[field]
     if not (0 <= value < high or bracket == "]" and value == high):
       raise _error(field, f"{value}, must be in [0, {high}{bracket}")
-  if not 0 <= config.checkpoint_seconds:  # NaN would save only the last.
-    raise _error("checkpoint_seconds", f"{config.checkpoint_seconds}, must "
-                 "be >= 0")
   if not 0 <= config.ema_decay < 1:
     raise _error("ema_decay", f"{config.ema_decay}, must be in [0, 1) (0: "
                  "off; 1 would keep the initial parameters)")

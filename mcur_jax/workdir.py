@@ -225,9 +225,10 @@ def check_devices(workdir: str, devices: int) -> str | None:
           "float rounding (about 1e-6), not bit for bit")
 
 
-def check_resume(workdir: str, config) -> None:
+def check_resume(workdir: str, config) -> list[str]:
   """Raises ConfigError if `config` or its data differ from the run that
-  wrote the workdir's checkpoints (fields of SAFE_ON_RESUME excepted)."""
+  wrote the workdir's checkpoints (fields of SAFE_ON_RESUME excepted);
+  returns the SAFE_ON_RESUME fields that differ."""
   path = os.path.join(workdir, CONFIG_FILE)
   try:
     before = read_config(path)
@@ -247,20 +248,13 @@ def check_resume(workdir: str, config) -> None:
         "; resume with the same config, or use a new --workdir")
   check_data(workdir, config.data_dir, "resume on the same data, or use a "
              "new --workdir")
+  return sorted(k for k in SAFE_ON_RESUME if before.get(k) != now.get(k))
 
 
 # The SAFE_ON_RESUME fields that change what a finished run writes after
 # training: a finished sweep point given another value is finished again.
 AFTER_TRAINING = ("plots", "tensorboard", "missing_rates",
                   "missing_rate_draws", "missing_rate_seed")
-
-
-def changed_after_training(workdir: str, config) -> list[str]:
-  """The AFTER_TRAINING fields whose value in `config` differs from the one
-  the run in `workdir` recorded."""
-  before = read_config(os.path.join(workdir, CONFIG_FILE))
-  now = json.loads(config.to_json_best_effort())
-  return [k for k in AFTER_TRAINING if before.get(k) != now.get(k)]
 
 
 def check_data(workdir: str, data_dir: str, advice: str) -> None:
