@@ -3,7 +3,8 @@ files, and clean failures.
 
     python -m experiments.mosi [--data_dir DIR] [--workdir DIR] [--config FILE[:tiny]] [--config.FIELD=VALUE ...]
 
-Data: `--data_dir` (or config.data_dir), a prepared directory, when given:
+Data: `--data_dir` (or config.data_dir; the two naming different
+directories is an error), a prepared directory, when given:
 the run takes its dataset from the directory's manifest (`take_dataset`);
 else `prepared/<dataset>` under the working directory if it exists; else,
 for a dataset the synthetic generator knows, a synthetic dataset shaped like
@@ -19,8 +20,10 @@ commands work from any directory after `pip install .`.
 """
 
 import ctypes
+import difflib
 import errno
 import os
+import re
 import sys
 
 
@@ -46,6 +49,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from data_prep import synthetic
@@ -75,27 +79,61 @@ def package_file(path: str) -> str:
 
 class _PackageFileParser(flags.ArgumentParser):
   """Parses `FILE[:ARG]` with `parser`, FILE found by `package_file`; a
-  FILE that is not there is a flag error (one line, naming the flag),
-  not a traceback at the first use of the config."""
+  FILE that is not there, or an override `--NAME.FIELD` whose FIELD the
+  config lacks, is a flag error (one line, naming the flag), not a
+  traceback (ml_collections defers the first to the config's first use and
+  raises AttributeError for the second)."""
 
-  def __init__(self, parser: flags.ArgumentParser):
+  def __init__(self, parser: flags.ArgumentParser, name: str):
     self.parser = parser
+    self.name = name
 
   def parse(self, argument: str):
     file, colon, arg = argument.partition(":")
     path = package_file(file)
     if not os.path.isfile(path):
       raise ValueError(f"{file}: no such config file")
-    return self.parser.parse(path + colon + arg)
+    config = self.parser.parse(path + colon + arg)
+    _check_overrides(self.name, config)
+    return config
+
+
+def _check_overrides(name: str, config) -> None:
+  """Raises ValueError for a `--NAME.A.B=...` of the command line (or of a
+  --flagfile) whose A, or B inside the sub-config A, `config` lacks,
+  suggesting the closest field."""
+  for arg in FLAGS.read_flags_from_files(sys.argv[1:], force_gnu=False):
+    match = re.match(rf"--?(?:no)?{re.escape(name)}\.([^=]+)", arg)
+    if not match:
+      continue
+    node = config
+    for part in match.group(1).split("."):
+      if not isinstance(node, ml_collections.ConfigDict):
+        break
+      if part not in node:
+        close = difflib.get_close_matches(part, list(node.keys()), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"--{name}.{match.group(1)}: no such config field{hint}")
+      node = node[part]
 
 
 def define_config_file(name: str, default: str, help_string: str) -> None:
   """Defines --NAME, a config file (`FILE` or `FILE:ARG`, the argument of
   its `get_config`) found by `package_file`; its fields can be overridden
-  as --NAME.FIELD=VALUE."""
-  config_flags.DEFINE_config_file(name, default, help_string,
-                                  lock_config=True)
-  FLAGS[name].parser = _PackageFileParser(FLAGS[name].parser)
+  as --NAME.FIELD=VALUE.
+
+  The default is set after the parser is in place: when --NAME is not on
+  the command line, ml_collections parses the default at once, here, before
+  absl parses the flags, so a bad override fails here, with absl's message
+  and exit status, not a traceback."""
+  config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+  FLAGS[name].parser = _PackageFileParser(FLAGS[name].parser, name)
+  try:
+    FLAGS.set_default(name, default)
+  except flags.Error as e:
+    sys.exit(f"FATAL Flags parsing error: {e}\n"
+             "Pass --helpshort or --helpfull to see help on flags.")
 
 
 def take_dataset(config, explicit: bool) -> None:
@@ -210,6 +248,11 @@ def execute(argv, job) -> None:
     initialize_distributed()
   try:
     given = FLAGS.data_dir or config.data_dir
+    if (FLAGS.data_dir and config.data_dir and os.path.abspath(
+        FLAGS.data_dir) != os.path.abspath(config.data_dir)):
+      raise validate.ConfigError(
+          "--data_dir", f"{FLAGS.data_dir}, but --config.data_dir is "
+          f"{config.data_dir}; give one of them")
     # Absolute, so that config.json finds the data from anywhere.
     config.data_dir = os.path.abspath(given or find_data(config, workdir))
     if given:

@@ -6,8 +6,8 @@
         [--sweep experiments/sweeps/mosi_small.py] [--shard i/n] \\
         [--compilation_cache DIR] [--config.seeds=0,1,2] [--config.x=...]
 
-Points: the product of the `--grid FIELD=V1,V2,...` flags (tuple values as
-`a;b`), or the list returned by `get_sweep()` of a `--sweep` file, or both
+Points: the product of the `--grid FIELD=V1,V2,...` flags (`;` for a comma
+inside a value: tuples `a;b`, comma-separated strings `audio;text`), or the list returned by `get_sweep()` of a `--sweep` file, or both
 (each sweep-file point crossed with the grid). `--config.*` overrides apply
 to every point; the seeds of a point train together (jax.vmap). Rerunning
 the same command skips finished points and resumes unfinished ones.

@@ -84,7 +84,9 @@ def product(**fields: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
-  """`text` as the type of `config.field` (tuples as comma-free `a;b`)."""
+  """`text` as the type of `config.field`. Grid values are split at commas,
+  so a `;` stands for a comma inside one: tuples as `a;b`, and
+  comma-separated strings (`speaker_norm=audio;text` is "audio,text")."""
   if field not in config:
     raise validate.ConfigError(f"--grid {field}", "no such config field")
   current = config[field]
@@ -96,6 +98,8 @@ def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
     if isinstance(current, tuple):
       kind = type(current[0]) if current else str
       return tuple(kind(v) for v in text.split(";"))
+    if isinstance(current, str):
+      return text.replace(";", ",")
     return type(current)(text)
   except ValueError:
     raise validate.ConfigError(
@@ -104,7 +108,8 @@ def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
 
 
 def grid_points(config, grid: Sequence[str]) -> list[dict[str, Any]]:
-  """Points of `--grid FIELD=V1,V2` flags (tuple values written `a;b`)."""
+  """Points of `--grid FIELD=V1,V2` flags (`;` for a comma inside a value:
+  `parse_value`)."""
   fields = {}
   for item in grid:
     field, sep, values = item.partition("=")

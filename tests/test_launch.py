@@ -120,6 +120,36 @@ def test_missing_config_file_is_one_flag_error(tmp_path):
           in result.stderr)
 
 
+@pytest.mark.parametrize("config", [None, "experiments/configs/mosi.py:tiny"])
+def test_misspelt_config_field_is_one_flag_error(tmp_path, config):
+  """`--config.FIELD` naming no field stops flag parsing with absl's one
+  line, naming the override and the closest field, whether the config is
+  the default (parsed as the flag is defined) or given (parsed with the
+  flags); ml_collections alone raises AttributeError, a traceback."""
+  given = ["--config", config] if config else []
+  result = runs.cli("--workdir", tmp_path, *given,
+                    "--config.learnig_rate=1e-3", env=dict(os.environ))
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert ("--config.learnig_rate: no such config field; did you mean "
+          "'learning_rate'?") in result.stderr
+  assert not any(tmp_path.iterdir())
+
+
+def test_two_data_dirs_are_refused(iemocap6_dir, tmp_path):
+  """--data_dir and --config.data_dir naming two directories is an error
+  naming both, not one of them silently winning (before it, a run would
+  stop at the 0 epochs)."""
+  result = runs.cli("--data_dir", iemocap6_dir, "--workdir", tmp_path,
+                    f"--config.data_dir={tmp_path}",
+                    "--config.num_epochs=0", dataset="iemocap",
+                    env=dict(os.environ))
+  assert result.returncode == 2, result.stderr
+  assert runs.error_lines(result.stderr) == [
+      f"error: --data_dir: {iemocap6_dir}, but --config.data_dir is "
+      f"{tmp_path}; give one of them"]
+
+
 def test_help_lists_the_entry_points_flags():
   """`--help` of a training entry point lists its flags (absl lists only
   the main module's own)."""

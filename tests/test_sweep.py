@@ -37,6 +37,9 @@ def test_product_and_grid_points_parse_with_the_fields_types():
   assert len(points) == 4
   assert points[0] == {"learning_rate": 1e-3, "sugr": True, "num_layers": 1,
                        "combo_weights": (1.0, 0, 0, 0, 0, 0, 1.0)}
+  # A string field's comma-separated value: `;` inside one grid value.
+  assert [p["speaker_norm"] for p in sweep.grid_points(
+      config, ["speaker_norm=,audio;text"])] == ["", "audio,text"]
   assert sweep.product(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"},
                                               {"a": 2, "b": "x"}]
   with pytest.raises(ValueError, match="no such config field"):
