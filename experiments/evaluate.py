@@ -1,10 +1,12 @@
 """Evaluates a finished run's selected models from its orbax checkpoint.
 
-    python -m experiments.evaluate --workdir runs/mosi [--protocol fixed|missing_rate|all] [--split valid|test] [--out FILE]
+    python -m experiments.evaluate --workdir runs/mosi [--protocol fixed|missing_rate|all] [--split valid|test] [--data_dir D] [--out FILE]
 
 Prints the per-combination table (fixed protocol) and the headline metric
 per missing rate; with --out, writes the numbers as JSON in the schema of
 results.json. They equal the numbers training wrote at its end.
+--data_dir: the run's prepared data where it is now, when it has moved
+(checked to be the same data).
 """
 
 import json
@@ -23,6 +25,8 @@ flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
 flags.DEFINE_enum("protocol", "all", evaluation.PROTOCOLS,
                   "fixed: every combination; missing_rate: GCNet rates")
 flags.DEFINE_enum("split", "test", ["valid", "test"], "split to evaluate")
+flags.DEFINE_string("data_dir", None, "the run's prepared data, if it is "
+                    "no longer where the run trained (default: there)")
 flags.DEFINE_string("out", None, "write the results as JSON to this file")
 FLAGS = flags.FLAGS
 
@@ -31,7 +35,7 @@ def main(argv) -> None:
   launch.start(argv)
   try:
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
-                                         FLAGS.protocol)
+                                         FLAGS.protocol, FLAGS.data_dir)
   except (FileNotFoundError, *train.INPUT_ERRORS) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -36,7 +36,6 @@ from orbax.checkpoint import checkpoint_managers
 from mcur_jax import combos
 from mcur_jax import model as model_lib
 from mcur_jax import regime
-from mcur_jax import schema
 from mcur_jax import transfer
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
@@ -211,13 +210,11 @@ def restore_for_inference(workdir: str, sharding=None):
     combination) pairs in the per-condition regime), and
     `model.apply(graphdef, jax.tree.map(lambda x: x[i], params), inputs,
     mask)` predicts with member i (`inputs` as in `model.MCUR.__call__`);
-    the prepared data's manifest gives dims and task.
+    `manifest`, the run's data's (dims, task, classes), is read from the
+    workdir's copy (`workdir.run_manifest`): the data need not be there.
   """
   config = load_config(workdir)
-  workdir_lib.check_data(workdir, config.data_dir, "its statistics, splits "
-                         "and results would not be the run's: prepare the "
-                         "data again as the run's was, or train again")
-  manifest = schema.Manifest.load(config.data_dir)
+  manifest = workdir_lib.run_manifest(workdir, config.data_dir)
   graphdef, init = model_lib.create(config, manifest.dims,
                                     manifest.num_classes)
   seeds = np.asarray(regime.members(config, combos.realisable(

@@ -71,6 +71,10 @@ class Dataset:
   train: Split
   valid: Split
   test: Split
+  # {modality: {"mean", "std": float64 [dim]}}: what the features were
+  # standardised with, before any per-speaker standardisation (None: not
+  # standardised). A run keeps them to standardise new features alike.
+  stats: dict | None = None
 
 
 def shard_paths(directory, manifest: schema.Manifest, split: str) -> list[str]:
@@ -440,4 +444,5 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
   if normalized:
     parts = standardize(parts, own if stats is None else stats, speaker_norm,
                         str(directory))
-  return Dataset(manifest=manifest, **parts)
+  return Dataset(manifest=manifest, **parts, stats=(
+      (own if stats is None else stats) if normalized else None))

@@ -36,7 +36,8 @@ def fold_workdirs(workdir: str) -> list[str]:
   started = workdir_lib.started_folds(workdir)
   if not started:
     return []
-  manifest = schema.Manifest.load(checkpoint.load_config(started[0]).data_dir)
+  manifest = workdir_lib.run_manifest(
+      started[0], checkpoint.load_config(started[0]).data_dir)
   folds = ([os.path.join(workdir, schema.fold_name(v))
             for v in manifest.folds["values"]] if manifest.folds else started)
   unfinished = [os.path.basename(d) for d in folds if not os.path.exists(
@@ -60,12 +61,30 @@ def check_finished(workdir: str) -> None:
         "training command to finish it")
 
 
+def run_data(workdir: str, config, data_dir: str | None = None):
+  """The prepared data the run in `workdir` trained on, as it trained on it
+  (`train.load_data`): in config.data_dir, or in `data_dir` (the same data
+  moved, or on another machine); checked to be the run's data
+  (`workdir.check_data`)."""
+  where = data_dir or config.data_dir
+  if not os.path.exists(os.path.join(where, schema.MANIFEST)):
+    raise validate.ConfigError(
+        "--data_dir", f"{where}: not a prepared directory" if data_dir else
+        f"the prepared data of the run in {workdir}, {where}, is not there "
+        "(moved, or another machine): give --data_dir where it is now")
+  workdir_lib.check_data(workdir, where, "give --data_dir with the run's "
+                         "data, or train again")
+  return train.load_data(config, where)
+
+
 def evaluate_workdir(workdir: str, split: str = "test",
-                     protocol: str = "all") -> dict:
+                     protocol: str = "all",
+                     data_dir: str | None = None) -> dict:
   """Evaluates a run's selected models on `split` under `protocol` (fixed |
   missing_rate | all); returns results.json's fields for them. A
   cross-validated workdir (fold<k>/ subdirectories) is evaluated fold by
-  fold and pooled over folds and seeds, as training does."""
+  fold and pooled over folds and seeds, as training does. `data_dir`: the
+  run's data, where it is now if it moved (`run_data`)."""
   if split not in ("valid", "test"):
     raise validate.ConfigError("--split", f"{split!r}: valid or test")
   if protocol not in evaluation.PROTOCOLS:
@@ -73,15 +92,15 @@ def evaluate_workdir(workdir: str, split: str = "test",
                                f"{evaluation.PROTOCOLS}")
   folds = fold_workdirs(workdir)
   if folds:
-    return report.combine_folds([evaluate_workdir(d, split, protocol)
-                                 for d in folds])
+    return report.combine_folds([evaluate_workdir(d, split, protocol,
+                                                  data_dir) for d in folds])
   config = checkpoint.load_config(workdir)
   check_finished(workdir)
   mesh = train.make_mesh(config.num_devices)
   repl = NamedSharding(mesh, P())
   graphdef, params, config, manifest = checkpoint.restore_for_inference(
       workdir, repl)
-  dataset = train.load_data(config)
+  dataset = run_data(workdir, config, data_dir)
   inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
   present = validate.present_modalities(manifest)
   members = regime.members(config, combos.realisable(present))

@@ -6,7 +6,8 @@ prepared directory's split, or an `.npz` of features in the format of
 required: `label` is optional (absent, or -1 for a class: not known),
 `split` is not read, keys may be named as `data_prep.convert --key` names
 them, and the features are standardised with the statistics the model was
-trained with (the run's manifest, its fold's for IEMOCAP), and the
+trained with (kept in the workdir, `run_stats`: the data the run trained
+on need not be there for an npz; its fold's for IEMOCAP), and the
 modalities of a run's `speaker_norm` with each speaker's statistics over
 the input (its `speaker` and `session` keys, both required then, since
 speaker ids count within a session: `data.normalize_per_speaker`; a note
@@ -19,7 +20,9 @@ that keeps them predicts the labelled ones in a slightly different context
 than evaluation did. Another prepared directory (`data_dir`) is
 standardised likewise: the run's training statistics, then `speaker_norm`
 over that directory's utterances; it must have the model's task, classes
-(in order) and feature sizes.
+(in order) and feature sizes. The run's own data (no `data_dir`, no npz)
+is read where it trained; if it moved, `data_dir` names it (the same
+statistics, so the same predictions).
 
 Every utterance is predicted once, in the context of its own group, exactly
 as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
@@ -65,6 +68,7 @@ from mcur_jax import regime
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 SPLITS = ("train", "valid", "test")
 
@@ -226,6 +230,23 @@ def _rows(split, known, fold, model_names, combination_names, pred, s,
   return Predictions(cols)
 
 
+def run_stats(workdir: str, config) -> dict:
+  """The statistics the run in `workdir` standardised its features with:
+  the workdir's copy (`workdir.MODEL_INPUTS`), or, for a run from before
+  the copy, recomputed from its data."""
+  path = os.path.join(workdir, workdir_lib.MODEL_INPUTS,
+                      workdir_lib.STATS_FILE)
+  if not os.path.exists(path):
+    return data_lib.train_stats(config.data_dir, config.fold or None,
+                                config.validation)
+  stats = {m: {} for m in schema.MODALITIES}
+  with np.load(path) as saved:
+    for key in saved.files:
+      modality, name = key.split("/")
+      stats[modality][name] = saved[key]
+  return stats
+
+
 def predict(workdir: str, *, data_dir: str | None = None,
             split: str = "test", npz: str | None = None,
             combination: str | None = None, ensemble: bool = False,
@@ -278,13 +299,13 @@ def predict(workdir: str, *, data_dir: str | None = None,
                                f"modality the model's dataset does not have")
   fold = config.fold or None
   # The run's own data, read only where it is needed.
-  own = functools.cache(lambda: train.load_data(config))
+  own = functools.cache(lambda: inference.run_data(workdir, config))
   notes = []
   per_speaker = validate.modalities(config, "speaker_norm")
   if npz or data_dir:
     # Other data is standardised with the run's training statistics, as its
     # own was; per-speaker statistics come from the data's own utterances.
-    stats = data_lib.train_stats(config.data_dir, fold, config.validation)
+    stats = run_stats(workdir, config)
   if npz:
     raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
     rows = data_lib.standardize({"input": raw}, stats, per_speaker,

@@ -449,7 +449,8 @@ def fit(run: Run) -> dict:
     note = workdir_lib.check_devices(workdir, run.mesh.devices.size)
     if note:
       say(note)
-  workdir_lib.record_start(workdir, config, run.mesh.devices.size)
+  workdir_lib.record_start(workdir, config, run.mesh.devices.size,
+                          dataset.stats)
   log = report.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
                           enabled=run.main_process)
   learning_rates = epoch_learning_rates(

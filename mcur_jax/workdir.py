@@ -6,9 +6,10 @@ started, and files that are whole or absent.
   SIGKILL included, so a killed run never leaves it stuck; a second run on
   the same workdir is refused at start (`WorkdirBusy`). flock is reliable
   on local disks; on NFS it depends on the mount (see the README).
-* `record_start(workdir, config, devices)` writes the run's config
+* `record_start(workdir, config, devices, stats)` writes the run's config
   (`config.json`), its data's manifest checksum and its device count
-  (`data.json`); `check_resume(workdir, config)` then requires a run that
+  (`data.json`), and what a restored model needs of its data
+  (`MODEL_INPUTS`); `check_resume(workdir, config)` then requires a run that
   resumes from checkpoints to have that config and data, except the fields
   of `SAFE_ON_RESUME`; anything else is refused (`validate.ConfigError`
   naming every differing field). `check_data` is the data half, which
@@ -27,6 +28,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import io
 import json
 import os
 import socket
@@ -44,6 +46,14 @@ CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"
 # Its presence marks a finished run (`report.write_results`).
 RESULTS_FILE = "results.json"
+# What a restored model needs of its prepared data, written at the run's
+# start so that the workdir alone restores the model and predicts new
+# features, on another machine or after the data moved: the data's
+# manifest.json byte for byte (its sha256 is data.json's; dims, task,
+# classes, modalities) and STATS_FILE, the statistics the run standardised
+# its features with (`run_manifest`, `predict.run_stats`).
+MODEL_INPUTS = "model_inputs"
+STATS_FILE = "train_stats.npz"
 
 # Config fields a resumed run may change, and why each is safe: none of
 # them changes a training step or a prediction, so the resumed run trains
@@ -117,12 +127,16 @@ def replacing(path: str):
       os.remove(tmp)
 
 
-def write_text(path: str, text: str) -> None:
-  """Replaces `path` with `text` atomically (see the module docstring)."""
-  with replacing(path) as tmp, open(tmp, "w") as f:
-    f.write(text)
+def write_bytes(path: str, data: bytes) -> None:
+  """Replaces `path` with `data` atomically (see the module docstring)."""
+  with replacing(path) as tmp, open(tmp, "wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_text(path: str, text: str) -> None:
+  write_bytes(path, text.encode())
 
 
 def write_json(path: str, value) -> None:
@@ -195,17 +209,41 @@ def started_folds(workdir: str) -> list[str]:
   return sorted(found, key=lambda d: int(os.path.basename(d)[4:]))
 
 
-def record_start(workdir: str, config, devices: int) -> None:
+def record_start(workdir: str, config, devices: int, stats) -> None:
   """Writes what `check_resume` and `check_devices` compare against
-  (process 0): the config, the data checksum and the device count."""
+  (process 0): the config, the data checksum and the device count; and
+  MODEL_INPUTS, the data's manifest and `stats`, the statistics
+  ({modality: {name: array}}) the run's features were standardised with."""
   if jax.process_index() != 0:
     return
   write_text(os.path.join(workdir, CONFIG_FILE),
              config.to_json_best_effort(indent=1, sort_keys=True) + "\n")
+  with open(os.path.join(config.data_dir, schema.MANIFEST), "rb") as f:
+    manifest = f.read()
+  inputs = os.path.join(workdir, MODEL_INPUTS)
+  os.makedirs(inputs, exist_ok=True)
+  write_bytes(os.path.join(inputs, schema.MANIFEST), manifest)
+  arrays = io.BytesIO()
+  np.savez(arrays, **{f"{m}/{k}": v for m, values in stats.items()
+                      for k, v in values.items()})
+  write_bytes(os.path.join(inputs, STATS_FILE), arrays.getvalue())
   write_json(os.path.join(workdir, DATA_FILE),
              {"data_dir": config.data_dir,
-              "manifest_sha256": data_sha256(config.data_dir),
+              "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
               "devices": devices})
+
+
+def run_manifest(workdir: str, data_dir: str) -> schema.Manifest:
+  """The manifest of the data the run in `workdir` trained on: its copy in
+  MODEL_INPUTS, or, for a run from before the copy, `data_dir`'s, checked
+  to be the run's (`check_data`)."""
+  copy = os.path.join(workdir, MODEL_INPUTS)
+  if os.path.exists(os.path.join(copy, schema.MANIFEST)):
+    return schema.Manifest.load(copy)
+  check_data(workdir, data_dir, "its statistics, splits and results would "
+             "not be the run's: prepare the data again as the run's was, or "
+             "train again")
+  return schema.Manifest.load(data_dir)
 
 
 def check_devices(workdir: str, devices: int) -> str | None:

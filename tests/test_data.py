@@ -156,6 +156,11 @@ def test_session_validation_holds_out_the_next_session(tmp_path):
     np.testing.assert_equal(stats, {
         m: {k: np.asarray(v) for k, v in values.items()}
         for m, values in data.feature_stats(raw.train).items()})
+    # What the loaded data was standardised with, which a run keeps.
+    np.testing.assert_equal(ds.stats, stats)
+    np.testing.assert_equal(default.stats, data.train_stats(tmp_path / "d",
+                                                            fold))
+    assert raw.stats is None
     for split in ("train", "test"):
       x, y = getattr(raw, split), getattr(ds, split)
       on = x.available[:, 1]

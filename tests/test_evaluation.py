@@ -601,8 +601,10 @@ def test_predict_other_data_dir_uses_the_runs_statistics(mixed, tmp_path):
 
 def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
   """A run whose prepared data changed since it trained (the manifest's
-  sha256 in data.json) cannot be evaluated or predicted: its statistics and
-  splits would not be the run's. Exit 2 naming the manifest."""
+  sha256 in data.json) cannot be evaluated or predicted on it: its
+  statistics and splits would not be the run's. Exit 2 naming the
+  manifest. Restoring the model needs no data (the workdir's copy of the
+  manifest), except for a run from before that copy."""
   workdir, results = mixed
   moved = tmp_path / "run"
   shutil.copytree(workdir, moved)
@@ -611,9 +613,16 @@ def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
       results["data"]["dir"])
   recorded["manifest_sha256"] = "0" * 64
   (moved / workdir_lib.DATA_FILE).write_text(json.dumps(recorded))
+  checkpoint.restore_for_inference(str(moved))
   with pytest.raises(validate.ConfigError,
                      match="not the prepared data the run in .* started on"):
-    checkpoint.restore_for_inference(str(moved))
+    inference.evaluate_workdir(str(moved))
+  older = tmp_path / "older"
+  shutil.copytree(moved, older)
+  shutil.rmtree(older / workdir_lib.MODEL_INPUTS)
+  with pytest.raises(validate.ConfigError,
+                     match="not the prepared data the run in .* started on"):
+    checkpoint.restore_for_inference(str(older))
   result = subprocess.run(
       [sys.executable, "-m", "experiments.predict", "--workdir", str(moved),
        "--out", str(tmp_path / "p.csv")], cwd=ROOT, capture_output=True,
@@ -622,6 +631,47 @@ def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
   manifest = pathlib.Path(results["data"]["dir"]) / schema.MANIFEST
   assert result.stderr.startswith(f"error: {manifest}: not the prepared data "
                                   "the run in ")
+
+
+def test_a_workdir_restores_and_predicts_without_its_data(mixed, tmp_path):
+  """A workdir copied where the run's prepared data is not (another
+  machine: config.json's data_dir names a directory that is not there)
+  restores its models and predicts an npz from the copy of the manifest
+  and statistics it keeps, exactly as where it trained; its own data is
+  then found through --data_dir (predict and evaluate), and without it
+  the error names --data_dir."""
+  workdir, results = mixed
+  moved = tmp_path / "run"
+  shutil.copytree(workdir, moved)
+  config = json.loads((moved / "config.json").read_text())
+  config["data_dir"] = str(tmp_path / "gone")
+  (moved / "config.json").write_text(json.dumps(config))
+  *_, manifest = checkpoint.restore_for_inference(str(moved))
+  assert manifest == data.load(results["data"]["dir"]).manifest
+  raw = data.load(results["data"]["dir"], normalized=False).test
+  path = tmp_path / "new.npz"
+  np.savez(path, group_id=raw.group_id,
+           **{m: raw.features[m] for m in raw.features},
+           **{f"available_{m}": raw.available[:, j]
+              for j, m in enumerate(raw.features)})
+  there, _ = predict.predict(str(workdir), npz=str(path))
+  here, _ = predict.predict(str(moved), npz=str(path))
+  assert here.columns == there.columns
+  with pytest.raises(validate.ConfigError, match=(
+      r"^--data_dir: the prepared data of the run in .*, is not there")):
+    predict.predict(str(moved))
+  own, _ = predict.predict(str(workdir))
+  found, _ = predict.predict(str(moved), data_dir=results["data"]["dir"])
+  assert found.columns == own.columns
+  assert inference.evaluate_workdir(
+      str(moved), "test", "fixed", results["data"]["dir"])["test"] == (
+          results["test"])
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", "--workdir", str(moved),
+       "--protocol", "fixed"], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: --data_dir: the prepared data of ")
 
 
 # Reports

@@ -178,7 +178,7 @@ def test_a_resume_on_other_devices_says_it_is_equal_to_rounding(tmp_path):
   none."""
   config = runs_config(tmp_path)
   (tmp_path / "manifest.json").write_text("{}")
-  workdir_lib.record_start(str(tmp_path), config, devices=8)
+  workdir_lib.record_start(str(tmp_path), config, devices=8, stats={})
   assert workdir_lib.check_devices(str(tmp_path), 8) is None
   note = workdir_lib.check_devices(str(tmp_path), 1)
   assert note.startswith(f"NOTE: {tmp_path} trained on 8 device(s) before "
@@ -343,7 +343,7 @@ def test_a_point_finished_under_another_config_is_not_reused(
   out = tmp_path / "tau=0.1"
   out.mkdir()
   workdir_lib.record_start(str(out), sweep.point_config(base, {"tau": 0.1}),
-                           devices=8)
+                           devices=8, stats={})
   (out / "results.json").write_text("{}")
   monkeypatch.setattr(train, "train_and_evaluate",
                       lambda config, workdir: pytest.fail("trained"))

@@ -77,7 +77,8 @@ def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
   assert results["fold"] == 2
   assert sorted(os.listdir(tmp_path)) == [
       ".lock", "calibration.json", "checkpoints", "config.json", "data.json",
-      "figures", "metrics.jsonl", "results.json", "results.md", "tb"]
+      "figures", "metrics.jsonl", "model_inputs", "results.json",
+      "results.md", "tb"]
   fold2 = json.loads((workdir / "fold2" / "results.json").read_text())
   assert results["test"] == fold2["test"]
 
