@@ -438,6 +438,29 @@ def test_restore_for_inference_reads_the_checkpoint_once(
     checkpoint.restore_for_inference(str(other))
 
 
+def test_plain_orbax_restores_the_readmes_tree(mixed):
+  """The README's restore without this package: orbax's
+  StandardCheckpointer reads the newest checkpoint into {"state":
+  {"best_params", "params", "opt_state", "best_epoch", "best_metric"[,
+  "ema_params"]}, "digest"}, NumPy arrays with a leading seed axis, whose best_params are
+  the selected models that restore_for_inference gives."""
+  workdir, _ = mixed
+  latest = max(runs.steps(workdir))
+  with ocp.StandardCheckpointer() as checkpointer:
+    tree = checkpointer.restore(
+        workdir.resolve() / "checkpoints" / str(latest) / "default")
+  assert set(tree) == {"state", "digest"}
+  # This run has ema_decay, so its state holds the average too.
+  assert set(tree["state"]) == {"best_params", "params", "opt_state",
+                                "best_epoch", "best_metric", "ema_params"}
+  _, params, config, _ = checkpoint.restore_for_inference(str(workdir))
+  leaves = jax.tree.leaves(tree["state"]["best_params"])
+  assert all(isinstance(x, np.ndarray) and x.shape[0] == len(config.seeds)
+             for x in leaves)
+  chex.assert_trees_all_equal(jax.device_get(jax.tree.leaves(params)),
+                              leaves)
+
+
 # experiments.predict
 # -------------------
 
