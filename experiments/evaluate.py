@@ -6,7 +6,7 @@ Prints the per-combination table (fixed protocol) and the headline metric
 per missing rate; with --out, writes the numbers as JSON in the schema of
 results.json. They equal the numbers training wrote at its end.
 --data_dir: the run's prepared data where it is now, when it has moved
-(checked to be the same data).
+(checked against the manifest sha256 the run recorded in data.json).
 """
 
 import json

@@ -3,8 +3,9 @@ files, and clean failures.
 
     python -m experiments.mosi [--data_dir DIR] [--workdir DIR] [--config FILE[:tiny]] [--config.FIELD=VALUE ...]
 
-Data: `--data_dir` (or config.data_dir; the two naming different
-directories is an error), a prepared directory, when given:
+Data: `--data_dir` (or config.data_dir; a --config.data_dir naming
+another directory on the same command line is an error), a prepared
+directory, when given:
 the run takes its dataset from the directory's manifest (`take_dataset`);
 else `prepared/<dataset>` under the working directory if it exists; else,
 for a dataset the synthetic generator knows, a synthetic dataset shaped like
@@ -101,21 +102,28 @@ class _PackageFileParser(flags.ArgumentParser):
 def _check_overrides(name: str, config) -> None:
   """Raises ValueError for a `--NAME.A.B=...` of the command line (or of a
   --flagfile) whose A, or B inside the sub-config A, `config` lacks,
-  suggesting the closest field."""
+  suggesting the closest field, or where A is not a sub-config."""
   for arg in FLAGS.read_flags_from_files(sys.argv[1:], force_gnu=False):
     match = re.match(rf"--?(?:no)?{re.escape(name)}\.([^=]+)", arg)
     if not match:
       continue
     node = config
     for part in match.group(1).split("."):
+      field, index, _ = part.partition("[")
       if not isinstance(node, ml_collections.ConfigDict):
-        break
-      if part not in node:
-        close = difflib.get_close_matches(part, list(node.keys()), n=1)
+        raise ValueError(f"--{name}.{match.group(1)}: {field!r} is inside a "
+                         f"{type(node).__name__}, not a config")
+      if field not in node:
+        close = difflib.get_close_matches(field, list(node.keys()), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(
             f"--{name}.{match.group(1)}: no such config field{hint}")
-      node = node[part]
+      if index:  # `field[0]`: an element of a list (ml_collections).
+        if isinstance(node[field], tuple):
+          raise ValueError(f"--{name}.{match.group(1)}: {field} is a tuple;"
+                           f" set it whole (--{name}.{field}=a,b,...)")
+        break
+      node = node[field]
 
 
 def define_config_file(name: str, default: str, help_string: str) -> None:
@@ -171,9 +179,14 @@ def take_dataset(config, explicit: bool) -> None:
   config.dataset = manifest.dataset
 
 
+def _overridden(field: str) -> bool:
+  """Whether the command line set --config.FIELD."""
+  return field in config_flags.get_override_values(FLAGS["config"])
+
+
 def dataset_overridden() -> bool:
   """Whether the command line set --config.dataset."""
-  return "dataset" in config_flags.get_override_values(FLAGS["config"])
+  return _overridden("dataset")
 
 
 def find_data(config, workdir: str) -> str:
@@ -248,7 +261,9 @@ def execute(argv, job) -> None:
     initialize_distributed()
   try:
     given = FLAGS.data_dir or config.data_dir
-    if (FLAGS.data_dir and config.data_dir and os.path.abspath(
+    # --data_dir overrides a config file's data_dir, but not a
+    # --config.data_dir of the same command line naming another directory.
+    if (FLAGS.data_dir and _overridden("data_dir") and os.path.abspath(
         FLAGS.data_dir) != os.path.abspath(config.data_dir)):
       raise validate.ConfigError(
           "--data_dir", f"{FLAGS.data_dir}, but --config.data_dir is "

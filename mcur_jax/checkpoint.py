@@ -197,12 +197,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       os.path.join(workdir, workdir_lib.CONFIG_FILE)))
 
 
-def restore_for_inference(workdir: str, sharding=None):
+def restore_for_inference(workdir: str, sharding=None,
+                          data_dir: str | None = None):
   """The selected model (`config.selection`) of every member of a run.
 
   Args:
     workdir: the run's workdir.
     sharding: where to put the parameters; default the first local device.
+    data_dir: where the run's prepared data is now, if not where it
+      trained; read only for a run from before `workdir.MODEL_INPUTS`
+      (`workdir.legacy_data_dir`).
 
   Returns:
     (graphdef, params, config, manifest): `params` has a leading member
@@ -214,7 +218,7 @@ def restore_for_inference(workdir: str, sharding=None):
     workdir's copy (`workdir.run_manifest`): the data need not be there.
   """
   config = load_config(workdir)
-  manifest = workdir_lib.run_manifest(workdir, config.data_dir)
+  manifest = workdir_lib.run_manifest(workdir, config.data_dir, data_dir)
   graphdef, init = model_lib.create(config, manifest.dims,
                                     manifest.num_classes)
   seeds = np.asarray(regime.members(config, combos.realisable(

@@ -23,8 +23,9 @@ from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
 
-def fold_workdirs(workdir: str) -> list[str]:
-  """The per-fold workdirs of a cross-validated run ([] for a single run).
+def fold_workdirs(workdir: str, data_dir: str | None = None) -> list[str]:
+  """The per-fold workdirs of a cross-validated run ([] for a single run);
+  `data_dir` as for `checkpoint.restore_for_inference`.
 
   Raises:
     validate.ConfigError: the run is unfinished (a fold of its dataset
@@ -37,7 +38,7 @@ def fold_workdirs(workdir: str) -> list[str]:
   if not started:
     return []
   manifest = workdir_lib.run_manifest(
-      started[0], checkpoint.load_config(started[0]).data_dir)
+      started[0], checkpoint.load_config(started[0]).data_dir, data_dir)
   folds = ([os.path.join(workdir, schema.fold_name(v))
             for v in manifest.folds["values"]] if manifest.folds else started)
   unfinished = [os.path.basename(d) for d in folds if not os.path.exists(
@@ -90,7 +91,7 @@ def evaluate_workdir(workdir: str, split: str = "test",
   if protocol not in evaluation.PROTOCOLS:
     raise validate.ConfigError("--protocol", f"{protocol!r} not in "
                                f"{evaluation.PROTOCOLS}")
-  folds = fold_workdirs(workdir)
+  folds = fold_workdirs(workdir, data_dir)
   if folds:
     return report.combine_folds([evaluate_workdir(d, split, protocol,
                                                   data_dir) for d in folds])
@@ -99,7 +100,7 @@ def evaluate_workdir(workdir: str, split: str = "test",
   mesh = train.make_mesh(config.num_devices)
   repl = NamedSharding(mesh, P())
   graphdef, params, config, manifest = checkpoint.restore_for_inference(
-      workdir, repl)
+      workdir, repl, data_dir)
   dataset = run_data(workdir, config, data_dir)
   inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
   present = validate.present_modalities(manifest)

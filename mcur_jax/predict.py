@@ -230,15 +230,16 @@ def _rows(split, known, fold, model_names, combination_names, pred, s,
   return Predictions(cols)
 
 
-def run_stats(workdir: str, config) -> dict:
+def run_stats(workdir: str, config, data_dir: str | None = None) -> dict:
   """The statistics the run in `workdir` standardised its features with:
   the workdir's copy (`workdir.MODEL_INPUTS`), or, for a run from before
-  the copy, recomputed from its data."""
+  the copy, recomputed from its data (`workdir.legacy_data_dir`)."""
   path = os.path.join(workdir, workdir_lib.MODEL_INPUTS,
                       workdir_lib.STATS_FILE)
   if not os.path.exists(path):
-    return data_lib.train_stats(config.data_dir, config.fold or None,
-                                config.validation)
+    return data_lib.train_stats(
+        workdir_lib.legacy_data_dir(workdir, config.data_dir, data_dir),
+        config.fold or None, config.validation)
   stats = {m: {} for m in schema.MODALITIES}
   with np.load(path) as saved:
     for key in saved.files:
@@ -273,7 +274,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
   if combination is not None and combination not in combos.NAMES:
     raise validate.ConfigError("--combination", f"{combination!r}, not one "
                                f"of {combos.NAMES}")
-  folds = inference.fold_workdirs(workdir)
+  folds = inference.fold_workdirs(workdir, data_dir)
   if folds:
     if npz:
       raise validate.ConfigError("--workdir", f"{workdir} is cross-"
@@ -291,21 +292,26 @@ def predict(workdir: str, *, data_dir: str | None = None,
   config = checkpoint.load_config(workdir)
   mesh = train.make_mesh(config.num_devices)
   graphdef, params, config, manifest = checkpoint.restore_for_inference(
-      workdir, NamedSharding(mesh, P()))
+      workdir, NamedSharding(mesh, P()), data_dir)
   present = validate.present_modalities(manifest)
   served = combos.realisable(present)
   if combination is not None and combos.NAMES.index(combination) not in served:
     raise validate.ConfigError("--combination", f"{combination!r} needs a "
                                f"modality the model's dataset does not have")
   fold = config.fold or None
-  # The run's own data, read only where it is needed.
-  own = functools.cache(lambda: inference.run_data(workdir, config))
+  # The run's own data, read only where it is needed (its split, or the
+  # calibration of a run from before calibration.json): where it trained,
+  # else a data_dir, which must then be the run's data (checked).
+  trained_there = os.path.exists(os.path.join(config.data_dir,
+                                              schema.MANIFEST))
+  own = functools.cache(lambda: inference.run_data(
+      workdir, config, None if trained_there else data_dir))
   notes = []
   per_speaker = validate.modalities(config, "speaker_norm")
   if npz or data_dir:
     # Other data is standardised with the run's training statistics, as its
     # own was; per-speaker statistics come from the data's own utterances.
-    stats = run_stats(workdir, config)
+    stats = run_stats(workdir, config, data_dir)
   if npz:
     raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
     rows = data_lib.standardize({"input": raw}, stats, per_speaker,

@@ -233,17 +233,34 @@ def record_start(workdir: str, config, devices: int, stats) -> None:
               "devices": devices})
 
 
-def run_manifest(workdir: str, data_dir: str) -> schema.Manifest:
+def run_manifest(workdir: str, trained_at: str,
+                 moved_to: str | None = None) -> schema.Manifest:
   """The manifest of the data the run in `workdir` trained on: its copy in
-  MODEL_INPUTS, or, for a run from before the copy, `data_dir`'s, checked
-  to be the run's (`check_data`)."""
+  MODEL_INPUTS, or, for a run from before the copy, that of its data
+  (`legacy_data_dir`)."""
   copy = os.path.join(workdir, MODEL_INPUTS)
   if os.path.exists(os.path.join(copy, schema.MANIFEST)):
     return schema.Manifest.load(copy)
-  check_data(workdir, data_dir, "its statistics, splits and results would "
-             "not be the run's: prepare the data again as the run's was, or "
+  return schema.Manifest.load(legacy_data_dir(workdir, trained_at, moved_to))
+
+
+def legacy_data_dir(workdir: str, trained_at: str,
+                    moved_to: str | None = None) -> str:
+  """Where a run from before MODEL_INPUTS finds what a restored model needs
+  of its data: `trained_at` (its config.data_dir) if it is there, else
+  `moved_to` (a --data_dir); checked to be the run's data (`check_data`)."""
+  found = trained_at
+  if moved_to and not os.path.exists(os.path.join(found, schema.MANIFEST)):
+    found = moved_to
+  if not os.path.exists(os.path.join(found, schema.MANIFEST)):
+    raise validate.ConfigError(
+        "--data_dir", f"the run in {workdir} predates {MODEL_INPUTS}/ and "
+        f"needs its prepared data, which is not at {found}: give "
+        "--data_dir where it is now")
+  check_data(workdir, found, "its statistics, splits and results would not "
+             "be the run's: prepare the data again as the run's was, or "
              "train again")
-  return schema.Manifest.load(data_dir)
+  return found
 
 
 def check_devices(workdir: str, devices: int) -> str | None:

@@ -662,7 +662,8 @@ def test_a_workdir_restores_and_predicts_without_its_data(mixed, tmp_path):
   restores its models and predicts an npz from the copy of the manifest
   and statistics it keeps, exactly as where it trained; its own data is
   then found through --data_dir (predict and evaluate), and without it
-  the error names --data_dir."""
+  the error names --data_dir. A run from before model_inputs/ restores
+  through --data_dir too."""
   workdir, results = mixed
   moved = tmp_path / "run"
   shutil.copytree(workdir, moved)
@@ -695,6 +696,18 @@ def test_a_workdir_restores_and_predicts_without_its_data(mixed, tmp_path):
       timeout=300)
   assert result.returncode == 2
   assert result.stderr.startswith("error: --data_dir: the prepared data of ")
+  # A run from before model_inputs/ needs its data for the manifest and the
+  # statistics too: --data_dir finds them where they moved.
+  shutil.rmtree(moved / workdir_lib.MODEL_INPUTS)
+  with pytest.raises(validate.ConfigError, match=(
+      r"^--data_dir: the run in .* predates model_inputs/ and needs its "
+      "prepared data")):
+    checkpoint.restore_for_inference(str(moved))
+  assert inference.evaluate_workdir(
+      str(moved), "test", "fixed", results["data"]["dir"])["test"] == (
+          results["test"])
+  found, _ = predict.predict(str(moved), data_dir=results["data"]["dir"])
+  assert found.columns == own.columns
 
 
 # Reports

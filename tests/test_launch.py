@@ -3,6 +3,7 @@ from a prepared directory's manifest, and files found in the package."""
 
 import os
 import pathlib
+import sys
 import types
 
 import pytest
@@ -134,6 +135,52 @@ def test_misspelt_config_field_is_one_flag_error(tmp_path, config):
   assert ("--config.learnig_rate: no such config field; did you mean "
           "'learning_rate'?") in result.stderr
   assert not any(tmp_path.iterdir())
+
+
+def test_config_overrides_are_checked_against_the_config(monkeypatch):
+  """Every --config.PATH of the command line must name a field: a
+  misspelt one gets the closest field, a path into a plain value or an
+  index into a tuple (which ml_collections cannot set) says so; real
+  fields, nested ones and --noconfig.x pass."""
+  config = mosi_config.get_config("tiny")
+  config.extra = {"alpha": 1}
+  def check(*args):
+    monkeypatch.setattr(sys, "argv", ["prog", *args])
+    launch._check_overrides("config", config)
+  check("--config.learning_rate=1", "--noconfig.plots", "--config.extra.alpha",
+        "2", "--workdir=x")
+  for arg, message in [
+      ("--config.lerning_rate=1", "--config.lerning_rate: no such config "
+       "field; did you mean 'learning_rate'?"),
+      ("--config.extra.beta=1", "--config.extra.beta: no such config field"),
+      ("--config.tau.x=1", "--config.tau.x: 'x' is inside a float, not a "
+       "config"),
+      ("--config.seeds[0]=3", "--config.seeds[0]: seeds is a tuple; set it "
+       "whole (--config.seeds=a,b,...)")]:
+    with pytest.raises(ValueError) as e:
+      check(arg)
+    assert str(e.value).startswith(message), (arg, str(e.value))
+
+
+def test_data_dir_flag_overrides_a_config_files_data_dir(iemocap6_dir,
+                                                         tmp_path):
+  """--data_dir wins over a data_dir set in a config file (only a
+  --config.data_dir of the same command line conflicts with it): the run
+  gets past the data to the 0-epoch error."""
+  config = tmp_path / "cfg.py"
+  config.write_text(
+      "from experiments.configs import iemocap\n\n\n"
+      "def get_config(arg=None):\n"
+      "  c = iemocap.get_config('tiny')\n"
+      f"  c.data_dir = {str(tmp_path / 'elsewhere')!r}\n"
+      "  return c\n")
+  result = runs.cli("--data_dir", iemocap6_dir, "--workdir", tmp_path / "w",
+                    "--config", config, "--config.num_epochs=0",
+                    "--config.fold=1", dataset="iemocap",
+                    env=dict(os.environ))
+  assert result.returncode == 2, result.stderr
+  assert runs.error_lines(result.stderr) == [
+      "error: config.num_epochs: 0, must be >= 1"]
 
 
 def test_two_data_dirs_are_refused(iemocap6_dir, tmp_path):
