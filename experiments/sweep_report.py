@@ -11,7 +11,10 @@ from mcur_jax import sweep_report
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 1:
+  if argv and argv[0] in ("-h", "--help", "--helpshort", "--helpfull"):
+    print(__doc__)
+    return 0
+  if len(argv) != 1 or argv[0].startswith("-"):
     print("usage: python -m experiments.sweep_report WORKDIR", file=sys.stderr)
     return 2
   try:

@@ -11,6 +11,7 @@ import pytest
 from data_prep import synthetic
 from data_prep import writer
 from experiments import launch
+from experiments import sweep_report as sweep_report_cli
 from experiments.configs import iemocap as iemocap_config
 from experiments.configs import mosi as mosi_config
 from mcur_jax import schema
@@ -181,6 +182,16 @@ def test_data_dir_flag_overrides_a_config_files_data_dir(iemocap6_dir,
   assert result.returncode == 2, result.stderr
   assert runs.error_lines(result.stderr) == [
       "error: config.num_epochs: 0, must be >= 1"]
+
+
+def test_sweep_report_help_and_usage(capsys):
+  """`experiments.sweep_report` prints its docstring for --help and the
+  like, and a usage line (exit 2) for a flag it does not take, instead of
+  reading the flag as a workdir."""
+  assert sweep_report_cli.main(["--helpshort"]) == 0
+  assert "sweep_report WORKDIR" in capsys.readouterr().out
+  assert sweep_report_cli.main(["--verbose"]) == 2
+  assert capsys.readouterr().err.startswith("usage: ")
 
 
 def test_two_data_dirs_are_refused(iemocap6_dir, tmp_path):
