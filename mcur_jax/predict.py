@@ -51,6 +51,7 @@ import csv
 import dataclasses
 import functools
 import os
+import zipfile
 
 import numpy as np
 from jax.sharding import NamedSharding
@@ -230,10 +231,12 @@ def _rows(split, known, fold, model_names, combination_names, pred, s,
   return Predictions(cols)
 
 
-def run_stats(workdir: str, config, data_dir: str | None = None) -> dict:
+def run_stats(workdir: str, config, manifest: schema.Manifest,
+              data_dir: str | None = None) -> dict:
   """The statistics the run in `workdir` standardised its features with:
-  the workdir's copy (`workdir.MODEL_INPUTS`), or, for a run from before
-  the copy, recomputed from its data (`workdir.legacy_data_dir`)."""
+  the workdir's copy (`workdir.MODEL_INPUTS`), checked against the
+  manifest's dims, or, for a run from before the copy, recomputed from its
+  data (`workdir.legacy_data_dir`)."""
   path = os.path.join(workdir, workdir_lib.MODEL_INPUTS,
                       workdir_lib.STATS_FILE)
   if not os.path.exists(path):
@@ -241,10 +244,20 @@ def run_stats(workdir: str, config, data_dir: str | None = None) -> dict:
         workdir_lib.legacy_data_dir(workdir, config.data_dir, data_dir),
         config.fold or None, config.validation)
   stats = {m: {} for m in schema.MODALITIES}
-  with np.load(path) as saved:
-    for key in saved.files:
-      modality, name = key.split("/")
-      stats[modality][name] = saved[key]
+  try:
+    with np.load(path) as saved:
+      for key in saved.files:
+        modality, name = key.split("/")
+        stats[modality][name] = saved[key]
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    raise schema.DataError(path, "statistics", f"unreadable ({e}); copy "
+                           "the run's workdir again") from None
+  for modality, values in stats.items():
+    for name, value in values.items():
+      if value.shape != (manifest.dims[modality],):
+        raise schema.DataError(
+            path, f"{modality}/{name}", f"shape {value.shape}, but "
+            f"dims.{modality} is {manifest.dims[modality]}")
   return stats
 
 
@@ -311,7 +324,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
   if npz or data_dir:
     # Other data is standardised with the run's training statistics, as its
     # own was; per-speaker statistics come from the data's own utterances.
-    stats = run_stats(workdir, config, data_dir)
+    stats = run_stats(workdir, config, manifest, data_dir)
   if npz:
     raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
     rows = data_lib.standardize({"input": raw}, stats, per_speaker,

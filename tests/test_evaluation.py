@@ -710,6 +710,29 @@ def test_a_workdir_restores_and_predicts_without_its_data(mixed, tmp_path):
   assert found.columns == own.columns
 
 
+def test_damaged_kept_statistics_are_one_error_naming_the_file(mixed,
+                                                                tmp_path):
+  """A workdir whose model_inputs/train_stats.npz is damaged (truncated) or
+  of another model's sizes predicts nothing: a DataError naming the file
+  (and the array), not a traceback from NumPy or the standardisation."""
+  workdir, results = mixed
+  moved = tmp_path / "run"
+  shutil.copytree(workdir, moved)
+  raw = data.load(results["data"]["dir"], normalized=False).test
+  npz = tmp_path / "new.npz"
+  np.savez(npz, group_id=raw.group_id,
+           **{m: raw.features[m] for m in raw.features})
+  stats = moved / workdir_lib.MODEL_INPUTS / workdir_lib.STATS_FILE
+  stats.write_bytes(stats.read_bytes()[:100])
+  with pytest.raises(schema.DataError, match=(
+      rf"^{stats}: statistics: unreadable")):
+    predict.predict(str(moved), npz=str(npz))
+  np.savez(stats, **{"audio/mean": np.zeros(3), "audio/std": np.ones(3)})
+  with pytest.raises(schema.DataError, match=(
+      rf"^{stats}: audio/mean: shape \(3,\), but dims.audio is")):
+    predict.predict(str(moved), npz=str(npz))
+
+
 # Reports
 # -------
 
