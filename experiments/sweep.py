@@ -7,8 +7,9 @@
         [--compilation_cache DIR] [--config.seeds=0,1,2] [--config.x=...]
 
 Points: the product of the `--grid FIELD=V1,V2,...` flags (`;` for a comma
-inside a value: tuples `a;b`, comma-separated strings `audio;text`), or the list returned by `get_sweep()` of a `--sweep` file, or both
-(each sweep-file point crossed with the grid). `--config.*` overrides apply
+inside a value: tuples `a;b`, comma-separated strings `audio;text`), or
+the list returned by `get_sweep()` of a `--sweep` file, or both (each
+sweep-file point crossed with the grid). `--config.*` overrides apply
 to every point; the seeds of a point train together (jax.vmap). Rerunning
 the same command skips finished points and resumes unfinished ones.
 `--shard i/n` runs points i, i+n, ... so n machines can share one workdir.
