@@ -136,6 +136,7 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+  """Replaces `path` with `text` (UTF-8) atomically."""
   write_bytes(path, text.encode())
 
 
