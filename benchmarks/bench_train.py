@@ -411,6 +411,21 @@ def cases(args, tmp: str) -> list[Case]:
   return found
 
 
+def case_row(r: dict) -> str:
+  """A measured case's row of the main table (`table`)."""
+  s = r["epoch_s"]
+  compiled = " / ".join(f"{r['compile_s'][k]:.1f}"
+                        for k in ("epoch", "eval", "init"))
+  return (f"| {r['case']} | {r['variant']} | {r['train_utterances']} x "
+          f"{r['members']} | {r['setup_s']:.1f} | {compiled} | "
+          f"{r['train_utt_per_s']:,.0f} | "
+          f"{r['eval_utt_per_s']:,.0f} | {s['epoch']:.2f} = {s['train']:.2f} "
+          f"+ {s['valid']:.2f} + {s['ckpt']:.2f} + {s['host']:.2f} | "
+          f"{r['epoch_flops'] / 1e9:.1f} | "
+          f"{r['achieved_flops_per_s'] / 1e9:.1f} | {r['peak_ratio']:.3f} | "
+          f"{r['model_matmul_ratio']:.3f} |")
+
+
 def table(report: dict) -> str:
   """The readable tables of a report."""
   peak = report["matmul_peak_flops_per_s"]
@@ -426,19 +441,7 @@ def table(report: dict) -> str:
       "| train utt/s | eval utt/s | epoch s = train + valid + ckpt + host "
       "| GFLOP/epoch | GFLOP/s | / peak | matmul at model shape / peak |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for r in report["cases"]:
-    s = r["epoch_s"]
-    compiled = " / ".join(f"{r['compile_s'][k]:.1f}"
-                          for k in ("epoch", "eval", "init"))
-    lines.append(
-        f"| {r['case']} | {r['variant']} | {r['train_utterances']} x "
-        f"{r['members']} | {r['setup_s']:.1f} | {compiled} | "
-        f"{r['train_utt_per_s']:,.0f} | "
-        f"{r['eval_utt_per_s']:,.0f} | {s['epoch']:.2f} = {s['train']:.2f} "
-        f"+ {s['valid']:.2f} + {s['ckpt']:.2f} + {s['host']:.2f} | "
-        f"{r['epoch_flops'] / 1e9:.1f} | "
-        f"{r['achieved_flops_per_s'] / 1e9:.1f} | {r['peak_ratio']:.3f} | "
-        f"{r['model_matmul_ratio']:.3f} |")
+  lines += [case_row(r) for r in report["cases"]]
   lines += ["", "Per epoch: validation / train = "
             + ", ".join(f"{r['case']} {r['variant']} "
                         f"{r['epoch_s']['valid'] / r['epoch_s']['train']:.2f}"
@@ -566,7 +569,7 @@ def main(argv=None) -> dict:
                  peak_ratio=r["achieved_flops_per_s"] / peak)
         report["cases"].append(r)
         # Each case as it is measured: a run stopped later keeps these.
-        print(table(report).split("\n\n")[1].splitlines()[-1], flush=True)
+        print(case_row(r), flush=True)
         if args.json:
           workdir_lib.write_text(args.json, json.dumps(report, indent=1))
     if args.devices and found:

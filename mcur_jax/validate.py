@@ -119,11 +119,11 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for field in ("weight_decay", "mcb_weight", "checkpoint_seconds"):
     if not config[field] >= 0:
       raise _error(field, f"{config[field]}, must be >= 0")
-  for field, high, bracket in (("dropout", 1, ")"),
-                               ("final_lr_fraction", 1, "]")):
-    value = config[field]
-    if not (0 <= value < high or bracket == "]" and value == high):
-      raise _error(field, f"{value}, must be in [0, {high}{bracket}")
+  if not 0 <= config.dropout < 1:
+    raise _error("dropout", f"{config.dropout}, must be in [0, 1)")
+  if not 0 <= config.final_lr_fraction <= 1:
+    raise _error("final_lr_fraction",
+                 f"{config.final_lr_fraction}, must be in [0, 1]")
   if not 0 <= config.ema_decay < 1:
     raise _error("ema_decay", f"{config.ema_decay}, must be in [0, 1) (0: "
                  "off; 1 would keep the initial parameters)")
