@@ -14,6 +14,7 @@ owner lookup, the per-utterance mask or the per-slot gather changes some
 utterance's output by far more than the tolerance.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -22,9 +23,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mcur_jax import data
 from mcur_jax import evaluation
 from mcur_jax import model
+from tests import test_groups
 
 DIMS = {"audio": 5, "text": 7, "video": 3}
 # Groups of 1 to 20 utterances: shorter than, equal to and several times
@@ -45,24 +46,14 @@ def config(**overrides):
 
 
 def make_split(seed):
-  """Random features and availability, positions with gaps, three speakers,
-  the rows shuffled."""
+  """`test_groups.random_split` (positions with gaps, three speakers, the
+  rows shuffled) with random features and availability."""
+  split = test_groups.random_split(LENGTHS, seed)
   rng = np.random.default_rng(seed)
-  group_id, position, speaker = [], [], []
-  for g, length in enumerate(LENGTHS):
-    group_id += [f"g{g:02d}"] * length
-    position += list(rng.choice(10 * length + 5, length, replace=False))
-    speaker += list(rng.choice(["F", "M", "X"], length))
-  n = len(group_id)
-  perm = rng.permutation(n)
-  return data.Split(
-      features={m: rng.normal(size=(n, d)).astype(np.float32)
-                for m, d in DIMS.items()},
-      available=rng.random((n, 3)) < 0.85, label=np.zeros(n, np.float32),
-      utt_id=np.array([f"u{i}" for i in range(n)]),
-      group_id=np.array(group_id)[perm], speaker=np.array(speaker)[perm],
-      position=np.array(position, np.int64)[perm],
-      session=np.zeros(n, np.int64))
+  return dataclasses.replace(
+      split, features={m: rng.normal(size=(len(split), d)).astype(np.float32)
+                       for m, d in DIMS.items()},
+      available=rng.random((len(split), 3)) < 0.85)
 
 
 def owner_start(length, p, window):
