@@ -102,9 +102,9 @@ def test_predict_equals_each_utterance_alone_in_its_window(overrides):
     for g in np.unique(split.group_id):
       rows = np.flatnonzero(split.group_id == g)
       rows = rows[np.argsort(split.position[rows])]
-      seen = []
-      for r in rows:
-        seen += [split.speaker[r]] * (split.speaker[r] not in seen)
+      # Speakers ranked by first appearance (the model clips the ranks
+      # past context_speakers - 1 to the last embedding).
+      seen = list(dict.fromkeys(split.speaker[rows]))
       speaker = np.array([seen.index(split.speaker[r]) for r in rows])
       starts = [owner_start(len(rows), p, window) for p in range(len(rows))]
       for start in set(starts):
