@@ -433,16 +433,18 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
                             manifest.folds["seed"], path,
                             next_fold(values, fold) if session else None)
     parts = {s: everything.take(names == s) for s in schema.SPLITS}
-    own = (feature_stats(parts["train"]) if session else
-           normalization_stats(directory, manifest, schema.fold_name(fold)))
+    if stats is None:
+      stats = (feature_stats(parts["train"]) if session else
+               normalization_stats(directory, manifest,
+                                   schema.fold_name(fold)))
   else:
     if fold is not None:
       raise schema.DataError(path, "folds", f"fold={fold!r} given, but this "
                              "dataset has fixed train/valid/test splits")
     parts = {s: reader(directory, manifest, s) for s in schema.SPLITS}
-    own = normalization_stats(directory, manifest, "train")
+    if stats is None:
+      stats = normalization_stats(directory, manifest, "train")
   if normalized:
-    parts = standardize(parts, own if stats is None else stats, speaker_norm,
-                        str(directory))
-  return Dataset(manifest=manifest, **parts, stats=(
-      (own if stats is None else stats) if normalized else None))
+    parts = standardize(parts, stats, speaker_norm, str(directory))
+  return Dataset(manifest=manifest, **parts,
+                 stats=stats if normalized else None)

@@ -51,7 +51,6 @@ import csv
 import dataclasses
 import functools
 import os
-import zipfile
 
 import numpy as np
 from jax.sharding import NamedSharding
@@ -234,31 +233,14 @@ def _rows(split, known, fold, model_names, combination_names, pred, s,
 def run_stats(workdir: str, config, manifest: schema.Manifest,
               data_dir: str | None = None) -> dict:
   """The statistics the run in `workdir` standardised its features with:
-  the workdir's copy (`workdir.MODEL_INPUTS`), checked against the
-  manifest's dims, or, for a run from before the copy, recomputed from its
-  data (`workdir.legacy_data_dir`)."""
-  path = os.path.join(workdir, workdir_lib.MODEL_INPUTS,
-                      workdir_lib.STATS_FILE)
-  if not os.path.exists(path):
-    return data_lib.train_stats(
-        workdir_lib.legacy_data_dir(workdir, config.data_dir, data_dir),
-        config.fold or None, config.validation)
-  stats = {m: {} for m in schema.MODALITIES}
-  try:
-    with np.load(path) as saved:
-      for key in saved.files:
-        modality, name = key.split("/")
-        stats[modality][name] = saved[key]
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-    raise schema.DataError(path, "statistics", f"unreadable ({e}); copy "
-                           "the run's workdir again") from None
-  for modality, values in stats.items():
-    for name, value in values.items():
-      if value.shape != (manifest.dims[modality],):
-        raise schema.DataError(
-            path, f"{modality}/{name}", f"shape {value.shape}, but "
-            f"dims.{modality} is {manifest.dims[modality]}")
-  return stats
+  the workdir's copy (`workdir.kept_stats`), or, for a run from before the
+  copy, recomputed from its data (`workdir.legacy_data_dir`)."""
+  kept = workdir_lib.kept_stats(workdir, manifest.dims)
+  if kept is not None:
+    return kept
+  return data_lib.train_stats(
+      workdir_lib.legacy_data_dir(workdir, config.data_dir, data_dir),
+      config.fold or None, config.validation)
 
 
 def predict(workdir: str, *, data_dir: str | None = None,

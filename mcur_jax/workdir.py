@@ -32,6 +32,7 @@ import io
 import json
 import os
 import socket
+import zipfile
 
 import jax
 from jax.experimental import multihost_utils
@@ -51,7 +52,7 @@ RESULTS_FILE = "results.json"
 # features, on another machine or after the data moved: the data's
 # manifest.json byte for byte (its sha256 is data.json's; dims, task,
 # classes, modalities) and STATS_FILE, the statistics the run standardised
-# its features with (`run_manifest`, `predict.run_stats`).
+# its features with (`run_manifest`, `kept_stats`).
 MODEL_INPUTS = "model_inputs"
 STATS_FILE = "train_stats.npz"
 
@@ -232,6 +233,35 @@ def record_start(workdir: str, config, devices: int, stats) -> None:
              {"data_dir": config.data_dir,
               "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
               "devices": devices})
+
+
+def kept_stats(workdir: str, dims: dict) -> dict | None:
+  """The statistics `record_start` kept in MODEL_INPUTS ({modality: {name:
+  array}}), each checked to be [dims[modality]]; None for a run from before
+  the copy.
+
+  Raises:
+    schema.DataError: the file is damaged or does not fit `dims`.
+  """
+  path = os.path.join(workdir, MODEL_INPUTS, STATS_FILE)
+  if not os.path.exists(path):
+    return None
+  stats = {m: {} for m in schema.MODALITIES}
+  try:
+    with np.load(path) as saved:
+      for key in saved.files:
+        modality, name = key.split("/")
+        stats[modality][name] = saved[key]
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    raise schema.DataError(path, "statistics", f"unreadable ({e}); copy "
+                           "the run's workdir again") from None
+  for modality, values in stats.items():
+    for name, value in values.items():
+      if value.shape != (dims[modality],):
+        raise schema.DataError(
+            path, f"{modality}/{name}", f"shape {value.shape}, but "
+            f"dims.{modality} is {dims[modality]}")
+  return stats
 
 
 def run_manifest(workdir: str, trained_at: str,
