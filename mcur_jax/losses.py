@@ -7,6 +7,10 @@
   predicted log-variance `s_i` clipped to [-s_max, s_max]. An ambiguous,
   high-loss sample learns a large `s_i`, hence a small weight
   `w_i = exp(-s_i)`. During warm-up `w_i = 1` (plain mean of `l_i`).
+  Option `beta` (the beta-NLL of Seitzer et al. 2022): each sample's term
+  is scaled by stop_grad(exp(beta * s_i)), so the task gradient's weight is
+  `exp(-(1 - beta) s_i)` (beta 0: the form above; 1: the plain task
+  gradient) while `s_i` keeps its optimum, log of the expected `l_i`.
 * MCB-CL (modality-combination- and category-based contrastive loss, the
   SupCon form of Khosla et al. 2020) over the whole global batch:
   `L_i = -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/tau) / sum_{k != i}
@@ -52,7 +56,7 @@ def masked_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
 
 
 def sugr(per_sample: jax.Array, s: jax.Array, *, s_max: float,
-         active, valid: jax.Array | None = None
+         active, valid: jax.Array | None = None, beta: float = 0.0
          ) -> tuple[jax.Array, jax.Array]:
   """Uncertainty-weighted task loss and the per-sample weights w_i.
 
@@ -62,17 +66,21 @@ def sugr(per_sample: jax.Array, s: jax.Array, *, s_max: float,
     s_max: the clipping bound.
     active: bool scalar (may be traced); False = warm-up, w_i = 1.
     valid: [B] bool, the real utterances (None: all).
+    beta: in [0, 1]; each term scaled by stop_grad(exp(beta * s)).
 
   Returns:
-    (loss, w) with w = exp(-s) when active, else ones; the loss is the mean
-    over the valid entries.
+    (loss, w) with w = exp(-(1 - beta) s), the weight of each sample's task
+    gradient, when active, else ones; the loss is the mean over the valid
+    entries.
   """
   # s = 0 during warm-up gives w = 1 and the plain mean, with no path from
   # the uncertainty head into the loss: selecting between two finished losses
   # instead would still backpropagate 0 * d exp(-s), NaN for a NaN s.
   s = jnp.where(active, jnp.clip(s, -s_max, s_max), 0.0)
-  w = jnp.exp(-s)
-  return masked_mean(w * per_sample + s, valid), w
+  term = jnp.exp(-s) * per_sample + s
+  if beta:
+    term = jax.lax.stop_gradient(jnp.exp(beta * s)) * term
+  return masked_mean(term, valid), jnp.exp(-(1.0 - beta) * s)
 
 
 def category(label: jax.Array, task: str, rule: str = "sign") -> jax.Array:

@@ -151,7 +151,8 @@ def make_loss_fn(config, graphdef, task: str):
     if config.sugr:
       task_loss, w = losses.sugr(
           per_sample, out["s"], s_max=config.sugr_s_max,
-          active=epoch >= config.sugr_warmup_epochs, valid=valid)
+          active=epoch >= config.sugr_warmup_epochs, valid=valid,
+          beta=config.sugr_beta)
     else:
       task_loss, w = (losses.masked_mean(per_sample, valid),
                       jnp.ones_like(per_sample))

@@ -119,6 +119,8 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for field in ("weight_decay", "mcb_weight", "checkpoint_seconds"):
     if not config[field] >= 0:
       raise _error(field, f"{config[field]}, must be >= 0")
+  if not 0 <= config.sugr_beta <= 1:
+    raise _error("sugr_beta", f"{config.sugr_beta}, must be in [0, 1]")
   if not 0 <= config.dropout < 1:
     raise _error("dropout", f"{config.dropout}, must be in [0, 1)")
   if not 0 <= config.final_lr_fraction <= 1:

@@ -92,6 +92,7 @@ LATER_FIELDS = {
     "context_kind": "transformer",
     "selection": "valid",
     "checkpoint_seconds": 0.0,
+    "sugr_beta": 0.0,
 }
 
 

@@ -139,6 +139,7 @@ def test_config_check_names_the_field(mosi_dir):
       ("context_window", 40, "config.context_window: 40 exceeds batch_size "
        "32: training windows"),
       ("sugr_s_max", -1.0, "config.sugr_s_max: -1.0, must be > 0"),
+      ("sugr_beta", 1.5, r"config.sugr_beta: 1.5, must be in \[0, 1\]"),
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
       ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
       ("dataset", "mosei", "config.dataset: 'mosei'"),

@@ -29,12 +29,14 @@ def ref_task_loss(pred, label, kind):
   return np.array(out)
 
 
-def ref_sugr(l, s, s_max, active):
-  """mean_i(exp(-s_i) l_i + s_i) with s clipped, or the plain mean."""
+def ref_sugr(l, s, s_max, active, beta=0.0):
+  """mean_i(exp(beta s_i) (exp(-s_i) l_i + s_i)) with s clipped, and the
+  weights exp(-(1 - beta) s_i); during warm-up the plain mean, weights 1."""
   s = np.clip(np.asarray(s, np.float64), -s_max, s_max)
   if not active:
     return np.mean(l), np.ones_like(s)
-  return np.mean(np.exp(-s) * l + s), np.exp(-s)
+  return (np.mean(np.exp(beta * s) * (np.exp(-s) * l + s)),
+          np.exp(-(1 - beta) * s))
 
 
 def ref_supcon(z, positive, tau, anchor_weight=None):
@@ -103,17 +105,19 @@ def test_task_loss_rejects_unknown_kind():
     losses.task_loss(jnp.zeros((2, 1)), jnp.zeros(2), "huber")
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("active", [True, False])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_sugr_matches_reference(active, seed):
-  """Active: mean(exp(-s) l + s) with s clipped; warm-up: plain mean, w = 1."""
+def test_sugr_matches_reference(active, seed, beta):
+  """Active: mean(exp(beta s) (exp(-s) l + s)) with s clipped, weights
+  exp(-(1 - beta) s); warm-up: plain mean, w = 1."""
   rng = np.random.default_rng(seed)
   l = rng.uniform(0, 4, 10).astype(np.float32)
   s = rng.uniform(-6, 6, 10).astype(np.float32)  # Some beyond s_max = 3.
   assert (np.abs(s) > 3).any() and (np.abs(s) < 3).any()
   loss, w = losses.sugr(jnp.asarray(l), jnp.asarray(s), s_max=3.0,
-                        active=active)
-  ref_loss, ref_w = ref_sugr(l, s, 3.0, active)
+                        active=active, beta=beta)
+  ref_loss, ref_w = ref_sugr(l, s, 3.0, active, beta)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   np.testing.assert_allclose(w, ref_w, rtol=1e-5)
 
@@ -237,6 +241,32 @@ def test_sugr_gradients(active):
     s = jnp.asarray(rng.uniform(-1.5, 1.5, 6))  # Inside the clip bounds.
     f = lambda l, s: losses.sugr(l, s, s_max=2.0, active=active)[0]
     jtu.check_grads(jax.jit(f), (l, s), order=1, modes=("rev",))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_sugr_beta_gradients(beta):
+  """The beta form's gradients (its stop_gradient is no finite difference):
+  d/dl_i = exp(-(1 - beta) s_i) / n, d/ds_i = exp(beta s_i)(1 - exp(-s_i)
+  l_i) / n inside the clip and 0 beyond it. So beta 1 gives every sample
+  the plain mean's task gradient, and every beta keeps s_i = log l_i as the
+  uncertainty head's optimum (its gradient 0 there)."""
+  l = np.array([0.5, 2.0, 0.1, 1.0, 3.0])
+  s = np.array([0.3, -1.0, 2.0, 0.0, 5.0])  # The last beyond s_max = 3.
+  inside = np.abs(s) < 3
+  with jax.enable_x64(True):
+    grad_l, grad_s = jax.grad(
+        lambda l, s: losses.sugr(l, s, s_max=3.0, active=True, beta=beta)[0],
+        argnums=(0, 1))(jnp.asarray(l), jnp.asarray(s))
+    clipped = np.clip(s, -3, 3)
+    np.testing.assert_allclose(grad_l, np.exp(-(1 - beta) * clipped) / 5,
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        grad_s, inside * np.exp(beta * s) * (1 - np.exp(-s) * l) / 5,
+        rtol=1e-12, atol=1e-15)
+    at_optimum = jax.grad(
+        lambda s: losses.sugr(jnp.asarray(l), s, s_max=3.0, active=True,
+                              beta=beta)[0])(jnp.log(jnp.asarray(l)))
+    np.testing.assert_allclose(at_optimum, 0.0, atol=1e-15)
 
 
 def test_sugr_warm_up_gives_the_uncertainty_head_no_gradient():

@@ -134,6 +134,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sugr = True
   # SUGR log-variance clip bound s_max.
   c.sugr_s_max = 3.0
+  # SUGR's beta (beta-NLL, Seitzer et al. 2022; losses.py): each sample's
+  # term scaled by stop_grad(exp(beta * s_i)), so its task gradient weighs
+  # exp(-(1 - beta) * s_i); 0 = DESIGN's form, 1 = the plain task gradient
+  # with s_i still learned as the uncertainty score.
+  c.sugr_beta = 0.0
   # Epochs with all SUGR weights 1 before the weighting starts.
   c.sugr_warmup_epochs = 3
   # Also weight each anchor's MCB-CL term by stop_grad(w_i).
