@@ -116,6 +116,9 @@ def grid_points(config, grid: Sequence[str]) -> list[dict[str, Any]]:
     if not sep or not values:
       raise validate.ConfigError("--grid", f"{item!r}: expected "
                                  "FIELD=V1,V2,...")
+    if field in fields:
+      raise validate.ConfigError(f"--grid {field}", "given twice: list its "
+                                 "values in one flag (FIELD=V1,V2,...)")
     fields[field] = [parse_value(config, field, v) for v in values.split(",")]
   return product(**fields)
 

@@ -47,8 +47,11 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
               **point["overrides"]}
     row = {"name": point["name"],
            **{f: _hashable(v) for f, v in values.items()}}
+    failed = _failure(workdir, point["name"])
     path = os.path.join(workdir, point["name"], workdir_lib.RESULTS_FILE)
-    if os.path.exists(path):
+    if failed is not None:
+      row["failed"] = failed
+    elif os.path.exists(path):
       with open(path) as f:
         results = json.load(f)
       key = results["headline"]
@@ -61,15 +64,23 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
           runs=len(results["test"]["avg"][key]["per_run"]),
           **{f"test_{c}": results["test"][c][key]["mean"]
              for c in report.names(results)})
-    failed = os.path.join(workdir, point["name"], sweep.FAILED_FILE)
-    if "valid" not in row and os.path.exists(failed):
-      with open(failed) as f:
-        row["failed"] = json.load(f)["error"]
     rows.append(row)
   finished = [r for r in rows if "valid" in r]
   finished.sort(key=lambda r: -(r["valid"] if r["valid"] is not None
                                 else -math.inf))
   return fields, finished + [r for r in rows if "valid" not in r]
+
+
+def _failure(workdir: str, name: str) -> str | None:
+  """The error of the point's last attempt (`sweep.FAILED_FILE`), or None.
+  It outranks the point's results.json: a point finished under another
+  config fails the check against this one, and its results are not this
+  point's (`sweep.run` removes the file once the point runs again)."""
+  path = os.path.join(workdir, name, sweep.FAILED_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)["error"]
 
 
 def _hashable(value):
@@ -159,7 +170,8 @@ def plot(path: str, fields: list[str], rows: list[dict]) -> None:
 
 
 def paper_table(workdir: str) -> str | None:
-  """`report.markdown` over the finished points in sweep order: rows =
+  """`report.markdown` over the finished points in sweep order (not those
+  whose last attempt failed: `_failure`): rows =
   methods (the point name added where two points share a method label, as
   in a hyperparameter sweep); None before any point finished."""
   with open(os.path.join(workdir, sweep.SWEEP_FILE)) as f:
@@ -167,7 +179,7 @@ def paper_table(workdir: str) -> str | None:
   found = []
   for point in points:
     path = os.path.join(workdir, point["name"], workdir_lib.RESULTS_FILE)
-    if os.path.exists(path):
+    if os.path.exists(path) and _failure(workdir, point["name"]) is None:
       with open(path) as f:
         found.append((point["name"], json.load(f)))
   if not found:

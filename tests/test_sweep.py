@@ -50,6 +50,10 @@ def test_product_and_grid_points_parse_with_the_fields_types():
     sweep.grid_points(config, ["learning_rate=abc"])
   with pytest.raises(validate.ConfigError, match="'1;x;0' is not a tuple"):
     sweep.grid_points(config, ["combo_weights=1;x;0"])
+  # A field given twice would keep only its last flag's values.
+  with pytest.raises(validate.ConfigError,
+                     match="--grid tau: given twice"):
+    sweep.grid_points(config, ["tau=0.1", "tau=0.2"])
 
 
 def test_point_names_are_stable_and_distinct():
@@ -322,6 +326,25 @@ def test_report_ranks_by_validation_never_test(tmp_path):
   rows = [line.split("|")[1].strip() for line in paper.splitlines()
           if line.startswith("| MCUR")]
   assert rows[:3] == ["MCUR [tau=0.05]", "MCUR [tau=0.1]", "MCUR [tau=0.2]"]
+
+
+def test_a_failed_attempt_outranks_an_earlier_points_results(tmp_path):
+  """A point whose results.json was written under another config and whose
+  last attempt failed (`sweep.run` checked it against this config) is
+  listed as FAILED, in the table, the CSV and results.md, not ranked with
+  the old results."""
+  fake_sweep(tmp_path, {0.05: (0.70, 0.60), 0.1: (0.65, 0.80)})
+  (tmp_path / sweep.point_name({"tau": 0.05}) / sweep.FAILED_FILE
+   ).write_text(json.dumps({"error": "num_epochs: 2 -> 3", "type": "X"}))
+  text = sweep_report.write(str(tmp_path))
+  rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+  assert rows[0].split("|")[1:3] == [" 1 ", " 0.1 "]
+  assert "FAILED: num_epochs: 2 -> 3" in rows[1] and "0.7000" not in text
+  with open(tmp_path / "sweep_report.csv") as f:
+    assert [line.split(",")[1] for line in f.read().splitlines()[1:]] == [
+        "0.1", "0.05", "0.3"]
+  paper = (tmp_path / "results.md").read_text()
+  assert "0.600" not in paper and "| MCUR | 0.800 ± 0.010 |" in paper
 
 
 def test_ablation_rows_are_named_by_method(tmp_path):
