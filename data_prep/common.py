@@ -174,6 +174,32 @@ def split_from_file(path: str, group_id: np.ndarray) -> np.ndarray:
   return np.array([assignment[g] for g in group_id.tolist()])
 
 
+def check_ids(rows: data.Split, origin: dict[str, str]) -> None:
+  """Raises `schema.DataError` for rows that cannot be told apart: none at
+  all, two with one utt_id, or two at one position of a group (positions
+  order a group's utterances for the context). `origin` names the file of
+  each field (`utt_id` required)."""
+  if len(rows) == 0:
+    raise schema.DataError(origin["utt_id"], "utt_id", "no utterances found")
+  ids, counts = np.unique(rows.utt_id, return_counts=True)
+  if (counts > 1).any():
+    dup = ids[counts > 1]
+    raise schema.DataError(origin["utt_id"], "utt_id",
+                           f"{len(dup)} duplicate ids, e.g. {str(dup[0])!r}")
+  order = np.lexsort((rows.position, rows.group_id))
+  group, position = rows.group_id[order], rows.position[order]
+  twice = np.flatnonzero((group[1:] == group[:-1])
+                         & (position[1:] == position[:-1]))
+  if len(twice):
+    i, j = order[twice[0]], order[twice[0] + 1]
+    raise schema.DataError(
+        origin.get("position", origin["utt_id"]), "position",
+        f"{len(twice)} utterances share their group's position with another, "
+        f"e.g. {str(rows.utt_id[i])!r} and {str(rows.utt_id[j])!r} at "
+        f"position {rows.position[i]} of group {str(rows.group_id[i])!r} "
+        "(positions order a group's utterances for the context)")
+
+
 def make_rows(*, utt_id, group_id, position, label, features, available,
               speaker=None, session=None, extras=None) -> data.Split:
   """A raw `data.Split` from columns; speaker '' and session 0 by default."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import common
 from data_prep import tfds_metadata
 from mcur_jax import data
 from mcur_jax import schema
@@ -54,23 +55,10 @@ class Table:
   session_folds: bool = False
 
 
-def _check_groups(table: Table) -> None:
-  """Each group's positions are distinct (they order its utterances for the
-  context), and with session folds each group lies in one session and
-  sessions are numbered from 1 (`config.fold=0` means every fold)."""
+def _check_sessions(table: Table) -> None:
+  """With session folds each group lies in one session and sessions are
+  numbered from 1 (`config.fold=0` means every fold)."""
   rows, origin = table.rows, table.origin
-  order = np.lexsort((rows.position, rows.group_id))
-  group, position = rows.group_id[order], rows.position[order]
-  twice = np.flatnonzero((group[1:] == group[:-1])
-                         & (position[1:] == position[:-1]))
-  if len(twice):
-    i = order[twice[0]]
-    raise schema.DataError(
-        origin.get("position", origin["utt_id"]), "position",
-        f"{len(twice)} utterances share their group's position with another, "
-        f"e.g. {rows.utt_id[i]!r} and {rows.utt_id[order[twice[0] + 1]]!r} "
-        f"at position {rows.position[i]} of group {rows.group_id[i]!r} "
-        "(positions order a group's utterances for the context)")
   if not table.session_folds:
     return
   where = origin.get("session", origin["utt_id"])
@@ -112,14 +100,8 @@ def check(table: Table) -> None:
   """Raises `schema.DataError` (naming file and field) on an invalid table."""
   rows, origin = table.rows, table.origin
   tfds_metadata.check_name(table.dataset, "command line", "--dataset")
+  common.check_ids(rows, origin)
   n = len(rows)
-  if n == 0:
-    raise schema.DataError(origin["utt_id"], "utt_id", "no utterances found")
-  ids, counts = np.unique(rows.utt_id, return_counts=True)
-  if (counts > 1).any():
-    dup = ids[counts > 1]
-    raise schema.DataError(origin["utt_id"], "utt_id",
-                           f"{len(dup)} duplicate ids, e.g. {dup[0]!r}")
   for f in schema.RECORD_FIELDS:
     if f.kind != schema.BYTES:
       continue
@@ -161,7 +143,7 @@ def check(table: Table) -> None:
     where = sorted(pairs[pairs[:, 0] == g, 1].tolist())
     raise schema.DataError(origin["split"], "split",
                            f"group {g!r} is in more than one split: {where}")
-  _check_groups(table)
+  _check_sessions(table)
   needed = (schema.ALL_SPLIT,) if table.session_folds else schema.SPLITS
   for s in needed:
     if not (table.split == s).any():

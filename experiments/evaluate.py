@@ -20,6 +20,7 @@ from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import report
 from mcur_jax import train
+from mcur_jax import workdir as workdir_lib
 
 flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
 flags.DEFINE_enum("protocol", "all", evaluation.PROTOCOLS,
@@ -33,6 +34,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   launch.start(argv)
+  launch.check_output(FLAGS.out)
   try:
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
                                          FLAGS.protocol, FLAGS.data_dir)
@@ -47,9 +49,7 @@ def main(argv) -> None:
         f"{r}: {v[key]['mean']:.3f}"
         for r, v in results["missing_rate"]["rates"].items()))
   if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      json.dump(results, f, indent=1)
-      f.write("\n")
+    workdir_lib.write_text(FLAGS.out, json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

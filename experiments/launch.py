@@ -224,6 +224,22 @@ def _os_error(e: OSError, workdir: str) -> str:
   return f"{where}: {e.strerror or e}"
 
 
+def check_output(path: str | None, flag: str = "--out") -> None:
+  """Exit 2 with one `error:` line, before any work, when the file `path`
+  cannot be written there: its folder is missing or not writable."""
+  if path is None:
+    return
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    problem = f"{folder}: no such directory"
+  elif not os.access(folder, os.W_OK):
+    problem = f"{folder}: not writable"
+  else:
+    return
+  print(f"error: {flag} {path}: {problem}", file=sys.stderr)
+  sys.exit(2)
+
+
 def start(argv) -> None:
   """What every entry point's main does first: refuse stray arguments, log
   only warnings unless --verbosity says otherwise (orbax logs every save at

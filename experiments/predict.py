@@ -1,6 +1,6 @@
 """Predicts with a trained run: one CSV row per utterance (and seed).
 
-    python -m experiments.predict --workdir runs/mosi [--data_dir D --split test | --input FILE.npz] [--key label=label4] [--combination at] [--ensemble] --out predictions.csv
+    python -m experiments.predict --workdir runs/mosi [--data_dir D [--fold K] --split test | --input FILE.npz] [--key label=label4] [--combination at] [--ensemble] --out predictions.csv
 
 Without --data_dir or --input it predicts the run's own data (--split,
 default test). Columns and the npz format: `mcur_jax/predict.py`. Exit 2
@@ -21,6 +21,8 @@ flags.DEFINE_string("data_dir", None, "prepared directory to predict "
                     "(default: the run's own data)")
 flags.DEFINE_enum("split", "test", list(predict.SPLITS),
                   "split of the prepared directory")
+flags.DEFINE_integer("fold", None, "fold of a cross-validated --data_dir "
+                     "(default: the run's own fold)")
 flags.DEFINE_string("input", None, "an .npz of features instead (labels "
                     "optional; format in data_prep/formats/npz.py)")
 flags.DEFINE_string("combination", None, "use only these modalities, e.g. at "
@@ -36,17 +38,21 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   launch.start(argv)
+  launch.check_output(FLAGS.out)
   if FLAGS.data_dir and FLAGS.input:
     print("error: --data_dir and --input: give one", file=sys.stderr)
     sys.exit(2)
   if FLAGS.key and not FLAGS.input:
     print("error: --key: names the keys of an --input npz", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.fold is not None and not FLAGS.data_dir:
+    print("error: --fold: names the fold of a --data_dir", file=sys.stderr)
+    sys.exit(2)
   try:
     found, notes = predict.predict(
         FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
         npz=FLAGS.input, combination=FLAGS.combination,
-        ensemble=FLAGS.ensemble, keys=FLAGS.key)
+        ensemble=FLAGS.ensemble, keys=FLAGS.key, data_fold=FLAGS.fold)
     predict.write_csv(found, FLAGS.out)
   except (FileNotFoundError, *train.INPUT_ERRORS) as e:
     print(f"error: {e}", file=sys.stderr)

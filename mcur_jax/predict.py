@@ -99,8 +99,9 @@ def _number(x):
 
 
 def write_csv(predictions: Predictions, path: str) -> None:
+  """Writes the rows to `path`, replacing it whole (`workdir.replacing`)."""
   cols = predictions.columns
-  with open(path, "w", newline="") as f:
+  with workdir_lib.replacing(path) as tmp, open(tmp, "w", newline="") as f:
     out = csv.writer(f)
     out.writerow(list(cols))
     for row in zip(*cols.values()):
@@ -117,7 +118,8 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
   classification = manifest.task == "classification"
   fields, mapped = npz_format.key_map(list(keys))
   with npz_format.open_archive(path) as archive:
-    columns = npz_format.Columns(path, archive, fields, mapped)
+    columns = npz_format.Columns(path, archive, fields, mapped,
+                                 rows_from="group_id")
     group_id = columns.text("group_id", None)
     n = len(group_id)
     label = columns.get("label", npz_format.NUMBERS, n, required=False)
@@ -137,11 +139,12 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
   for j, m in enumerate(schema.MODALITIES):
     dims, want = features[m].shape[1], manifest.dims[m]
     if dims and not want:
-      raise schema.DataError(path, m, f"the model was trained without {m} "
-                             "(its manifest's dims." + m + " is 0): remove "
-                             "the key")
+      raise schema.DataError(path, columns.name(m), f"the model was trained "
+                             f"without {m} (its manifest's dims.{m} is 0): "
+                             "remove the key")
     if dims and dims != want:
-      raise schema.DataError(path, m, f"{dims} features per utterance, but "
+      raise schema.DataError(path, columns.name(m), f"{dims} features per "
+                             "utterance, but "
                              f"the model was trained on {want} (dims.{m} of "
                              "its manifest)")
     if want and not dims:
@@ -168,6 +171,7 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
                            position=position, label=label, features=features,
                            available=available, speaker=speaker,
                            session=session)
+  common.check_ids(split, {"utt_id": path})
   if speaker_norm and speaker is not None:
     ids, counts = np.unique(data_lib.speakers(split), return_counts=True)
     if (counts == 1).any():
@@ -243,10 +247,27 @@ def run_stats(workdir: str, config, manifest: schema.Manifest,
       config.fold or None, config.validation)
 
 
+def _data_fold(data_dir: str, target: schema.Manifest, given: int | None,
+               run_fold: int | None) -> int | None:
+  """Which fold of `data_dir` to read: None for fixed splits (whatever the
+  run's layout), else the given one or the run's own."""
+  if not target.folds:
+    if given is not None:
+      raise validate.ConfigError("--fold", f"{given}: {data_dir} has fixed "
+                                 "train/valid/test splits")
+    return None
+  if given is None and run_fold is None:
+    raise validate.ConfigError("--fold", f"{data_dir} is cross-validated "
+                               "and the run has no fold: pass one of "
+                               f"{target.folds['values']}")
+  return run_fold if given is None else given
+
+
 def predict(workdir: str, *, data_dir: str | None = None,
             split: str = "test", npz: str | None = None,
             combination: str | None = None, ensemble: bool = False,
-            keys=()) -> tuple[Predictions, list[str]]:
+            keys=(), data_fold: int | None = None
+            ) -> tuple[Predictions, list[str]]:
   """Predictions of the run in `workdir` (module docstring) and notes.
 
   Args:
@@ -255,6 +276,8 @@ def predict(workdir: str, *, data_dir: str | None = None,
       predictions for test); an npz then needs one fold's workdir.
     data_dir: a prepared directory (default: the run's own data).
     split: its split to predict.
+    data_fold: the fold of a cross-validated `data_dir` whose `split` to
+      predict; default the run's own fold (None for fixed splits).
     npz: an .npz of features instead of a prepared directory.
     keys: FIELD=NPZKEY pairs naming the npz's keys (e.g. "label=label4").
     combination: restrict every utterance to these modalities (e.g. "at").
@@ -276,7 +299,8 @@ def predict(workdir: str, *, data_dir: str | None = None,
                                  "validated: pass one fold's workdir (e.g. "
                                  f"{folds[0]}) to predict an npz")
     parts = [predict(d, data_dir=data_dir, split=split,
-                     combination=combination, ensemble=ensemble, keys=keys)
+                     combination=combination, ensemble=ensemble, keys=keys,
+                     data_fold=data_fold)
              for d in folds]
     return (Predictions.concatenate([p for p, _ in parts]),
             sum((n for _, n in parts), []))
@@ -313,9 +337,11 @@ def predict(workdir: str, *, data_dir: str | None = None,
                                 npz)["input"]
   else:
     if data_dir:
-      _check_same_features(data_dir, schema.Manifest.load(data_dir), manifest)
+      target = schema.Manifest.load(data_dir)
+      _check_same_features(data_dir, target, manifest)
       rows = getattr(data_lib.load(
-          data_dir, fold=fold, speaker_norm=per_speaker,
+          data_dir, fold=_data_fold(data_dir, target, data_fold, fold),
+          speaker_norm=per_speaker,
           validation=config.validation, stats=stats), split)
     else:
       rows = getattr(own(), split)

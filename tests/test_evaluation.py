@@ -368,6 +368,21 @@ def test_evaluate_cli_without_checkpoint_exits_2(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("module,out", [
+    ("evaluate", "missing/eval.json"), ("predict", "missing/p.csv")])
+def test_an_unwritable_out_exits_2_before_any_work(module, out, tmp_path):
+  """--out in a folder that is not there: one error line naming it, before
+  the workdir is even read (so no evaluation's worth of work is lost)."""
+  result = subprocess.run(
+      [sys.executable, "-m", f"experiments.{module}", "--workdir",
+       str(tmp_path / "no_run"), "--out", str(tmp_path / out)], cwd=ROOT,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: --out {tmp_path / out}: {tmp_path / 'missing'}: no such "
+      "directory"]
+
+
 def test_evaluate_fits_the_calibration_of_a_run_without_one(mixed):
   """A run finished before calibration existed (no calibration.json) gets
   the calibration training would have fitted: the same numbers."""
@@ -599,6 +614,42 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
       in notes[0]
   _, _, notes = predict.read_npz(str(path), manifest)
   assert not notes
+
+
+def test_predict_npz_rows_that_cannot_be_told_apart(mosi_dir, tmp_path):
+  """The checks `data_prep.convert` makes on ids hold for an npz to
+  predict: no rows, a repeated utt_id, or two utterances at one position
+  of a group (the context order) are errors naming the field; a short
+  column names group_id (which sets the row count without labels), and a
+  mapped key by its npz name."""
+  manifest = data.load(mosi_dir).manifest
+  raw = data.load(mosi_dir, normalized=False).test
+  features = {m: raw.features[m] for m in raw.features if raw.features[m].size}
+  path = tmp_path / "rows.npz"
+  def read(keys=(), **columns):
+    np.savez(path, **columns)
+    return predict.read_npz(str(path), manifest, keys=keys)
+  with pytest.raises(schema.DataError, match="utt_id: no utterances found"):
+    read(group_id=raw.group_id[:0], **{m: x[:0] for m, x in features.items()})
+  utt_id = raw.utt_id.copy()
+  utt_id[1] = utt_id[0]
+  with pytest.raises(schema.DataError,
+                     match=f"utt_id: 1 duplicate ids, e.g. '{utt_id[0]}'"):
+    read(group_id=raw.group_id, utt_id=utt_id, **features)
+  position = raw.position.copy()
+  first = np.flatnonzero(raw.group_id == raw.group_id[0])[:2]
+  position[first[1]] = position[first[0]]
+  with pytest.raises(schema.DataError, match="position: 1 utterances share "
+                     "their group's position"):
+    read(group_id=raw.group_id, position=position, utt_id=raw.utt_id,
+         **features)
+  with pytest.raises(schema.DataError,
+                     match=f"audio: {len(raw) - 1} rows, but group_id has"):
+    read(group_id=raw.group_id, **{**features,
+                                   "audio": features["audio"][1:]})
+  with pytest.raises(schema.DataError, match=r"A \(--key audio=A\): "):
+    read(("audio=A",), group_id=raw.group_id,
+         A=features["audio"][:, :-1])
 
 
 def test_predict_other_data_dir_uses_the_runs_statistics(mixed, tmp_path):

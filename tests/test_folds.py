@@ -20,6 +20,7 @@ from mcur_jax import data
 from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import predict
+from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
 from tests import runs
@@ -170,3 +171,45 @@ def test_predict_classification_over_folds_and_from_npz(all_folds, tmp_path):
     np.testing.assert_allclose(
         np.asarray(from_npz.columns[c], np.float64),
         np.asarray(prepared.columns[c], np.float64)[take], rtol=0, atol=1e-6)
+
+
+def test_predict_a_fixed_split_directory_with_a_fold_run(all_folds, tmp_path):
+  """A fold's run predicts another prepared directory by that directory's
+  own layout: the same utterances converted with fixed splits (fold 1's
+  parts as the npz's `split` column) give fold 1's own test rows. A
+  cross-validated directory takes the run's fold, or `data_fold`; a fixed
+  one refuses a fold."""
+  from data_prep import convert  # pylint: disable=g-import-not-at-top
+  workdir, _ = all_folds
+  config = checkpoint.load_config(str(workdir / "fold1"))
+  parts = data.load(config.data_dir, fold=1, normalized=False)
+  splits = [(s, getattr(parts, s)) for s in ("train", "valid", "test")]
+  column = lambda f: np.concatenate([getattr(p, f) for _, p in splits])
+  path = tmp_path / "fixed.npz"
+  np.savez(path, group_id=column("group_id"), position=column("position"),
+           utt_id=column("utt_id"), label=column("label"),
+           speaker=column("speaker"), session=column("session"),
+           split=np.concatenate([[s] * len(p) for s, p in splits]),
+           **{m: np.concatenate([p.features[m] for _, p in splits])
+              for m in parts.test.features},
+           **{f"available_{m}": np.concatenate([p.available[:, j]
+                                                for _, p in splits])
+              for j, m in enumerate(parts.test.features)})
+  fixed = tmp_path / "fixed"
+  assert convert.main(["--format", "npz", "--dataset", "iemocap4", "--input",
+                       str(path), "--out", str(fixed)]) == 0
+  own, _ = predict.predict(str(workdir / "fold1"), combination="atv")
+  other, _ = predict.predict(str(workdir / "fold1"), data_dir=str(fixed),
+                             combination="atv")
+  assert other.columns["utt_id"] == own.columns["utt_id"]
+  for c in ("class", "confidence", "s"):
+    np.testing.assert_array_equal(other.columns[c], own.columns[c])
+  with pytest.raises(validate.ConfigError, match="--fold: 2: .* fixed"):
+    predict.predict(str(workdir / "fold1"), data_dir=str(fixed), data_fold=2)
+  fold2, _ = predict.predict(str(workdir / "fold1"), data_dir=config.data_dir,
+                             data_fold=2, combination="atv")
+  assert set(fold2.columns["utt_id"]) == set(
+      data.load(config.data_dir, fold=2, normalized=False).test.utt_id)
+  target = schema.Manifest.load(config.data_dir)
+  with pytest.raises(validate.ConfigError, match="pass one of"):
+    predict._data_fold(config.data_dir, target, None, None)

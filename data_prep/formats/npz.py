@@ -245,9 +245,11 @@ class Columns:
   """The arrays of an npz archive by field, checked as they are read."""
 
   def __init__(self, path: str, archive, keys: dict[str, str],
-               mapped: set[str]):
+               mapped: set[str], rows_from: str = "label"):
+    """`rows_from`: the field whose length the others' row count is checked
+    against (named in that error)."""
     self.path, self.archive, self.keys = path, archive, keys
-    self.mapped, self.files = mapped, archive.files
+    self.mapped, self.files, self.rows_from = mapped, archive.files, rows_from
 
   def has(self, field: str) -> bool:
     """Whether the file holds `field`'s key, or the command line mapped it
@@ -290,7 +292,7 @@ class Columns:
                              f"{ndim}-D {_KIND_NAMES[kinds]}")
     if n is not None and len(value) != n:
       raise schema.DataError(self.path, self.name(field), f"{len(value)} "
-                             f"rows, but {self.name('label')} has {n}")
+                             f"rows, but {self.name(self.rows_from)} has {n}")
     return value
 
   def text(self, field, n, required=True):
