@@ -20,7 +20,9 @@ that keeps them predicts the labelled ones in a slightly different context
 than evaluation did. Another prepared directory (`data_dir`) is
 standardised likewise: the run's training statistics, then `speaker_norm`
 over that directory's utterances; it must have the model's task, classes
-(in order) and feature sizes. The run's own data (no `data_dir`, no npz)
+(in order) and feature sizes, and is read by its own layout: its fixed
+splits as they are, a cross-validated one at the run's fold (or
+`data_fold`, needed for a run on fixed splits). The run's own data (no `data_dir`, no npz)
 is read where it trained; if it moved, `data_dir` names it (the same
 statistics, so the same predictions).
 
