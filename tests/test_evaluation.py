@@ -383,6 +383,18 @@ def test_an_unwritable_out_exits_2_before_any_work(module, out, tmp_path):
       "directory"]
 
 
+def test_predict_fold_without_data_dir_exits_2(tmp_path):
+  """--fold names a fold of --data_dir; alone it is refused before any
+  work."""
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.predict", "--workdir",
+       str(tmp_path / "no_run"), "--fold", "2"], cwd=tmp_path,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: --fold: names the fold of a --data_dir"]
+
+
 def test_evaluate_fits_the_calibration_of_a_run_without_one(mixed):
   """A run finished before calibration existed (no calibration.json) gets
   the calibration training would have fitted: the same numbers."""
