@@ -18,6 +18,7 @@ import numpy as np
 
 from data_prep import common
 from mcur_jax import schema
+from mcur_jax import utterance_rows
 
 _DICTS = ("videoIDs", "videoLabels", "videoSpeakers", "videoSentences")
 _SETS = {7: ("trainVids", "valVids", "testVids"), 6: ("trainVid", "testVid")}
@@ -87,7 +88,7 @@ def read(path: str, dataset: str) -> Labels:
         split_of[vid] = split
   cols = {k: [] for k in ("utt_id", "group_id", "position", "label",
                           "speaker", "session", "split")}
-  names = {vid: common.text(vid, path, "videoIDs") for vid in ids}
+  names = {vid: utterance_rows.text(vid, path, "videoIDs") for vid in ids}
   for vid in sorted(ids, key=names.get):
     name = names[vid]
     utts = _per_utterance(path, "videoIDs", name, ids[vid])
@@ -115,10 +116,10 @@ def read(path: str, dataset: str) -> Labels:
                                f"video {name!r} is in no split")
       session, split = 0, split_of[vid]
     for pos, utt in enumerate(utts):
-      cols["utt_id"].append(common.text(utt, path, "videoIDs"))
+      cols["utt_id"].append(utterance_rows.text(utt, path, "videoIDs"))
       cols["group_id"].append(name)
       cols["position"].append(pos)
-      cols["speaker"].append(common.text(speakers[pos], path,
+      cols["speaker"].append(utterance_rows.text(speakers[pos], path,
                                          "videoSpeakers"))
       cols["session"].append(session)
       cols["split"].append(split)

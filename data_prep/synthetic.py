@@ -72,6 +72,7 @@ import numpy as np
 from data_prep import common
 from data_prep import writer
 from mcur_jax import schema
+from mcur_jax import utterance_rows
 
 # Bumped whenever the recipe changes, so manifests tell the versions apart.
 RECIPE_VERSION = 1
@@ -370,7 +371,7 @@ def generate(like: str, seed: int = 0, scale: float = 1.0) -> writer.Table:
   generator = f"data_prep.synthetic (like={like}, seed={seed}, scale={scale})"
   return writer.Table(
       dataset=like, task=task, classes=classes,
-      rows=common.make_rows(
+      rows=utterance_rows.make_rows(
           utt_id=rows["utt_id"], group_id=rows["group_id"],
           position=rows["position"], label=label, features=features,
           available=available, speaker=rows["speaker"],

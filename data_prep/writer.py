@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from data_prep import common
 from data_prep import tfds_metadata
 from mcur_jax import data
 from mcur_jax import schema
 from mcur_jax import tfrecord
+from mcur_jax import utterance_rows
 
 # Regression labels (MOSI/MOSEI sentiment) must lie in this range.
 LABEL_RANGE = (-3.0, 3.0)
@@ -100,7 +100,7 @@ def check(table: Table) -> None:
   """Raises `schema.DataError` (naming file and field) on an invalid table."""
   rows, origin = table.rows, table.origin
   tfds_metadata.check_name(table.dataset, "command line", "--dataset")
-  common.check_ids(rows, origin)
+  utterance_rows.check_ids(rows, origin)
   n = len(rows)
   for f in schema.RECORD_FIELDS:
     if f.kind != schema.BYTES:

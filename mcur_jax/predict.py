@@ -58,15 +58,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from data_prep import common
-from data_prep.formats import npz as npz_format
 from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data as data_lib
 from mcur_jax import evaluation
 from mcur_jax import inference
+from mcur_jax import npz_columns
 from mcur_jax import regime
+from mcur_jax import utterance_rows
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -118,25 +118,25 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
   FIELD=NPZKEY pairs (as `data_prep.convert --key`), `speaker_norm` the
   run's per-speaker modalities."""
   classification = manifest.task == "classification"
-  fields, mapped = npz_format.key_map(list(keys))
-  with npz_format.open_archive(path) as archive:
-    columns = npz_format.Columns(path, archive, fields, mapped,
+  fields, mapped = npz_columns.key_map(list(keys))
+  with npz_columns.open_archive(path) as archive:
+    columns = npz_columns.Columns(path, archive, fields, mapped,
                                  rows_from="group_id")
     group_id = columns.text("group_id", None)
     n = len(group_id)
-    label = columns.get("label", npz_format.NUMBERS, n, required=False)
-    position = columns.get("position", npz_format.INTEGERS, n, required=False)
+    label = columns.get("label", npz_columns.NUMBERS, n, required=False)
+    position = columns.get("position", npz_columns.INTEGERS, n, required=False)
     if position is None:
-      position = common.positions_in_group(group_id, np.arange(n))
+      position = utterance_rows.positions_in_group(group_id, np.arange(n))
     elif (position < 0).any():
       raise schema.DataError(path, "position", "negative values")
     utt_id = columns.text("utt_id", n, required=False)
     if utt_id is None:
       utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
     speaker = columns.text("speaker", n, required=bool(speaker_norm))
-    session = columns.get("session", npz_format.INTEGERS, n,
+    session = columns.get("session", npz_columns.INTEGERS, n,
                           required=bool(speaker_norm))
-    features, available, _ = npz_format.read_features(columns, n)
+    features, available, _ = npz_columns.read_features(columns, n)
   notes = []
   for j, m in enumerate(schema.MODALITIES):
     dims, want = features[m].shape[1], manifest.dims[m]
@@ -153,13 +153,13 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
       features[m] = np.zeros((n, want), np.float32)
       notes.append(f"{path}: no {m!r} key: {m} is absent for every "
                    "utterance")
-    features[m], available[:, j], _ = common.apply_nan_policy(
+    features[m], available[:, j], _ = utterance_rows.apply_nan_policy(
         features[m], available[:, j], "error", path, m, utt_id)
   known = np.ones(n, bool) if label is not None else np.zeros(n, bool)
   if label is None:
     label = np.zeros(n, np.int32 if classification else np.float32)
   elif classification:
-    known = label != npz_format.UNLABELLED
+    known = label != npz_columns.UNLABELLED
     bad = known & ~((label >= 0) & (label < manifest.num_classes) &
                     (label == np.round(label)))
     if bad.any():
@@ -169,11 +169,11 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
     label = np.where(known, label, 0).astype(np.int32)
   elif not np.isfinite(label).all():
     raise schema.DataError(path, "label", "NaN or inf")
-  split = common.make_rows(utt_id=utt_id, group_id=group_id,
+  split = utterance_rows.make_rows(utt_id=utt_id, group_id=group_id,
                            position=position, label=label, features=features,
                            available=available, speaker=speaker,
                            session=session)
-  common.check_ids(split, {"utt_id": path})
+  utterance_rows.check_ids(split, {"utt_id": path})
   if speaker_norm and speaker is not None:
     ids, counts = np.unique(data_lib.speakers(split), return_counts=True)
     if (counts == 1).any():

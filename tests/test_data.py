@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from data_prep import common
 from data_prep import writer
 from mcur_jax import data
 from mcur_jax import schema
 from mcur_jax import tfrecord
+from mcur_jax import utterance_rows
 
 DIMS = {"audio": 3, "text": 4, "video": 2}
 # Where `make_table`'s fields come from, for error messages.
@@ -46,7 +46,7 @@ def make_table(*, sessions=False, n_groups=12, per_group=5, seed=0,
     split = np.repeat(np.array(["train", "valid", "test"])[
         np.arange(n_groups) % 3], per_group)
     task, classes = "regression", None
-  rows = common.make_rows(
+  rows = utterance_rows.make_rows(
       utt_id=[f"u{i}" for i in range(n)], group_id=group,
       position=np.tile(np.arange(per_group), n_groups), label=label,
       features=features, available=available, speaker=["F", "M"] * (n // 2),

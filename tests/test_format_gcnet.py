@@ -19,6 +19,7 @@ from data_prep.formats import gcnet
 from mcur_jax import data
 from tests import cli
 from mcur_jax import schema
+from mcur_jax import utterance_rows
 
 GCNET_DIMS = {"audio": 512, "text": 1024, "video": 1024}
 TINY_DIMS = {"audio": 3, "text": 4, "video": 5}
@@ -40,7 +41,7 @@ def _table(dataset: str, labels: label_pickle.Labels, dims: dict,
               for m, d in dims.items()}
   features["video"][~available[:, 2]] = 0
   task, classes = common.dataset_task(dataset)
-  rows = common.make_rows(
+  rows = utterance_rows.make_rows(
       utt_id=labels.utt_id, group_id=labels.group_id,
       position=labels.position, label=labels.label, features=features,
       available=available, speaker=labels.speaker, session=labels.session)
@@ -169,7 +170,7 @@ def test_round_trip_real_iemocap_pickles(shared_data, tmp_path):
   for dataset, real_pickle in pickles.items():
     labels = label_pickle.read(str(real_pickle), dataset)
     source = table6.rows.take(np.array([row_of[u] for u in labels.utt_id]))
-    expected = common.make_rows(
+    expected = utterance_rows.make_rows(
         utt_id=labels.utt_id, group_id=labels.group_id,
         position=labels.position, label=labels.label,
         features=source.features, available=source.available,

@@ -192,6 +192,14 @@ def test_every_imported_distribution_is_declared():
     assert not missing, f"{sorted(folders)} import undeclared {missing}"
 
 
+def test_data_walks_one_way():
+  """DESIGN section 8: data_prep -> TFRecords -> mcur_jax; the library
+  imports neither the converters nor the entry points (which import it)."""
+  assert not _imported_modules(ROOT / "mcur_jax") & {"data_prep",
+                                                     "experiments"}
+  assert "experiments" not in _imported_modules(ROOT / "data_prep")
+
+
 def test_license_is_apache_2():
   text = (ROOT / "LICENSE").read_text()
   assert text.startswith("Copyright 2026 The mcur-jax Authors\n")

@@ -34,6 +34,7 @@ from data_prep import common
 from data_prep import label_pickle
 from data_prep import writer
 from mcur_jax import schema
+from mcur_jax import utterance_rows
 
 # The feature folders of every GCNet/MoMKE run script.
 DEFAULT_FEATURES = {"audio": "wav2vec-large-c-UTT",
@@ -72,14 +73,14 @@ def read(args) -> writer.Table:
       notes.append(f"{m}: {zeros} all-zero vectors in "
                    f"{os.path.basename(folder)} (GCNet's 'no face') marked "
                    "absent")
-    matrix, present, nan_notes = common.apply_nan_policy(
+    matrix, present, nan_notes = utterance_rows.apply_nan_policy(
         matrix, present, args.nan_policy, paths, m, labels.utt_id)
     features[m] = matrix
     available.append(present)
     notes.extend(nan_notes)
     origin[m] = folder
     sources.append(writer.sha256_source(folder, f"{m} features"))
-  rows = common.make_rows(
+  rows = utterance_rows.make_rows(
       utt_id=labels.utt_id, group_id=labels.group_id,
       position=labels.position, label=labels.label, features=features,
       available=np.stack(available, 1), speaker=labels.speaker,
@@ -176,7 +177,7 @@ def _load_rows(path: str, modality: str) -> np.ndarray:
   try:
     with open(path, "rb") as f:
       x = np.lib.format.read_array(f, allow_pickle=False)
-  except (OSError, *common.NPY_ERRORS) as e:
+  except (OSError, *utterance_rows.NPY_ERRORS) as e:
     raise schema.DataError(path, modality, f"unreadable .npy ({e!r})"
                            ) from None
   x = np.atleast_2d(np.squeeze(x))

@@ -57,6 +57,7 @@ import numpy as np
 from data_prep import common
 from data_prep import writer
 from mcur_jax import schema
+from mcur_jax import utterance_rows
 
 LABEL_KEY = "regression_labels"
 ID_KEY = "id"
@@ -97,7 +98,7 @@ def read(args) -> writer.Table:
   ids = np.concatenate([p["id"] for p in parts])
   features, available, notes = {}, {}, [_pooling_note(parts, args.text_key)]
   for m in schema.MODALITIES:
-    features[m], available[m], nan_notes = common.apply_nan_policy(
+    features[m], available[m], nan_notes = utterance_rows.apply_nan_policy(
         np.concatenate([p["features"][m] for p in parts]),
         np.concatenate([p["available"][m] for p in parts]),
         args.nan_policy, path, _frame_key(m, args.text_key), ids)
@@ -107,9 +108,9 @@ def read(args) -> writer.Table:
     notes.append(f"audio: {neg_inf} -inf values set to 0 before pooling "
                  "(as MMSA's loader does)")
   groups = np.concatenate([p["group"] for p in parts])
-  rows = common.make_rows(
+  rows = utterance_rows.make_rows(
       utt_id=ids, group_id=groups,
-      position=common.positions_in_group(groups, np.concatenate([p["clip"] for p in parts])),
+      position=utterance_rows.positions_in_group(groups, np.concatenate([p["clip"] for p in parts])),
       label=np.concatenate([p["label"] for p in parts]), features=features,
       available=np.stack([available[m] for m in schema.MODALITIES], 1))
   split = np.concatenate([np.full(len(p["id"]), s)
@@ -181,7 +182,7 @@ def _read_split(path, raw, split, text_key) -> dict:
   if ids.ndim != 1:
     raise schema.DataError(path, f"{split}.{ID_KEY}",
                            f"shape {ids.shape}, expected [N] strings")
-  ids = common.text_column(ids, path, f"{split}.{ID_KEY}")
+  ids = utterance_rows.text_column(ids, path, f"{split}.{ID_KEY}")
   group, clip = _parse_ids(path, split, ids)
   features, available, rules, neg_inf = {}, {}, {}, 0
   for m in schema.MODALITIES:

@@ -32,6 +32,7 @@ from data_prep import label_pickle
 from data_prep import writer
 from mcur_jax import data
 from mcur_jax import schema
+from mcur_jax import utterance_rows
 
 POSITIVE_CLASSES = ["negative", "positive"]
 VALID_FRACTION = 0.33
@@ -140,7 +141,7 @@ def read(args) -> writer.Table:
             "position": transcripts_path, "label": transcripts_path}
   for j, m in enumerate(schema.MODALITIES):
     origin[m] = os.path.join(folder, f"{m}_{{train,test}}0.csv")
-    features[m], available[:, j], note = common.apply_nan_policy(
+    features[m], available[:, j], note = utterance_rows.apply_nan_policy(
         features[m], available[:, j], args.nan_policy, origin[m], m, utt)
     notes += note
 
@@ -168,7 +169,7 @@ def read(args) -> writer.Table:
     task, classes, label = "classification", POSITIVE_CLASSES, binary
     notes.append("no --labels: binary labels (1 = score >= 0) as a 2-class task")
     suffix = np.array([_clip_number(transcripts_path, u) for u in utt])
-    position = common.positions_in_group(group, suffix)
+    position = utterance_rows.positions_in_group(group, suffix)
 
   poria_split = np.array(poria_split)
   valid = data.carve_groups(group[poria_split == "test"], VALID_FRACTION,
@@ -184,7 +185,7 @@ def read(args) -> writer.Table:
     sources.append(writer.sha256_source(args.labels, "labels"))
   return writer.Table(
       dataset=args.dataset, task=task, classes=classes,
-      rows=common.make_rows(utt_id=utt, group_id=group, position=position,
+      rows=utterance_rows.make_rows(utt_id=utt, group_id=group, position=position,
                             label=label, features=features,
                             available=available, speaker=speaker),
       split=split, origin=origin, format="poria",
