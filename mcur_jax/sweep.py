@@ -199,12 +199,23 @@ def shard_points(points: list, index: int, count: int) -> list:
 
 def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
   """Writes `WORKDIR/sweep.json` (every point, for the report); the same
-  content from every shard, written atomically."""
+  content from every shard, written atomically. A sweep of the same base
+  config extends the one recorded there (its points first, then the new
+  ones), so a second grid adds to the report; another base replaces it."""
   os.makedirs(workdir, exist_ok=True)
-  workdir_lib.write_text(os.path.join(workdir, SWEEP_FILE), json.dumps(
+  path = os.path.join(workdir, SWEEP_FILE)
+  spec = json.loads(json.dumps(
       {"base": json.loads(base.to_json_best_effort()),
        "points": [{"name": point_name(p), "overrides": p} for p in points]},
-      indent=1, default=str))
+      default=str))
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    if recorded["base"] == spec["base"]:
+      new = {p["name"] for p in spec["points"]}
+      spec["points"] = [p for p in recorded["points"]
+                        if p["name"] not in new] + spec["points"]
+  workdir_lib.write_text(path, json.dumps(spec, indent=1))
 
 
 def _finished(out: str) -> bool:

@@ -118,6 +118,24 @@ def test_duplicate_points_are_refused(tmp_path):
                                                        {"tau": 1.0}])
 
 
+def test_a_second_grid_of_the_same_base_extends_the_sweep(tmp_path):
+  """sweep.json: a sweep with the same base config adds its points after
+  the recorded ones (a point in both stays once); another base replaces
+  the list, since the old points' results are not of this config."""
+  base = mosi.get_config("tiny")
+  read = lambda: [p["name"] for p in json.loads(
+      (tmp_path / sweep.SWEEP_FILE).read_text())["points"]]
+  sweep.record(str(tmp_path), base, [{"tau": 0.1}, {"tau": 0.2}])
+  sweep.record(str(tmp_path), base, [{"tau": 0.2}, {"tau": 0.3}])
+  assert read() == ["tau=0.1", "tau=0.2", "tau=0.3"]
+  sweep.record(str(tmp_path), base, [{"tau": 0.1}])
+  assert read() == ["tau=0.2", "tau=0.3", "tau=0.1"]
+  other = mosi.get_config("tiny")
+  other.num_epochs = 5
+  sweep.record(str(tmp_path), other, [{"tau": 0.4}])
+  assert read() == ["tau=0.4"]
+
+
 @pytest.fixture
 def jax_cache_settings():
   """Restores JAX's compilation cache settings after a test changes them."""
