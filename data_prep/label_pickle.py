@@ -120,7 +120,7 @@ def read(path: str, dataset: str) -> Labels:
       cols["group_id"].append(name)
       cols["position"].append(pos)
       cols["speaker"].append(utterance_rows.text(speakers[pos], path,
-                                         "videoSpeakers"))
+                                                 "videoSpeakers"))
       cols["session"].append(session)
       cols["split"].append(split)
     cols["label"].extend(labels.tolist())

@@ -175,4 +175,5 @@ class Columns:
     if optional and absent."""
     value = self.get(field, IDS, n, required=required)
     return (None if value is None
-            else utterance_rows.text_column(value, self.path, self.name(field)))
+            else utterance_rows.text_column(value, self.path,
+                                            self.name(field)))

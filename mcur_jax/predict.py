@@ -22,9 +22,9 @@ standardised likewise: the run's training statistics, then `speaker_norm`
 over that directory's utterances; it must have the model's task, classes
 (in order) and feature sizes, and is read by its own layout: its fixed
 splits as they are, a cross-validated one at the run's fold (or
-`data_fold`, needed for a run on fixed splits). The run's own data (no `data_dir`, no npz)
-is read where it trained; if it moved, `data_dir` names it (the same
-statistics, so the same predictions).
+`data_fold`, needed for a run on fixed splits). The run's own data (no
+`data_dir`, no npz) is read where it trained; if it moved, `data_dir`
+names it (the same statistics, so the same predictions).
 
 Every utterance is predicted once, in the context of its own group, exactly
 as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
@@ -66,9 +66,9 @@ from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import npz_columns
 from mcur_jax import regime
-from mcur_jax import utterance_rows
 from mcur_jax import schema
 from mcur_jax import train
+from mcur_jax import utterance_rows
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
@@ -121,11 +121,12 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
   fields, mapped = npz_columns.key_map(list(keys))
   with npz_columns.open_archive(path) as archive:
     columns = npz_columns.Columns(path, archive, fields, mapped,
-                                 rows_from="group_id")
+                                  rows_from="group_id")
     group_id = columns.text("group_id", None)
     n = len(group_id)
     label = columns.get("label", npz_columns.NUMBERS, n, required=False)
-    position = columns.get("position", npz_columns.INTEGERS, n, required=False)
+    position = columns.get("position", npz_columns.INTEGERS, n,
+                           required=False)
     if position is None:
       position = utterance_rows.positions_in_group(group_id, np.arange(n))
     elif (position < 0).any():
@@ -146,9 +147,8 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
                              "remove the key")
     if dims and dims != want:
       raise schema.DataError(path, columns.name(m), f"{dims} features per "
-                             "utterance, but "
-                             f"the model was trained on {want} (dims.{m} of "
-                             "its manifest)")
+                             f"utterance, but the model was trained on "
+                             f"{want} (dims.{m} of its manifest)")
     if want and not dims:
       features[m] = np.zeros((n, want), np.float32)
       notes.append(f"{path}: no {m!r} key: {m} is absent for every "
@@ -169,10 +169,10 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
     label = np.where(known, label, 0).astype(np.int32)
   elif not np.isfinite(label).all():
     raise schema.DataError(path, "label", "NaN or inf")
-  split = utterance_rows.make_rows(utt_id=utt_id, group_id=group_id,
-                           position=position, label=label, features=features,
-                           available=available, speaker=speaker,
-                           session=session)
+  split = utterance_rows.make_rows(
+      utt_id=utt_id, group_id=group_id, position=position, label=label,
+      features=features, available=available, speaker=speaker,
+      session=session)
   utterance_rows.check_ids(split, {"utt_id": path})
   if speaker_norm and speaker is not None:
     ids, counts = np.unique(data_lib.speakers(split), return_counts=True)

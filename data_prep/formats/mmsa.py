@@ -110,7 +110,8 @@ def read(args) -> writer.Table:
   groups = np.concatenate([p["group"] for p in parts])
   rows = utterance_rows.make_rows(
       utt_id=ids, group_id=groups,
-      position=utterance_rows.positions_in_group(groups, np.concatenate([p["clip"] for p in parts])),
+      position=utterance_rows.positions_in_group(
+          groups, np.concatenate([p["clip"] for p in parts])),
       label=np.concatenate([p["label"] for p in parts]), features=features,
       available=np.stack([available[m] for m in schema.MODALITIES], 1))
   split = np.concatenate([np.full(len(p["id"]), s)

@@ -75,8 +75,8 @@ import numpy as np
 from data_prep import common
 from data_prep import writer
 from mcur_jax import npz_columns
-from mcur_jax import utterance_rows
 from mcur_jax import schema
+from mcur_jax import utterance_rows
 
 # Integer split codes.
 SPLIT_CODES = dict(enumerate(schema.SPLITS))
@@ -129,9 +129,10 @@ def read(args) -> writer.Table:
     # 0..k-1 within each group again, in the order of the kept positions.
     position = utterance_rows.positions_in_group(group_id, position)
   for j, m in enumerate(schema.MODALITIES):
-    features[m], available[:, j], nan_notes = utterance_rows.apply_nan_policy(
-        features[m][keep], available[:, j], args.nan_policy, path,
-        columns.name(m), utt_id)
+    features[m], available[:, j], nan_notes = (
+        utterance_rows.apply_nan_policy(
+            features[m][keep], available[:, j], args.nan_policy, path,
+            columns.name(m), utt_id))
     notes += nan_notes
   rows = utterance_rows.make_rows(
       utt_id=utt_id, group_id=group_id, position=position, label=label,

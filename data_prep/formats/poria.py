@@ -185,9 +185,9 @@ def read(args) -> writer.Table:
     sources.append(writer.sha256_source(args.labels, "labels"))
   return writer.Table(
       dataset=args.dataset, task=task, classes=classes,
-      rows=utterance_rows.make_rows(utt_id=utt, group_id=group, position=position,
-                            label=label, features=features,
-                            available=available, speaker=speaker),
+      rows=utterance_rows.make_rows(
+          utt_id=utt, group_id=group, position=position, label=label,
+          features=features, available=available, speaker=speaker),
       split=split, origin=origin, format="poria",
       split_source=(f"Poria train videos = train; valid carved from the Poria "
                     f"test videos (fraction {VALID_FRACTION}, seed "
