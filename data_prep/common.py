@@ -1,4 +1,4 @@
-"""What the format readers share besides `mcur_jax.rows`: dataset
+"""What the format readers share besides `mcur_jax.utterance_rows`: dataset
 definitions, the NaN policies, split files, pickles, required flags."""
 
 import json
