@@ -63,6 +63,8 @@ from mcur_jax import validate
 # site-packages once installed.
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(PACKAGE_ROOT, "experiments", "configs")
+# How a config's get_config(ARG) refuses an ARG it does not know.
+UNKNOWN_VARIANT = "unknown config variant"
 # The entry point whose config suits each task (schema.TASKS).
 TASK_ENTRY_POINTS = {"regression": "mosi", "classification": "iemocap"}
 FLAGS = flags.FLAGS
@@ -80,10 +82,11 @@ def package_file(path: str) -> str:
 
 class _PackageFileParser(flags.ArgumentParser):
   """Parses `FILE[:ARG]` with `parser`, FILE found by `package_file`; a
-  FILE that is not there, or an override `--NAME.FIELD` whose FIELD the
-  config lacks, is a flag error (one line, naming the flag), not a
-  traceback (ml_collections defers the first to the config's first use and
-  raises AttributeError for the second)."""
+  FILE that is not there, an ARG the config does not know, or an override
+  `--NAME.FIELD` whose FIELD the config lacks, is a flag error (one line,
+  naming the flag), not a traceback (ml_collections defers the first to
+  the config's first use, adds get_config's traceback to the second and
+  raises AttributeError for the third)."""
 
   def __init__(self, parser: flags.ArgumentParser, name: str):
     self.parser = parser
@@ -94,7 +97,15 @@ class _PackageFileParser(flags.ArgumentParser):
     path = package_file(file)
     if not os.path.isfile(path):
       raise ValueError(f"{file}: no such config file")
-    config = self.parser.parse(path + colon + arg)
+    try:
+      config = self.parser.parse(path + colon + arg)
+    except ValueError as e:
+      # The configs' own refusal of ARG (configs/mosi.py); any other error
+      # of a config file keeps its traceback.
+      last = str(e).strip().splitlines()[-1].removeprefix("ValueError: ")
+      if last.startswith(UNKNOWN_VARIANT):
+        raise ValueError(f"{file}: {last}") from None
+      raise
     _check_overrides(self.name, config)
     return config
 

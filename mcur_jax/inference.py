@@ -52,9 +52,13 @@ def fold_workdirs(workdir: str, data_dir: str | None = None) -> list[str]:
 
 
 def check_finished(workdir: str) -> None:
-  """Raises validate.ConfigError unless the single run in `workdir` has
-  finished: before its last epoch the checkpoint holds the best model so
-  far, not the run's."""
+  """Raises validate.ConfigError unless `workdir` holds a single run (its
+  config.json) that has finished: before its last epoch the checkpoint
+  holds the best model so far, not the run's."""
+  if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
+    raise validate.ConfigError("--workdir", f"{workdir}: no "
+                               f"{workdir_lib.CONFIG_FILE}, not the workdir "
+                               "of a training run")
   if not os.path.exists(os.path.join(workdir, workdir_lib.RESULTS_FILE)):
     raise validate.ConfigError(
         workdir, f"an unfinished run (no {workdir_lib.RESULTS_FILE}): its "
@@ -95,8 +99,8 @@ def evaluate_workdir(workdir: str, split: str = "test",
   if folds:
     return report.combine_folds([evaluate_workdir(d, split, protocol,
                                                   data_dir) for d in folds])
-  config = checkpoint.load_config(workdir)
   check_finished(workdir)
+  config = checkpoint.load_config(workdir)
   mesh = train.make_mesh(config.num_devices)
   repl = NamedSharding(mesh, P())
   graphdef, params, config, manifest = checkpoint.restore_for_inference(

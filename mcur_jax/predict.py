@@ -306,9 +306,6 @@ def predict(workdir: str, *, data_dir: str | None = None,
              for d in folds]
     return (Predictions.concatenate([p for p, _ in parts]),
             sum((n for _, n in parts), []))
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise validate.ConfigError("--workdir", f"{workdir}: no config.json, not"
-                               " the workdir of a training run")
   inference.check_finished(workdir)
   config = checkpoint.load_config(workdir)
   mesh = train.make_mesh(config.num_devices)

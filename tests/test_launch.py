@@ -122,6 +122,18 @@ def test_missing_config_file_is_one_flag_error(tmp_path):
           in result.stderr)
 
 
+def test_unknown_config_variant_is_one_flag_error(tmp_path):
+  """FILE:ARG with an ARG the config does not know: one line naming the
+  flag, the file and the known variants, not get_config's traceback."""
+  result = runs.cli("--workdir", tmp_path, "--config",
+                    "experiments/configs/mosi.py:huge", env=dict(os.environ))
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert ("flag --config=experiments/configs/mosi.py:huge: "
+          "experiments/configs/mosi.py: unknown config variant 'huge' "
+          "(known: tiny)" in result.stderr)
+
+
 @pytest.mark.parametrize("config", [None, "experiments/configs/mosi.py:tiny"])
 def test_misspelt_config_field_is_one_flag_error(tmp_path, config):
   """`--config.FIELD` naming no field stops flag parsing with absl's one

@@ -230,5 +230,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.context_max_distance = 4
     c.checkpoint_seconds = 0.0  # Every epoch: the fault tests resume from each.
   elif arg:
+    # Worded as experiments/launch.py's UNKNOWN_VARIANT: a one-line error.
     raise ValueError(f"unknown config variant {arg!r} (known: tiny)")
   return c
