@@ -45,6 +45,15 @@ def synthetic_dir(tmp_path_factory, like: str, scale: float,
   return out
 
 
+def feature_columns(split) -> dict:
+  """A raw `data.Split`'s features and availability as the npz format's
+  columns (`audio`, ..., `available_audio`, ...), for npz inputs built from
+  prepared data."""
+  return {**split.features,
+          **{f"available_{m}": split.available[:, j]
+             for j, m in enumerate(split.features)}}
+
+
 def tiny_config(data_dir, base=mosi_config, **overrides):
   """The `tiny` variant of a config module on `data_dir`, with overrides."""
   config = base.get_config("tiny")

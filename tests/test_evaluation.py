@@ -537,9 +537,7 @@ def test_predictions_of_npz_features_equal_those_of_the_prepared_split(
   order = np.lexsort((raw.position, raw.group_id))
   path = tmp_path / "new.npz"
   np.savez(path, group_id=raw.group_id[order],
-           **{m: raw.features[m][order] for m in raw.features},
-           **{f"available_{m}": raw.available[order, j]
-              for j, m in enumerate(raw.features)})
+           **runs.feature_columns(raw.take(order)))
   from_npz, _ = predict.predict(str(workdir), npz=str(path), ensemble=True)
   prepared, _ = predict.predict(str(workdir), ensemble=True)
   index = {key: i for i, key in enumerate(zip(prepared.columns["group_id"],
@@ -600,9 +598,7 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   n = len(raw)
   path = tmp_path / "keys.npz"
   np.savez(path, video_id=raw.group_id, score=raw.label,
-           **{m: raw.features[m] for m in raw.features},
-           **{f"available_{m}": raw.available[:, j]
-              for j, m in enumerate(raw.features)})
+           **runs.feature_columns(raw))
   split, known, _ = predict.read_npz(
       str(path), manifest, keys=("group_id=video_id", "label=score"))
   np.testing.assert_array_equal(split.label, raw.label)
@@ -611,16 +607,12 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
     predict.read_npz(str(path), manifest)
   speaker = np.where(np.arange(n) == 0, "alone", "crowd")
   np.savez(path, group_id=raw.group_id, speaker=speaker,
-           **{m: raw.features[m] for m in raw.features},
-           **{f"available_{m}": raw.available[:, j]
-              for j, m in enumerate(raw.features)})
+           **runs.feature_columns(raw))
   with pytest.raises(schema.DataError, match="session: missing"):
     predict.read_npz(str(path), manifest, speaker_norm=("audio",))
   np.savez(path, group_id=raw.group_id, speaker=speaker,
            session=np.ones(n, np.int64),
-           **{m: raw.features[m] for m in raw.features},
-           **{f"available_{m}": raw.available[:, j]
-              for j, m in enumerate(raw.features)})
+           **runs.feature_columns(raw))
   _, _, notes = predict.read_npz(str(path), manifest, speaker_norm=("audio",))
   assert len(notes) == 1 and "1 speaker(s) with a single utterance (1|alone)" \
       in notes[0]
@@ -739,9 +731,7 @@ def test_a_workdir_restores_and_predicts_without_its_data(mixed, tmp_path):
   raw = data.load(results["data"]["dir"], normalized=False).test
   path = tmp_path / "new.npz"
   np.savez(path, group_id=raw.group_id,
-           **{m: raw.features[m] for m in raw.features},
-           **{f"available_{m}": raw.available[:, j]
-              for j, m in enumerate(raw.features)})
+           **runs.feature_columns(raw))
   there, _ = predict.predict(str(workdir), npz=str(path))
   here, _ = predict.predict(str(moved), npz=str(path))
   assert here.columns == there.columns

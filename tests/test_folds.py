@@ -155,9 +155,7 @@ def test_predict_classification_over_folds_and_from_npz(all_folds, tmp_path):
   np.savez(path, group_id=raw.group_id, position=raw.position,
            utt_id=raw.utt_id, label=raw.label, speaker=raw.speaker,
            session=raw.session,
-           **{m: raw.features[m] for m in raw.features},
-           **{f"available_{m}": raw.available[:, j]
-              for j, m in enumerate(raw.features)})
+           **runs.feature_columns(raw))
   from_npz, notes = predict.predict(str(workdir / "fold1"), npz=str(path),
                                     combination="atv")
   prepared, _ = predict.predict(str(workdir / "fold1"), combination="atv")
@@ -183,18 +181,13 @@ def test_predict_a_fixed_split_directory_with_a_fold_run(all_folds, tmp_path):
   workdir, _ = all_folds
   config = checkpoint.load_config(str(workdir / "fold1"))
   parts = data.load(config.data_dir, fold=1, normalized=False)
-  splits = [(s, getattr(parts, s)) for s in ("train", "valid", "test")]
-  column = lambda f: np.concatenate([getattr(p, f) for _, p in splits])
+  raw = data.read_split(config.data_dir, parts.manifest, schema.ALL_SPLIT)
+  part = {u: s for s in schema.SPLITS for u in getattr(parts, s).utt_id}
   path = tmp_path / "fixed.npz"
-  np.savez(path, group_id=column("group_id"), position=column("position"),
-           utt_id=column("utt_id"), label=column("label"),
-           speaker=column("speaker"), session=column("session"),
-           split=np.concatenate([[s] * len(p) for s, p in splits]),
-           **{m: np.concatenate([p.features[m] for _, p in splits])
-              for m in parts.test.features},
-           **{f"available_{m}": np.concatenate([p.available[:, j]
-                                                for _, p in splits])
-              for j, m in enumerate(parts.test.features)})
+  np.savez(path, group_id=raw.group_id, position=raw.position,
+           utt_id=raw.utt_id, label=raw.label, speaker=raw.speaker,
+           session=raw.session, split=[part[u] for u in raw.utt_id],
+           **runs.feature_columns(raw))
   fixed = tmp_path / "fixed"
   assert convert.main(["--format", "npz", "--dataset", "iemocap4", "--input",
                        str(path), "--out", str(fixed)]) == 0
