@@ -494,9 +494,10 @@ def fit(run: Run) -> dict:
                          valid_masks, keys=("pred",))["pred"]
       valid, score = evaluation.member_scores(run.task, pred, dataset.valid,
                                               members)
-      improved = (score > transfer.to_host(state["best_metric"])
-                  if config.selection == "valid" else np.ones(len(score), bool))
-      state = run.update_best(state, improved, score.astype(np.float32), epoch)
+      score = score.astype(np.float32)
+      improved = improved_members(score, transfer.to_host(state["best_metric"]),
+                                  config.selection)
+      state = run.update_best(state, improved, score, epoch)
       board.write(log.write(epoch + 1, members, stats, valid, score,
                             run.task, learning_rates[epoch]))
       progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
@@ -564,6 +565,17 @@ def padding(run: Run) -> dict[str, float]:
   return {"train": round(1 - n / (steps * run.config.batch_size), 4),
           **{s: round(run.inputs[s].layout.padding(), 4)
              for s in ("valid", "test")}}
+
+
+def improved_members(score: np.ndarray, best: np.ndarray,
+                     selection: str) -> np.ndarray:
+  """[S] bool: the members whose kept model this epoch replaces. With
+  selection "valid", those whose score beats their best so far, both in
+  float32 (the precision the best is kept at), so a tie keeps the earlier
+  epoch whichever way the score rounds; with "last", all."""
+  if selection != "valid":
+    return np.ones(len(score), bool)
+  return np.asarray(score, np.float32) > np.asarray(best, np.float32)
 
 
 def make_update_best(mesh):

@@ -300,6 +300,21 @@ def test_selection_last_keeps_the_last_epoch(baseline, mosi_dir, tmp_path):
   np.testing.assert_array_equal(last["best_epoch"], [2, 2])
 
 
+def test_a_tie_keeps_the_earlier_epoch():
+  """Two epochs with the same validation score (the same decisions) tie,
+  whichever way float32 rounds the float64 score. The kept best is
+  float32, so comparing the float64 score with it would replace the
+  earlier epoch where the rounding went down (0.7) and keep it where it
+  went up (0.1)."""
+  assert float(np.float32(0.7)) < 0.7 and float(np.float32(0.1)) > 0.1
+  score = np.array([0.7, 0.1, 0.71])
+  best = np.array([0.7, 0.1, 0.7], np.float32)
+  np.testing.assert_array_equal(
+      train.improved_members(score, best, "valid"), [False, False, True])
+  np.testing.assert_array_equal(
+      train.improved_members(score, best, "last"), [True, True, True])
+
+
 # Resume
 # ------
 
