@@ -494,10 +494,9 @@ def fit(run: Run) -> dict:
                          valid_masks, keys=("pred",))["pred"]
       valid, score = evaluation.member_scores(run.task, pred, dataset.valid,
                                               members)
-      score = score.astype(np.float32)
       improved = improved_members(score, transfer.to_host(state["best_metric"]),
                                   config.selection)
-      state = run.update_best(state, improved, score, epoch)
+      state = run.update_best(state, improved, score.astype(np.float32), epoch)
       board.write(log.write(epoch + 1, members, stats, valid, score,
                             run.task, learning_rates[epoch]))
       progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
