@@ -78,6 +78,19 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
                       "non-negative weights, not all 0 on the combinations "
                       "the data has (" + " ".join(combos.NAMES[c]
                                                   for c in served) + ")")
+  # Counts and sizes (0 widths would divide by zero in the model, a negative
+  # layer count builds none, a negative warm-up starts the schedule partway
+  # down its decay).
+  for field, low in (("hidden_dim", 1), ("mlp_ratio", 1), ("proj_dim", 1),
+                     ("num_layers", 0), ("warmup_epochs", 0),
+                     ("sugr_warmup_epochs", 0), ("full_modality_epochs", 0),
+                     ("context_layers", 0), ("context_window", 1),
+                     ("context_max_distance", 0), ("context_speakers", 1),
+                     ("batch_size", 1), ("num_epochs", 1),
+                     ("checkpoint_every", 1), ("missing_rate_draws", 1),
+                     ("missing_rate_seed", 0)):
+    if config[field] < low:
+      raise _error(field, f"{config[field]}, must be >= {low}")
   # The context's heads matter only to a context Transformer (the GRU has
   # none).
   heads = ("num_heads", "context_heads") if (
@@ -87,12 +100,6 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     if config[field] < 1 or config.hidden_dim % config[field]:
       raise _error(field, f"{config[field]} does not divide hidden_dim "
                         f"{config.hidden_dim}")
-  for field, low in (("context_layers", 0), ("context_window", 1),
-                     ("context_max_distance", 0), ("context_speakers", 1),
-                     ("batch_size", 1), ("num_epochs", 1),
-                     ("checkpoint_every", 1)):
-    if config[field] < low:
-      raise _error(field, f"{config[field]}, must be >= {low}")
   if config.batch_size % devices:
     raise _error("batch_size", f"{config.batch_size} does not divide by "
                       f"the {devices} devices")
@@ -132,6 +139,15 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for rate in config.missing_rates:
     if not isinstance(rate, numbers.Real) or not 0 <= rate <= 0.7 + 1e-9:
       raise _error("missing_rates", f"{rate!r} outside [0, 0.7]")
+
+
+def check_devices(config, available: int) -> None:
+  """Raises ConfigError unless config.num_devices is 0 (all) or 1 to the
+  `available` devices (a run on fewer than asked would train on another
+  mesh than its config says)."""
+  if not 0 <= config.num_devices <= available:
+    raise _error("num_devices", f"{config.num_devices}, must be 0 (all) or "
+                 f"between 1 and {available}, the devices JAX finds")
 
 
 def modalities(config, field: str) -> tuple[str, ...]:

@@ -140,6 +140,17 @@ def test_config_check_names_the_field(mosi_dir):
        "32: training windows"),
       ("sugr_s_max", -1.0, "config.sugr_s_max: -1.0, must be > 0"),
       ("sugr_beta", 1.5, r"config.sugr_beta: 1.5, must be in \[0, 1\]"),
+      ("hidden_dim", 0, "config.hidden_dim: 0, must be >= 1"),
+      ("mlp_ratio", 0, "config.mlp_ratio: 0, must be >= 1"),
+      ("proj_dim", 0, "config.proj_dim: 0, must be >= 1"),
+      ("num_layers", -1, "config.num_layers: -1, must be >= 0"),
+      ("warmup_epochs", -1, "config.warmup_epochs: -1, must be >= 0"),
+      ("sugr_warmup_epochs", -1, "config.sugr_warmup_epochs: -1, must be "
+       ">= 0"),
+      ("full_modality_epochs", -1, "config.full_modality_epochs: -1, must "
+       "be >= 0"),
+      ("missing_rate_draws", 0, "config.missing_rate_draws: 0, must be >= 1"),
+      ("missing_rate_seed", -1, "config.missing_rate_seed: -1, must be >= 0"),
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
       ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
       ("dataset", "mosei", "config.dataset: 'mosei'"),
@@ -152,6 +163,12 @@ def test_config_check_names_the_field(mosi_dir):
     with pytest.raises(validate.ConfigError, match=match):
       validate.check(tiny(mosi_dir, **{field: value}), manifest, 8)
   validate.check(tiny(mosi_dir), manifest, 8)
+  for devices in (-1, 9):
+    with pytest.raises(validate.ConfigError,
+                       match=f"config.num_devices: {devices}, must be 0"):
+      validate.check_devices(tiny(mosi_dir, num_devices=devices), 8)
+  for devices in (0, 1, 8):
+    validate.check_devices(tiny(mosi_dir, num_devices=devices), 8)
   # A context Transformer needs its heads to divide the width; the GRU
   # has no heads, so the same value runs there.
   with pytest.raises(validate.ConfigError,
