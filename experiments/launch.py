@@ -23,6 +23,7 @@ commands work from any directory after `pip install .`.
 import ctypes
 import difflib
 import errno
+import logging as std_logging
 import os
 import re
 import sys
@@ -55,6 +56,7 @@ from ml_collections import config_flags
 
 from data_prep import synthetic
 from data_prep import writer
+from mcur_jax import checkpoint
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -251,16 +253,34 @@ def check_output(path: str | None, flag: str = "--out") -> None:
   sys.exit(2)
 
 
+class DropFullDisk(std_logging.Filter):
+  """Drops the log records of a full disk: on ENOSPC orbax's writer threads
+  log the failure with its traceback, and asyncio reports each failed task
+  again ("Task exception was never retrieved"), about a hundred lines
+  around the one `error:` line that says what happened and what was kept
+  (every full disk ends in that line: `checkpoint.CheckpointError` or
+  `_os_error`). Other records pass."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (checkpoint.out_of_space(error)
+                or "No space left on device" in record.getMessage())
+
+
 def start(argv) -> None:
   """What every entry point's main does first: refuse stray arguments, log
   only warnings unless --verbosity says otherwise (orbax logs every save at
-  INFO), and keep a damaged checkpoint's one error line readable
-  (`_quiet_closed_loops`)."""
+  INFO), and keep the one error line of a damaged checkpoint
+  (`_quiet_closed_loops`) or a full disk (`DropFullDisk`) readable."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
+  for name in ("absl", "asyncio"):
+    logger = std_logging.getLogger(name)
+    if not any(isinstance(f, DropFullDisk) for f in logger.filters):
+      logger.addFilter(DropFullDisk())
 
 
 def _quiet_closed_loops(hook):

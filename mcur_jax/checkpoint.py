@@ -70,7 +70,9 @@ def digest(host_state) -> np.ndarray:
   return np.frombuffer(h.digest(), np.uint8).copy()
 
 
-def _out_of_space(e: BaseException) -> bool:
+def out_of_space(e: BaseException | None) -> bool:
+  """Whether `e`, or an exception it was raised from, is a full disk (or
+  quota): orbax and tensorstore wrap the OSError in their own errors."""
   while e is not None:
     if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
         or "No space left on device" in str(e)):
@@ -89,7 +91,7 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state) -> None:
         {"state": host, "digest": digest(host)}), force=True)
     mngr.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except
-    if not _out_of_space(e):
+    if not out_of_space(e):
       raise
     raise CheckpointError(
         str(mngr.directory), f"no space left on device saving epoch {epoch}"

@@ -1,6 +1,8 @@
 """What the entry points share (experiments/launch.py): the dataset taken
 from a prepared directory's manifest, and files found in the package."""
 
+import errno
+import logging as std_logging
 import os
 import pathlib
 import sys
@@ -241,3 +243,30 @@ def test_closed_loop_callbacks_are_quiet_and_nothing_else():
   for unraisable in (closed, other, value):
     hook(unraisable)
   assert seen == [other, value]
+
+
+def test_full_disk_logs_are_dropped_and_nothing_else():
+  """The entry points' log filter drops the records of a full disk (orbax's
+  writer threads log the wrapped ENOSPC with its traceback; asyncio logs
+  the failed task again), which end in the run's one `error:` line, and
+  keeps every other record."""
+  def record(message, error=None):
+    info = (type(error), error, None) if error else None
+    return std_logging.LogRecord("absl", std_logging.ERROR, "future.py", 1,
+                                 message, None, info)
+  try:
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as e:
+      raise ValueError("RESOURCE_EXHAUSTED: Error writing") from e
+  except ValueError as e:
+    wrapped = e
+  drop = launch.DropFullDisk()
+  assert not drop.filter(record("_SignalingThread.run() raised", wrapped))
+  assert not drop.filter(record("Task exception was never retrieved",
+                                ValueError("Failed to write 1453731 bytes: No "
+                                           "space left on device")))
+  assert not drop.filter(record("write failed: No space left on device"))
+  assert drop.filter(record("_SignalingThread.run() raised",
+                            ValueError("RESOURCE_EXHAUSTED: out of memory")))
+  assert drop.filter(record("Metadata file does not exist"))
