@@ -20,12 +20,14 @@ later is caught by `resume`: each stores the sha256 of its state's bytes,
 and a checkpoint that fails to restore or to match it is reported and the
 one before it used. `restore_for_inference` reads it once, checks it
 (`verify`), refuses a damaged one, and takes the selected parameters from
-that read.
+that read. A kill while orbax deletes an old checkpoint leaves part of its
+folder; training removes it (`remove_partial_deletions`).
 """
 
 import errno
 import hashlib
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -60,6 +62,29 @@ def manager(workdir: str, config: ml_collections.ConfigDict | None = None,
   return ocp.CheckpointManager(
       directory(workdir), options=options,
       metadata=None if config is None else config.to_dict())
+
+
+# The file orbax writes into every checkpoint's folder (this project's
+# orbax range always does).
+METADATA_FILE = "_CHECKPOINT_METADATA"
+
+
+def remove_partial_deletions(workdir: str) -> list[int]:
+  """Deletes the step folders that a kill left while orbax was deleting an
+  old checkpoint (it removes a folder's files, then the folder): those
+  without orbax's metadata file, older than a checkpoint that has it.
+  Left alone, every later manager of the workdir warns about each (training,
+  `evaluate` and `predict` alike); none of them can restore. Returns their
+  epochs."""
+  root = directory(workdir)
+  steps = sorted(int(n) for n in (os.listdir(root) if os.path.isdir(root)
+                                  else ()) if n.isdigit())
+  whole = [s for s in steps
+           if os.path.exists(os.path.join(root, str(s), METADATA_FILE))]
+  partial = [s for s in steps if whole and s < whole[-1] and s not in whole]
+  for s in partial:
+    shutil.rmtree(os.path.join(root, str(s)))
+  return partial
 
 
 def digest(host_state) -> np.ndarray:

@@ -439,6 +439,8 @@ def fit(run: Run) -> dict:
   config, workdir, state = run.config, run.workdir, run.state
   dataset, members = run.dataset, run.members
   say = print if run.main_process else lambda *_: None
+  if run.main_process:
+    checkpoint.remove_partial_deletions(workdir)
   mngr = checkpoint.manager(workdir, config)
   try:
     if mngr.all_steps():

@@ -155,6 +155,30 @@ def test_no_good_checkpoint_exits_2_naming_the_directory(
   assert "Traceback" not in result.stderr
 
 
+def test_a_kill_while_orbax_deletes_an_old_checkpoint_leaves_no_trace(
+    mosi_dir, reference, tmp_path):
+  """A kill while orbax deletes the checkpoint before last (after a newer
+  save) leaves its folder without orbax's metadata file, which every
+  later command warned about. The rerun deletes it and evaluates the
+  newest checkpoint to the uninterrupted run's results, and evaluate has
+  nothing to warn about."""
+  workdir = copy_run(reference, tmp_path)
+  step = workdir / "checkpoints" / "2"
+  for path in step.iterdir():
+    if path.name != "default":
+      path.unlink()
+  result = runs.cli(*args(mosi_dir, workdir))
+  assert result.returncode == 0, result.stderr
+  assert not step.exists()
+  assert "Metadata file does not exist" not in result.stderr
+  assert runs.steps(workdir) == runs.steps(reference)[1:] == [3]
+  assert (runs.results_without_timing(workdir)
+          == runs.results_without_timing(reference))
+  result = runs.cli("--workdir", workdir, dataset="evaluate")
+  assert result.returncode == 0, result.stderr
+  assert "Metadata file does not exist" not in result.stderr
+
+
 @pytest.mark.parametrize("how", ["truncate", "flip", "scramble"])
 def test_evaluate_refuses_a_damaged_checkpoint(how, reference, tmp_path):
   """`experiments.evaluate` (and predict, through the same restore) checks
