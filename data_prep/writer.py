@@ -135,7 +135,7 @@ def check(table: Table) -> None:
     i = int(np.flatnonzero(bad)[0])
     raise schema.DataError(origin["label"], "label",
                            f"{int(bad.sum())} labels not {expected}, e.g. "
-                           f"{label[i]!r} of {rows.utt_id[i]!r}")
+                           f"{label[i]:g} of {str(rows.utt_id[i])!r}")
   pairs = np.unique(np.stack([rows.group_id, table.split], 1), axis=0)
   groups, counts = np.unique(pairs[:, 0], return_counts=True)
   if (counts > 1).any():

@@ -88,23 +88,27 @@ def check_ids(rows: data.Split, origin: dict[str, str]) -> None:
   each field (`utt_id` required)."""
   if len(rows) == 0:
     raise schema.DataError(origin["utt_id"], "utt_id", "no utterances found")
-  ids, counts = np.unique(rows.utt_id, return_counts=True)
-  if (counts > 1).any():
-    dup = ids[counts > 1]
-    raise schema.DataError(origin["utt_id"], "utt_id",
-                           f"{len(dup)} duplicate ids, e.g. {str(dup[0])!r}")
+  # Positions first: a converter may derive missing ids from group and
+  # position, so a repeated position would read as a repeated id.
   order = np.lexsort((rows.position, rows.group_id))
   group, position = rows.group_id[order], rows.position[order]
   twice = np.flatnonzero((group[1:] == group[:-1])
                          & (position[1:] == position[:-1]))
   if len(twice):
     i, j = order[twice[0]], order[twice[0] + 1]
+    ids = (str(rows.utt_id[i]), str(rows.utt_id[j]))
+    which = f"{ids[0]!r} and {ids[1]!r}" if ids[0] != ids[1] else "two"
     raise schema.DataError(
         origin.get("position", origin["utt_id"]), "position",
         f"{len(twice)} utterances share their group's position with another, "
-        f"e.g. {str(rows.utt_id[i])!r} and {str(rows.utt_id[j])!r} at "
-        f"position {rows.position[i]} of group {str(rows.group_id[i])!r} "
-        "(positions order a group's utterances for the context)")
+        f"e.g. {which} at position {rows.position[i]} of group "
+        f"{str(rows.group_id[i])!r} (positions order a group's utterances "
+        "for the context)")
+  ids, counts = np.unique(rows.utt_id, return_counts=True)
+  if (counts > 1).any():
+    dup = ids[counts > 1]
+    raise schema.DataError(origin["utt_id"], "utt_id",
+                           f"{len(dup)} duplicate ids, e.g. {str(dup[0])!r}")
 
 
 def make_rows(*, utt_id, group_id, position, label, features, available,

@@ -162,7 +162,9 @@ def _put(key, value):
     (_put("group_id", lambda c: c["group_id"][:3]), "group_id"),
     (_put("split", lambda c: np.full(len(c["label"]), 3)), "split"),
     (_put("position", lambda c: -np.ones(len(c["label"]), int)), "position"),
-    (_put("position", lambda c: np.zeros(len(c["label"]), int)), "utt_id"),
+    # Without utt_id the ids are derived from group and position: a repeated
+    # position is named as such, not as a repeated id.
+    (_put("position", lambda c: np.zeros(len(c["label"]), int)), "position"),
     # Positions order a group for the context: none may repeat in a group.
     (lambda c: c.update(utt_id=np.arange(len(c["label"])).astype(str),
                         position=np.arange(len(c["label"])) // 2 % 2),
