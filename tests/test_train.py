@@ -222,8 +222,8 @@ def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
   for split in ("valid", "test"):
     for i in range(2):
       runs.assert_metrics_close(runs.run_metrics(single, split, i),
-                           runs.run_metrics(results, split, i),
-                           len(getattr(dataset, split)))
+                                runs.run_metrics(results, split, i),
+                                getattr(dataset, split))
 
 
 @pytest.mark.parametrize("kind", model.CONTEXT_KINDS)
@@ -282,8 +282,8 @@ def test_vmapped_seed_equals_seed_alone(baseline, mosi_dir, tmp_path):
   dataset = data.load(mosi_dir)
   for split in ("valid", "test"):
     runs.assert_metrics_close(runs.run_metrics(alone, split, 0),
-                         runs.run_metrics(results, split, 1),
-                         len(getattr(dataset, split)))
+                              runs.run_metrics(results, split, 1),
+                              getattr(dataset, split))
 
 
 def test_selection_last_keeps_the_last_epoch(baseline, mosi_dir, tmp_path):
@@ -670,7 +670,7 @@ def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
                         config.task_loss)
   want = {k: v["per_run"][0] for k, v in results["test"]["atv"].items()
           if k not in calibration.SCORES}  # Those need the calibration.
-  runs.assert_metrics_close({"atv": got}, {"atv": want}, len(test))
+  runs.assert_metrics_close({"atv": got}, {"atv": want}, test)
 
 
 def test_tensorboard_logs_show_metrics_jsonl_and_results(baseline):
