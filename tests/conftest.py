@@ -1,5 +1,6 @@
-"""Test setup: 8 fake CPU devices (before jax is imported), one compilation
-cache for the session, the shared real data, and the order of the modules.
+"""Test setup: XLA's flags for the tests (before jax is imported), one
+compilation cache for the session, the shared real data, and the order of
+the modules.
 
 The real data (`../shared/data` beside the checkout, or `$MCUR_SHARED_DATA`)
 is optional: tests that need it skip cleanly when it is absent.
@@ -8,7 +9,23 @@ is optional: tests that need it skip cleanly when it is absent.
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA flags of the session and of the processes its tests start (each kept
+# where XLA_FLAGS already sets it):
+XLA_TEST_FLAGS = {
+    # 8 fake CPU devices, for the data-parallel tests.
+    "--xla_force_host_platform_device_count": "8",
+    # LLVM without optimisation. Compiling is most of the whole-run tests'
+    # time and this about halves it. It changes how fast the compiled code
+    # runs, and at most its last-bit rounding: XLA's own passes, which
+    # decide the arithmetic, run as ever, every program of the session is
+    # compiled alike, and references are compared at a tolerance. No test
+    # here times anything.
+    "--xla_backend_optimization_level": "0",
+}
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", "")] +
+    [f"{name}={value}" for name, value in XLA_TEST_FLAGS.items()
+     if name not in os.environ.get("XLA_FLAGS", "")]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

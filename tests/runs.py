@@ -6,6 +6,7 @@ back."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,13 @@ def tiny_config(data_dir, base=mosi_config, **overrides):
   config.data_dir = str(data_dir)
   config.update(overrides)
   return config
+
+
+def xla_flags(devices: int) -> str:
+  """The session's XLA_FLAGS (conftest) with `devices` fake CPU devices."""
+  return re.sub(r"--xla_force_host_platform_device_count=\d+",
+                f"--xla_force_host_platform_device_count={devices}",
+                os.environ["XLA_FLAGS"])
 
 
 def environment(**extra) -> dict:

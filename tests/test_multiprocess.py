@@ -56,7 +56,7 @@ def two_processes(module_args, module="experiments.mosi", fault=None,
   the other is killed too, as a preempted slice loses all its hosts."""
   port = free_port()
   env = runs.environment(
-      XLA_FLAGS="--xla_force_host_platform_device_count=4",
+      XLA_FLAGS=runs.xla_flags(4),
       JAX_PLATFORMS="cpu")
   prefix = [sys.executable, "-m"] + (["tests.faults", fault] if fault else [])
   procs = [subprocess.Popen(
