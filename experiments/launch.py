@@ -301,7 +301,12 @@ def execute(argv, job) -> None:
   `initialize_distributed()` when `config.distributed`, the data found
   (and its dataset taken), and failures a user can fix turned into one
   `error:` line and an exit status (2: bad data, arguments or workdir, or a
-  full disk; 3: training diverged)."""
+  full disk; 3: training diverged). A distributed job that finished shuts
+  its processes down together (`jax.distributed.shutdown`, a barrier)
+  while the interpreter is whole. Left to JAX's exit handler, which tears
+  the backends down first, process 0 once aborted at exit in the
+  coordination service's gRPC server shutdown (SIGABRT, exit -6; one
+  2-process test run of many)."""
   start(argv)
   config, workdir = FLAGS.config, FLAGS.workdir
   if config.distributed:
@@ -320,6 +325,8 @@ def execute(argv, job) -> None:
     if given:
       take_dataset(config, dataset_overridden())
     job(config, workdir)
+    if config.distributed:
+      jax.distributed.shutdown()
   except train.INPUT_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

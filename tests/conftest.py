@@ -56,15 +56,31 @@ def xla_cache(tmp_path_factory):
   compilation_cache.reset_cache()
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+  parser.addoption(
+      "--full", action="store_true",
+      help="also run the cases marked `extended`: further kill points, "
+      "damage kinds and model variants of checks that the default run "
+      "makes at least once (about 4 more minutes on 2 cores)")
+
+
+def pytest_collection_modifyitems(config, items):
   """Modules marked `slow(minutes)` first, the longest first, the rest in
   their usual order. A parallel session (pytest-xdist, `--dist=loadfile`)
   hands whole modules to its workers in this order, so the long modules
-  start at once and the many short ones fill the gaps at the end."""
+  start at once and the many short ones fill the gaps at the end.
+
+  Without --full the cases marked `extended` are skipped, each naming the
+  option (the short mode that keeps CI within its time on 2 cores)."""
   def minutes(item):
     mark = item.get_closest_marker("slow")
     return -mark.kwargs["minutes"] if mark else 0
   items.sort(key=minutes)  # Stable: a module's tests stay in their order.
+  if not config.getoption("--full"):
+    skip = pytest.mark.skip(reason="extended case: runs with --full")
+    for item in items:
+      if item.get_closest_marker("extended"):
+        item.add_marker(skip)
 
 
 def shared_data_dir() -> pathlib.Path | None:

@@ -288,7 +288,8 @@ def test_ema_tracks_parameters_without_changing_training(mosi_dir):
 @pytest.fixture(scope="module")
 def per_condition(mosi_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("per-condition")
-  config = tiny(mosi_dir, seeds=(0,), num_epochs=2, regime="per_condition")
+  config = tiny(mosi_dir, seeds=(0,), num_epochs=2, regime="per_condition",
+                plots=False)
   return workdir, train.train_and_evaluate(config, str(workdir))
 
 
@@ -336,7 +337,7 @@ def test_full_modality_stage_trains_every_condition_alike(mosi_dir, tmp_path):
 @pytest.fixture(scope="module")
 def mixed(mosi_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("mixed")
-  config = tiny(mosi_dir, num_epochs=2, ema_decay=0.9)
+  config = tiny(mosi_dir, num_epochs=2, ema_decay=0.9, plots=False)
   return workdir, train.train_and_evaluate(config, str(workdir))
 
 

@@ -78,9 +78,10 @@ def perturbed_params(cfg):
 @pytest.mark.parametrize("overrides", [
     {},
     {"context_kind": "gru"},
-    {"context_means": "audio,text"},
-    {"context_kind": "gru", "context_means": "text", "context_window": 5,
-     "eval_batch_size": 6},
+    pytest.param({"context_means": "audio,text"}, marks=pytest.mark.extended),
+    pytest.param({"context_kind": "gru", "context_means": "text",
+                  "context_window": 5, "eval_batch_size": 6},
+                 marks=pytest.mark.extended),
     {"context_window": 3, "eval_batch_size": 16},
 ])
 def test_predict_equals_each_utterance_alone_in_its_window(overrides):

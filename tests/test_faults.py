@@ -70,8 +70,13 @@ def assert_whole_files(workdir) -> None:
     assert png.read_bytes().endswith(b"IEND\xaeB`\x82"), png
 
 
-@pytest.mark.parametrize("fault", ["epoch:2", "metrics:3", "save:2",
-                                   "test_eval", "figures", "results"])
+# Extended (--full): kills that take the paths of the others again, while
+# logging (as during an epoch), during the test evaluation (as while
+# writing a figure: after every epoch), and before results.json (ditto).
+@pytest.mark.parametrize("fault", [
+    "epoch:2", "save:2", "figures",
+    *(pytest.param(f, marks=pytest.mark.extended)
+      for f in ("metrics:3", "test_eval", "results"))])
 def test_killed_run_reruns_to_the_uninterrupted_result(
     fault, mosi_dir, reference, tmp_path):
   """SIGKILL during an epoch, while logging, during a checkpoint save,
@@ -123,7 +128,8 @@ def damage(workdir, epoch: int, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["truncate", "flip"])
+@pytest.mark.parametrize(
+    "how", [pytest.param("truncate", marks=pytest.mark.extended), "flip"])
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(
     how, mosi_dir, reference, tmp_path):
   """A truncated or corrupted newest checkpoint is named, deleted, and the
@@ -280,7 +286,9 @@ def test_second_run_on_a_busy_workdir_is_refused_and_a_killed_one_frees_it(
     pass
 
 
-@pytest.mark.parametrize("fault", ["enospc_save:2", "enospc_results"])
+@pytest.mark.parametrize("fault", [
+    "enospc_save:2",
+    pytest.param("enospc_results", marks=pytest.mark.extended)])
 def test_full_disk_is_one_line_and_the_rerun_resumes(
     fault, mosi_dir, reference, tmp_path):
   """ENOSPC while saving a checkpoint or writing results.json: exit 2 with

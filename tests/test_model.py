@@ -384,7 +384,8 @@ def contiguous_windows(size, window, seed):
               speaker=rng.integers(0, 3, size).astype(np.int32))
 
 
-@pytest.mark.parametrize("means", MEANS)
+@pytest.mark.parametrize(
+    "means", ["", pytest.param("audio,text", marks=pytest.mark.extended)])
 def test_block_local_attention_equals_whole_batch_attention(means):
   """On a batch longer than 3 windows the context attends block-locally
   (model.Context): outputs and parameter gradients at the real positions

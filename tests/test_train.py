@@ -88,6 +88,8 @@ tiny = runs.tiny_config
 
 
 def run(data_dir, workdir, **overrides) -> dict:
+  """A tiny run; `plots=False` where a test compares no figures (matplotlib
+  is about a quarter of a tiny run on 2 cores)."""
   return train.train_and_evaluate(tiny(data_dir, **overrides), str(workdir))
 
 
@@ -209,7 +211,7 @@ def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
   the same run on 8 devices."""
   workdir, results, _, _ = baseline
   assert jax.device_count() == 8
-  single = run(mosi_dir, tmp_path, num_devices=1)
+  single = run(mosi_dir, tmp_path, num_devices=1, plots=False)
   assert "; 1 device(s);" in capsys.readouterr().out
   sharded_state, single_state = saved_state(workdir), saved_state(tmp_path)
   for key in ("params", "best_params"):
@@ -269,7 +271,7 @@ def test_vmapped_seed_equals_seed_alone(baseline, mosi_dir, tmp_path):
   parameters to 1e-6 (float32 rounding of batched kernels), metrics as
   assert_metrics_close says."""
   workdir, results, _, _ = baseline
-  alone = run(mosi_dir, tmp_path, seeds=(1,))
+  alone = run(mosi_dir, tmp_path, seeds=(1,), plots=False)
   assert alone["seeds"] == [1]
   both, one = saved_state(workdir), saved_state(tmp_path)
   second = lambda tree: jax.tree.map(lambda x: x[1], tree)
@@ -291,7 +293,7 @@ def test_selection_last_keeps_the_last_epoch(baseline, mosi_dir, tmp_path):
   nothing of the training: its final parameters equal the baseline's
   (validation-selected) run's, which trained the same seeds."""
   workdir, _, _, _ = baseline
-  results = run(mosi_dir, tmp_path, selection="last")
+  results = run(mosi_dir, tmp_path, selection="last", plots=False)
   assert results["selected_on"] == "last epoch"
   assert results["selected_epoch"] == [3, 3]
   last, selected = saved_state(tmp_path), saved_state(workdir)
@@ -401,7 +403,7 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path,
 def test_checkpoint_seconds_leaves_only_the_last_epoch(mosi_dir, tmp_path):
   """With `checkpoint_seconds` longer than the run, only the last epoch is
   saved (the tiny config's 0 saves every epoch: the tests above)."""
-  run(mosi_dir, tmp_path, checkpoint_seconds=1e6)
+  run(mosi_dir, tmp_path, checkpoint_seconds=1e6, plots=False)
   assert checkpoint_steps(tmp_path) == [3]
   assert (tmp_path / "results.json").exists()
 
@@ -742,7 +744,8 @@ def test_cli_without_data_uses_synthetic_and_says_so(tmp_path):
   the CLI trains on generated MOSI-like data and says so in its first line
   and in results.json."""
   result = runs.cli("--workdir", "run", "--config", f"{MOSI_CONFIG}:tiny",
-               "--config.seeds=0", "--config.num_epochs=1", cwd=tmp_path)
+               "--config.seeds=0", "--config.num_epochs=1",
+               "--config.plots=False", cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   first = result.stdout.splitlines()[0]
   assert first.startswith("NOTE: ") and "SYNTHETIC mosi-like data" in first
