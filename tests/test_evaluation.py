@@ -288,8 +288,7 @@ def test_ema_tracks_parameters_without_changing_training(mosi_dir):
 @pytest.fixture(scope="module")
 def per_condition(mosi_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("per-condition")
-  config = tiny(mosi_dir, seeds=(0,), num_epochs=2, regime="per_condition",
-                plots=False)
+  config = tiny(mosi_dir, seeds=(0,), num_epochs=2, regime="per_condition")
   return workdir, train.train_and_evaluate(config, str(workdir))
 
 
@@ -323,7 +322,7 @@ def test_full_modality_stage_trains_every_condition_alike(mosi_dir, tmp_path):
   per-condition models of a seed see the same masks: equal parameters."""
   train.train_and_evaluate(
       tiny(mosi_dir, seeds=(0,), num_epochs=1, regime="per_condition",
-           full_modality_epochs=1, plots=False), str(tmp_path))
+           full_modality_epochs=1), str(tmp_path))
   params = final_params(tmp_path)["params"]
   for leaf in jax.tree.leaves(params):
     np.testing.assert_allclose(leaf, np.broadcast_to(leaf[:1], leaf.shape),
@@ -337,7 +336,7 @@ def test_full_modality_stage_trains_every_condition_alike(mosi_dir, tmp_path):
 @pytest.fixture(scope="module")
 def mixed(mosi_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("mixed")
-  config = tiny(mosi_dir, num_epochs=2, ema_decay=0.9, plots=False)
+  config = tiny(mosi_dir, num_epochs=2, ema_decay=0.9)
   return workdir, train.train_and_evaluate(config, str(workdir))
 
 

@@ -82,8 +82,10 @@ def test_killed_run_reruns_to_the_uninterrupted_result(
   """SIGKILL during an epoch, while logging, during a checkpoint save,
   during the final test evaluation, while writing a figure or publishing
   results.json: the files left are whole, and rerunning the command ends
-  bit-identical to the uninterrupted run."""
-  killed = runs.cli(*args(mosi_dir, tmp_path), fault=fault)
+  bit-identical to the uninterrupted run (which writes no figures: the
+  figures kill point's runs write them, and only they differ)."""
+  figures = ("--config.plots=True",) if fault == "figures" else ()
+  killed = runs.cli(*args(mosi_dir, tmp_path, *figures), fault=fault)
   assert killed.returncode == KILLED, killed.stderr
   assert_whole_files(tmp_path)
   if fault in ("epoch:2", "metrics:3", "save:2"):
@@ -93,10 +95,11 @@ def test_killed_run_reruns_to_the_uninterrupted_result(
   assert not (tmp_path / "results.json").exists()
   events = lambda: sorted((tmp_path / "tb").glob("events.out.tfevents.*"))
   before = events()
-  rerun = runs.cli(*args(mosi_dir, tmp_path))
+  rerun = runs.cli(*args(mosi_dir, tmp_path, *figures))
   assert rerun.returncode == 0, rerun.stderr
   assert not list(tmp_path.rglob(".*.tmp"))
-  runs.assert_same_run(tmp_path, reference)
+  runs.assert_same_run(tmp_path, reference,
+                       runs.FIGURES if figures else ())
   if fault in ("test_eval", "figures", "results"):
     # Every epoch was done: the rerun trains none, and opens no event file.
     assert before and events() == before
@@ -243,7 +246,7 @@ def test_resume_with_another_config_or_data_is_refused(
   result = runs.cli(*args(mosi_dir, workdir, "--config.eval_batch_size=128"))
   assert result.returncode == 2
   assert "config (eval_batch_size): differs" in result.stderr
-  safe = runs.cli(*args(mosi_dir, workdir, "--config.plots=False",
+  safe = runs.cli(*args(mosi_dir, workdir, "--config.plots=True",
                         "--config.tensorboard=False"))
   assert safe.returncode == 0, safe.stderr
   assert set(workdir_lib.SAFE_ON_RESUME) >= {"plots", "tensorboard"}
@@ -317,7 +320,6 @@ def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
   base = runs_config(mosi_dir)
   base.seeds = (0,)
   base.num_epochs = 1
-  base.plots = False
   points = [{"hidden_dim": 33}, {"tau": 0.1}]
   status = sweep.run(base, str(tmp_path), points, log=lambda *_: None)
   assert status == {"hidden_dim=33": "failed", "tau=0.1": "done"}

@@ -34,9 +34,10 @@ def iemocap_dir(tmp_path_factory):
   return runs.synthetic_dir(tmp_path_factory, "iemocap4", 0.06)
 
 
-def iemocap(data_dir, workdir, fold: int) -> dict:
+def iemocap(data_dir, workdir, fold: int, **overrides) -> dict:
   config = runs.tiny_config(data_dir, base=iemocap_config, fold=fold,
-                            seeds=(0,), num_epochs=1, num_devices=1)
+                            seeds=(0,), num_epochs=1, num_devices=1,
+                            **overrides)
   return train.train_and_evaluate(config, str(workdir))
 
 
@@ -71,10 +72,10 @@ def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
 
 
 def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
-  """fold=2 trains session 2 only, directly in WORKDIR, exactly as fold 2
-  of the fold=0 run."""
+  """fold=2 trains session 2 only, directly in WORKDIR (figures included),
+  exactly as fold 2 of the fold=0 run."""
   workdir, _ = all_folds
-  results = iemocap(iemocap_dir, tmp_path, fold=2)
+  results = iemocap(iemocap_dir, tmp_path, fold=2, plots=True)
   assert results["fold"] == 2
   assert sorted(os.listdir(tmp_path)) == [
       ".lock", "calibration.json", "checkpoints", "config.json", "data.json",

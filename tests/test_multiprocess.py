@@ -30,10 +30,10 @@ def mosi_dir(tmp_path_factory):
   return runs.synthetic_dir(tmp_path_factory, "mosi", 0.1)
 
 
-# The tiny config (seeds 0 and 1, context on) in 2 epochs of 2 steps, no
-# figures: every step's collectives cross processes over gloo, which costs
+# The tiny config (seeds 0 and 1, context on, no figures) in 2 epochs of 2
+# steps: every step's collectives cross processes over gloo, which costs
 # about a second per step on 2 cores.
-FAST = ("--config.plots=False", "--config.num_epochs=2",
+FAST = ("--config.num_epochs=2",
         "--config.batch_size=128", "--config.eval_batch_size=256",
         "--config.missing_rates=0.0,0.5", "--config.missing_rate_draws=1")
 

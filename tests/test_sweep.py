@@ -198,8 +198,8 @@ def run_sweep(env, data_dir, workdir, *extra, wait=True):
              os.path.join(ROOT, "experiments/configs/mosi.py:tiny"),
              "--data_dir", data_dir, "--workdir", str(workdir),
              "--config.seeds=0", "--config.num_devices=1",
-             # Figures and live logs are not what these tests check.
-             "--config.plots=False", "--config.tensorboard=False", *extra]
+             # Live logs are not what these tests check.
+             "--config.tensorboard=False", *extra]
   if not wait:
     return subprocess.Popen(command, cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL,

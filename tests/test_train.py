@@ -88,8 +88,7 @@ tiny = runs.tiny_config
 
 
 def run(data_dir, workdir, **overrides) -> dict:
-  """A tiny run; `plots=False` where a test compares no figures (matplotlib
-  is about a quarter of a tiny run on 2 cores)."""
+  """A tiny run (no figures unless `plots=True`)."""
   return train.train_and_evaluate(tiny(data_dir, **overrides), str(workdir))
 
 
@@ -110,7 +109,7 @@ def baseline(mosi_dir, tmp_path_factory):
   jax.clear_caches()
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
-    results = run(mosi_dir, workdir)
+    results = run(mosi_dir, workdir, plots=True)
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
   return workdir, results, dict(train.COMPILES), dict(programs)
@@ -211,7 +210,7 @@ def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
   the same run on 8 devices."""
   workdir, results, _, _ = baseline
   assert jax.device_count() == 8
-  single = run(mosi_dir, tmp_path, num_devices=1, plots=False)
+  single = run(mosi_dir, tmp_path, num_devices=1)
   assert "; 1 device(s);" in capsys.readouterr().out
   sharded_state, single_state = saved_state(workdir), saved_state(tmp_path)
   for key in ("params", "best_params"):
@@ -271,7 +270,7 @@ def test_vmapped_seed_equals_seed_alone(baseline, mosi_dir, tmp_path):
   parameters to 1e-6 (float32 rounding of batched kernels), metrics as
   assert_metrics_close says."""
   workdir, results, _, _ = baseline
-  alone = run(mosi_dir, tmp_path, seeds=(1,), plots=False)
+  alone = run(mosi_dir, tmp_path, seeds=(1,))
   assert alone["seeds"] == [1]
   both, one = saved_state(workdir), saved_state(tmp_path)
   second = lambda tree: jax.tree.map(lambda x: x[1], tree)
@@ -293,7 +292,7 @@ def test_selection_last_keeps_the_last_epoch(baseline, mosi_dir, tmp_path):
   nothing of the training: its final parameters equal the baseline's
   (validation-selected) run's, which trained the same seeds."""
   workdir, _, _, _ = baseline
-  results = run(mosi_dir, tmp_path, selection="last", plots=False)
+  results = run(mosi_dir, tmp_path, selection="last")
   assert results["selected_on"] == "last epoch"
   assert results["selected_epoch"] == [3, 3]
   last, selected = saved_state(tmp_path), saved_state(workdir)
@@ -403,7 +402,7 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path,
 def test_checkpoint_seconds_leaves_only_the_last_epoch(mosi_dir, tmp_path):
   """With `checkpoint_seconds` longer than the run, only the last epoch is
   saved (the tiny config's 0 saves every epoch: the tests above)."""
-  run(mosi_dir, tmp_path, checkpoint_seconds=1e6, plots=False)
+  run(mosi_dir, tmp_path, checkpoint_seconds=1e6)
   assert checkpoint_steps(tmp_path) == [3]
   assert (tmp_path / "results.json").exists()
 
@@ -452,7 +451,7 @@ def test_sugr_down_weights_corrupted_labels(tmp_path_factory):
   # split in 20 epochs (the MOSI defaults are tuned for real data).
   config = tiny(data_dir, seeds=(0, 1, 2), num_epochs=20,
                 sugr_warmup_epochs=2, num_devices=1, checkpoint_every=20,
-                learning_rate=1e-3, dropout=0.1, plots=False)
+                learning_rate=1e-3, dropout=0.1)
   train.train_and_evaluate(config, str(workdir))
   params = saved_state(workdir)["params"]
   dataset = data.load(data_dir)
@@ -557,7 +556,7 @@ def test_dataset_without_video_trains_on_what_it_has(no_video_dir, tmp_path):
   combinations that need video are left out of every table, of Avg and of
   the figures, results.json says why, and the missing-rate masks never use
   video."""
-  results = run(no_video_dir, tmp_path, num_epochs=1)
+  results = run(no_video_dir, tmp_path, num_epochs=1, plots=True)
   assert results["combinations"] == ["a", "t", "at"]
   assert results["left_out"] == {
       c: "needs video, which the dataset does not have"
@@ -575,10 +574,7 @@ def test_dataset_without_video_trains_on_what_it_has(no_video_dir, tmp_path):
   assert results["missing_rate"]["samples_without_modality"]["0.7"] == 0
   md = (tmp_path / "results.md").read_text()
   assert "| method | a | t | at | Avg |" in md and "| atv |" not in md
-  assert sorted(os.listdir(tmp_path / "figures")) == [
-      f"{name}.png" for name in ("calibration", "combinations",
-                                 "missing_rate", "representation", "training",
-                                 "uncertainty")]
+  assert sorted(os.listdir(tmp_path / "figures")) == runs.FIGURES
 
 
 # results.json and restore
@@ -650,10 +646,7 @@ def test_results_json(baseline, mosi_dir):
       saved["test"]["atv"]["f1_non0"]["per_run"], rtol=1e-12)
   md = (workdir / "results.md").read_text()
   assert "| MCUR | " in md and "SYNTHETIC DATA" in md
-  assert sorted(os.listdir(workdir / "figures")) == [
-      f"{name}.png" for name in ("calibration", "combinations",
-                                 "missing_rate", "representation", "training",
-                                 "uncertainty")]
+  assert sorted(os.listdir(workdir / "figures")) == runs.FIGURES
 
 
 def test_restore_for_inference_reproduces_test_metrics(baseline, mosi_dir):
@@ -744,8 +737,7 @@ def test_cli_without_data_uses_synthetic_and_says_so(tmp_path):
   the CLI trains on generated MOSI-like data and says so in its first line
   and in results.json."""
   result = runs.cli("--workdir", "run", "--config", f"{MOSI_CONFIG}:tiny",
-               "--config.seeds=0", "--config.num_epochs=1",
-               "--config.plots=False", cwd=tmp_path)
+               "--config.seeds=0", "--config.num_epochs=1", cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   first = result.stdout.splitlines()[0]
   assert first.startswith("NOTE: ") and "SYNTHETIC mosi-like data" in first

@@ -229,6 +229,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.context_heads = 2
     c.context_max_distance = 4
     c.checkpoint_seconds = 0.0  # Every epoch: the fault tests resume from each.
+    # No figures: matplotlib took about a quarter of a tiny run (6 PNGs,
+    # 5 to 9 s of 21 to 38 s on 2 cores); the tests of figures turn them on.
+    c.plots = False
   elif arg:
     # Worded as experiments/launch.py's UNKNOWN_VARIANT: a one-line error.
     raise ValueError(f"unknown config variant {arg!r} (known: tiny)")
