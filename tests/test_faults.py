@@ -28,8 +28,8 @@ from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 from tests import runs
 
-# About 2.5 minutes on 2 cores: conftest schedules the slow modules first.
-pytestmark = pytest.mark.slow(minutes=2.5)
+# About 4 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=4)
 
 KILLED = -signal.SIGKILL
 

@@ -25,8 +25,8 @@ from mcur_jax import train
 from mcur_jax import validate
 from tests import runs
 
-# About 1 minute on 2 cores: conftest schedules the slow modules first.
-pytestmark = pytest.mark.slow(minutes=1)
+# About 2.5 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=2.5)
 
 
 @pytest.fixture(scope="module")

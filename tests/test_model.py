@@ -13,8 +13,8 @@ import pytest
 from mcur_jax import groups
 from mcur_jax import model
 
-# About 1.2 minutes on 2 cores: conftest schedules the slow modules first.
-pytestmark = pytest.mark.slow(minutes=1.2)
+# About 1.4 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=1.4)
 
 DIMS = {"audio": 5, "text": 7, "video": 3}
 B, K, D, P = 6, 3, 16, 8

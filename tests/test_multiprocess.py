@@ -21,8 +21,8 @@ import pytest
 from mcur_jax import data
 from tests import runs
 
-# About 1.5 minutes on 2 cores: conftest schedules the slow modules first.
-pytestmark = pytest.mark.slow(minutes=1.5)
+# About 3 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=3)
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from mcur_jax import sweep_report
 from mcur_jax import validate
 from tests import runs
 
-# About 2.5 minutes on 2 cores: conftest schedules the slow modules first.
-pytestmark = pytest.mark.slow(minutes=2.5)
+# About 3 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=3)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fields that change no compiled program: the points load one set of

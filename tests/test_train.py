@@ -41,8 +41,8 @@ from mcur_jax import train
 from tests import faults
 from tests import runs
 
-# About 6 minutes on 2 cores: conftest schedules the slow modules first.
-pytestmark = pytest.mark.slow(minutes=6)
+# About 7 minutes on 2 cores: conftest schedules the slow modules first.
+pytestmark = pytest.mark.slow(minutes=7)
 
 MOSI_CONFIG = runs.MOSI_CONFIG
 FRACTIONS = runs.FRACTIONS
