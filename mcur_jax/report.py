@@ -19,7 +19,6 @@ from mcur_jax import calibration
 from mcur_jax import combos
 from mcur_jax import losses
 from mcur_jax import metrics
-from mcur_jax import plots
 from mcur_jax import schema
 from mcur_jax import transfer
 from mcur_jax import validate
@@ -358,9 +357,17 @@ def _figure(workdir: str, name: str) -> str:
   return os.path.join(workdir, "figures", name + ".png")
 
 
+def _plots():
+  """`mcur_jax.plots`, imported on first use: matplotlib is about 0.4 s of
+  every command's start, and a run without figures never needs it."""
+  from mcur_jax import plots  # pylint: disable=g-import-not-at-top
+  return plots
+
+
 def write_summary_figures(workdir: str, results_dict: dict) -> None:
   """The figures made from results.json alone (also for pooled folds):
   per-combination bars and the missing-rate curve."""
+  plots = _plots()
   plots.combination_bars(results_dict, _figure(workdir, "combinations"))
   if "missing_rate" in results_dict:
     plots.missing_rate_curve(results_dict, _figure(workdir, "missing_rate"))
@@ -372,6 +379,7 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
   fixed-protocol test outputs of `evaluation.run` (`test_found`) and the
   run's calibration (`fitted`, `calibration.fit_run`); `classes` names the
   classes of a classification dataset (its manifest's)."""
+  plots = _plots()
   write_summary_figures(workdir, results_dict)
   task, seed = results_dict["task"], results_dict["seeds"][0]
   source = (f"{results_dict['dataset']} test"
