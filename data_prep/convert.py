@@ -2,7 +2,7 @@
 
     python -m data_prep.convert --format FORMAT --dataset NAME [inputs] --out DIR
 
-Formats (see README, "Preparing data"): gcnet (GCNet/MoMKE/SDR-GNN label
+Formats (see docs/data.md): gcnet (GCNet/MoMKE/SDR-GNN label
 pickle + per-utterance .npy folders), mmsa (MMSA aligned_50.pkl /
 unaligned_50.pkl), poria (Poria et al. 2017 CSV folder), npz (a plain
 interchange file). `--split_file` (JSON lists of group ids for

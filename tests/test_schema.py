@@ -11,7 +11,7 @@ from mcur_jax import schema
 from mcur_jax import tfrecord
 from tests import test_data
 
-_README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+_DATA_DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "data.md"
 
 
 def _keys_and_kinds(task, extras):
@@ -43,8 +43,8 @@ def test_split_holds_one_attribute_per_record_field():
                    *(f.name for f in schema.RECORD_FIELDS)}
 
 
-def test_the_readme_schema_table_names_every_field():
-  text = _README.read_text()
+def test_the_data_doc_schema_table_names_every_field():
+  text = _DATA_DOC.read_text()
   table = text[text.index("## TFRecord schema"):]
   table = table[:table.index("`manifest.json`, the record of truth:")]
   for f in schema.FIELDS:

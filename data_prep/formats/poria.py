@@ -1,6 +1,6 @@
 """The Poria et al. (2017) CMU-MOSI CSV folder.
 
-Files (CSV, no header; see the README for where they come from):
+Files (CSV, no header; docs/data.md, "Formats"):
 
 * `transcripts.csv`: every utterance: `utt_id, transcript, video number,
   binary label` (1 = sentiment score >= 0).
