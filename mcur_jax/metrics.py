@@ -92,7 +92,9 @@ def macro(true: np.ndarray, pred: np.ndarray, which: str) -> float:
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
-  if len(x) < 2:
+  # A constant side is tested as such: centring a float64 constant can
+  # leave a residue of 1e-16, which would give a correlation of 1e-17.
+  if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
     return float("nan")
   x, y = x - x.mean(), y - y.mean()
   denom = np.sqrt((x * x).sum() * (y * y).sum())
@@ -237,11 +239,17 @@ def compute(task: str, outputs: np.ndarray, label: np.ndarray,
             s: np.ndarray | None = None, task_loss: str | None = None):
   """Metrics of raw model outputs [N, K] (scores when K = 1), and with the
   SUGR scores `s` [N] and the run's `task_loss` also the uncertainty
-  metrics."""
+  metrics. Outputs or scores that are not all finite make every metric
+  NaN: scored as they are, a NaN score would count as a negative decision
+  and a NaN logit row as class 0, and a model would be selected or
+  reported on its numbers."""
+  finite = np.isfinite(outputs).all() and (s is None or np.isfinite(s).all())
+  outputs = np.where(np.isfinite(outputs), outputs, 0)
   if task == "regression":
     out = regression(outputs[:, 0], label)
   else:
     out = classification(outputs.argmax(-1), label)
   if s is not None:
-    out.update(uncertainty(task, outputs, label, s, task_loss))
-  return out
+    out.update(uncertainty(task, outputs, label,
+                           np.where(np.isfinite(s), s, 0), task_loss))
+  return out if finite else dict.fromkeys(out, float("nan"))

@@ -185,6 +185,38 @@ def test_helpers_on_empty_input_are_nan():
   assert math.isnan(metrics.macro(empty, empty, "f1"))
 
 
+def test_constant_float64_side_gives_nan_corr():
+  # The mean of this constant is off it by 1e-16 in float64, so centring
+  # alone leaves a residue that correlated at about 1e-17, not NaN.
+  x = np.full(2552, -0.1321048632913019)
+  assert x.mean() != x[0]
+  y = np.random.default_rng(0).normal(size=2552)
+  assert math.isnan(metrics.pearson(x, y))
+  assert math.isnan(metrics.pearson(y, x))
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_non_finite_outputs_make_every_metric_nan(task):
+  """Scored as they are, NaN scores would count as negative decisions
+  and NaN logits as class 0; every metric is NaN instead, so such a model
+  is neither selected (NaN > best is False) nor reported with numbers."""
+  rng = np.random.default_rng(4)
+  if task == "regression":
+    label, outputs = mosi_labels(rng, 20), rng.normal(size=(20, 1))
+  else:
+    label, outputs = rng.integers(0, 4, 20), rng.normal(size=(20, 4))
+  s = rng.normal(size=20)
+  finite = metrics.compute(task, outputs, label, s, "mse")
+  assert not any(math.isnan(v) for v in finite.values())
+  bad_outputs, bad_s = outputs.copy(), s.copy()
+  bad_outputs[3:6, 0] = [np.nan, np.inf, -np.inf]
+  bad_s[3] = np.nan
+  for o, u in [(bad_outputs, s), (outputs, bad_s)]:
+    got = metrics.compute(task, o, label, u, "mse")
+    assert got.keys() == finite.keys()
+    assert all(math.isnan(v) for v in got.values()), got
+
+
 def test_compute_reads_raw_outputs():
   """Regression: column 0 as the score; classification: argmax of logits."""
   rng = np.random.default_rng(3)
