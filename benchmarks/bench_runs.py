@@ -14,7 +14,7 @@ skipped. Each run gets what is left of `--deadline` seconds and is stopped
 when it is spent (the figures of its finished folds are still reported).
 Prints per run the wall seconds, and from its results.json (a stopped
 run: each finished fold's) the seconds it recorded, `seconds_by_phase`,
-the largest `compile_seconds` and the test Avg of the headline metric;
+training's parts (`seconds_within_phase`), the largest `compile_seconds` and the test Avg of the headline metric;
 `--json` is rewritten after every run. Set `JAX_COMPILATION_CACHE_DIR` to measure runs that
 load their programs from JAX's persistent cache. `--short`: the tiny
 config on a small synthetic MOSI with each dtype (seconds; for CI).
@@ -70,7 +70,8 @@ def figures(workdir: str) -> dict:
   return {"seconds": results["seconds"],
           "test_avg": round(results["test"]["avg"][headline]["mean"], 4),
           "headline": headline,
-          **{k: results[k] for k in ("seconds_by_phase", "compile_seconds")
+          **{k: results[k] for k in ("seconds_by_phase",
+                                     "seconds_within_phase", "compile_seconds")
              if k in results}}
 
 
@@ -97,6 +98,12 @@ def _timing(r: dict) -> str:
     line += "; fold 1"
   if phases:
     line += "; phases (s) " + ", ".join(f"{k} {v}" for k, v in phases.items())
+  within = r.get("seconds_within_phase")
+  if isinstance(within, list):
+    within = within[0]
+  if within and "train" in within:
+    line += "; train = " + " + ".join(
+        f"{k} {v}" for k, v in within["train"].items())
   compiled = r.get("compile_seconds")
   if isinstance(compiled, list):
     compiled = compiled[0]

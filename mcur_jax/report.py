@@ -256,7 +256,7 @@ def combine_folds(runs: list[dict]) -> dict:
             rate: sum(r["missing_rate"]["samples_without_modality"][rate]
                       for r in runs) for rate in rates}}
   for k in ("selected_epoch", "compiles", "padding", "seconds_by_phase",
-            "compile_seconds"):
+            "seconds_within_phase", "compile_seconds"):
     if k in first:
       out[k] = [r[k] for r in runs]
   if "seconds" in first:

@@ -2,7 +2,9 @@
 tracing, lowering and compiling each program.
 
 `train` records them in results.json ("seconds_by_phase": setup, train,
-evaluate, calibrate; "compile_seconds" per program, e.g. `train_epoch`),
+evaluate, calibrate; "seconds_within_phase": train's epochs, validation,
+logging, checkpoint saves and the rest; "compile_seconds" per program,
+e.g. `train_epoch`),
 so a run on new hardware says what it spent without a profiler;
 `benchmarks/bench_train.py` uses `CompileSeconds` for its compile columns.
 """
@@ -55,10 +57,21 @@ class Phases:
 
 
 def summary(phases: Phases, compiled: CompileSeconds) -> dict:
-  """results.json's timing fields, in seconds: per phase, and per program
-  compiled (its tracing included: where a program is traced and compiled
-  within a phase, the phase's seconds include it)."""
-  return {"seconds_by_phase": {k: round(v, 2)
-                               for k, v in phases.seconds.items()},
-          "compile_seconds": {k: round(v, 2) for k, v in sorted(
-              compiled.seconds.items(), key=lambda kv: -kv[1])}}
+  """results.json's timing fields, in seconds: per phase, the parts of a
+  phase (phases named `outer/part`, plus `other`: the rest of the outer
+  phase), and per program compiled (its tracing included: where a program
+  is traced and compiled within a phase, the phase's seconds include
+  it)."""
+  outer = {k: v for k, v in phases.seconds.items() if "/" not in k}
+  parts = collections.defaultdict(dict)
+  for k, v in phases.seconds.items():
+    if "/" in k:
+      name, part = k.split("/", 1)
+      parts[name][part] = v
+  for name, found in parts.items():
+    found["other"] = max(outer.get(name, 0.0) - sum(found.values()), 0.0)
+  rounded = lambda d: {k: round(v, 2) for k, v in d.items()}
+  return {"seconds_by_phase": rounded(outer),
+          "seconds_within_phase": {k: rounded(v) for k, v in parts.items()},
+          "compile_seconds": rounded(dict(sorted(
+              compiled.seconds.items(), key=lambda kv: -kv[1])))}

@@ -358,7 +358,7 @@ def _train_fold(config, workdir: str) -> dict:
     with phases.phase("setup"):
       run = Run.setup(config, workdir)
     with phases.phase("train"):
-      state = fit(run)
+      state = fit(run, phases)
     return finish(run, state, phases, compiled)
 
 
@@ -430,12 +430,15 @@ class Run:
         update_best=make_update_best(mesh), state=state, started=started)
 
 
-def fit(run: Run) -> dict:
+def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   """Trains from the latest checkpoint (or from scratch) to the last epoch;
   selects each member's best epoch on validation; returns the final
   state. Checkpoints every `checkpoint_every` epochs once
   `checkpoint_seconds` have passed since the last save (process 0's clock
-  decides for all), and after the last epoch."""
+  decides for all), and after the last epoch. `phases` gets the parts of
+  training (`train/epochs`, `train/validate`, `train/log`,
+  `train/checkpoint`; `timing.summary`)."""
+  phases = phases or timing.Phases()
   config, workdir, state = run.config, run.workdir, run.state
   dataset, members = run.dataset, run.members
   say = print if run.main_process else lambda *_: None
@@ -478,9 +481,10 @@ def fit(run: Run) -> dict:
   saved = time.monotonic()
   try:
     for epoch in range(start, config.num_epochs):
-      state, stats = run.train_epoch(state, run.train, run.tables,
-                                     run.member_data, epoch)
-      stats = transfer.to_host(stats)
+      with phases.phase("train/epochs"):
+        state, stats = run.train_epoch(state, run.train, run.tables,
+                                       run.member_data, epoch)
+        stats = transfer.to_host(stats)
       if not _finite(stats):
         bad = ", ".join(
             " ".join(f"{k} {v}" for k, v in members.describe(i).items())
@@ -493,20 +497,24 @@ def fit(run: Run) -> dict:
         raise TrainingDiverged(
             f"epoch {epoch + 1}: training loss is NaN/inf for {bad}; "
             f"stopped. Kept: {kept}the logs in {workdir}.")
-      pred = run.predict(selected_params(state), run.inputs["valid"],
-                         valid_masks, keys=("pred",))["pred"]
-      valid, score = evaluation.member_scores(run.task, pred, dataset.valid,
-                                              members)
-      improved = improved_members(score, transfer.to_host(state["best_metric"]),
-                                  config.selection)
-      state = run.update_best(state, improved, score.astype(np.float32), epoch)
-      board.write(log.write(epoch + 1, members, stats, valid, score,
-                            run.task, learning_rates[epoch]))
-      progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
+      with phases.phase("train/validate"):
+        pred = run.predict(selected_params(state), run.inputs["valid"],
+                           valid_masks, keys=("pred",))["pred"]
+        valid, score = evaluation.member_scores(run.task, pred, dataset.valid,
+                                                members)
+        improved = improved_members(
+            score, transfer.to_host(state["best_metric"]), config.selection)
+        state = run.update_best(state, improved, score.astype(np.float32),
+                                epoch)
+      with phases.phase("train/log"):
+        board.write(log.write(epoch + 1, members, stats, valid, score,
+                              run.task, learning_rates[epoch]))
+        progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
       due = (epoch + 1) % config.checkpoint_every == 0 and workdir_lib.agree(
           time.monotonic() - saved >= config.checkpoint_seconds)
       if due or epoch + 1 == config.num_epochs:
-        checkpoint.save(mngr, epoch + 1, state)
+        with phases.phase("train/checkpoint"):
+          checkpoint.save(mngr, epoch + 1, state)
         saved = time.monotonic()
   finally:
     progress.close()

@@ -156,17 +156,23 @@ def test_compiles_once(baseline):
 def test_results_say_where_the_time_went(baseline):
   """results.json splits the run's seconds into its phases, which cover
   the run (setup starts a moment before the run's clock, hence the 0.5 s;
-  what follows calibration is assembling the results, milliseconds), and
-  gives the compile seconds of each program."""
+  what follows calibration is assembling the results, milliseconds),
+  training into its parts, and gives the compile seconds of each
+  program."""
   workdir, results, _, _ = baseline
   saved = json.loads((workdir / "results.json").read_text())
   phases = saved["seconds_by_phase"]
   assert list(phases) == ["setup", "train", "evaluate", "calibrate"]
   assert all(v > 0 for v in phases.values())
   assert abs(sum(phases.values()) - saved["seconds"]) < 0.5
+  # Training's parts cover it (each rounded to 0.01 s, hence 0.05).
+  parts = saved["seconds_within_phase"]["train"]
+  assert list(parts) == ["epochs", "validate", "log", "checkpoint", "other"]
+  assert all(v >= 0 for v in parts.values()) and parts["epochs"] > 0
+  assert abs(sum(parts.values()) - phases["train"]) < 0.05
   compiled = saved["compile_seconds"]
   assert {"init", "train_epoch", "predict_chunk"} <= set(compiled)
-  assert compiled["train_epoch"] < phases["train"]
+  assert compiled["train_epoch"] < parts["epochs"]
 
 
 def test_no_device_work_outside_the_compiled_programs(baseline):
