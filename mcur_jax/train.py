@@ -531,11 +531,13 @@ def finish(run: Run, state: dict, phases: timing.Phases,
   the run's `timing.summary`)."""
   config = run.config
   best = state["best_params"]
+  found = {}
   with phases.phase("evaluate"):
-    found = {split: evaluation.run(
-        config, run.predict, best, run.inputs[split], run.members, run.task,
-        run.present, "all" if split == "test" else "fixed")
-             for split in ("valid", "test")}
+    for split in ("valid", "test"):
+      with phases.phase(f"evaluate/{split}"):
+        found[split] = evaluation.run(
+            config, run.predict, best, run.inputs[split], run.members,
+            run.task, run.present, "all" if split == "test" else "fixed")
   names = [combos.NAMES[c] for c in run.members.combos]
   with phases.phase("calibrate"):
     fitted = calibration.fit_run(run.task, config.task_loss,

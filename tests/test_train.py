@@ -170,6 +170,9 @@ def test_results_say_where_the_time_went(baseline):
   assert list(parts) == ["epochs", "validate", "log", "checkpoint", "other"]
   assert all(v >= 0 for v in parts.values()) and parts["epochs"] > 0
   assert abs(sum(parts.values()) - phases["train"]) < 0.05
+  evaluate = saved["seconds_within_phase"]["evaluate"]
+  assert list(evaluate) == ["valid", "test", "other"]
+  assert abs(sum(evaluate.values()) - phases["evaluate"]) < 0.05
   compiled = saved["compile_seconds"]
   assert {"init", "train_epoch", "predict_chunk"} <= set(compiled)
   assert compiled["train_epoch"] < parts["epochs"]
