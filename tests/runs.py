@@ -123,7 +123,8 @@ def results_without_timing(workdir) -> dict:
   epoch)."""
   with open(pathlib.Path(workdir) / "results.json") as f:
     results = json.load(f)
-  for key in ("seconds", "compiles", "seconds_by_phase", "compile_seconds"):
+  for key in ("seconds", "compiles", "seconds_by_phase",
+              "seconds_within_phase", "compile_seconds"):
     results.pop(key, None)
   return results
 
