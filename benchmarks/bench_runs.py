@@ -14,9 +14,10 @@ skipped. Each run gets what is left of `--deadline` seconds and is stopped
 when it is spent (the figures of its finished folds are still reported).
 Prints per run the wall seconds, and from its results.json (a stopped
 run: each finished fold's) the seconds it recorded, `seconds_by_phase`,
-training's parts (`seconds_within_phase`), the largest `compile_seconds` and the test Avg of the headline metric;
-`--json` is rewritten after every run. Set `JAX_COMPILATION_CACHE_DIR` to measure runs that
-load their programs from JAX's persistent cache. `--short`: the tiny
+training's parts (`seconds_within_phase`), the largest
+`compile_seconds` and the test Avg of the headline metric; `--json` is
+rewritten after every run. Set `JAX_COMPILATION_CACHE_DIR` to measure
+runs that load their programs from JAX's persistent cache. `--short`: the tiny
 config on a small synthetic MOSI with each dtype (seconds; for CI).
 """
 

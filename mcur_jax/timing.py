@@ -3,9 +3,9 @@ tracing, lowering and compiling each program.
 
 `train` records them in results.json ("seconds_by_phase": setup, train,
 evaluate, calibrate; "seconds_within_phase": train's epochs, validation,
-logging, checkpoint saves and the rest, evaluate's valid and test; "compile_seconds" per program,
-e.g. `train_epoch`),
-so a run on new hardware says what it spent without a profiler;
+logging, checkpoint saves and the rest, evaluate's valid and test;
+"compile_seconds" per program, e.g. `train_epoch`), so a run on new
+hardware says what it spent without a profiler;
 `benchmarks/bench_train.py` uses `CompileSeconds` for its compile columns.
 """
 

@@ -5,7 +5,8 @@ started, and files that are whole or absent.
   process 0 for the whole run. The kernel drops it when the process dies,
   SIGKILL included, so a killed run never leaves it stuck; a second run on
   the same workdir is refused at start (`WorkdirBusy`). flock is reliable
-  on local disks; on NFS it depends on the mount (docs/training.md, "Reliability").
+  on local disks; on NFS it depends on the mount (docs/training.md,
+  "Reliability").
 * `record_start(workdir, config, devices, stats)` writes the run's config
   (`config.json`), its data's manifest checksum and its device count
   (`data.json`), and what a restored model needs of its data
