@@ -17,8 +17,9 @@ run: each finished fold's) the seconds it recorded, `seconds_by_phase`,
 training's parts (`seconds_within_phase`), the largest
 `compile_seconds` and the test Avg of the headline metric; `--json` is
 rewritten after every run. Set `JAX_COMPILATION_CACHE_DIR` to measure
-runs that load their programs from JAX's persistent cache. `--short`: the tiny
-config on a small synthetic MOSI with each dtype (seconds; for CI).
+runs that load their programs from JAX's persistent cache. `--short`:
+the tiny config on a small synthetic MOSI with each dtype (seconds; for
+CI).
 """
 
 import argparse
