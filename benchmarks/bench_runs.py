@@ -32,6 +32,7 @@ import time
 
 from data_prep import synthetic
 from data_prep import writer
+from mcur_jax import timing
 from mcur_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,9 +73,7 @@ def figures(workdir: str) -> dict:
   return {"seconds": results["seconds"],
           "test_avg": round(results["test"]["avg"][headline]["mean"], 4),
           "headline": headline,
-          **{k: results[k] for k in ("seconds_by_phase",
-                                     "seconds_within_phase", "compile_seconds")
-             if k in results}}
+          **{k: results[k] for k in timing.FIELDS if k in results}}
 
 
 def describe(r: dict) -> str:
@@ -94,21 +93,17 @@ def _timing(r: dict) -> str:
   """Recorded seconds, test Avg, phases and the 3 largest compiles."""
   line = (f" {r['seconds']} s recorded, test Avg {r['headline']} "
           f"{r['test_avg']}")
-  phases = r.get("seconds_by_phase")
-  if isinstance(phases, list):
-    phases = phases[0]
+  if isinstance(r.get("seconds_by_phase"), list):
     line += "; fold 1"
+  # A cross-validated run's results.json lists each field per fold.
+  phases, within, compiled = (
+      v[0] if isinstance(v, list) else v
+      for v in (r.get(k) for k in timing.FIELDS))
   if phases:
     line += "; phases (s) " + ", ".join(f"{k} {v}" for k, v in phases.items())
-  within = r.get("seconds_within_phase")
-  if isinstance(within, list):
-    within = within[0]
   if within and "train" in within:
     line += "; train = " + " + ".join(
         f"{k} {v}" for k, v in within["train"].items())
-  compiled = r.get("compile_seconds")
-  if isinstance(compiled, list):
-    compiled = compiled[0]
   if compiled:
     line += "; compile (s: trace, lower and XLA, within the phases) " + (
         ", ".join(f"{k} {v}" for k, v in list(compiled.items())[:3]))

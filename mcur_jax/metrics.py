@@ -243,13 +243,14 @@ def compute(task: str, outputs: np.ndarray, label: np.ndarray,
   NaN: scored as they are, a NaN score would count as a negative decision
   and a NaN logit row as class 0, and a model would be selected or
   reported on its numbers."""
-  finite = np.isfinite(outputs).all() and (s is None or np.isfinite(s).all())
-  outputs = np.where(np.isfinite(outputs), outputs, 0)
+  ok, ok_s = np.isfinite(outputs), s is None or np.isfinite(s)
+  outputs = np.where(ok, outputs, 0)
   if task == "regression":
     out = regression(outputs[:, 0], label)
   else:
     out = classification(outputs.argmax(-1), label)
   if s is not None:
-    out.update(uncertainty(task, outputs, label,
-                           np.where(np.isfinite(s), s, 0), task_loss))
-  return out if finite else dict.fromkeys(out, float("nan"))
+    out.update(uncertainty(task, outputs, label, np.where(ok_s, s, 0),
+                           task_loss))
+  return out if np.all(ok) and np.all(ok_s) else dict.fromkeys(
+      out, float("nan"))

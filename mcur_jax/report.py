@@ -20,6 +20,7 @@ from mcur_jax import combos
 from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import schema
+from mcur_jax import timing
 from mcur_jax import transfer
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
@@ -255,8 +256,7 @@ def combine_folds(runs: list[dict]) -> dict:
         "samples_without_modality": {
             rate: sum(r["missing_rate"]["samples_without_modality"][rate]
                       for r in runs) for rate in rates}}
-  for k in ("selected_epoch", "compiles", "padding", "seconds_by_phase",
-            "seconds_within_phase", "compile_seconds"):
+  for k in ("selected_epoch", "compiles", "padding", *timing.FIELDS):
     if k in first:
       out[k] = [r[k] for r in runs]
   if "seconds" in first:

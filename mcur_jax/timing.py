@@ -56,6 +56,11 @@ class Phases:
       self.seconds[name] += time.perf_counter() - start
 
 
+# The keys `summary` gives results.json: they describe the process that
+# wrote the file, not the run (a resumed run records its part alone).
+FIELDS = ("seconds_by_phase", "seconds_within_phase", "compile_seconds")
+
+
 def summary(phases: Phases, compiled: CompileSeconds) -> dict:
   """results.json's timing fields, in seconds: per phase, the parts of a
   phase (phases named `outer/part`, plus `other`: the rest of the outer

@@ -22,6 +22,7 @@ from data_prep import writer
 from experiments.configs import mosi as mosi_config
 from mcur_jax import combos
 from mcur_jax import tfrecord
+from mcur_jax import timing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
@@ -123,8 +124,7 @@ def results_without_timing(workdir) -> dict:
   epoch)."""
   with open(pathlib.Path(workdir) / "results.json") as f:
     results = json.load(f)
-  for key in ("seconds", "compiles", "seconds_by_phase",
-              "seconds_within_phase", "compile_seconds"):
+  for key in ("seconds", "compiles", *timing.FIELDS):
     results.pop(key, None)
   return results
 
