@@ -483,8 +483,8 @@ def test_restore_for_inference_reads_the_checkpoint_once(
     checkpoint.restore_for_inference(str(other))
 
 
-def test_plain_orbax_restores_the_readmes_tree(mixed):
-  """The README's restore without this package: orbax's
+def test_plain_orbax_restores_the_documented_tree(mixed):
+  """docs/evaluation.md's restore without this package: orbax's
   StandardCheckpointer reads the newest checkpoint into {"state":
   {"best_params", "params", "opt_state", "best_epoch", "best_metric"[,
   "ema_params"]}, "digest"}, NumPy arrays with a leading seed axis, whose best_params are

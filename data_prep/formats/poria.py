@@ -1,6 +1,7 @@
 """The Poria et al. (2017) CMU-MOSI CSV folder.
 
-Files (CSV, no header; docs/data.md, "Formats"):
+Files (CSV, no header; docs/data.md, "Formats"; their origin: the README,
+"Real data"):
 
 * `transcripts.csv`: every utterance: `utt_id, transcript, video number,
   binary label` (1 = sentiment score >= 0).
