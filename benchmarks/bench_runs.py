@@ -3,7 +3,7 @@ compute dtype, within a deadline (a lease of an accelerator is short).
 
     python benchmarks/bench_runs.py [--mosi DIR] [--iemocap DIR]
         [--dtypes float32,bfloat16] [--deadline 540] [--workdir DIR]
-        [--json FILE] [--short]
+        [--compilation_cache DIR] [--json FILE] [--short]
 
 Runs, one at a time and each in a process of its own (a user's cold
 start: Python, JAX's backend, compiling), `python -m experiments.mosi
@@ -16,8 +16,10 @@ Prints per run the wall seconds, and from its results.json (a stopped
 run: each finished fold's) the seconds it recorded, `seconds_by_phase`,
 training's parts (`seconds_within_phase`), the largest
 `compile_seconds` and the test Avg of the headline metric; `--json` is
-rewritten after every run. Set `JAX_COMPILATION_CACHE_DIR` to measure
-runs that load their programs from JAX's persistent cache. `--short`:
+rewritten after every run. The runs share a persistent compilation cache
+that starts empty (a first run of each program compiles it), unless
+`--compilation_cache DIR` names one: the same command run twice with it
+measures, the second time, runs that load their programs. `--short`:
 the tiny config on a small synthetic MOSI with each dtype (seconds; for
 CI).
 """
@@ -39,11 +41,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_one(name: str, module: str, data_dir: str, dtype: str, out: str,
-            limit: float, extra=()) -> dict:
+            limit: float, extra=(), cache: str = "off") -> dict:
   """One run of `experiments.<module>`, stopped after `limit` seconds; its
-  figures (results.json's, or the finished folds' when stopped)."""
+  figures (results.json's, or the finished folds' when stopped).
+  `cache`: its --compilation_cache."""
   command = [sys.executable, "-m", f"experiments.{module}", "--data_dir",
              os.path.abspath(data_dir), "--workdir", out, *extra,
+             f"--compilation_cache={cache}",
              f"--config.compute_dtype={dtype}"]
   start = time.perf_counter()
   try:
@@ -120,6 +124,9 @@ def main() -> None:
                       help="seconds for all runs together")
   parser.add_argument("--workdir", help="where the runs write (default: a "
                       "temporary directory, removed after)")
+  parser.add_argument("--compilation_cache", help="JAX's persistent "
+                      "compilation cache of the runs (default: a new, empty "
+                      "one in the temporary directory)")
   parser.add_argument("--json", help="also write the figures to this file")
   parser.add_argument("--short", action="store_true",
                       help="the tiny config on a small synthetic MOSI")
@@ -127,6 +134,8 @@ def main() -> None:
   end = time.perf_counter() + args.deadline
   found = []
   with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    cache = os.path.abspath(args.compilation_cache
+                            or os.path.join(tmp, "compilation_cache"))
     if args.short:
       data = os.path.join(tmp, "synthetic-mosi")
       writer.write(synthetic.generate("mosi", seed=0, scale=0.05), data)
@@ -145,7 +154,8 @@ def main() -> None:
           print(f"{name} {dtype}: skipped, {left:.0f} s of the deadline left")
           continue
         out = os.path.join(tmp, f"{module}-{dtype}")
-        found.append(run_one(name, module, data_dir, dtype, out, left, extra))
+        found.append(run_one(name, module, data_dir, dtype, out, left, extra,
+                             cache))
         print(describe(found[-1]), flush=True)
         if args.json:  # After every run: a process stopped later keeps it.
           workdir_lib.write_text(args.json, json.dumps(found, indent=1))

@@ -29,6 +29,7 @@ flags.DEFINE_enum("split", "test", ["valid", "test"], "split to evaluate")
 flags.DEFINE_string("data_dir", None, "the run's prepared data, if it is "
                     "no longer where the run trained (default: there)")
 flags.DEFINE_string("out", None, "write the results as JSON to this file")
+launch.define_compilation_cache_flag()
 FLAGS = flags.FLAGS
 
 
@@ -36,6 +37,8 @@ def main(argv) -> None:
   launch.start(argv)
   launch.check_output(FLAGS.out)
   try:
+    launch.configure_compilation_cache(FLAGS.compilation_cache,
+                                       launch.user_cache_dir())
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
                                          FLAGS.protocol, FLAGS.data_dir)
   except (FileNotFoundError, *train.INPUT_ERRORS) as e:

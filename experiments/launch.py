@@ -18,6 +18,13 @@ working directory, like `--config experiments/configs/mosi.py:tiny` or
 `--sweep experiments/sweeps/ablation.py` run from elsewhere, names that file
 of the package wherever it is installed (`package_file`), so the documented
 commands work from any directory after `pip install .`.
+
+Compiled programs: every entry point keeps the programs it compiles in
+JAX's persistent compilation cache (`configure_compilation_cache`), by
+default `user_cache_dir()`, so a later run, a resumed one, evaluate and
+predict load the programs an earlier process compiled when they are the
+same (same shapes, same config constants, same JAX and device) instead of
+compiling them again; `--compilation_cache off` turns it off.
 """
 
 import ctypes
@@ -51,6 +58,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 from ml_collections import config_flags
 
@@ -192,6 +200,68 @@ def take_dataset(config, explicit: bool) -> None:
   config.dataset = manifest.dataset
 
 
+def user_cache_dir() -> str:
+  """The entry points' default compilation cache:
+  $XDG_CACHE_HOME/mcur_jax/compilation_cache (~/.cache when unset)."""
+  base = (os.environ.get("XDG_CACHE_HOME")
+          or os.path.join(os.path.expanduser("~"), ".cache"))
+  return os.path.join(base, "mcur_jax", "compilation_cache")
+
+
+# How --help names user_cache_dir().
+USER_CACHE = "~/.cache/mcur_jax/compilation_cache ($XDG_CACHE_HOME for ~/.cache)"
+
+
+def define_compilation_cache_flag(default: str = USER_CACHE) -> None:
+  flags.DEFINE_string(
+      "compilation_cache", None, "directory of JAX's persistent compilation "
+      f"cache, or off (default: JAX_COMPILATION_CACHE_DIR if set, else "
+      f"{default})")
+
+
+def _writable_directory(path: str) -> bool:
+  """Makes the directory `path` if need be; whether this process can write
+  there."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return False
+  return os.access(path, os.W_OK | os.X_OK)
+
+
+def configure_compilation_cache(setting: str | None,
+                                default: str) -> str | None:
+  """Applies --compilation_cache (`setting`): "off"; a directory; or, unset,
+  the directory JAX_COMPILATION_CACHE_DIR gives, else `default`. JAX then
+  keeps every program it compiles there, however briefly it compiled (a
+  few MB per config), and loads it whenever the same program is compiled
+  again, in this process or a later one; results are the same bits either
+  way. Unset, the cache stays off where the environment turned it off
+  (JAX_ENABLE_COMPILATION_CACHE=false), and a default directory that cannot
+  be written is passed over in silence; a named one is an error. A URL
+  (a TPU VM's gs://bucket/cache, say) is passed to JAX as it is. Returns
+  the directory in use (None: off)."""
+  if setting == "off" or (setting is None
+                          and not jax.config.jax_enable_compilation_cache):
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  directory = setting or jax.config.jax_compilation_cache_dir or default
+  if "://" not in directory:  # A URL (gs://...) is JAX's to check.
+    directory = os.path.abspath(directory)
+    if not _writable_directory(directory):
+      if setting is None and directory == os.path.abspath(default):
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+      raise validate.ConfigError(
+          "--compilation_cache" if setting else "JAX_COMPILATION_CACHE_DIR",
+          f"{directory}: not a directory this process can write")
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  compilation_cache.reset_cache()
+  return directory
+
+
 def _overridden(field: str) -> bool:
   """Whether the command line set --config.FIELD."""
   return field in config_flags.get_override_values(FLAGS["config"])
@@ -296,9 +366,11 @@ def _quiet_closed_loops(hook):
   return quiet
 
 
-def execute(argv, job) -> None:
+def execute(argv, job, cache: str | None = None) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
-  `initialize_distributed()` when `config.distributed`, the data found
+  `initialize_distributed()` when `config.distributed`, the compilation
+  cache (--compilation_cache; default `cache`, else `user_cache_dir()`),
+  the data found
   (and its dataset taken), and failures a user can fix turned into one
   `error:` line and an exit status (2: bad data, arguments or workdir, or a
   full disk; 3: training diverged). A distributed job that finished shuts
@@ -312,6 +384,8 @@ def execute(argv, job) -> None:
   if config.distributed:
     initialize_distributed()
   try:
+    configure_compilation_cache(FLAGS.compilation_cache,
+                                cache or user_cache_dir())
     given = FLAGS.data_dir or config.data_dir
     # --data_dir overrides a config file's data_dir, but not a
     # --config.data_dir of the same command line naming another directory.
@@ -338,15 +412,17 @@ def execute(argv, job) -> None:
     sys.exit(3)
 
 
-def define_flags(name: str, workdir: str) -> None:
-  """--data_dir, --workdir (default `workdir`) and --config (default
-  `configs/<name>.py`, fields overridable as --config.x=...; see
-  `define_config_file`)."""
+def define_flags(name: str, workdir: str, cache: str = USER_CACHE) -> None:
+  """--data_dir, --workdir (default `workdir`), --compilation_cache (its
+  default as --help says it: `cache`), the distributed job's flags and
+  --config (default `configs/<name>.py`, fields overridable as
+  --config.x=...; see `define_config_file`)."""
   flags.DEFINE_string("data_dir", None, "prepared directory (data_prep), "
                       "whose manifest sets the dataset; default "
                       "prepared/<dataset>, else synthetic data")
   flags.DEFINE_string("workdir", workdir,
                       "output directory: checkpoints, logs, results")
+  define_compilation_cache_flag(cache)
   flags.DEFINE_string("coordinator_address", None, "with --config.distributed"
                       ": HOST:PORT of process 0 (unset: detected)")
   flags.DEFINE_integer("num_processes", None, "with --config.distributed: "
@@ -358,8 +434,9 @@ def define_flags(name: str, workdir: str) -> None:
       "config file (FILE or FILE:tiny; experiments/configs/... is found in "
       "the installed package too); override fields with --config.x=...")
   # --help lists the flags of the main module only: make these its own.
-  for flag in ("data_dir", "workdir", "coordinator_address", "num_processes",
-               "process_id", "config"):
+  for flag in ("data_dir", "workdir", "compilation_cache",
+               "coordinator_address", "num_processes", "process_id",
+               "config"):
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[flag])
 
 

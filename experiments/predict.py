@@ -33,6 +33,7 @@ flags.DEFINE_multi_string("key", [], "FIELD=NPZKEY: the --input npz key of "
                           "a field, as data_prep.convert takes it (e.g. "
                           "label=label4)")
 flags.DEFINE_string("out", "predictions.csv", "the CSV to write")
+launch.define_compilation_cache_flag()
 FLAGS = flags.FLAGS
 
 
@@ -49,6 +50,8 @@ def main(argv) -> None:
     print("error: --fold: names the fold of a --data_dir", file=sys.stderr)
     sys.exit(2)
   try:
+    launch.configure_compilation_cache(FLAGS.compilation_cache,
+                                       launch.user_cache_dir())
     found, notes = predict.predict(
         FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
         npz=FLAGS.input, combination=FLAGS.combination,

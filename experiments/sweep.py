@@ -27,7 +27,6 @@ import runpy
 
 from absl import app
 from absl import flags
-import jax
 
 from experiments import launch
 from mcur_jax import sweep
@@ -39,10 +38,6 @@ flags.DEFINE_string("sweep", None, "Python file whose get_sweep() returns a "
 flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: sweep FIELD over the "
                           "values (repeat for a product)")
 flags.DEFINE_string("shard", "0/1", "i/n: run only points i, i+n, i+2n, ...")
-flags.DEFINE_string("compilation_cache", None, "JAX's persistent "
-                    "compilation cache for the points (default: "
-                    "JAX_COMPILATION_CACHE_DIR if set, else "
-                    f"WORKDIR/{sweep.COMPILATION_CACHE}); off: none")
 FLAGS = flags.FLAGS
 
 
@@ -66,25 +61,9 @@ def parse_shard(text: str) -> tuple[int, int]:
   return int(index), int(count)
 
 
-def configure_compilation_cache(setting: str | None,
-                                workdir: str) -> str | None:
-  """Applies --compilation_cache (`setting`): "off"; a directory; or by
-  default JAX_COMPILATION_CACHE_DIR when the environment sets one, else
-  WORKDIR/compilation_cache; every program is kept, however briefly it
-  compiled. Returns the directory in use (None: off)."""
-  if setting == "off":
-    jax.config.update("jax_enable_compilation_cache", False)
-    return None
-  sweep.use_compilation_cache(
-      setting or jax.config.jax_compilation_cache_dir
-      or os.path.join(workdir, sweep.COMPILATION_CACHE))
-  return jax.config.jax_compilation_cache_dir
-
-
 def run(config, workdir: str) -> None:
   """This shard's points; a failed point (recorded, the others run) makes
   the sweep end with one `error:` line and exit status 2."""
-  configure_compilation_cache(FLAGS.compilation_cache, workdir)
   explicit = launch.dataset_overridden()
 
   def prepare(point_config, point):
@@ -103,9 +82,11 @@ def run(config, workdir: str) -> None:
 
 
 def main(argv) -> None:
-  launch.execute(argv, run)
+  launch.execute(argv, run, cache=os.path.join(FLAGS.workdir,
+                                               sweep.COMPILATION_CACHE))
 
 
 if __name__ == "__main__":
-  launch.define_flags("mosi", "runs/sweep")
+  launch.define_flags("mosi", "runs/sweep",
+                      cache=f"WORKDIR/{sweep.COMPILATION_CACHE}")
   app.run(main)

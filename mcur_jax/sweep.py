@@ -29,9 +29,10 @@ Many machines: `shard=(i, n)` makes a process take points i, i+n, i+2n, ...
 of the sweep's fixed order, so n machines sharing one workdir (a mounted
 bucket or NFS) run disjoint slices without any scheduler.
 
-Compiled programs: `use_compilation_cache` keeps every program JAX compiles
-in a persistent cache (the sweep tool's default: `WORKDIR/compilation_cache`),
-so a point loads the programs an earlier point (or an earlier run of the
+Compiled programs: the sweep tool keeps every program JAX compiles in a
+persistent cache (`experiments.launch.configure_compilation_cache`; its
+default for a sweep: `WORKDIR/compilation_cache`, shared by the shards), so
+a point loads the programs an earlier point (or an earlier run of the
 sweep) compiled whenever the program is the same: same shapes and same
 config constants. Config values are compiled in as constants, so points
 that differ in a training field (learning_rate, tau, mcb_weight, ...) share
@@ -50,7 +51,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import numpy as np
 
@@ -63,16 +63,6 @@ FAILED_FILE = "failed.json"
 COMPILATION_CACHE = "compilation_cache"
 # Longest point name (a directory name; file systems allow 255 bytes).
 MAX_NAME = 120
-
-
-def use_compilation_cache(directory: str) -> None:
-  """Makes JAX keep every program it compiles in `directory` (its persistent
-  compilation cache, however briefly the program compiled) and load it from
-  there whenever the same program is compiled again, in this process or a
-  later one."""
-  jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  compilation_cache.reset_cache()
 
 
 def product(**fields: Sequence[Any]) -> list[dict[str, Any]]:

@@ -38,21 +38,30 @@ _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def xla_cache(tmp_path_factory):
-  """A persistent compilation cache for the whole session and its
-  subprocesses (`runs.environment`), new and empty for each session: a
+  """A persistent compilation cache for the whole session and, through
+  the environment, its subprocesses (which would otherwise use the user's
+  own, `launch.user_cache_dir()`), new and empty for each session: a
   program compiled by an earlier test (the same tiny config trained again,
   a restored run's evaluation) is loaded instead of compiled again. Traces,
   which `train.COMPILES` counts, are unaffected."""
   path = str(tmp_path_factory.mktemp("xla-cache"))
-  names = ("jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs")
-  before = {name: getattr(jax.config, name) for name in names}
-  jax.config.update(names[0], path)
-  jax.config.update(names[1], 0)
+  settings = {"jax_compilation_cache_dir": path,
+              "jax_persistent_cache_min_compile_time_secs": 0}
+  before = {name: getattr(jax.config, name) for name in settings}
+  environ = {name.upper(): str(value) for name, value in settings.items()}
+  environ_before = {name: os.environ.get(name) for name in environ}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  os.environ.update(environ)
   compilation_cache.reset_cache()
   yield path
   for name, value in before.items():
     jax.config.update(name, value)
+  for name, value in environ_before.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
   compilation_cache.reset_cache()
 
 

@@ -77,10 +77,9 @@ def xla_flags(devices: int) -> str:
 
 
 def environment(**extra) -> dict:
-  """os.environ with this module's compilation cache (and `extra`)."""
-  return {**os.environ,
-          "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}
+  """os.environ (with the session's compilation cache, conftest) and
+  `extra`."""
+  return {**os.environ, **extra}
 
 
 def cli(*args, cwd=ROOT, dataset="mosi", fault=None, env=None,

@@ -60,13 +60,15 @@ def test_short_benchmark_prints_sane_figures(tmp_path):
 
 def test_whole_run_benchmark_reports_a_run_and_a_stopped_one(tmp_path):
   """bench_runs.py --short runs the tiny config end to end and reports its
-  wall and recorded seconds, phases and test Avg; a run that outlives its
+  wall and recorded seconds, phases and test Avg, its programs in the
+  compilation cache named; a run that outlives its
   limit is stopped and reported so (0.5 s: less than Python and JAX take
   to start)."""
   out = tmp_path / "runs.json"
   done = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / "bench_runs.py"), "--short",
-       "--dtypes", "float32", "--json", str(out), "--workdir", str(tmp_path)],
+       "--dtypes", "float32", "--json", str(out), "--workdir", str(tmp_path),
+       "--compilation_cache", str(tmp_path / "cache")],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "synthetic MOSI (tiny) float32: finished" in done.stdout
@@ -76,6 +78,8 @@ def test_whole_run_benchmark_reports_a_run_and_a_stopped_one(tmp_path):
                                            "calibrate"]
   assert run["compile_seconds"]["train_epoch"] > 0
   assert run["headline"] == "f1_non0" and 0 < run["test_avg"] < 1
+  assert any(name.startswith("jit_train_epoch")
+             for name in os.listdir(tmp_path / "cache"))
 
   # A cross-validated run stopped after its first fold: that fold's
   # figures are reported (its results.json, written here by hand).

@@ -8,14 +8,10 @@ import subprocess
 import sys
 import time
 
-import jax
-from jax.experimental.compilation_cache import compilation_cache
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from experiments import sweep as sweep_cli
 from experiments.configs import mosi
 from mcur_jax import combos
 from mcur_jax import sweep
@@ -139,47 +135,6 @@ def test_a_second_grid_of_the_same_base_extends_the_sweep(tmp_path):
   assert read() == ["tau=0.4"]
 
 
-@pytest.fixture
-def jax_cache_settings():
-  """Restores JAX's compilation cache settings after a test changes them."""
-  names = ("jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs",
-           "jax_enable_compilation_cache")
-  before = {name: getattr(jax.config, name) for name in names}
-  yield
-  for name, value in before.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
-def test_compilation_cache_serves_a_later_identical_program(
-    tmp_path, jax_cache_settings):  # pylint: disable=unused-argument
-  """A sweep's cache: by default WORKDIR/compilation_cache, or the one the
-  environment configured; a program compiled again (a new jit, as each
-  point makes) loads from it, however briefly it compiled."""
-  jax.config.update("jax_compilation_cache_dir", None)
-  cache = sweep_cli.configure_compilation_cache(None, str(tmp_path))
-  assert cache == str(tmp_path / sweep.COMPILATION_CACHE)
-  hits = []
-  listener = lambda event, **_: hits.append(event)
-  jax.monitoring.register_event_listener(listener)
-  try:
-    x = np.arange(6, dtype=np.float32)
-    for _ in range(2):
-      jax.jit(lambda v: jnp.sin(v) * 3.5 + 0.25)(x).block_until_ready()
-  finally:
-    jax.monitoring.unregister_event_listener(listener)
-  assert os.listdir(cache)
-  assert hits.count("/jax/compilation_cache/cache_hits") == 1
-  # A directory from the environment is kept, and keeps every program too;
-  # "off" turns the cache off.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  assert sweep_cli.configure_compilation_cache(None, "elsewhere") == cache
-  assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
-  assert sweep_cli.configure_compilation_cache("off", "elsewhere") is None
-  assert not jax.config.jax_enable_compilation_cache
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   """Subprocess environment sharing one persistent XLA compilation cache,
@@ -264,16 +219,22 @@ def test_killed_sweep_completes_on_rerun_with_uninterrupted_results(
 
 def test_sharded_processes_cover_the_sweep(env, data_dir, tmp_path):
   """Two processes given shards 0/2 and 1/2 of a 4-point sweep train two
-  points each, disjoint, and together all four. (The grid's fields change
-  no compiled program, so the points share one set from the cache.)"""
-  trained = []
+  points each, disjoint, and together all four. With no cache named (nor
+  in the environment) they share the sweep's own, WORKDIR/compilation_cache,
+  and since the grid's fields change no compiled program the second shard
+  loads every program the first compiled and compiles none."""
+  env = {k: v for k, v in env.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  cache = tmp_path / sweep.COMPILATION_CACHE
+  trained, programs = [], []
   for shard in ("0/2", "1/2"):
     proc = run_sweep(env, data_dir, tmp_path, *GRID, "--shard", shard,
                      "--config.num_epochs=1")
     assert proc.returncode == 0, proc.stderr
     trained.append(set(re.findall(r"^\[\d/2\] (\S+)$", proc.stdout,
                                   re.MULTILINE)))
+    programs.append(sorted(os.listdir(cache)))
   assert [len(names) for names in trained] == [2, 2]
+  assert programs[0] and programs[1] == programs[0]
   assert trained[0] | trained[1] == set(results(tmp_path))
   assert len(results(tmp_path)) == 4
 
