@@ -318,10 +318,9 @@ def test_compilation_cache_settings(tmp_path, monkeypatch,
   """A directory from the environment is kept and keeps every program; a
   named one wins; "off" turns the cache off, and so does
   JAX_ENABLE_COMPILATION_CACHE=false unless a directory is named. A URL is
-  JAX's to open. A
-  default that cannot be written is passed over; a named directory (or the
-  environment's) that cannot be, is a ConfigError naming where it came
-  from."""
+  JAX's to open. A default that cannot be written is passed over; a named
+  directory (or the environment's) that cannot be, is a ConfigError naming
+  where it came from."""
   configure = launch.configure_compilation_cache
   env_dir, named = str(tmp_path / "env"), str(tmp_path / "named")
   jax.config.update("jax_compilation_cache_dir", env_dir)
