@@ -102,7 +102,8 @@ def _timing(r: dict) -> str:
   # A cross-validated run's results.json lists each field per fold.
   phases, within, compiled = (
       v[0] if isinstance(v, list) else v
-      for v in (r.get(k) for k in timing.FIELDS))
+      for v in (r.get(k) for k in ("seconds_by_phase", "seconds_within_phase",
+                                   "compile_seconds")))
   if phases:
     line += "; phases (s) " + ", ".join(f"{k} {v}" for k, v in phases.items())
   if within and "train" in within:

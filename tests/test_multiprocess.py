@@ -111,6 +111,7 @@ def test_two_processes_equal_one_process_of_eight_devices(
                                 atol=1e-6)
   got = json.loads((workdir / "results.json").read_text())
   want = json.loads((tmp_path / "results.json").read_text())
+  assert [r["environment"]["processes"] for r in (got, want)] == [2, 1]
   dataset = data.load(mosi_dir)
   for split in ("valid", "test"):
     for i in range(2):

@@ -11,8 +11,10 @@ import collections
 import dataclasses
 import json
 import os
+import platform
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -157,8 +159,8 @@ def test_results_say_where_the_time_went(baseline):
   """results.json splits the run's seconds into its phases, which cover
   the run (setup starts a moment before the run's clock, hence the 0.5 s;
   what follows calibration is assembling the results, milliseconds),
-  training into its parts, and gives the compile seconds of each
-  program."""
+  training into its parts, gives the compile seconds of each program, and
+  says what the run ran on."""
   workdir, results, _, _ = baseline
   saved = json.loads((workdir / "results.json").read_text())
   phases = saved["seconds_by_phase"]
@@ -176,6 +178,14 @@ def test_results_say_where_the_time_went(baseline):
   compiled = saved["compile_seconds"]
   assert {"init", "train_epoch", "predict_chunk"} <= set(compiled)
   assert compiled["train_epoch"] < parts["epochs"]
+  # And what it ran on (8 fake CPU devices, conftest).
+  env = saved["environment"]
+  assert env["packages"]["jax"] == jax.__version__
+  assert env["packages"]["flax"] == flax.__version__
+  assert env["python"] == platform.python_version()
+  assert (env["backend"], env["devices"], env["processes"]) == (
+      "cpu", f"{len(jax.devices())} x cpu", 1)
+  assert env["host_cpu"].endswith(f", {os.cpu_count()} cores")
 
 
 def test_no_device_work_outside_the_compiled_programs(baseline):
