@@ -126,8 +126,8 @@ def main() -> None:
   parser.add_argument("--workdir", help="where the runs write (default: a "
                       "temporary directory, removed after)")
   parser.add_argument("--compilation_cache", help="JAX's persistent "
-                      "compilation cache of the runs (default: a new, empty "
-                      "one in the temporary directory)")
+                      "compilation cache of the runs, or off (default: a "
+                      "new, empty one in the temporary directory)")
   parser.add_argument("--json", help="also write the figures to this file")
   parser.add_argument("--short", action="store_true",
                       help="the tiny config on a small synthetic MOSI")
@@ -135,8 +135,9 @@ def main() -> None:
   end = time.perf_counter() + args.deadline
   found = []
   with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-    cache = os.path.abspath(args.compilation_cache
-                            or os.path.join(tmp, "compilation_cache"))
+    cache = args.compilation_cache or os.path.join(tmp, "compilation_cache")
+    if cache != "off" and "://" not in cache:
+      cache = os.path.abspath(cache)  # The runs start elsewhere.
     if args.short:
       data = os.path.join(tmp, "synthetic-mosi")
       writer.write(synthetic.generate("mosi", seed=0, scale=0.05), data)

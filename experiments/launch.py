@@ -200,11 +200,16 @@ def take_dataset(config, explicit: bool) -> None:
   config.dataset = manifest.dataset
 
 
-def user_cache_dir() -> str:
+def user_cache_dir() -> str | None:
   """The entry points' default compilation cache:
-  $XDG_CACHE_HOME/mcur_jax/compilation_cache (~/.cache when unset)."""
-  base = (os.environ.get("XDG_CACHE_HOME")
-          or os.path.join(os.path.expanduser("~"), ".cache"))
+  $XDG_CACHE_HOME/mcur_jax/compilation_cache (~/.cache when unset); None
+  for a user with no home directory."""
+  base = os.environ.get("XDG_CACHE_HOME")
+  if not base:
+    home = os.path.expanduser("~")
+    if home == "~":
+      return None
+    base = os.path.join(home, ".cache")
   return os.path.join(base, "mcur_jax", "compilation_cache")
 
 
@@ -213,10 +218,12 @@ USER_CACHE = "~/.cache/mcur_jax/compilation_cache ($XDG_CACHE_HOME for ~/.cache)
 
 
 def define_compilation_cache_flag(default: str = USER_CACHE) -> None:
+  """--compilation_cache, listed by the main module's --help."""
   flags.DEFINE_string(
       "compilation_cache", None, "directory of JAX's persistent compilation "
       f"cache, or off (default: JAX_COMPILATION_CACHE_DIR if set, else "
       f"{default})")
+  FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS["compilation_cache"])
 
 
 def _writable_directory(path: str) -> bool:
@@ -229,32 +236,39 @@ def _writable_directory(path: str) -> bool:
   return os.access(path, os.W_OK | os.X_OK)
 
 
+def _cache_off() -> None:
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()  # JAX decides once per process otherwise.
+
+
 def configure_compilation_cache(setting: str | None,
-                                default: str) -> str | None:
+                                default: str | None) -> str | None:
   """Applies --compilation_cache (`setting`): "off"; a directory; or, unset,
   the directory JAX_COMPILATION_CACHE_DIR gives, else `default`. JAX then
   keeps every program it compiles there, however briefly it compiled (a
   few MB per config), and loads it whenever the same program is compiled
-  again, in this process or a later one; results are the same bits either
-  way. Unset, the cache stays off where the environment turned it off
+  again, in this process or a later one: a program loaded is the program
+  compiled (on a GPU XLA keeps its autotuning results there too). Unset,
+  the cache stays off where the environment turned it off
   (JAX_ENABLE_COMPILATION_CACHE=false), and a default directory that cannot
   be written is passed over in silence; a named one is an error. A URL
   (a TPU VM's gs://bucket/cache, say) is passed to JAX as it is. Returns
   the directory in use (None: off)."""
-  if setting == "off" or (setting is None
-                          and not jax.config.jax_enable_compilation_cache):
-    jax.config.update("jax_enable_compilation_cache", False)
-    return None
+  named = ("--compilation_cache" if setting else "JAX_COMPILATION_CACHE_DIR"
+           if jax.config.jax_compilation_cache_dir else None)
   directory = setting or jax.config.jax_compilation_cache_dir or default
+  if directory in (None, "off") or (
+      setting is None and not jax.config.jax_enable_compilation_cache):
+    _cache_off()
+    return None
   if "://" not in directory:  # A URL (gs://...) is JAX's to check.
     directory = os.path.abspath(directory)
     if not _writable_directory(directory):
-      if setting is None and directory == os.path.abspath(default):
-        jax.config.update("jax_enable_compilation_cache", False)
+      if not named:
+        _cache_off()
         return None
       raise validate.ConfigError(
-          "--compilation_cache" if setting else "JAX_COMPILATION_CACHE_DIR",
-          f"{directory}: not a directory this process can write")
+          named, f"{directory}: not a directory this process can write")
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -434,9 +448,8 @@ def define_flags(name: str, workdir: str, cache: str = USER_CACHE) -> None:
       "config file (FILE or FILE:tiny; experiments/configs/... is found in "
       "the installed package too); override fields with --config.x=...")
   # --help lists the flags of the main module only: make these its own.
-  for flag in ("data_dir", "workdir", "compilation_cache",
-               "coordinator_address", "num_processes", "process_id",
-               "config"):
+  for flag in ("data_dir", "workdir", "coordinator_address", "num_processes",
+               "process_id", "config"):
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[flag])
 
 

@@ -92,7 +92,8 @@ def _version(distribution: str) -> str | None:
 
 def environment() -> dict:
   """What computed the run: Python and the package versions, JAX's backend
-  and devices, the processes, and the host CPU with its cores. XLA compiles
+  and devices, the processes, the host CPU with its cores, and the
+  persistent compilation cache in use. XLA compiles
   for the processor it runs on, so two processors can differ in a run's
   last digits (docs/results.md); this says which one wrote a result."""
   devices = jax.devices()
@@ -101,7 +102,12 @@ def environment() -> dict:
           "backend": jax.default_backend(),
           "devices": f"{len(devices)} x {devices[0].device_kind}",
           "processes": jax.process_count(),
-          "host_cpu": f"{_host_cpu()}, {os.cpu_count()} cores"}
+          "host_cpu": f"{_host_cpu()}, {os.cpu_count()} cores",
+          # Where programs were loaded from (their compile_seconds then
+          # count the loading); None: compiled, none kept.
+          "compilation_cache": (jax.config.jax_compilation_cache_dir
+                                if jax.config.jax_enable_compilation_cache
+                                else None)}
 
 
 def summary(phases: Phases, compiled: CompileSeconds) -> dict:

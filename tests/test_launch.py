@@ -231,10 +231,16 @@ def test_two_data_dirs_are_refused(iemocap6_dir, tmp_path):
 
 def test_help_lists_the_entry_points_flags():
   """`--help` of a training entry point lists its flags (absl lists only
-  the main module's own)."""
+  the main module's own), and so do evaluate's and predict's."""
   result = runs.cli("--help", env=dict(os.environ))
-  for flag in ("--config", "--data_dir", "--workdir"):
+  for flag in ("--config", "--data_dir", "--workdir", "--compilation_cache"):
     assert f"  {flag}:" in result.stdout, flag
+  for module in ("evaluate", "predict"):
+    result = subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", "--help"],
+        cwd=runs.ROOT, capture_output=True, text=True, timeout=120)
+    for flag in ("--workdir", "--compilation_cache"):
+      assert f"  {flag}:" in result.stdout, (module, flag)
 
 
 def test_closed_loop_callbacks_are_quiet_and_nothing_else():
@@ -328,8 +334,15 @@ def test_compilation_cache_settings(tmp_path, monkeypatch,
   assert configure(None, "elsewhere") == env_dir
   assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
   assert configure(named, "elsewhere") == named
+  x = np.arange(3, dtype=np.float32)
+  jax.jit(lambda v: v * 2.5)(x).block_until_ready()
+  written = sorted(os.listdir(named))
+  assert written
+  # "off" stops a cache already in use: a new program is not written.
   assert configure("off", "elsewhere") is None
   assert not jax.config.jax_enable_compilation_cache
+  jax.jit(lambda v: v * 3.5)(x).block_until_ready()
+  assert sorted(os.listdir(named)) == written
   assert configure(None, "elsewhere") is None
   assert configure(named, "elsewhere") == named
   assert jax.config.jax_enable_compilation_cache
@@ -344,6 +357,8 @@ def test_compilation_cache_settings(tmp_path, monkeypatch,
   jax.config.update("jax_compilation_cache_dir", None)
   assert configure(None, str(blocked / "cache")) is None
   assert not jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", True)
+  assert configure(None, None) is None  # No home directory, no default.
   with pytest.raises(validate.ConfigError,
                      match=r"^--compilation_cache: .*file/cache: not a "):
     configure(str(blocked / "cache"), "elsewhere")
@@ -352,6 +367,19 @@ def test_compilation_cache_settings(tmp_path, monkeypatch,
   with pytest.raises(validate.ConfigError,
                      match=r"^JAX_COMPILATION_CACHE_DIR: .*file/env: not a "):
     configure(None, "elsewhere")
+
+
+def test_user_cache_dir_follows_xdg_and_home(tmp_path, monkeypatch):
+  """$XDG_CACHE_HOME, else ~/.cache; none for a user without a home."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert launch.user_cache_dir() == str(
+      tmp_path / "xdg" / "mcur_jax" / "compilation_cache")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert launch.user_cache_dir() == str(
+      tmp_path / "home" / ".cache" / "mcur_jax" / "compilation_cache")
+  monkeypatch.setattr(os.path, "expanduser", lambda path: path)
+  assert launch.user_cache_dir() is None
 
 
 @pytest.mark.slow(minutes=0.5)

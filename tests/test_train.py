@@ -186,6 +186,7 @@ def test_results_say_where_the_time_went(baseline):
   assert (env["backend"], env["devices"], env["processes"]) == (
       "cpu", f"{len(jax.devices())} x cpu", 1)
   assert env["host_cpu"].endswith(f", {os.cpu_count()} cores")
+  assert env["compilation_cache"] == jax.config.jax_compilation_cache_dir
 
 
 def test_no_device_work_outside_the_compiled_programs(baseline):
