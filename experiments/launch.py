@@ -384,15 +384,14 @@ def execute(argv, job, cache: str | None = None) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
   `initialize_distributed()` when `config.distributed`, the compilation
   cache (--compilation_cache; default `cache`, else `user_cache_dir()`),
-  the data found
-  (and its dataset taken), and failures a user can fix turned into one
-  `error:` line and an exit status (2: bad data, arguments or workdir, or a
-  full disk; 3: training diverged). A distributed job that finished shuts
-  its processes down together (`jax.distributed.shutdown`, a barrier)
-  while the interpreter is whole. Left to JAX's exit handler, which tears
-  the backends down first, process 0 once aborted at exit in the
-  coordination service's gRPC server shutdown (SIGABRT, exit -6; one
-  2-process test run of many)."""
+  the data found (and its dataset taken), and failures a user can fix
+  turned into one `error:` line and an exit status (2: bad data,
+  arguments or workdir, or a full disk; 3: training diverged). A
+  distributed job that finished shuts its processes down together
+  (`jax.distributed.shutdown`, a barrier) while the interpreter is whole.
+  Left to JAX's exit handler, which tears the backends down first, process
+  0 once aborted at exit in the coordination service's gRPC server
+  shutdown (SIGABRT, exit -6; one 2-process test run of many)."""
   start(argv)
   config, workdir = FLAGS.config, FLAGS.workdir
   if config.distributed:
