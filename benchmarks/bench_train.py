@@ -549,7 +549,7 @@ def main(argv=None) -> dict:
                                                     (size, size), repeats),
             "stream_mib": 4 * stream // 2**20,
             "bandwidth_bytes_per_s": stream_bytes_per_s(stream, repeats),
-            "cases": []}
+            "environment": timing.environment(), "cases": []}
   peak = report["matmul_peak_flops_per_s"]
   with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
     found = cases(args, tmp)

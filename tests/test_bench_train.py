@@ -34,6 +34,7 @@ def test_short_benchmark_prints_sane_figures(tmp_path):
     assert heading in text, text
   report = json.loads(out.read_text())
   assert report["matmul_peak_flops_per_s"] > 0
+  assert report["environment"]["devices"] == "1 x cpu"
   [case] = report["cases"]
   assert case["compiles"] == {"train_epoch": 1, "evaluate": 1}
   assert case["setup_s"] > 0
