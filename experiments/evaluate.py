@@ -37,8 +37,7 @@ def main(argv) -> None:
   launch.start(argv)
   launch.check_output(FLAGS.out)
   try:
-    launch.configure_compilation_cache(FLAGS.compilation_cache,
-                                       launch.user_cache_dir())
+    launch.compilation_cache_from_flags()
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
                                          FLAGS.protocol, FLAGS.data_dir)
   except (FileNotFoundError, *train.INPUT_ERRORS) as e:

@@ -276,6 +276,13 @@ def configure_compilation_cache(setting: str | None,
   return directory
 
 
+def compilation_cache_from_flags(default: str | None = None) -> str | None:
+  """`configure_compilation_cache` with --compilation_cache; its default
+  `default`, else `user_cache_dir()`."""
+  return configure_compilation_cache(FLAGS.compilation_cache,
+                                     default or user_cache_dir())
+
+
 def _overridden(field: str) -> bool:
   """Whether the command line set --config.FIELD."""
   return field in config_flags.get_override_values(FLAGS["config"])
@@ -397,8 +404,7 @@ def execute(argv, job, cache: str | None = None) -> None:
   if config.distributed:
     initialize_distributed()
   try:
-    configure_compilation_cache(FLAGS.compilation_cache,
-                                cache or user_cache_dir())
+    compilation_cache_from_flags(cache)
     given = FLAGS.data_dir or config.data_dir
     # --data_dir overrides a config file's data_dir, but not a
     # --config.data_dir of the same command line naming another directory.

@@ -50,8 +50,7 @@ def main(argv) -> None:
     print("error: --fold: names the fold of a --data_dir", file=sys.stderr)
     sys.exit(2)
   try:
-    launch.configure_compilation_cache(FLAGS.compilation_cache,
-                                       launch.user_cache_dir())
+    launch.compilation_cache_from_flags()
     found, notes = predict.predict(
         FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
         npz=FLAGS.input, combination=FLAGS.combination,

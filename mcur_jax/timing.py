@@ -93,9 +93,9 @@ def _version(distribution: str) -> str | None:
 def environment() -> dict:
   """What computed the run: Python and the package versions, JAX's backend
   and devices, the processes, the host CPU with its cores, and the
-  persistent compilation cache in use. XLA compiles
-  for the processor it runs on, so two processors can differ in a run's
-  last digits (docs/results.md); this says which one wrote a result."""
+  persistent compilation cache in use. XLA compiles for the processor it
+  runs on, so two processors can differ in a run's last digits
+  (docs/results.md); this says which one wrote a result."""
   devices = jax.devices()
   return {"python": platform.python_version(),
           "packages": {name: _version(name) for name in PACKAGES},

@@ -62,9 +62,8 @@ def test_short_benchmark_prints_sane_figures(tmp_path):
 def test_whole_run_benchmark_reports_a_run_and_a_stopped_one(tmp_path):
   """bench_runs.py --short runs the tiny config end to end and reports its
   wall and recorded seconds, phases and test Avg, its programs in the
-  compilation cache named; a run that outlives its
-  limit is stopped and reported so (0.5 s: less than Python and JAX take
-  to start)."""
+  compilation cache named; a run that outlives its limit is stopped and
+  reported so (0.5 s: less than Python and JAX take to start)."""
   out = tmp_path / "runs.json"
   done = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / "bench_runs.py"), "--short",
