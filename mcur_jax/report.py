@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -74,32 +75,60 @@ class MetricsLog:
 
 
 class Progress:
-  """A one-line progress bar over epochs (a line per epoch when not a TTY)."""
+  """A one-line progress bar over epochs (a line per epoch when not a TTY),
+  with the time an epoch takes and the time left.
+
+  The first epoch a process runs includes compiling, so the rate is the
+  mean of the later ones once there are any. `clock` is injectable for
+  tests."""
 
   def __init__(self, total: int, start: int, enabled: bool = True,
-               stream=None):
+               stream=None, clock=time.monotonic):
     self.total, self.enabled = total, enabled
     self.stream = stream or sys.stdout  # sys.stdout as it is now.
     self.tty = self.stream.isatty()
     self.best = -math.inf
+    self.clock = clock
+    self.started = self.last = clock()
+    self.seconds = []  # Per epoch this process ran.
+    self.shown = 0  # Length of the line on a TTY, which a shorter one covers.
     if enabled and start:
       self.stream.write(f"resumed at epoch {start}/{total}\n")
 
   def update(self, epoch, stats, score, name):
     if not self.enabled:
       return
+    now = self.clock()
+    self.seconds.append(now - self.last)
+    self.last = now
     self.best = max(self.best, float(np.max(score)))
     width = 20
     done = width * epoch // self.total
+    rate = float(np.mean(self.seconds[1:] or self.seconds))
+    left = rate * (self.total - epoch)
+    pace = (f"{rate:.1f} s/epoch, {clock_time(left)} left"
+            if epoch < self.total else
+            f"{clock_time(now - self.started)} in all")
     line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
             f" loss {np.mean(stats['loss']):.4f} valid avg {name} "
-            f"{np.mean(score):.4f} (best seed {self.best:.4f})")
-    self.stream.write(("\r" + line) if self.tty else line + "\n")
+            f"{np.mean(score):.4f} (best seed {self.best:.4f}); {pace}")
+    if self.tty:
+      self.stream.write("\r" + line.ljust(self.shown))
+      self.shown = len(line)
+    else:
+      self.stream.write(line + "\n")
     self.stream.flush()
 
   def close(self):
     if self.enabled and self.tty:
       self.stream.write("\n")
+
+
+def clock_time(seconds: float) -> str:
+  """Seconds as m:ss, or h:mm:ss from an hour."""
+  minutes, secs = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _number(value) -> float:

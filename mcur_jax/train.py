@@ -430,6 +430,16 @@ class Run:
         update_best=make_update_best(mesh), state=state, started=started)
 
 
+def _fold_label(config, manifest) -> str:
+  """The run header's fold, e.g. ' fold 2/5 (test: session 2)'; '' for a
+  dataset without folds."""
+  if not manifest.folds or not config.fold:
+    return ""
+  values = manifest.folds["values"]
+  return (f" fold {values.index(config.fold) + 1}/{len(values)} (test: "
+          f"{manifest.folds['key']} {config.fold})")
+
+
 def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   """Trains from the latest checkpoint (or from scratch) to the last epoch;
   selects each member's best epoch on validation; returns the final
@@ -462,7 +472,8 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
                           enabled=run.main_process)
   learning_rates = epoch_learning_rates(
       config, groups.train_steps(len(dataset.train), config.batch_size))
-  say(f"{dataset.manifest.dataset}: train {len(dataset.train)}, valid "
+  say(f"{dataset.manifest.dataset}{_fold_label(config, dataset.manifest)}: "
+      f"train {len(dataset.train)}, valid "
       f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
       f"{config.data_dir} ({dataset.manifest.format}); seeds "
       f"{list(config.seeds)}, {config.regime} regime ({len(members)} "

@@ -71,12 +71,14 @@ def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
           assert all(0 <= x <= 1 for x in per_run)
 
 
-def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path):
+def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path, capsys):
   """fold=2 trains session 2 only, directly in WORKDIR (figures included),
-  exactly as fold 2 of the fold=0 run."""
+  exactly as fold 2 of the fold=0 run; its header names the fold."""
   workdir, _ = all_folds
   results = iemocap(iemocap_dir, tmp_path, fold=2, plots=True)
   assert results["fold"] == 2
+  assert capsys.readouterr().out.startswith(
+      "iemocap4 fold 2/5 (test: session 2): train ")
   assert sorted(os.listdir(tmp_path)) == [
       ".lock", "calibration.json", "checkpoints", "config.json", "data.json",
       "figures", "metrics.jsonl", "model_inputs", "results.json",
