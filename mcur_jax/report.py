@@ -78,9 +78,8 @@ class Progress:
   """A one-line progress bar over epochs (a line per epoch when not a TTY),
   with the time an epoch takes and the time left.
 
-  The first epoch a process runs includes compiling, so the rate is the
-  mean of the later ones once there are any. `clock` is injectable for
-  tests."""
+  The first epoch a process runs includes compiling, so the rate and the
+  time left come from the later ones. `clock` is injectable for tests."""
 
   def __init__(self, total: int, start: int, enabled: bool = True,
                stream=None, clock=time.monotonic):
@@ -104,11 +103,14 @@ class Progress:
     self.best = max(self.best, float(np.max(score)))
     width = 20
     done = width * epoch // self.total
-    rate = float(np.mean(self.seconds[1:] or self.seconds))
-    left = rate * (self.total - epoch)
-    pace = (f"{rate:.1f} s/epoch, {clock_time(left)} left"
-            if epoch < self.total else
-            f"{clock_time(now - self.started)} in all")
+    if epoch == self.total:
+      pace = f"{clock_time(now - self.started)} in all"
+    elif len(self.seconds) == 1:
+      pace = f"{self.seconds[0]:.1f} s with compiling"
+    else:
+      rate = float(np.mean(self.seconds[1:]))
+      pace = (f"{rate:.1f} s/epoch, {clock_time(rate * (self.total - epoch))}"
+              " left")
     line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
             f" loss {np.mean(stats['loss']):.4f} valid avg {name} "
             f"{np.mean(score):.4f} (best seed {self.best:.4f}); {pace}")

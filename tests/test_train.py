@@ -393,14 +393,14 @@ def test_progress_follows_current_stdout(capsys):
 
 def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
   """The time per epoch leaves out the first epoch a process runs (it
-  compiles) once there are later ones; the time left is that rate times
-  the epochs to go; the last line gives the whole time."""
+  compiles); the time left is that rate times the epochs to go; the last
+  line gives the whole time."""
   ticks = iter([0.0, 30.0, 32.0, 36.0, 39.0])
   progress = report.Progress(5, 1, clock=lambda: next(ticks))
   for epoch in (2, 3, 4, 5):
     progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   lines = capsys.readouterr().out.splitlines()[1:]
-  assert lines[0].endswith("; 30.0 s/epoch, 1:30 left")  # Only the first.
+  assert lines[0].endswith("; 30.0 s with compiling")
   assert lines[1].endswith("; 2.0 s/epoch, 0:04 left")
   assert lines[2].endswith("; 3.0 s/epoch, 0:03 left")  # Mean of 2 and 4.
   assert lines[3].endswith("; 0:39 in all")
