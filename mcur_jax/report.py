@@ -130,7 +130,9 @@ def clock_time(seconds: float) -> str:
   """Seconds as m:ss, or h:mm:ss from an hour."""
   minutes, secs = divmod(round(seconds), 60)
   hours, minutes = divmod(minutes, 60)
-  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+  if hours:
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+  return f"{minutes}:{secs:02d}"
 
 
 def _number(value) -> float:
