@@ -49,6 +49,12 @@ def main(argv) -> None:
   if FLAGS.fold is not None and not FLAGS.data_dir:
     print("error: --fold: names the fold of a --data_dir", file=sys.stderr)
     sys.exit(2)
+  # --split has a default: only one given on the command line is refused.
+  if FLAGS["split"].present and FLAGS.input:
+    print("error: --split: names the split of a prepared directory (the "
+          "run's own or --data_dir); an --input npz is predicted whole",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     launch.compilation_cache_from_flags()
     found, notes = predict.predict(

@@ -98,20 +98,32 @@ def key_map(pairs: list[str]) -> tuple[dict[str, str], set[str]]:
 @contextlib.contextmanager
 def open_archive(path: str):
   """The npz archive at `path`; it and its file are closed on exit (the file
-  is ours: `np.load` leaves its own open when the zip is damaged)."""
+  is ours: `np.load` leaves its own open when the zip is damaged).
+
+  An .npz is a zip archive: any other file is named so first, since
+  `np.load` takes whatever is not a zip or an .npy (a CSV, say) for a
+  pickle and would complain of `allow_pickle`; a zip without the directory
+  at its end (cut short) is named damaged."""
   try:
     f = open(path, "rb")
   except OSError as e:
     raise schema.DataError(path, "--input", f"unreadable ({e})") from None
   with f:
+    if not zipfile.is_zipfile(f):
+      f.seek(0)
+      head = f.read(6)
+      raise schema.DataError(path, "--input", (
+          "a single .npy array, not an .npz archive of named arrays"
+          if head == b"\x93NUMPY" else
+          "a damaged .npz (a zip archive cut short: no directory at its end)"
+          if head.startswith(b"PK") else
+          "not an .npz file (not a zip archive)"))
+    f.seek(0)
     try:
       archive = np.load(f, allow_pickle=False)
     except (*utterance_rows.NPY_ERRORS, *_ZIP_ERRORS) as e:
       raise schema.DataError(path, "--input", f"not an .npz file ({e!r})"
                              ) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-      raise schema.DataError(path, "--input", "a single .npy array, not an "
-                             ".npz archive of named arrays")
     with archive:
       yield archive
 

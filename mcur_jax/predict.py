@@ -46,7 +46,11 @@ classification: class, class_name and p_<class> for every class, the
 probabilities calibrated by temperature), s (SUGR's log-variance; the log of
 the mean exp(s) for the ensemble), confidence (the calibrated probability
 that the decision is right, `calibration.py`, fitted on the run's
-validation data) and label (empty where unknown).
+validation data) and label (empty where unknown). An utterance with none
+of the modalities asked (combination "none") is still predicted, from the
+missing embeddings alone as the model is built to, but no calibrator was
+fitted on such inputs: its confidence and p_<class> are NaN (empty in the
+CSV), and a note counts such utterances.
 """
 
 import csv
@@ -92,7 +96,10 @@ class Predictions:
 
 def _number(x):
   """A CSV cell: the shortest text that reads back as the same float32 or
-  float64; ints as ints."""
+  float64; ints as ints; NaN (a value left undefined: the confidence of an
+  utterance predicted from no modality) empty."""
+  if isinstance(x, (float, np.floating)) and np.isnan(x):
+    return ""
   if isinstance(x, np.float32):
     return str(x)
   if isinstance(x, (float, np.floating)):
@@ -154,7 +161,9 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
       notes.append(f"{path}: no {m!r} key: {m} is absent for every "
                    "utterance")
     features[m], available[:, j], _ = utterance_rows.apply_nan_policy(
-        features[m], available[:, j], "error", path, m, utt_id)
+        features[m], available[:, j], "error", path, columns.name(m), utt_id,
+        remedy=f"mark such an utterance's {m} unavailable with "
+        f"{columns.name(schema.available_field(m))}=0, or fix its values")
   known = np.ones(n, bool) if label is not None else np.zeros(n, bool)
   if label is None:
     label = np.zeros(n, np.int32 if classification else np.float32)
@@ -265,6 +274,21 @@ def _data_fold(data_dir: str, target: schema.Manifest, given: int | None,
   return run_fold if given is None else given
 
 
+def _check_combination(combination: str | None, present, served) -> None:
+  """A `combination` the model serves (`served`, of the [3] bool modalities
+  `present` in its dataset); else the error names what is missing and what
+  it could be asked instead."""
+  if combination is None or combos.NAMES.index(combination) in served:
+    return
+  mask = combos.MASKS[combos.NAMES.index(combination)]
+  missing = [m for m, want, has in zip(schema.MODALITIES, mask, present)
+             if want and not has]
+  raise validate.ConfigError("--combination", f"{combination!r} needs "
+                             f"{' and '.join(missing)}, which the model's "
+                             "dataset does not have (its combinations: "
+                             f"{', '.join(combos.NAMES[c] for c in served)})")
+
+
 def predict(workdir: str, *, data_dir: str | None = None,
             split: str = "test", npz: str | None = None,
             combination: str | None = None, ensemble: bool = False,
@@ -313,9 +337,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
       workdir, NamedSharding(mesh, P()), data_dir)
   present = validate.present_modalities(manifest)
   served = combos.realisable(present)
-  if combination is not None and combos.NAMES.index(combination) not in served:
-    raise validate.ConfigError("--combination", f"{combination!r} needs a "
-                               f"modality the model's dataset does not have")
+  _check_combination(combination, present, served)
   fold = config.fold or None
   # The run's own data, read only where it is needed (its split, or the
   # calibration of a run from before calibration.json): where it trained,
@@ -375,5 +397,22 @@ def predict(workdir: str, *, data_dir: str | None = None,
           cal, manifest.task, config.task_loss, pred[r, rows_c], s[r, rows_c])
       if probs is not None:
         probs[r, rows_c] = p
+  # An utterance with none of the modalities asked is predicted by the
+  # fullest combination's model from the missing embeddings alone, but no
+  # calibrator was fitted on such inputs: its calibrated values are left
+  # empty rather than borrowed from that combination's.
+  none = ~masks[0].any(-1)
+  if none.any():
+    conf[:, none] = np.nan
+    if probs is not None:
+      probs[:, none] = np.nan
+    what = (f"none of combination {combination}'s modalities"
+            if combination else "no modality")
+    notes.append(f"{f'fold {fold}: ' if fold else ''}{int(none.sum())} of "
+                 f"{len(none)} utterances have {what}: predicted from the "
+                 "missing embeddings alone (combination none), their "
+                 "calibrated confidence"
+                 f"{' and probabilities' if probs is not None else ''} "
+                 "left empty")
   return _rows(rows, known, fold, model_names, names, pred, s, conf, probs,
                manifest), notes

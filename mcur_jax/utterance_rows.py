@@ -57,13 +57,17 @@ def positions_in_group(group_id: np.ndarray, order_key: np.ndarray
 
 
 def apply_nan_policy(matrix: np.ndarray, available: np.ndarray, policy: str,
-                     file, field: str, ids=None):
+                     file, field: str, ids=None,
+                     remedy: str = "see --nan_policy"):
   """Enforces the NaN policy on the rows of `matrix` marked available.
 
   `file` is the path the matrix came from, or a sequence of one path per row.
   Returns (matrix, available, notes): with policy "zero", non-finite rows
   become zeros marked absent and `notes` says how many; with "error", the
-  first such row raises DataError naming its file, `field` and utterance.
+  first such row raises DataError naming its file, `field` and utterance,
+  and ending with `remedy`: what the caller's user can do about it (the
+  converters' --nan_policy; `predict`, which has no such flag, says how to
+  mark the rows absent).
   """
   bad = available & ~np.isfinite(matrix).all(axis=1)
   if not bad.any():
@@ -74,7 +78,7 @@ def apply_nan_policy(matrix: np.ndarray, available: np.ndarray, policy: str,
     raise schema.DataError(file if isinstance(file, str) else file[i], field,
                            f"NaN or inf in {int(bad.sum())} vectors, first at "
                            f"{who} (a value beyond float32's range reads as "
-                           "inf; see --nan_policy)")
+                           f"inf; {remedy})")
   matrix = np.where(bad[:, None], 0, matrix).astype(np.float32)
   note = (f"{field}: {int(bad.sum())} vectors with NaN/inf zeroed and marked "
           "absent (--nan_policy zero)")

@@ -605,6 +605,127 @@ def test_predict_rejects_features_that_do_not_fit_the_model(mixed, tmp_path):
     predict.predict(str(workdir), combination="x")
 
 
+def test_predict_leaves_the_confidence_of_utterances_without_a_modality_empty(
+    mixed, tmp_path):
+  """Utterances with none of the modalities asked (here audio marked
+  unavailable, --combination a) are still predicted, from the missing
+  embeddings alone, but no calibrator was fitted on such inputs: their
+  confidence is NaN (an empty CSV cell), not the fullest combination's, and
+  one note counts them. The other rows keep the calibration of `a`."""
+  workdir, results = mixed
+  raw = data.load(results["data"]["dir"], normalized=False).test
+  columns = runs.feature_columns(raw)
+  columns["available_audio"] = (columns["available_audio"]
+                                & (np.arange(len(raw)) % 3 != 0))
+  none = ~columns["available_audio"]
+  path = tmp_path / "new.npz"
+  np.savez(path, group_id=raw.group_id, position=raw.position,
+           utt_id=raw.utt_id, **columns)
+  found, notes = predict.predict(str(workdir), npz=str(path),
+                                 combination="a")
+  seeds = len(results["seeds"])
+  cols = found.columns
+  gone = np.repeat(none, seeds)
+  assert notes == [f"{none.sum()} of {len(raw)} utterances have none of "
+                   "combination a's modalities: predicted from the missing "
+                   "embeddings alone (combination none), their calibrated "
+                   "confidence left empty"]
+  assert set(np.array(cols["combination"])[gone]) == {"none"}
+  assert set(np.array(cols["combination"])[~gone]) == {"a"}
+  confidence = np.array(cols["confidence"], np.float64)
+  assert np.isnan(confidence[gone]).all()
+  assert np.isfinite(confidence[~gone]).all()
+  assert np.isfinite(np.array(cols["score"], np.float64)).all()
+  fitted = calibration.load(str(workdir))
+  score = np.array(cols["score"]).reshape(-1, seeds)
+  s = np.array(cols["s"]).reshape(-1, seeds)
+  for j in range(seeds):
+    want, _ = calibration.confidence(fitted["seeds"][j]["a"], "regression",
+                                     "mse", score[~none, j, None],
+                                     s[~none, j])
+    np.testing.assert_array_equal(confidence.reshape(-1, seeds)[~none, j],
+                                  want)
+  out = tmp_path / "p.csv"
+  predict.write_csv(found, out)
+  written = np.array(_columns(out)["confidence"])
+  assert set(written[gone]) == {""} and "" not in set(written[~gone])
+
+
+def test_predict_npz_nan_says_what_predict_can_do(mosi_dir, tmp_path):
+  """A NaN in an available feature vector is an error that tells the
+  predict user what to do there (mark the modality unavailable, which then
+  reads, or fix the values), not data_prep.convert's --nan_policy."""
+  manifest = data.load(mosi_dir).manifest
+  raw = data.load(mosi_dir, normalized=False).test
+  columns = runs.feature_columns(raw)
+  columns["audio"][2, 0] = np.nan
+  path = tmp_path / "nan.npz"
+  np.savez(path, group_id=raw.group_id, utt_id=raw.utt_id, **columns)
+  with pytest.raises(schema.DataError) as error:
+    predict.read_npz(str(path), manifest)
+  assert str(error.value) == (
+      f"{path}: audio: NaN or inf in 1 vectors, first at utterance "
+      f"{str(raw.utt_id[2])!r} (a value beyond float32's range reads as "
+      "inf; mark such an utterance's audio unavailable with "
+      "available_audio=0, or fix its values)")
+  columns["available_audio"][2] = False
+  np.savez(path, group_id=raw.group_id, utt_id=raw.utt_id, **columns)
+  split, _, _ = predict.read_npz(str(path), manifest)
+  assert not split.available[2, 0]
+  assert np.isfinite(split.features["audio"]).all()
+
+
+def test_predict_input_that_is_not_an_npz(mosi_dir, tmp_path):
+  """A CSV given as --input is named as not an npz (not a zip archive), not
+  as pickled data that needs allow_pickle."""
+  manifest = data.load(mosi_dir).manifest
+  path = tmp_path / "new.csv"
+  path.write_text("group_id,audio\nv1,0.5\n")
+  with pytest.raises(schema.DataError) as error:
+    predict.read_npz(str(path), manifest)
+  assert str(error.value) == (
+      f"{path}: --input: not an .npz file (not a zip archive)")
+
+
+def test_predict_split_with_input_exits_2(tmp_path):
+  """--split names a split of a prepared directory: given with --input it
+  is refused before any work, as --fold and --key are where they do not
+  apply; its default alone is not."""
+  def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.predict", "--workdir",
+         str(tmp_path / "no_run"), "--input", "x.npz", *args], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300)
+  result = run("--split", "test")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: --split: names the split of a prepared directory (the run's "
+      "own or --data_dir); an --input npz is predicted whole"]
+  result = run()
+  assert result.returncode == 2
+  assert "--split" not in result.stderr and "no_run" in result.stderr
+
+
+def test_predict_combination_the_model_lacks_names_the_modality(mixed,
+                                                                tmp_path):
+  """A combination needing a modality the model's dataset does not have
+  (here video, as in IEMOCAP) names that modality and the combinations
+  the model has."""
+  workdir, _ = mixed
+  moved = tmp_path / "run"
+  shutil.copytree(workdir, moved)
+  kept = moved / workdir_lib.MODEL_INPUTS / schema.MANIFEST
+  manifest = json.loads(kept.read_text())
+  for info in manifest["splits"].values():
+    info["available"]["video"] = 0
+  kept.write_text(json.dumps(manifest))
+  with pytest.raises(validate.ConfigError) as error:
+    predict.predict(str(moved), combination="atv")
+  assert str(error.value) == (
+      "--combination: 'atv' needs video, which the model's dataset does not "
+      "have (its combinations: a, t, at)")
+
+
 def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   """An npz's keys may be named as `data_prep.convert --key` names them;
   with a run's speaker_norm the speaker and session keys are required

@@ -133,7 +133,8 @@ def test_nan_policy_zero(tmp_path, capsys):
   columns["text"][5, 3] = np.inf
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "bad") == 2
-  cli.assert_failed_cleanly(capsys, tmp_path / "bad", path, "text")
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "bad", path, "text")
+  assert line.endswith("; see --nan_policy)")
   assert _convert(path, tmp_path / "out", "--nan_policy", "zero") == 0
   assert "text: 1 vectors with NaN/inf" in capsys.readouterr().out
   _, part, j = _all_rows(data.load(tmp_path / "out", normalized=False))[
@@ -376,16 +377,27 @@ def test_bad_key_argument(tmp_path, capsys, keys):
   cli.assert_failed_cleanly(capsys, tmp_path / "out", "command line", "--key")
 
 
-@pytest.mark.parametrize("content", [b"not a zip file", None])
-def test_not_an_npz(tmp_path, capsys, content):
+@pytest.mark.parametrize("content,message", [
+    (b"not a zip file", "not an .npz file (not a zip archive)"),
+    (b"group_id,label\nvid0,1.5\n", "not an .npz file (not a zip archive)"),
+    (None, "a single .npy array, not an .npz archive of named arrays"),
+    ("cut", "a damaged .npz (a zip archive cut short: no directory at its "
+     "end)")])
+def test_not_an_npz(tmp_path, capsys, content, message):
+  """A file that is not a zip archive (a CSV, say) is named so, not as the
+  pickled data `np.load` takes it for; a zip cut short is named damaged."""
   path = tmp_path / "x.npz"
   if content is None:  # a lone .npy array under an .npz name
     with open(path, "wb") as f:
       np.save(f, np.zeros(3))
+  elif content == "cut":
+    whole = _save(tmp_path, _columns(), "whole.npz").read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
   else:
     path.write_bytes(content)
   assert _convert(path, tmp_path / "out") == 2
-  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "--input")
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "--input")
+  assert line == f"error: {path}: --input: {message}"
 
 
 def test_object_array(tmp_path, capsys):
