@@ -33,7 +33,9 @@ import errno
 import logging as std_logging
 import os
 import re
+import signal
 import sys
+import threading
 
 
 def _limit_malloc_arenas(count: int = 2) -> None:
@@ -68,6 +70,7 @@ from mcur_jax import checkpoint
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 
 # The directory holding the `experiments` package: the checkout, or
 # site-packages once installed.
@@ -295,11 +298,27 @@ def dataset_overridden() -> bool:
 
 def find_data(config, workdir: str) -> str:
   """The prepared directory to train on when none is given (see the module
-  docstring)."""
+  docstring).
+
+  Raises:
+    validate.ConfigError: `workdir` holds a run started on other data (a
+      rerun without the --data_dir its run was started with): said before
+      any data is generated.
+  """
   prepared = os.path.join("prepared", config.dataset)
-  if os.path.exists(os.path.join(prepared, schema.MANIFEST)):
+  found = os.path.exists(os.path.join(prepared, schema.MANIFEST))
+  out = prepared if found else os.path.join(workdir,
+                                            f"synthetic-{config.dataset}")
+  started = [d for d in [workdir] + workdir_lib.started_folds(workdir)
+             if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
+  if started:
+    recorded = checkpoint.load_config(started[0]).data_dir
+    if os.path.abspath(recorded) != os.path.abspath(out):
+      raise validate.ConfigError(
+          "--data_dir", f"not given, and {workdir} holds a run on {recorded}:"
+          f" give --data_dir {recorded} to resume it, or a new --workdir")
+  if found:
     return prepared
-  out = os.path.join(workdir, f"synthetic-{config.dataset}")
   print(f"NOTE: no prepared data (no --data_dir, no {prepared}/): using "
         f"SYNTHETIC {config.dataset}-like data in {out} (see data_prep/"
         "synthetic.py); prepare real data with `python -m data_prep.convert`.")
@@ -330,11 +349,14 @@ def _os_error(e: OSError, workdir: str) -> str:
 
 def check_output(path: str | None, flag: str = "--out") -> None:
   """Exit 2 with one `error:` line, before any work, when the file `path`
-  cannot be written there: its folder is missing or not writable."""
+  cannot be written there: it is a directory, or its folder is missing or
+  not writable."""
   if path is None:
     return
   folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
+  if os.path.isdir(path):
+    problem = "a directory; give a file name"
+  elif not os.path.isdir(folder):
     problem = f"{folder}: no such directory"
   elif not os.access(folder, os.W_OK):
     problem = f"{folder}: not writable"
@@ -387,13 +409,37 @@ def _quiet_closed_loops(hook):
   return quiet
 
 
+def stop_at_epoch_end_on_ctrl_c():
+  """Makes a first Ctrl-C (SIGINT) ask the run to stop at the end of its
+  epoch, saving it (`train.STOP_REQUESTED`), and a second one stop at once
+  (KeyboardInterrupt). Python's own KeyboardInterrupt can be raised inside
+  a callback that swallows it (JAX's garbage-collection hook), and the run
+  then goes on. Returns a function that puts the previous handler back
+  (nothing to do outside the main thread, where signals are not handled)."""
+  train.STOP_REQUESTED.clear()
+  if threading.current_thread() is not threading.main_thread():
+    return lambda: None
+
+  def request_stop(signum, frame):
+    del signum, frame
+    train.STOP_REQUESTED.set()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.write(2, b"\nCtrl-C: stopping at the end of this epoch, with a "
+             b"checkpoint (Ctrl-C again stops at once)\n")
+  previous = signal.getsignal(signal.SIGINT)
+  signal.signal(signal.SIGINT, request_stop)
+  return lambda: signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None
+                               else previous)
+
+
 def execute(argv, job, cache: str | None = None) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
   `initialize_distributed()` when `config.distributed`, the compilation
   cache (--compilation_cache; default `cache`, else `user_cache_dir()`),
   the data found (and its dataset taken), and failures a user can fix
   turned into one `error:` line and an exit status (2: bad data,
-  arguments or workdir, or a full disk; 3: training diverged). A
+  arguments or workdir, or a full disk; 3: training diverged; 130:
+  stopped by Ctrl-C, `stop_at_epoch_end_on_ctrl_c`). A
   distributed job that finished shuts its processes down together
   (`jax.distributed.shutdown`, a barrier) while the interpreter is whole.
   Left to JAX's exit handler, which tears the backends down first, process
@@ -403,6 +449,7 @@ def execute(argv, job, cache: str | None = None) -> None:
   config, workdir = FLAGS.config, FLAGS.workdir
   if config.distributed:
     initialize_distributed()
+  restore_ctrl_c = stop_at_epoch_end_on_ctrl_c()
   try:
     compilation_cache_from_flags(cache)
     given = FLAGS.data_dir or config.data_dir
@@ -413,6 +460,11 @@ def execute(argv, job, cache: str | None = None) -> None:
       raise validate.ConfigError(
           "--data_dir", f"{FLAGS.data_dir}, but --config.data_dir is "
           f"{config.data_dir}; give one of them")
+    if given and not os.path.exists(os.path.join(given, schema.MANIFEST)):
+      raise validate.ConfigError(
+          "--data_dir", f"{given}: not a prepared directory (no "
+          f"{schema.MANIFEST}); python -m data_prep.convert prepares one "
+          "from feature files (docs/data.md)")
     # Absolute, so that config.json finds the data from anywhere.
     config.data_dir = os.path.abspath(given or find_data(config, workdir))
     if given:
@@ -429,6 +481,16 @@ def execute(argv, job, cache: str | None = None) -> None:
   except train.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except train.Interrupted as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(130)
+  except KeyboardInterrupt:
+    print(f"error: interrupted; {workdir} keeps its last saved checkpoint "
+          "and its logs, and the same command resumes from them",
+          file=sys.stderr)
+    sys.exit(130)
+  finally:
+    restore_ctrl_c()
 
 
 def define_flags(name: str, workdir: str, cache: str = USER_CACHE) -> None:

@@ -81,8 +81,8 @@ class Progress:
   The first epoch a process runs includes compiling, so the rate and the
   time left come from the later ones. `clock` is injectable for tests."""
 
-  def __init__(self, total: int, start: int, enabled: bool = True,
-               stream=None, clock=time.monotonic):
+  def __init__(self, total: int, enabled: bool = True, stream=None,
+               clock=time.monotonic):
     self.total, self.enabled = total, enabled
     self.stream = stream or sys.stdout  # sys.stdout as it is now.
     self.tty = self.stream.isatty()
@@ -91,8 +91,6 @@ class Progress:
     self.started = self.last = clock()
     self.seconds = []  # Per epoch this process ran.
     self.shown = 0  # Length of the line on a TTY, which a shorter one covers.
-    if enabled and start:
-      self.stream.write(f"resumed at epoch {start}/{total}\n")
 
   def update(self, epoch, stats, score, name):
     if not self.enabled:
@@ -113,7 +111,8 @@ class Progress:
               " left")
     line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
             f" loss {np.mean(stats['loss']):.4f} valid avg {name} "
-            f"{np.mean(score):.4f} (best seed {self.best:.4f}); {pace}")
+            f"{np.mean(score):.4f} (best seed so far {self.best:.4f}); "
+            f"{pace}")
     if self.tty:
       self.stream.write("\r" + line.ljust(self.shown))
       self.shown = len(line)

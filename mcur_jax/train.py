@@ -38,6 +38,7 @@ TensorBoard (`tensorboard.py`).
 import collections
 import dataclasses
 import os
+import threading
 import time
 
 import jax
@@ -74,6 +75,17 @@ COMPILES = collections.Counter()
 
 class TrainingDiverged(RuntimeError):
   """A training loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+  """Training stopped at the end of an epoch because a stop was requested
+  (`STOP_REQUESTED`), with a checkpoint of that epoch. A KeyboardInterrupt,
+  so that a sweep stops too instead of recording a failed point."""
+
+
+# Set to stop the run at the end of its current epoch, after saving it;
+# `launch.execute` sets it on Ctrl-C. Process 0's flag decides for all.
+STOP_REQUESTED = threading.Event()
 
 
 # Bad input (config, data, workdir): the entry points report it in one
@@ -445,8 +457,9 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   selects each member's best epoch on validation; returns the final
   state. Checkpoints every `checkpoint_every` epochs once
   `checkpoint_seconds` have passed since the last save (process 0's clock
-  decides for all), and after the last epoch. `phases` gets the parts of
-  training (`train/epochs`, `train/validate`, `train/log`,
+  decides for all), and after the last epoch; with `STOP_REQUESTED` set,
+  saves at the end of the epoch and raises `Interrupted`. `phases` gets
+  the parts of training (`train/epochs`, `train/validate`, `train/log`,
   `train/checkpoint`; `timing.summary`)."""
   phases = phases or timing.Phases()
   config, workdir, state = run.config, run.workdir, run.state
@@ -476,15 +489,15 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
       f"train {len(dataset.train)}, valid "
       f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
       f"{config.data_dir} ({dataset.manifest.format}); seeds "
-      f"{list(config.seeds)}, {config.regime} regime ({len(members)} "
-      f"models); {run.mesh.devices.size} device(s)"
+      f"{list(config.seeds)}, {config.regime} regime ("
+      f"{len(members)} model{'s' if len(members) > 1 else ''}); "
+      f"{run.mesh.devices.size} device(s)"
       + (f" in {jax.process_count()} processes"
          if jax.process_count() > 1 else "") + "; "
       + (f"resuming after epoch {start}" if start else "from scratch"))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
-  progress = report.Progress(config.num_epochs, start,
-                             enabled=run.main_process)
+  progress = report.Progress(config.num_epochs, enabled=run.main_process)
   # No event file for a run whose epochs are all done (a rerun to finish).
   board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
                                enabled=run.main_process and config.tensorboard
@@ -523,10 +536,15 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
         progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
       due = (epoch + 1) % config.checkpoint_every == 0 and workdir_lib.agree(
           time.monotonic() - saved >= config.checkpoint_seconds)
-      if due or epoch + 1 == config.num_epochs:
+      stop = workdir_lib.agree(STOP_REQUESTED.is_set())
+      if due or stop or epoch + 1 == config.num_epochs:
         with phases.phase("train/checkpoint"):
           checkpoint.save(mngr, epoch + 1, state)
         saved = time.monotonic()
+      if stop and epoch + 1 < config.num_epochs:
+        raise Interrupted(f"stopped after epoch {epoch + 1}: {workdir} "
+                          "keeps its checkpoint and its logs, and the same "
+                          "command resumes from them")
   finally:
     progress.close()
     board.close()

@@ -388,8 +388,9 @@ def test_evaluate_cli_without_checkpoint_exits_2(tmp_path):
 @pytest.mark.parametrize("module,out", [
     ("evaluate", "missing/eval.json"), ("predict", "missing/p.csv")])
 def test_an_unwritable_out_exits_2_before_any_work(module, out, tmp_path):
-  """--out in a folder that is not there: one error line naming it, before
-  the workdir is even read (so no evaluation's worth of work is lost)."""
+  """--out in a folder that is not there, or naming a directory: one error
+  line naming it, before the workdir is even read (so no evaluation's
+  worth of work is lost)."""
   result = subprocess.run(
       [sys.executable, "-m", f"experiments.{module}", "--workdir",
        str(tmp_path / "no_run"), "--out", str(tmp_path / out)], cwd=ROOT,
@@ -398,6 +399,14 @@ def test_an_unwritable_out_exits_2_before_any_work(module, out, tmp_path):
   assert result.stderr.strip().splitlines() == [
       f"error: --out {tmp_path / out}: {tmp_path / 'missing'}: no such "
       "directory"]
+  (tmp_path / "folder").mkdir()  # An existing directory: not a file name.
+  result = subprocess.run(
+      [sys.executable, "-m", f"experiments.{module}", "--workdir",
+       str(tmp_path / "no_run"), "--out", str(tmp_path / "folder")],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: --out {tmp_path / 'folder'}: a directory; give a file name"]
 
 
 def test_predict_fold_without_data_dir_exits_2(tmp_path):

@@ -81,3 +81,16 @@ def test_misaligned_rows_fail_loudly(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "audio_train0.csv: label: binary label" in err
   assert not (tmp_path / "out").exists()
+
+
+def test_a_file_as_input_names_the_format_it_needs(tmp_path, capsys):
+  """--input naming a file (an .npz given to --format poria): one error line
+  naming the file and the flag, and the format an .npz needs."""
+  path = tmp_path / "features.npz"
+  np.savez(path, x=np.zeros(1))
+  assert convert.main(["--format", "poria", "--dataset", "mosi", "--input",
+                       str(path), "--out", str(tmp_path / "out")]) == 2
+  assert capsys.readouterr().err.splitlines() == [
+      f"error: {path}: --input: a file; --format poria reads the folder of "
+      "the Poria CSVs (an .npz is --format npz)"]
+  assert not (tmp_path / "out").exists()

@@ -6,8 +6,10 @@ import errno
 import logging as std_logging
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import jax
@@ -410,3 +412,47 @@ def test_runs_share_the_users_compilation_cache(tmp_path):
       text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(cache)) == programs[0]
+
+
+@pytest.mark.slow(minutes=0.5)
+def test_ctrl_c_stops_at_the_epochs_end_and_the_run_resumes(tmp_path):
+  """Ctrl-C (SIGINT) during training stops the run at the end of its epoch
+  with a checkpoint of it: one `error:` line, exit status 130, no
+  traceback. The same command resumes after that epoch. (Python's own
+  KeyboardInterrupt was swallowed by a JAX callback, and the run went on.)"""
+  data = tmp_path / "data"
+  writer.write(synthetic.generate("mosi", 0, 0.1), data)
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "experiments.mosi", "--data_dir", data,
+             "--workdir", workdir, "--config", f"{launch.CONFIGS}/mosi.py:tiny",
+             "--config.num_epochs=200", "--config.checkpoint_every=1000"]
+  process = subprocess.Popen(command, cwd=runs.ROOT, env=runs.environment(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  log = workdir / "metrics.jsonl"
+  deadline = time.monotonic() + 240
+  while not (log.exists() and len(log.read_text().splitlines()) >= 4):
+    assert process.poll() is None and time.monotonic() < deadline
+    time.sleep(0.2)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr
+  assert "Traceback" not in stderr
+  # checkpoint_every 1000: the only save is the one the stop made.
+  (epoch,) = runs.steps(workdir)
+  assert runs.error_lines(stderr) == [
+      f"error: stopped after epoch {epoch}: {workdir} keeps its checkpoint "
+      "and its logs, and the same command resumes from them"]
+  assert "Ctrl-C: stopping at the end of this epoch" in stderr
+  # The same command again: it resumes (its first line says so), and is
+  # stopped again.
+  resumed = subprocess.Popen(command, cwd=runs.ROOT,
+                             env=runs.environment(PYTHONUNBUFFERED="1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  assert resumed.stdout.readline().rstrip().endswith(
+      f"resuming after epoch {epoch}")
+  resumed.send_signal(signal.SIGINT)
+  _, stderr = resumed.communicate(timeout=120)
+  assert resumed.returncode == 130, stderr
+  assert runs.steps(workdir)[-1] == epoch + 1

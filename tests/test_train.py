@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 
 import chex
 import flax
@@ -27,6 +28,7 @@ from tensorboardX.proto import plugin_hparams_pb2 as hparams_plugin
 
 from data_prep import synthetic
 from data_prep import writer
+from experiments import launch
 from experiments.configs import mosi as mosi_config
 from mcur_jax import calibration
 from mcur_jax import checkpoint
@@ -40,6 +42,7 @@ from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
+from mcur_jax import validate
 from tests import faults
 from tests import runs
 
@@ -384,11 +387,9 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
 def test_progress_follows_current_stdout(capsys):
   """The progress lines of a run, resumed or not, go to sys.stdout as it is
   when the run happens (here pytest's capsys), as its other lines do."""
-  report.Progress(3, 1).update(2, {"loss": np.array([1.0])}, np.array([0.5]),
-                               "f1_non0")
-  out = capsys.readouterr().out
-  assert "resumed at epoch 1/3" in out
-  assert "epoch 2/3" in out
+  report.Progress(3).update(2, {"loss": np.array([1.0])}, np.array([0.5]),
+                            "f1_non0")
+  assert "epoch 2/3" in capsys.readouterr().out
 
 
 def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
@@ -396,10 +397,10 @@ def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
   compiles); the time left is that rate times the epochs to go; the last
   line gives the whole time."""
   ticks = iter([0.0, 30.0, 32.0, 36.0, 39.0])
-  progress = report.Progress(5, 1, clock=lambda: next(ticks))
+  progress = report.Progress(5, clock=lambda: next(ticks))
   for epoch in (2, 3, 4, 5):
     progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
-  lines = capsys.readouterr().out.splitlines()[1:]
+  lines = capsys.readouterr().out.splitlines()
   assert lines[0].endswith("; 30.0 s with compiling")
   assert lines[1].endswith("; 2.0 s/epoch, 0:04 left")
   assert lines[2].endswith("; 3.0 s/epoch, 0:03 left")  # Mean of 2 and 4.
@@ -784,12 +785,37 @@ def test_cli_without_data_uses_synthetic_and_says_so(tmp_path):
   assert "[SYNTHETIC DATA]" in result.stdout
 
 
-def test_cli_missing_data_dir_exits_2(tmp_path):
-  """A --data_dir that is not a prepared directory: status 2 and one
-  `error:` line naming its manifest.json."""
-  missing = tmp_path / "missing"
-  result = runs.cli("--data_dir", missing, "--workdir", tmp_path / "run")
+@pytest.mark.parametrize("given", ["missing", "features.npz"])
+def test_cli_data_dir_not_prepared_exits_2(tmp_path, given):
+  """A --data_dir that is not a prepared directory (none there, or a
+  feature file not yet converted): status 2 and one `error:` line naming
+  it and the converter, before anything is written."""
+  (tmp_path / "features.npz").write_bytes(b"PK")
+  result = runs.cli("--data_dir", tmp_path / given, "--workdir",
+                    tmp_path / "run")
   assert result.returncode == 2, result.stderr
-  [line] = runs.error_lines(result.stderr)
-  assert line.startswith(f"error: {missing / schema.MANIFEST}: ")
+  assert runs.error_lines(result.stderr) == [
+      f"error: --data_dir: {tmp_path / given}: not a prepared directory (no "
+      f"{schema.MANIFEST}); python -m data_prep.convert prepares one from "
+      "feature files (docs/data.md)"]
   assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_rerun_without_its_data_dir_names_the_runs_data(tmp_path,
+                                                        monkeypatch):
+  """A run's workdir trained again without the --data_dir it started with
+  (and no prepared/<dataset> here): an error naming the run's data, before
+  any synthetic data is generated for it."""
+  config = mosi_config.get_config("tiny")
+  config.data_dir = str(tmp_path / "elsewhere")
+  for workdir in (tmp_path / "run", tmp_path / "folds" / "fold1"):
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(config.to_dict()))
+  monkeypatch.chdir(tmp_path)
+  for workdir in ("run", "folds"):
+    with pytest.raises(validate.ConfigError, match=re.escape(
+        f"--data_dir: not given, and {workdir} holds a run on "
+        f"{tmp_path / 'elsewhere'}: give --data_dir")):
+      launch.find_data(config, workdir)
+    assert not (tmp_path / workdir / "synthetic-mosi").exists()

@@ -114,6 +114,10 @@ def read(args) -> writer.Table:
   if task != "regression":
     raise schema.DataError("command line", "--dataset", "the Poria CSVs hold "
                            "CMU-MOSI: use --dataset mosi")
+  if os.path.isfile(folder):
+    raise schema.DataError(folder, "--input", "a file; --format poria reads "
+                           "the folder of the Poria CSVs (an .npz is "
+                           "--format npz)")
   transcripts_path = os.path.join(folder, "transcripts.csv")
   transcripts = {}
   for row in _read_csv(transcripts_path):
