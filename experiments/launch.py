@@ -428,8 +428,9 @@ def stop_at_epoch_end_on_ctrl_c():
              b"checkpoint (Ctrl-C again stops at once)\n")
   previous = signal.getsignal(signal.SIGINT)
   signal.signal(signal.SIGINT, request_stop)
-  return lambda: signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None
-                               else previous)
+  if previous is None:  # A handler not set from Python.
+    previous = signal.SIG_DFL
+  return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def execute(argv, job, cache: str | None = None) -> None:
@@ -485,8 +486,8 @@ def execute(argv, job, cache: str | None = None) -> None:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(130)
   except KeyboardInterrupt:
-    print(f"error: interrupted; {workdir} keeps its last saved checkpoint "
-          "and its logs, and the same command resumes from them",
+    print(f"error: interrupted; {workdir} keeps the checkpoints and logs "
+          "saved so far, and the same command resumes from them",
           file=sys.stderr)
     sys.exit(130)
   finally:
