@@ -178,6 +178,13 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
     label = np.where(known, label, 0).astype(np.int32)
   elif not np.isfinite(label).all():
     raise schema.DataError(path, "label", "NaN or inf")
+  elif manifest.label_range:  # As the prepared data's reader checks it.
+    lo, hi = manifest.label_range
+    outside = int(((label < lo) | (label > hi)).sum())
+    if outside:
+      raise schema.DataError(path, "label", f"{outside} values outside "
+                             f"[{lo}, {hi}], the label_range of the model's "
+                             "data")
   split = utterance_rows.make_rows(
       utt_id=utt_id, group_id=group_id, position=position, label=label,
       features=features, available=available, speaker=speaker,

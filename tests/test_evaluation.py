@@ -684,6 +684,27 @@ def test_predict_npz_nan_says_what_predict_can_do(mosi_dir, tmp_path):
   assert np.isfinite(split.features["audio"]).all()
 
 
+def test_predict_npz_label_outside_the_models_range(mosi_dir, tmp_path):
+  """A regression label outside the model's data's label_range is refused,
+  as the prepared data's reader refuses it."""
+  manifest = data.load(mosi_dir).manifest
+  raw = data.load(mosi_dir, normalized=False).test
+  label = raw.label.copy()
+  label[[1, 4]] = [3.6, -3.5]
+  path = tmp_path / "labels.npz"
+  np.savez(path, group_id=raw.group_id, label=label,
+           **runs.feature_columns(raw))
+  with pytest.raises(schema.DataError) as error:
+    predict.read_npz(str(path), manifest)
+  lo, hi = manifest.label_range
+  assert str(error.value) == (f"{path}: label: 2 values outside [{lo}, "
+                              f"{hi}], the label_range of the model's data")
+  label[[1, 4]] = [hi, lo]  # The ends are in it.
+  np.savez(path, group_id=raw.group_id, label=label,
+           **runs.feature_columns(raw))
+  assert predict.read_npz(str(path), manifest)[1].all()
+
+
 def test_predict_input_that_is_not_an_npz(mosi_dir, tmp_path):
   """A CSV given as --input is named as not an npz (not a zip archive), not
   as pickled data that needs allow_pickle."""
