@@ -238,6 +238,9 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   mine = shard_points(points, *shard)
   for k, point in enumerate(mine):
     name = point_name(point)
+    if k and train.stop_requested():
+      raise train.Interrupted(f"stopped before point {name}: {workdir} keeps "
+                              "the points done, and the same command resumes")
     out = os.path.join(workdir, name)
     failed = os.path.join(out, FAILED_FILE)
     finished = _finished(out)

@@ -83,9 +83,16 @@ class Interrupted(KeyboardInterrupt):
   so that a sweep stops too instead of recording a failed point."""
 
 
-# Set to stop the run at the end of its current epoch, after saving it;
-# `launch.execute` sets it on Ctrl-C. Process 0's flag decides for all.
+# Set to stop the run at the end of its current epoch, after saving it
+# (or before its next fold or sweep point); `launch.execute` sets it on
+# Ctrl-C. Process 0's flag decides for all (`stop_requested`).
 STOP_REQUESTED = threading.Event()
+
+
+def stop_requested() -> bool:
+  """`STOP_REQUESTED` of process 0, on every process (a collective with
+  several processes: all of them call it at the same points)."""
+  return workdir_lib.agree(STOP_REQUESTED.is_set())
 
 
 # Bad input (config, data, workdir): the entry points report it in one
@@ -330,6 +337,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return _train_fold(config, workdir)
     runs = []
     for fold in manifest.folds["values"]:
+      if runs and stop_requested():
+        raise Interrupted(f"stopped before fold {fold}: {workdir} keeps the "
+                          "folds done, and the same command resumes")
       fold_config = ml_collections.ConfigDict(config.to_dict())
       fold_config.fold = fold
       runs.append(_train_fold(fold_config, os.path.join(
@@ -536,7 +546,7 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
         progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
       due = (epoch + 1) % config.checkpoint_every == 0 and workdir_lib.agree(
           time.monotonic() - saved >= config.checkpoint_seconds)
-      stop = workdir_lib.agree(STOP_REQUESTED.is_set())
+      stop = stop_requested()
       if due or stop or epoch + 1 == config.num_epochs:
         with phases.phase("train/checkpoint"):
           checkpoint.save(mngr, epoch + 1, state)

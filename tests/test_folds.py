@@ -71,6 +71,21 @@ def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
           assert all(0 <= x <= 1 for x in per_run)
 
 
+def test_a_stop_request_ends_a_cross_validated_run_between_folds(
+    iemocap_dir, tmp_path):
+  """With a stop requested (Ctrl-C, `train.STOP_REQUESTED`), fold 1 (its
+  1 epoch is its last) finishes and the run stops before fold 2."""
+  train.STOP_REQUESTED.set()
+  try:
+    with pytest.raises(train.Interrupted,
+                       match="stopped before fold 2: .* keeps the folds done"):
+      iemocap(iemocap_dir, tmp_path, fold=0)
+  finally:
+    train.STOP_REQUESTED.clear()
+  assert (tmp_path / "fold1" / "results.json").exists()
+  assert not (tmp_path / "fold2").exists()
+
+
 def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path, capsys):
   """fold=2 trains session 2 only, directly in WORKDIR (figures included),
   exactly as fold 2 of the fold=0 run; its header names the fold."""

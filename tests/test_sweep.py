@@ -16,6 +16,7 @@ from experiments.configs import mosi
 from mcur_jax import combos
 from mcur_jax import sweep
 from mcur_jax import sweep_report
+from mcur_jax import train
 from mcur_jax import validate
 from tests import runs
 
@@ -215,6 +216,26 @@ def test_killed_sweep_completes_on_rerun_with_uninterrupted_results(
       "missing_rate"]["rates"]
   assert list(rates) == ["0.0", "0.5"]
   assert results(killed) == results(whole)  # Training untouched.
+
+
+def test_a_stop_request_ends_the_sweep_before_its_next_point(data_dir,
+                                                             tmp_path):
+  """With a stop requested (Ctrl-C, `train.STOP_REQUESTED`), the point
+  being trained finishes (its 1 epoch is its last) and the sweep stops
+  before the next one, with Interrupted, not a failed point."""
+  base = mosi.get_config("tiny")
+  base.update(data_dir=data_dir, seeds=(0,), num_devices=1, num_epochs=1,
+              tensorboard=False)
+  train.STOP_REQUESTED.set()
+  try:
+    with pytest.raises(train.Interrupted, match=(
+        r"stopped before point tau=0\.1: .* keeps the points done")):
+      sweep.run(base, str(tmp_path), [{"tau": 0.05}, {"tau": 0.1}],
+                log=lambda *_: None)
+  finally:
+    train.STOP_REQUESTED.clear()
+  assert (tmp_path / "tau=0.05" / "results.json").exists()
+  assert not (tmp_path / "tau=0.1").exists()
 
 
 def test_sharded_processes_cover_the_sweep(env, data_dir, tmp_path):
