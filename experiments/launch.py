@@ -309,14 +309,7 @@ def find_data(config, workdir: str) -> str:
   found = os.path.exists(os.path.join(prepared, schema.MANIFEST))
   out = prepared if found else os.path.join(workdir,
                                             f"synthetic-{config.dataset}")
-  started = [d for d in [workdir] + workdir_lib.started_folds(workdir)
-             if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
-  if started:
-    recorded = checkpoint.load_config(started[0]).data_dir
-    if os.path.abspath(recorded) != os.path.abspath(out):
-      raise validate.ConfigError(
-          "--data_dir", f"not given, and {workdir} holds a run on {recorded}:"
-          f" give --data_dir {recorded} to resume it, or a new --workdir")
+  _check_run_data(workdir, out)
   if found:
     return prepared
   print(f"NOTE: no prepared data (no --data_dir, no {prepared}/): using "
@@ -325,6 +318,31 @@ def find_data(config, workdir: str) -> str:
   if not os.path.exists(os.path.join(out, schema.MANIFEST)):
     writer.write(synthetic.generate(config.dataset), out, overwrite=True)
   return out
+
+
+def _check_run_data(workdir: str, found: str) -> None:
+  """Raises ConfigError when `workdir` holds a run (or a fold) whose data
+  is not `found`, the directory a run without --data_dir would take: not
+  prepared there, or with another manifest (`workdir.check_data`; the data
+  may move, so paths are not compared). A run whose config.json cannot be
+  read is left to the resume checks, which say so."""
+  started = [d for d in [workdir] + workdir_lib.started_folds(workdir)
+             if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
+  if not started:
+    return
+  try:
+    recorded = checkpoint.load_config(started[0]).data_dir
+  except (OSError, ValueError):
+    return
+  advice = (f"not given, and {workdir} holds a run on {recorded}: give "
+            "--data_dir with that data to resume it, or a new --workdir")
+  if not os.path.exists(os.path.join(found, schema.MANIFEST)):
+    raise validate.ConfigError("--data_dir", advice)
+  try:
+    workdir_lib.check_data(started[0], found, "")
+  except validate.ConfigError:
+    raise validate.ConfigError("--data_dir", f"{advice} ({found} holds "
+                               "other data)") from None
 
 
 def initialize_distributed() -> None:
@@ -411,11 +429,12 @@ def _quiet_closed_loops(hook):
 
 def stop_at_epoch_end_on_ctrl_c():
   """Makes a first Ctrl-C (SIGINT) ask the run to stop at the end of its
-  epoch, saving it (`train.STOP_REQUESTED`), and a second one stop at once
-  (KeyboardInterrupt). Python's own KeyboardInterrupt can be raised inside
-  a callback that swallows it (JAX's garbage-collection hook), and the run
-  then goes on. Returns a function that puts the previous handler back
-  (nothing to do outside the main thread, where signals are not handled)."""
+  epoch, saving it (`train.STOP_REQUESTED`), and a second one end the
+  process (the signal's default action). Python's own KeyboardInterrupt
+  can be raised inside a callback that swallows it (JAX's garbage-collection
+  hook), and the run then goes on. Returns a function that puts the
+  previous handler back (nothing to do outside the main thread, where
+  signals are not handled)."""
   train.STOP_REQUESTED.clear()
   if threading.current_thread() is not threading.main_thread():
     return lambda: None
@@ -423,7 +442,9 @@ def stop_at_epoch_end_on_ctrl_c():
   def request_stop(signum, frame):
     del signum, frame
     train.STOP_REQUESTED.set()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A second Ctrl-C ends the process at once (its checkpoints are whole:
+    # orbax writes each aside, then renames it).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.write(2, b"\nCtrl-C: stopping at the end of this epoch, with a "
              b"checkpoint (Ctrl-C again stops at once)\n")
   previous = signal.getsignal(signal.SIGINT)
@@ -483,12 +504,10 @@ def execute(argv, job, cache: str | None = None) -> None:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
   except train.Interrupted as e:
+    # Every process stops at the same point (`train.stop_requested`).
+    if config.distributed:
+      jax.distributed.shutdown()
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(130)
-  except KeyboardInterrupt:
-    print(f"error: interrupted; {workdir} keeps the checkpoints and logs "
-          "saved so far, and the same command resumes from them",
-          file=sys.stderr)
     sys.exit(130)
   finally:
     restore_ctrl_c()

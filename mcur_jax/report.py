@@ -78,8 +78,9 @@ class Progress:
   """A one-line progress bar over epochs (a line per epoch when not a TTY),
   with the time an epoch takes and the time left.
 
-  The first epoch a process runs includes compiling, so the rate and the
-  time left come from the later ones. `clock` is injectable for tests."""
+  The first epoch of a run (of each fold, each sweep point) includes
+  compiling, or loading the compiled programs, so the rate and the time
+  left come from the later ones. `clock` is injectable for tests."""
 
   def __init__(self, total: int, enabled: bool = True, stream=None,
                clock=time.monotonic):
@@ -101,13 +102,15 @@ class Progress:
     self.best = max(self.best, float(np.max(score)))
     width = 20
     done = width * epoch // self.total
+    count = len(self.seconds)
     if epoch == self.total:
-      pace = f"{clock_time(now - self.started)} in all"
-    elif len(self.seconds) == 1:
-      pace = f"{self.seconds[0]:.1f} s with compiling"
+      pace = (f"{clock_time(now - self.started)} for {count} epoch"
+              f"{'s' if count > 1 else ''}")
+    elif count == 1:
+      pace = f"{self.seconds[0]:.3g} s, compiling included"
     else:
       rate = float(np.mean(self.seconds[1:]))
-      pace = (f"{rate:.1f} s/epoch, {clock_time(rate * (self.total - epoch))}"
+      pace = (f"{rate:.3g} s/epoch, {clock_time(rate * (self.total - epoch))}"
               " left")
     line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
             f" loss {np.mean(stats['loss']):.4f} valid avg {name} "

@@ -468,7 +468,8 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   state. Checkpoints every `checkpoint_every` epochs once
   `checkpoint_seconds` have passed since the last save (process 0's clock
   decides for all), and after the last epoch; with `STOP_REQUESTED` set,
-  saves at the end of the epoch and raises `Interrupted`. `phases` gets
+  saves at the end of the epoch and raises `Interrupted` (before the first
+  epoch: raises at once; in the last: finishes). `phases` gets
   the parts of training (`train/epochs`, `train/validate`, `train/log`,
   `train/checkpoint`; `timing.summary`)."""
   phases = phases or timing.Phases()
@@ -514,6 +515,10 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
                                and start < config.num_epochs)
   saved = time.monotonic()
   try:
+    if start < config.num_epochs and stop_requested():  # During setup.
+      raise Interrupted(f"stopped before epoch {start + 1}: {workdir} keeps "
+                        "its checkpoints and logs, and the same command "
+                        "resumes from them")
     for epoch in range(start, config.num_epochs):
       with phases.phase("train/epochs"):
         state, stats = run.train_epoch(state, run.train, run.tables,

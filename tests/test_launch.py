@@ -425,10 +425,12 @@ def test_ctrl_c_stops_at_the_epochs_end_and_the_run_resumes(tmp_path):
   workdir = tmp_path / "run"
   command = [sys.executable, "-m", "experiments.mosi", "--data_dir", data,
              "--workdir", workdir, "--config", f"{launch.CONFIGS}/mosi.py:tiny",
-             "--config.num_epochs=200", "--config.checkpoint_every=1000"]
+             # Far more epochs than the test waits for, on any machine.
+             "--config.num_epochs=100000",
+             "--config.checkpoint_every=1000000"]
   process = subprocess.Popen(command, cwd=runs.ROOT, env=runs.environment(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
   log = workdir / "metrics.jsonl"
   deadline = time.monotonic() + 240
   while not (log.exists() and len(log.read_text().splitlines()) >= 4):
@@ -438,7 +440,7 @@ def test_ctrl_c_stops_at_the_epochs_end_and_the_run_resumes(tmp_path):
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 130, stderr
   assert "Traceback" not in stderr
-  # checkpoint_every 1000: the only save is the one the stop made.
+  # checkpoint_every 1000000: the only save is the one the stop made.
   (epoch,) = runs.steps(workdir)
   assert runs.error_lines(stderr) == [
       f"error: stopped after epoch {epoch}: {workdir} keeps its checkpoint "
@@ -455,4 +457,5 @@ def test_ctrl_c_stops_at_the_epochs_end_and_the_run_resumes(tmp_path):
   resumed.send_signal(signal.SIGINT)
   _, stderr = resumed.communicate(timeout=120)
   assert resumed.returncode == 130, stderr
-  assert runs.steps(workdir)[-1] == epoch + 1
+  # Before its first epoch or after it, as the signal and the check meet.
+  assert runs.steps(workdir)[-1] in (epoch, epoch + 1)

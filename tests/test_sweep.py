@@ -15,6 +15,7 @@ import pytest
 from experiments.configs import mosi
 from mcur_jax import combos
 from mcur_jax import sweep
+from mcur_jax import report
 from mcur_jax import sweep_report
 from mcur_jax import train
 from mcur_jax import validate
@@ -219,14 +220,21 @@ def test_killed_sweep_completes_on_rerun_with_uninterrupted_results(
 
 
 def test_a_stop_request_ends_the_sweep_before_its_next_point(data_dir,
-                                                             tmp_path):
-  """With a stop requested (Ctrl-C, `train.STOP_REQUESTED`), the point
-  being trained finishes (its 1 epoch is its last) and the sweep stops
-  before the next one, with Interrupted, not a failed point."""
+                                                             tmp_path,
+                                                             monkeypatch):
+  """A stop requested (Ctrl-C, `train.STOP_REQUESTED`) in a point's last
+  epoch: the point finishes and the sweep stops before the next one, with
+  Interrupted, not a failed point."""
   base = mosi.get_config("tiny")
   base.update(data_dir=data_dir, seeds=(0,), num_devices=1, num_epochs=1,
               tensorboard=False)
-  train.STOP_REQUESTED.set()
+  update = report.Progress.update
+
+  def update_then_ask_to_stop(self, *args):  # As Ctrl-C in the last epoch.
+    update(self, *args)
+    train.STOP_REQUESTED.set()
+
+  monkeypatch.setattr(report.Progress, "update", update_then_ask_to_stop)
   try:
     with pytest.raises(train.Interrupted, match=(
         r"stopped before point tau=0\.1: .* keeps the points done")):

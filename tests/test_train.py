@@ -43,6 +43,7 @@ from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
+from mcur_jax import workdir as workdir_lib
 from tests import faults
 from tests import runs
 
@@ -384,6 +385,20 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
             == runs.tensorboard_scalars(workdir / folder))
 
 
+def test_a_stop_requested_before_the_first_epoch_trains_nothing(mosi_dir,
+                                                               tmp_path):
+  """A stop requested during setup (Ctrl-C while compiling) stops the run
+  before its first epoch: Interrupted, no checkpoint, the same command
+  starts it."""
+  train.STOP_REQUESTED.set()
+  try:
+    with pytest.raises(train.Interrupted, match="stopped before epoch 1: "):
+      run(mosi_dir, tmp_path, num_devices=1)
+  finally:
+    train.STOP_REQUESTED.clear()
+  assert not checkpoint_steps(tmp_path)
+
+
 def test_progress_follows_current_stdout(capsys):
   """The progress lines of a run, resumed or not, go to sys.stdout as it is
   when the run happens (here pytest's capsys), as its other lines do."""
@@ -393,18 +408,24 @@ def test_progress_follows_current_stdout(capsys):
 
 
 def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
-  """The time per epoch leaves out the first epoch a process runs (it
-  compiles); the time left is that rate times the epochs to go; the last
-  line gives the whole time."""
+  """The time per epoch leaves out the first epoch of a run (it compiles);
+  the time left is that rate times the epochs to go; the last line gives
+  the time of the epochs this process ran (here, resumed after 1 of 5)."""
   ticks = iter([0.0, 30.0, 32.0, 36.0, 39.0])
   progress = report.Progress(5, clock=lambda: next(ticks))
   for epoch in (2, 3, 4, 5):
     progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   lines = capsys.readouterr().out.splitlines()
-  assert lines[0].endswith("; 30.0 s with compiling")
-  assert lines[1].endswith("; 2.0 s/epoch, 0:04 left")
-  assert lines[2].endswith("; 3.0 s/epoch, 0:03 left")  # Mean of 2 and 4.
-  assert lines[3].endswith("; 0:39 in all")
+  assert lines[0].endswith("; 30 s, compiling included")
+  assert lines[1].endswith("; 2 s/epoch, 0:04 left")
+  assert lines[2].endswith("; 3 s/epoch, 0:03 left")  # Mean of 2 and 4.
+  assert lines[3].endswith("; 0:39 for 4 epochs")
+  ticks = iter([0.0, 5.0, 5.25, 5.375])  # Fast epochs keep 3 digits.
+  progress = report.Progress(9, clock=lambda: next(ticks))
+  for epoch in (1, 2, 3):
+    progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
+  assert capsys.readouterr().out.splitlines()[-1].endswith(
+      "; 0.188 s/epoch, 0:01 left")  # Mean of 0.25 and 0.125.
   assert report.clock_time(3725.4) == "1:02:05"
 
 
@@ -783,6 +804,29 @@ def test_cli_without_data_uses_synthetic_and_says_so(tmp_path):
   assert ((tmp_path / saved["data"]["dir"]).resolve()
           == (tmp_path / "run" / "synthetic-mosi").resolve())
   assert "[SYNTHETIC DATA]" in result.stdout
+
+
+def test_rerun_of_a_moved_workdir_finds_its_synthetic_data(tmp_path,
+                                                           monkeypatch):
+  """A workdir moved with its synthetic data resumes without --data_dir:
+  the data is known by its manifest's checksum (data.json), not its old
+  path."""
+  config = mosi_config.get_config("tiny")
+  workdir = tmp_path / "moved"
+  out = workdir / "synthetic-mosi"
+  writer.write(synthetic.generate("mosi", 0, 0.02), out)
+  config.data_dir = str(tmp_path / "before" / "synthetic-mosi")
+  (workdir / "config.json").write_text(json.dumps(config.to_dict()))
+  (workdir / "data.json").write_text(json.dumps(
+      {"manifest_sha256": workdir_lib.data_sha256(str(out))}))
+  monkeypatch.chdir(tmp_path)
+  assert launch.find_data(config, "moved") == os.path.join(
+      "moved", "synthetic-mosi")
+  (workdir / "data.json").write_text(json.dumps({"manifest_sha256": "0"}))
+  with pytest.raises(validate.ConfigError, match=re.escape(
+      "resume it, or a new --workdir (moved/synthetic-mosi holds other "
+      "data)")):
+    launch.find_data(config, "moved")
 
 
 @pytest.mark.parametrize("given", ["missing", "features.npz"])
