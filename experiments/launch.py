@@ -533,7 +533,10 @@ def define_flags(name: str, workdir: str, cache: str = USER_CACHE) -> None:
   define_config_file(
       "config", os.path.join(CONFIGS, f"{name}.py"),
       "config file (FILE or FILE:tiny; experiments/configs/... is found in "
-      "the installed package too); override fields with --config.x=...")
+      "the installed package too), every field in it with a comment; "
+      "override fields with --config.x=..., e.g. --config.seeds=0,1 "
+      "--config.num_epochs=10 --config.fold=2 (IEMOCAP) "
+      "--config.num_devices=1 --config.compute_dtype=bfloat16")
   # --help lists the flags of the main module only: make these its own.
   for flag in ("data_dir", "workdir", "coordinator_address", "num_processes",
                "process_id", "config"):

@@ -3,8 +3,10 @@
     python -m experiments.predict --workdir runs/mosi [--data_dir D [--fold K] --split test | --input FILE.npz] [--key label=label4] [--combination at] [--ensemble] --out predictions.csv
 
 Without --data_dir or --input it predicts the run's own data (--split,
-default test). Columns and the npz format: `mcur_jax/predict.py`. Exit 2
-with one `error:` line for input that does not fit the model.
+default test). Columns: `mcur_jax/predict.py`; the npz format:
+`data_prep/formats/npz.py` (`group_id` and the modality keys; `speaker`
+and `session` too for a run with `speaker_norm`, as IEMOCAP's default).
+Exit 2 with one `error:` line for input that does not fit the model.
 """
 
 import sys
@@ -24,7 +26,8 @@ flags.DEFINE_enum("split", "test", list(predict.SPLITS),
 flags.DEFINE_integer("fold", None, "fold of a cross-validated --data_dir "
                      "(default: the run's own fold)")
 flags.DEFINE_string("input", None, "an .npz of features instead (labels "
-                    "optional; format in data_prep/formats/npz.py)")
+                    "optional; format in data_prep/formats/npz.py; speaker "
+                    "and session keys for a run with speaker_norm)")
 flags.DEFINE_string("combination", None, "use only these modalities, e.g. at "
                     "(default: every modality each utterance has)")
 flags.DEFINE_bool("ensemble", False, "one row per utterance from the seeds' "

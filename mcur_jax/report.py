@@ -114,8 +114,8 @@ class Progress:
               " left")
     line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
             f" loss {np.mean(stats['loss']):.4f} valid avg {name} "
-            f"{np.mean(score):.4f} (best seed so far {self.best:.4f}); "
-            f"{pace}")
+            f"{np.mean(score):.4f} (best {'seed ' * (np.size(score) > 1)}"
+            f"so far {self.best:.4f}); {pace}")
     if self.tty:
       self.stream.write("\r" + line.ljust(self.shown))
       self.shown = len(line)
@@ -457,9 +457,12 @@ def table(results_dict: dict, split: str = "test") -> str:
   """A Markdown table, rows = metrics, columns = combinations and Avg."""
   cols = names(results_dict) + ["avg"]
   part = results_dict[split]
+  runs = len(part["avg"][results_dict["headline"]]["per_run"])
+  folds = len(results_dict.get("folds") or ())
   lines = [f"{results_dict['dataset']} {split}, mean ± std over "
-           f"{len(part['avg'][results_dict['headline']]['per_run'])} run(s), "
-           f"selected on {results_dict['selected_on']}"
+           + (f"{folds} folds x {runs // folds} seed(s)" if folds else
+              f"{runs} run(s)")
+           + f", selected on {results_dict['selected_on']}"
            + (" [SYNTHETIC DATA]" if results_dict["data"]["synthetic"] else ""),
            "| metric | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]

@@ -505,7 +505,9 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
       f"{run.mesh.devices.size} device(s)"
       + (f" in {jax.process_count()} processes"
          if jax.process_count() > 1 else "") + "; "
-      + (f"resuming after epoch {start}" if start else "from scratch"))
+      + ("from scratch" if not start else f"resuming after epoch {start}"
+         if start < config.num_epochs else
+         f"its {start} epochs done, evaluating"))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
   progress = report.Progress(config.num_epochs, enabled=run.main_process)

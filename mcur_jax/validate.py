@@ -102,7 +102,8 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
                         f"{config.hidden_dim}")
   if config.batch_size % devices:
     raise _error("batch_size", f"{config.batch_size} does not divide by "
-                      f"the {devices} devices")
+                 f"the {devices} devices (config.num_devices chooses how "
+                 "many are used)")
   if config.context_layers and config.context_window > config.batch_size:
     raise _error("context_window", f"{config.context_window} exceeds "
                  f"batch_size {config.batch_size}: training windows would be "
@@ -147,7 +148,9 @@ def check_devices(config, available: int) -> None:
   mesh than its config says)."""
   if not 0 <= config.num_devices <= available:
     raise _error("num_devices", f"{config.num_devices}, must be 0 (all) or "
-                 f"between 1 and {available}, the devices JAX finds")
+                 f"between 1 and {available}, the devices JAX finds (on a "
+                 "CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                 "set before the run makes N)")
 
 
 def modalities(config, field: str) -> tuple[str, ...]:

@@ -152,7 +152,8 @@ def test_config_check_names_the_field(mosi_dir):
       ("missing_rate_draws", 0, "config.missing_rate_draws: 0, must be >= 1"),
       ("missing_rate_seed", -1, "config.missing_rate_seed: -1, must be >= 0"),
       ("context_window", 1000, "config.context_window: 1000 exceeds"),
-      ("batch_size", 12, "config.batch_size: 12 does not divide by the 8"),
+      ("batch_size", 12, r"config.batch_size: 12 does not divide by the 8 "
+       r"devices \(config.num_devices chooses how many are used\)"),
       ("dataset", "mosei", "config.dataset: 'mosei'"),
       ("speaker_norm", "audio,voice", "config.speaker_norm: 'voice'"),
       ("validation", "speakers", "config.validation: 'speakers'"),
@@ -164,8 +165,9 @@ def test_config_check_names_the_field(mosi_dir):
       validate.check(tiny(mosi_dir, **{field: value}), manifest, 8)
   validate.check(tiny(mosi_dir), manifest, 8)
   for devices in (-1, 9):
-    with pytest.raises(validate.ConfigError,
-                       match=f"config.num_devices: {devices}, must be 0"):
+    with pytest.raises(validate.ConfigError, match=(
+        f"config.num_devices: {devices}, must be 0 .* \\(on a CPU, XLA_FLAGS="
+        "--xla_force_host_platform_device_count=N set before the run")):
       validate.check_devices(tiny(mosi_dir, num_devices=devices), 8)
   for devices in (0, 1, 8):
     validate.check_devices(tiny(mosi_dir, num_devices=devices), 8)
