@@ -110,8 +110,8 @@ class Progress:
       pace = f"{self.seconds[0]:.3g} s, compiling included"
     else:
       rate = float(np.mean(self.seconds[1:]))
-      pace = (f"{rate:.3g} s/epoch, {clock_time(rate * (self.total - epoch))}"
-              " left")
+      left = clock_time(rate * (self.total - epoch))
+      pace = f"{rate:.3g} s/epoch, {left} of training left"
     line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
             f" loss {np.mean(stats['loss']):.4f} valid avg {name} "
             f"{np.mean(score):.4f} (best {'seed ' * (np.size(score) > 1)}"

@@ -417,15 +417,16 @@ def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
     progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].endswith("; 30 s, compiling included")
-  assert lines[1].endswith("; 2 s/epoch, 0:04 left")
-  assert lines[2].endswith("; 3 s/epoch, 0:03 left")  # Mean of 2 and 4.
+  assert lines[1].endswith("; 2 s/epoch, 0:04 of training left")
+  # The mean of 2 and 4:
+  assert lines[2].endswith("; 3 s/epoch, 0:03 of training left")
   assert lines[3].endswith("; 0:39 for 4 epochs")
   ticks = iter([0.0, 5.0, 5.25, 5.375])  # Fast epochs keep 3 digits.
   progress = report.Progress(9, clock=lambda: next(ticks))
   for epoch in (1, 2, 3):
     progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   assert capsys.readouterr().out.splitlines()[-1].endswith(
-      "; 0.188 s/epoch, 0:01 left")  # Mean of 0.25 and 0.125.
+      "; 0.188 s/epoch, 0:01 of training left")  # Mean of 0.25 and 0.125.
   assert report.clock_time(3725.4) == "1:02:05"
 
 
