@@ -20,7 +20,6 @@ from mcur_jax import data
 from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import predict
-from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -76,19 +75,10 @@ def test_a_stop_request_ends_a_cross_validated_run_between_folds(
     iemocap_dir, tmp_path, monkeypatch):
   """A stop requested (Ctrl-C, `train.STOP_REQUESTED`) in fold 1's last
   epoch: fold 1 finishes and the run stops before fold 2."""
-  update = report.Progress.update
-
-  def update_then_ask_to_stop(self, *args):  # As Ctrl-C in the last epoch.
-    update(self, *args)
-    train.STOP_REQUESTED.set()
-
-  monkeypatch.setattr(report.Progress, "update", update_then_ask_to_stop)
-  try:
-    with pytest.raises(train.Interrupted,
-                       match="stopped before fold 2: .* keeps the folds done"):
-      iemocap(iemocap_dir, tmp_path, fold=0)
-  finally:
-    train.STOP_REQUESTED.clear()
+  with runs.ctrl_c_in_every_epoch(monkeypatch), pytest.raises(
+      train.Interrupted, match="stopped before fold 2: .* keeps the folds "
+      "done"):
+    iemocap(iemocap_dir, tmp_path, fold=0)
   assert (tmp_path / "fold1" / "results.json").exists()
   assert not (tmp_path / "fold2").exists()
 

@@ -15,7 +15,6 @@ import pytest
 from experiments.configs import mosi
 from mcur_jax import combos
 from mcur_jax import sweep
-from mcur_jax import report
 from mcur_jax import sweep_report
 from mcur_jax import train
 from mcur_jax import validate
@@ -228,20 +227,11 @@ def test_a_stop_request_ends_the_sweep_before_its_next_point(data_dir,
   base = mosi.get_config("tiny")
   base.update(data_dir=data_dir, seeds=(0,), num_devices=1, num_epochs=1,
               tensorboard=False)
-  update = report.Progress.update
-
-  def update_then_ask_to_stop(self, *args):  # As Ctrl-C in the last epoch.
-    update(self, *args)
-    train.STOP_REQUESTED.set()
-
-  monkeypatch.setattr(report.Progress, "update", update_then_ask_to_stop)
-  try:
-    with pytest.raises(train.Interrupted, match=(
-        r"stopped before point tau=0\.1: .* keeps the points done")):
-      sweep.run(base, str(tmp_path), [{"tau": 0.05}, {"tau": 0.1}],
-                log=lambda *_: None)
-  finally:
-    train.STOP_REQUESTED.clear()
+  with runs.ctrl_c_in_every_epoch(monkeypatch), pytest.raises(
+      train.Interrupted,
+      match=r"stopped before point tau=0\.1: .* keeps the points done"):
+    sweep.run(base, str(tmp_path), [{"tau": 0.05}, {"tau": 0.1}],
+              log=lambda *_: None)
   assert (tmp_path / "tau=0.05" / "results.json").exists()
   assert not (tmp_path / "tau=0.1").exists()
 
