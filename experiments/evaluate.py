@@ -35,6 +35,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   launch.start(argv)
+  launch.end_on_ctrl_c()
   launch.check_output(FLAGS.out)
   try:
     launch.compilation_cache_from_flags()

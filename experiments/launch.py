@@ -454,6 +454,16 @@ def stop_at_epoch_end_on_ctrl_c():
   return lambda: signal.signal(signal.SIGINT, previous)
 
 
+def end_on_ctrl_c() -> None:
+  """Makes Ctrl-C (SIGINT) end the process at once, the signal's default
+  action: for evaluate and predict, which have nothing to save (their
+  outputs are written aside and renamed into place). Python's
+  KeyboardInterrupt can be raised inside a callback that swallows it (JAX's
+  garbage-collection hook), and the command would go on."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def execute(argv, job, cache: str | None = None) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
   `initialize_distributed()` when `config.distributed`, the compilation

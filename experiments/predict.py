@@ -42,6 +42,7 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
   launch.start(argv)
+  launch.end_on_ctrl_c()
   launch.check_output(FLAGS.out)
   if FLAGS.data_dir and FLAGS.input:
     print("error: --data_dir and --input: give one", file=sys.stderr)

@@ -8,9 +8,12 @@ import csv
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -385,6 +388,36 @@ def test_evaluate_cli_without_checkpoint_exits_2(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: ")
   assert "config.json" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def _catches_sigint(pid: int) -> bool:
+  """Whether the process has a handler for SIGINT (its SigCgt mask)."""
+  status = pathlib.Path(f"/proc/{pid}/status").read_text()
+  caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)
+  return bool(caught >> (signal.SIGINT - 1) & 1)
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(),
+                    reason="reads the signal mask from /proc")
+@pytest.mark.parametrize("module", ["evaluate", "predict"])
+def test_ctrl_c_ends_evaluate_and_predict_at_once(mixed, module, tmp_path):
+  """Once the command has taken its flags, Ctrl-C (SIGINT) ends it at once,
+  by the signal, whatever Python code runs then (a KeyboardInterrupt could
+  be swallowed by a JAX callback). The test waits for Python's own handler
+  and then for the command to drop it, so the signal lands after that."""
+  workdir, _ = mixed
+  process = subprocess.Popen(
+      [sys.executable, "-m", f"experiments.{module}", "--workdir",
+       str(workdir), "--out", str(tmp_path / "out")], cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 120
+  for caught in (True, False):
+    while _catches_sigint(process.pid) != caught:
+      assert process.poll() is None and time.monotonic() < deadline
+      time.sleep(0.005)
+  process.send_signal(signal.SIGINT)
+  assert process.wait(timeout=60) == -signal.SIGINT
+  assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("module,out", [
