@@ -322,10 +322,12 @@ def find_data(config, workdir: str) -> str:
 
 def _check_run_data(workdir: str, found: str) -> None:
   """Raises ConfigError when `workdir` holds a run (or a fold) whose data
-  is not `found`, the directory a run without --data_dir would take: not
-  prepared there, or with another manifest (`workdir.check_data`; the data
-  may move, so paths are not compared). A run whose config.json cannot be
-  read is left to the resume checks, which say so."""
+  is not `found`, the directory a run without --data_dir would take: known
+  by its manifest's checksum (`workdir.check_data`; the data may move), or
+  by its path for a run without data.json, or when nothing is prepared
+  there (but the run's own synthetic data, deleted, is generated again).
+  A run whose config.json or data.json cannot be read is left to the
+  resume checks, which say so."""
   started = [d for d in [workdir] + workdir_lib.started_folds(workdir)
              if os.path.exists(os.path.join(d, workdir_lib.CONFIG_FILE))]
   if not started:
@@ -334,15 +336,24 @@ def _check_run_data(workdir: str, found: str) -> None:
     recorded = checkpoint.load_config(started[0]).data_dir
   except (OSError, ValueError):
     return
+  same_path = os.path.abspath(recorded) == os.path.abspath(found)
   advice = (f"not given, and {workdir} holds a run on {recorded}: give "
             "--data_dir with that data to resume it, or a new --workdir")
   if not os.path.exists(os.path.join(found, schema.MANIFEST)):
+    if same_path:  # Synthetic data since deleted: generated again, checked.
+      return
+    raise validate.ConfigError("--data_dir", advice)
+  if not os.path.exists(os.path.join(started[0], workdir_lib.DATA_FILE)):
+    if same_path:  # A run from before data.json: its path is all there is.
+      return
     raise validate.ConfigError("--data_dir", advice)
   try:
     workdir_lib.check_data(started[0], found, "")
   except validate.ConfigError:
     raise validate.ConfigError("--data_dir", f"{advice} ({found} holds "
                                "other data)") from None
+  except (OSError, ValueError, KeyError):
+    return
 
 
 def initialize_distributed() -> None:
@@ -434,9 +445,12 @@ def stop_at_epoch_end_on_ctrl_c():
   can be raised inside a callback that swallows it (JAX's garbage-collection
   hook), and the run then goes on. Returns a function that puts the
   previous handler back (nothing to do outside the main thread, where
-  signals are not handled)."""
+  signals are not handled, or for a process started with SIGINT ignored,
+  a background job of a script, which keeps ignoring it)."""
   train.STOP_REQUESTED.clear()
-  if threading.current_thread() is not threading.main_thread():
+  previous = signal.getsignal(signal.SIGINT)
+  if (threading.current_thread() is not threading.main_thread()
+      or previous is signal.SIG_IGN):
     return lambda: None
 
   def request_stop(signum, frame):
@@ -447,7 +461,6 @@ def stop_at_epoch_end_on_ctrl_c():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.write(2, b"\nCtrl-C: stopping at the end of this epoch, with a "
              b"checkpoint (Ctrl-C again stops at once)\n")
-  previous = signal.getsignal(signal.SIGINT)
   signal.signal(signal.SIGINT, request_stop)
   if previous is None:  # A handler not set from Python.
     previous = signal.SIG_DFL
@@ -459,8 +472,10 @@ def end_on_ctrl_c() -> None:
   action: for evaluate and predict, which have nothing to save (their
   outputs are written aside and renamed into place). Python's
   KeyboardInterrupt can be raised inside a callback that swallows it (JAX's
-  garbage-collection hook), and the command would go on."""
-  if threading.current_thread() is threading.main_thread():
+  garbage-collection hook), and the command would go on. A process started
+  with SIGINT ignored (a background job of a script) keeps ignoring it."""
+  if (threading.current_thread() is threading.main_thread()
+      and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 

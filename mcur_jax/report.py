@@ -107,11 +107,11 @@ class Progress:
       pace = (f"{clock_time(now - self.started)} for {count} epoch"
               f"{'s' if count > 1 else ''}")
     elif count == 1:
-      pace = f"{self.seconds[0]:.3g} s, compiling included"
+      pace = f"{_seconds(self.seconds[0])}, compiling included"
     else:
       rate = float(np.mean(self.seconds[1:]))
       left = clock_time(rate * (self.total - epoch))
-      pace = f"{rate:.3g} s/epoch, {left} of training left"
+      pace = f"{_seconds(rate)}/epoch, {left} of training left"
     line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
             f" loss {np.mean(stats['loss']):.4f} valid avg {name} "
             f"{np.mean(score):.4f} (best {'seed ' * (np.size(score) > 1)}"
@@ -126,6 +126,11 @@ class Progress:
   def close(self):
     if self.enabled and self.tty:
       self.stream.write("\n")
+
+
+def _seconds(seconds: float) -> str:
+  """A duration to 3 digits ("0.0812 s", "26.2 s"), as m:ss from 100 s."""
+  return f"{seconds:.3g} s" if seconds < 99.95 else clock_time(seconds)
 
 
 def clock_time(seconds: float) -> str:

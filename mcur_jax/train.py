@@ -507,7 +507,7 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
          if jax.process_count() > 1 else "") + "; "
       + ("from scratch" if not start else f"resuming after epoch {start}"
          if start < config.num_epochs else
-         f"its {start} epochs done, evaluating"))
+         f"its {start} epoch{'s' * (start > 1)} done, evaluating"))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
   progress = report.Progress(config.num_epochs, enabled=run.main_process)

@@ -96,6 +96,17 @@ def cli(*args, cwd=ROOT, dataset="mosi", fault=None, env=None,
                         text=True, timeout=timeout)
 
 
+def interruptible(module: str, *args) -> list:
+  """The command `python -m MODULE ARGS` that takes SIGINT as a terminal's
+  Ctrl-C gives it, even when this test session was started with SIGINT
+  ignored (a background job of a script), which its children inherit and
+  Python then keeps."""
+  return [sys.executable, "-c",
+          "import runpy, signal; signal.signal(signal.SIGINT, "
+          "signal.default_int_handler); runpy.run_module("
+          f"{module!r}, run_name='__main__', alter_sys=True)", *args]
+
+
 def error_lines(stderr: str) -> list[str]:
   return [line for line in stderr.splitlines() if line.startswith("error:")]
 

@@ -406,17 +406,22 @@ def test_ctrl_c_ends_evaluate_and_predict_at_once(mixed, module, tmp_path):
   be swallowed by a JAX callback). The test waits for Python's own handler
   and then for the command to drop it, so the signal lands after that."""
   workdir, _ = mixed
-  process = subprocess.Popen(
-      [sys.executable, "-m", f"experiments.{module}", "--workdir",
-       str(workdir), "--out", str(tmp_path / "out")], cwd=ROOT,
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 120
-  for caught in (True, False):
-    while _catches_sigint(process.pid) != caught:
-      assert process.poll() is None and time.monotonic() < deadline
-      time.sleep(0.005)
-  process.send_signal(signal.SIGINT)
-  assert process.wait(timeout=60) == -signal.SIGINT
+  with open(tmp_path / "stderr", "w") as stderr:
+    process = subprocess.Popen(
+        runs.interruptible(f"experiments.{module}", "--workdir", workdir,
+                           "--out", tmp_path / "out"),
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+  try:
+    deadline = time.monotonic() + 120
+    for caught in (True, False):
+      while _catches_sigint(process.pid) != caught:
+        assert process.poll() is None and time.monotonic() < deadline, (
+            (tmp_path / "stderr").read_text())
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == -signal.SIGINT
+  finally:
+    process.kill()
   assert not (tmp_path / "out").exists()
 
 

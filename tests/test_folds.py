@@ -20,6 +20,7 @@ from mcur_jax import data
 from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import predict
+from mcur_jax import report
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -54,6 +55,8 @@ def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
   folds = [json.loads((workdir / f"fold{k}" / "results.json").read_text())
            for k in range(1, 6)]
   assert [r["fold"] for r in folds] == [1, 2, 3, 4, 5]
+  assert report.table(results).startswith(
+      "iemocap4 test, mean ± std over 5 folds x 1 seed(s), selected on valid")
   assert results["folds"] == [1, 2, 3, 4, 5]
   assert json.loads((workdir / "results.json").read_text()) == results
   # The pooled run's TensorBoard HPARAMS session holds its pooled numbers.
@@ -91,6 +94,11 @@ def test_iemocap_single_fold(all_folds, iemocap_dir, tmp_path, capsys):
   assert results["fold"] == 2
   assert capsys.readouterr().out.startswith(
       "iemocap4 fold 2/5 (test: session 2): train ")
+  # Run again, a finished run is evaluated again and says so.
+  again = iemocap(iemocap_dir, tmp_path, fold=2, plots=True)
+  assert again["test"] == results["test"]
+  assert capsys.readouterr().out.splitlines()[0].endswith(
+      "; its 1 epoch done, evaluating")
   assert sorted(os.listdir(tmp_path)) == [
       ".lock", "calibration.json", "checkpoints", "config.json", "data.json",
       "figures", "metrics.jsonl", "model_inputs", "results.json",

@@ -423,11 +423,11 @@ def test_ctrl_c_stops_at_the_epochs_end_and_the_run_resumes(tmp_path):
   data = tmp_path / "data"
   writer.write(synthetic.generate("mosi", 0, 0.1), data)
   workdir = tmp_path / "run"
-  command = [sys.executable, "-m", "experiments.mosi", "--data_dir", data,
-             "--workdir", workdir, "--config", f"{launch.CONFIGS}/mosi.py:tiny",
-             # Far more epochs than the test waits for, on any machine.
-             "--config.num_epochs=100000",
-             "--config.checkpoint_every=1000000"]
+  command = runs.interruptible(
+      "experiments.mosi", "--data_dir", data, "--workdir", workdir,
+      "--config", f"{launch.CONFIGS}/mosi.py:tiny",
+      # Far more epochs than the test waits for, on any machine.
+      "--config.num_epochs=100000", "--config.checkpoint_every=1000000")
   process = subprocess.Popen(command, cwd=runs.ROOT, env=runs.environment(),
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
@@ -458,4 +458,8 @@ def test_ctrl_c_stops_at_the_epochs_end_and_the_run_resumes(tmp_path):
   _, stderr = resumed.communicate(timeout=120)
   assert resumed.returncode == 130, stderr
   # Before its first epoch or after it, as the signal and the check meet.
-  assert runs.steps(workdir)[-1] in (epoch, epoch + 1)
+  [line] = runs.error_lines(stderr)
+  last = runs.steps(workdir)[-1]
+  assert line.startswith(f"error: stopped before epoch {epoch + 1}: "
+                         if last == epoch else
+                         f"error: stopped after epoch {epoch + 1}: ")

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shutil
 
 import chex
 import flax
@@ -427,6 +428,13 @@ def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
     progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   assert capsys.readouterr().out.splitlines()[-1].endswith(
       "; 0.188 s/epoch, 0:01 of training left")  # Mean of 0.25 and 0.125.
+  ticks = iter([0.0, 300.0, 1534.0])  # From 100 s, minutes and seconds.
+  progress = report.Progress(3, clock=lambda: next(ticks))
+  for epoch in (1, 2):
+    progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
+  assert [line.split("; ")[-1] for line in capsys.readouterr().out.splitlines()
+          ] == ["5:00, compiling included",
+                "20:34/epoch, 20:34 of training left"]
   assert report.clock_time(3725.4) == "1:02:05"
 
 
@@ -811,7 +819,8 @@ def test_rerun_of_a_moved_workdir_finds_its_synthetic_data(tmp_path,
                                                            monkeypatch):
   """A workdir moved with its synthetic data resumes without --data_dir:
   the data is known by its manifest's checksum (data.json), not its old
-  path."""
+  path; without data.json, by its path; a run's own synthetic data,
+  deleted, is generated again."""
   config = mosi_config.get_config("tiny")
   workdir = tmp_path / "moved"
   out = workdir / "synthetic-mosi"
@@ -828,6 +837,23 @@ def test_rerun_of_a_moved_workdir_finds_its_synthetic_data(tmp_path,
       "resume it, or a new --workdir (moved/synthetic-mosi holds other "
       "data)")):
     launch.find_data(config, "moved")
+  # A data.json that cannot be read: left to the resume checks.
+  (workdir / "data.json").write_text("{")
+  assert launch.find_data(config, "moved") == os.path.join(
+      "moved", "synthetic-mosi")
+  # No data.json (a run from before it): known by its path alone.
+  (workdir / "data.json").unlink()
+  with pytest.raises(validate.ConfigError, match="holds a run on"):
+    launch.find_data(config, "moved")
+  config.data_dir = str(out)
+  (workdir / "config.json").write_text(json.dumps(config.to_dict()))
+  assert launch.find_data(config, "moved") == os.path.join(
+      "moved", "synthetic-mosi")
+  # Its own synthetic data, deleted: generated again.
+  shutil.rmtree(out)
+  assert launch.find_data(config, "moved") == os.path.join(
+      "moved", "synthetic-mosi")
+  assert (out / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("given", ["missing", "features.npz"])
