@@ -336,17 +336,16 @@ def _check_run_data(workdir: str, found: str) -> None:
     recorded = checkpoint.load_config(started[0]).data_dir
   except (OSError, ValueError):
     return
-  same_path = os.path.abspath(recorded) == os.path.abspath(found)
   advice = (f"not given, and {workdir} holds a run on {recorded}: give "
             "--data_dir with that data to resume it, or a new --workdir")
-  if not os.path.exists(os.path.join(found, schema.MANIFEST)):
-    if same_path:  # Synthetic data since deleted: generated again, checked.
-      return
-    raise validate.ConfigError("--data_dir", advice)
-  if not os.path.exists(os.path.join(started[0], workdir_lib.DATA_FILE)):
-    if same_path:  # A run from before data.json: its path is all there is.
-      return
-    raise validate.ConfigError("--data_dir", advice)
+  # With no data there (the run's synthetic data since deleted is generated
+  # again, then checked) or no checksum (a run from before data.json), the
+  # path is all there is to compare.
+  if not (os.path.exists(os.path.join(found, schema.MANIFEST)) and
+          os.path.exists(os.path.join(started[0], workdir_lib.DATA_FILE))):
+    if os.path.abspath(recorded) != os.path.abspath(found):
+      raise validate.ConfigError("--data_dir", advice)
+    return
   try:
     workdir_lib.check_data(started[0], found, "")
   except validate.ConfigError:
@@ -438,20 +437,25 @@ def _quiet_closed_loops(hook):
   return quiet
 
 
+def _takes_sigint() -> bool:
+  """Whether this code may set the SIGINT handler: only the main thread
+  can, and a process started with SIGINT ignored (a background job of a
+  script) keeps ignoring it, as Python itself does."""
+  return (threading.current_thread() is threading.main_thread()
+          and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+
+
 def stop_at_epoch_end_on_ctrl_c():
   """Makes a first Ctrl-C (SIGINT) ask the run to stop at the end of its
   epoch, saving it (`train.STOP_REQUESTED`), and a second one end the
   process (the signal's default action). Python's own KeyboardInterrupt
   can be raised inside a callback that swallows it (JAX's garbage-collection
   hook), and the run then goes on. Returns a function that puts the
-  previous handler back (nothing to do outside the main thread, where
-  signals are not handled, or for a process started with SIGINT ignored,
-  a background job of a script, which keeps ignoring it)."""
+  previous handler back (nothing to do where `_takes_sigint` says no)."""
   train.STOP_REQUESTED.clear()
-  previous = signal.getsignal(signal.SIGINT)
-  if (threading.current_thread() is not threading.main_thread()
-      or previous is signal.SIG_IGN):
+  if not _takes_sigint():
     return lambda: None
+  previous = signal.getsignal(signal.SIGINT)
 
   def request_stop(signum, frame):
     del signum, frame
@@ -472,10 +476,9 @@ def end_on_ctrl_c() -> None:
   action: for evaluate and predict, which have nothing to save (their
   outputs are written aside and renamed into place). Python's
   KeyboardInterrupt can be raised inside a callback that swallows it (JAX's
-  garbage-collection hook), and the command would go on. A process started
-  with SIGINT ignored (a background job of a script) keeps ignoring it."""
-  if (threading.current_thread() is threading.main_thread()
-      and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+  garbage-collection hook), and the command would go on (where
+  `_takes_sigint`)."""
+  if _takes_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
