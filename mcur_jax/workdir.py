@@ -170,8 +170,13 @@ def _remove_temporaries(workdir: str) -> None:
 @contextlib.contextmanager
 def lock(workdir: str):
   """Holds `WORKDIR/.lock` for the block (process 0 takes it, every
-  process learns the outcome); raises WorkdirBusy if a live run has it."""
+  process learns the outcome); raises WorkdirBusy if a live run has it.
+  A workdir the block left empty (a run refused at its config check) is
+  left as it was found: without the `.lock` this call created, and
+  removed if this call created it."""
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
+  created_lock = not os.path.exists(os.path.join(workdir, LOCK_FILE))
   handle = None
   if jax.process_index() == 0:
     handle = open(os.path.join(workdir, LOCK_FILE), "a+")
@@ -194,8 +199,24 @@ def lock(workdir: str):
     yield
   finally:
     if handle is not None:
+      if created_lock:
+        _remove_if_only_lock(workdir, created)
       fcntl.flock(handle, fcntl.LOCK_UN)
       handle.close()
+
+
+def _remove_if_only_lock(workdir: str, directory: bool) -> None:
+  """Removes `.lock` (and `workdir` too if `directory`) if the lock is all
+  `workdir` holds. The lock file goes while still locked, so a run that
+  opened it meanwhile is refused as busy, and one that creates a new one
+  keeps the directory (rmdir fails)."""
+  try:
+    if os.listdir(workdir) == [LOCK_FILE]:
+      os.remove(os.path.join(workdir, LOCK_FILE))
+      if directory:
+        os.rmdir(workdir)
+  except OSError:
+    pass
 
 
 def data_sha256(data_dir: str) -> str:

@@ -292,6 +292,26 @@ def test_second_run_on_a_busy_workdir_is_refused_and_a_killed_one_frees_it(
     pass
 
 
+def test_a_run_that_wrote_nothing_leaves_its_workdir_as_it_found_it(
+    tmp_path):
+  """A run refused before writing anything (a bad config) takes its lock
+  and gives it back: a workdir it created is gone, one that was there stays
+  without the lock file; a workdir with files keeps its lock file."""
+  new, empty, used = tmp_path / "new", tmp_path / "empty", tmp_path / "used"
+  empty.mkdir()
+  used.mkdir()
+  (used / "metrics.jsonl").write_text("")
+  for workdir in (new, empty, used):
+    with pytest.raises(validate.ConfigError):
+      with workdir_lib.lock(str(workdir)):
+        assert (workdir / workdir_lib.LOCK_FILE).exists()
+        raise validate.ConfigError("config.num_epochs", "0, must be >= 1")
+  assert not new.exists()
+  assert empty.is_dir() and not list(empty.iterdir())
+  assert sorted(p.name for p in used.iterdir()) == [
+      workdir_lib.LOCK_FILE, "metrics.jsonl"]
+
+
 @pytest.mark.parametrize("fault", [
     "enospc_save:2",
     pytest.param("enospc_results", marks=pytest.mark.extended)])

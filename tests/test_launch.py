@@ -205,6 +205,7 @@ def test_data_dir_flag_overrides_a_config_files_data_dir(iemocap6_dir,
   assert result.returncode == 2, result.stderr
   assert runs.error_lines(result.stderr) == [
       "error: config.num_epochs: 0, must be >= 1"]
+  assert not (tmp_path / "w").exists()  # Refused runs leave no workdir.
 
 
 def test_sweep_report_help_and_usage(capsys):
