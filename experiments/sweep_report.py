@@ -1,7 +1,9 @@
 """Summarises a sweep: `python -m experiments.sweep_report WORKDIR`.
 
 Writes WORKDIR/sweep_report.{md,csv,png} (rows sorted by the validation
-metric, never by test) and prints the Markdown table.
+metric, never by test) and, once a point finished, WORKDIR/results.md (the
+paper-style tables, a row per point); prints the Markdown table and the
+files written.
 """
 
 import sys
@@ -18,11 +20,13 @@ def main(argv=None) -> int:
     print("usage: python -m experiments.sweep_report WORKDIR", file=sys.stderr)
     return 2
   try:
-    print(sweep_report.write(argv[0]), end="")
+    text, paths = sweep_report.write(argv[0])
   except FileNotFoundError as e:
     print(f"error: {e.filename}: not a sweep workdir (no sweep.json)",
           file=sys.stderr)
     return 2
+  print(text, end="")
+  print("wrote " + ", ".join(paths))
   return 0
 
 

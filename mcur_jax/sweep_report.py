@@ -126,7 +126,7 @@ def markdown(fields: list[str], rows: list[dict]) -> str:
 def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
   columns = ["name", *fields, "valid", "valid_std", "test", "test_std",
              "runs", *(f"test_{c}" for c in _combinations(rows)), "failed"]
-  with open(path, "w", newline="") as f:
+  with workdir_lib.replacing(path) as tmp, open(tmp, "w", newline="") as f:
     w = csv.DictWriter(f, columns, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
@@ -165,7 +165,8 @@ def plot(path: str, fields: list[str], rows: list[dict]) -> None:
   axes[0][0].legend(fontsize=7)
   fig.suptitle("Sweep: selection uses validation only", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with workdir_lib.replacing(path) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)
 
 
@@ -190,17 +191,19 @@ def paper_table(workdir: str) -> str | None:
        else f"{r['method']} [{name}]", r) for name, r in found])
 
 
-def write(workdir: str) -> str:
-  """Writes the Markdown, CSV and PNG reports and the paper-style
-  results.md; returns the sweep Markdown."""
+def write(workdir: str) -> tuple[str, list[str]]:
+  """Writes the Markdown, CSV and PNG reports and (once a point finished)
+  the paper-style results.md, each file whole or not at all; returns the
+  sweep Markdown and the paths written."""
   fields, rows = collect(workdir)
+  text = markdown(fields, rows)
+  paths = [os.path.join(workdir, f"sweep_report.{ext}")
+           for ext in ("md", "csv", "png")]
+  workdir_lib.write_text(paths[0], text)
+  write_csv(paths[1], fields, rows)
+  plot(paths[2], fields, rows)
   table = paper_table(workdir)
   if table:
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-      f.write(table)
-  text = markdown(fields, rows)
-  with open(os.path.join(workdir, "sweep_report.md"), "w") as f:
-    f.write(text)
-  write_csv(os.path.join(workdir, "sweep_report.csv"), fields, rows)
-  plot(os.path.join(workdir, "sweep_report.png"), fields, rows)
-  return text
+    paths.append(os.path.join(workdir, "results.md"))
+    workdir_lib.write_text(paths[-1], table)
+  return text, paths

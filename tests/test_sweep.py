@@ -316,7 +316,7 @@ def fake_sweep(workdir, scores, field="tau", methods=None):
 def test_report_ranks_by_validation_never_test(tmp_path):
   fake_sweep(tmp_path, {0.05: (0.70, 0.60), 0.1: (0.65, 0.80),
                         0.2: (0.72, 0.50)})
-  text = sweep_report.write(str(tmp_path))
+  text, _ = sweep_report.write(str(tmp_path))
   rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
   taus = [line.split("|")[2].strip() for line in rows]
   assert taus == ["0.2", "0.05", "0.1", "0.3"]
@@ -344,7 +344,7 @@ def test_a_failed_attempt_outranks_an_earlier_points_results(tmp_path):
   fake_sweep(tmp_path, {0.05: (0.70, 0.60), 0.1: (0.65, 0.80)})
   (tmp_path / sweep.point_name({"tau": 0.05}) / sweep.FAILED_FILE
    ).write_text(json.dumps({"error": "num_epochs: 2 -> 3", "type": "X"}))
-  text = sweep_report.write(str(tmp_path))
+  text, _ = sweep_report.write(str(tmp_path))
   rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
   assert rows[0].split("|")[1:3] == [" 1 ", " 0.1 "]
   assert "FAILED: num_epochs: 2 -> 3" in rows[1] and "0.7000" not in text
@@ -381,12 +381,25 @@ def test_report_of_points_overriding_different_fields(tmp_path):
          "data": {"synthetic": False, "format": "npz", "dir": "d"},
          **{split: {c: {"f1_non0": entry} for c in [*combos.NAMES, "avg"]}
             for split in ("valid", "test")}}))
-  text = sweep_report.write(str(tmp_path))
+  text, _ = sweep_report.write(str(tmp_path))
   rows = [line.split("|")[2:4] for line in text.splitlines()
           if line.startswith("| ")][1:]
   assert [[c.strip() for c in r] for r in rows] == [
       ["0.0", "True"], ["0.3", "True"], ["0.3", "False"]]
   assert (tmp_path / "sweep_report.png").exists()
+
+
+def test_report_cli_names_the_files_it_wrote(tmp_path, capsys):
+  """The CLI prints the table, then every file it wrote (results.md once a
+  point finished), and leaves no temporary file."""
+  from experiments import sweep_report as cli  # pylint: disable=g-import-not-at-top
+  fake_sweep(tmp_path, {0.05: (0.70, 0.60)})
+  assert cli.main([str(tmp_path)]) == 0
+  last = capsys.readouterr().out.splitlines()[-1]
+  assert last == "wrote " + ", ".join(
+      str(tmp_path / name) for name in ("sweep_report.md", "sweep_report.csv",
+                                        "sweep_report.png", "results.md"))
+  assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_report_cli_without_sweep_exits_2(tmp_path, capsys):
