@@ -10,7 +10,6 @@ results.json. They equal the numbers training wrote at its end.
 """
 
 import json
-import sys
 
 from absl import app
 from absl import flags
@@ -19,7 +18,6 @@ from experiments import launch
 from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import report
-from mcur_jax import train
 from mcur_jax import workdir as workdir_lib
 
 flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
@@ -37,13 +35,10 @@ def main(argv) -> None:
   launch.start(argv)
   launch.end_on_ctrl_c()
   launch.check_output(FLAGS.out)
-  try:
+  with launch.user_errors(FLAGS.workdir):
     launch.compilation_cache_from_flags()
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
                                          FLAGS.protocol, FLAGS.data_dir)
-  except (FileNotFoundError, *train.INPUT_ERRORS) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   if FLAGS.split in results:
     print(report.table(results, FLAGS.split))
   if "missing_rate" in results:
@@ -52,7 +47,8 @@ def main(argv) -> None:
         f"{r}: {v[key]['mean']:.3f}"
         for r, v in results["missing_rate"]["rates"].items()))
   if FLAGS.out:
-    workdir_lib.write_text(FLAGS.out, json.dumps(results, indent=1) + "\n")
+    with launch.user_errors(FLAGS.out):
+      workdir_lib.write_text(FLAGS.out, json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

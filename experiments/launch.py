@@ -27,6 +27,7 @@ same (same shapes, same config constants, same JAX and device) instead of
 compiling them again; `--compilation_cache off` turns it off.
 """
 
+import contextlib
 import ctypes
 import difflib
 import errno
@@ -355,6 +356,30 @@ def _check_run_data(workdir: str, found: str) -> None:
     return
 
 
+def take_data(config, workdir: str) -> None:
+  """Sets `config.data_dir` to the data the run trains on, absolute (so
+  that config.json finds it from anywhere): --data_dir, else the config's,
+  else `find_data`; a directory given is checked to be a prepared one and
+  gives its dataset (`take_dataset`)."""
+  given = FLAGS.data_dir or config.data_dir
+  # --data_dir overrides a config file's data_dir, but not a
+  # --config.data_dir of the same command line naming another directory.
+  if (FLAGS.data_dir and _overridden("data_dir") and os.path.abspath(
+      FLAGS.data_dir) != os.path.abspath(config.data_dir)):
+    raise validate.ConfigError(
+        "--data_dir", f"{FLAGS.data_dir}, but --config.data_dir is "
+        f"{config.data_dir}; give one of them")
+  if given and not os.path.exists(os.path.join(given, schema.MANIFEST)):
+    raise validate.ConfigError(
+        "--data_dir", f"{given}: not a prepared directory (no "
+        f"{schema.MANIFEST}); python -m data_prep.convert prepares one "
+        "from feature files (docs/data.md)")
+  # Absolute, so that config.json finds the data from anywhere.
+  config.data_dir = os.path.abspath(given or find_data(config, workdir))
+  if given:
+    take_dataset(config, dataset_overridden())
+
+
 def initialize_distributed() -> None:
   """`jax.distributed.initialize` with the --coordinator_address,
   --num_processes and --process_id flags (unset: detected, as on Cloud TPU,
@@ -367,12 +392,30 @@ def initialize_distributed() -> None:
                              FLAGS.process_id)
 
 
-def _os_error(e: OSError, workdir: str) -> str:
-  where = e.filename or os.path.abspath(workdir)
+def _os_error(e: OSError, where: str, resumes: bool) -> str:
+  where = e.filename or os.path.abspath(where)
   if e.errno in (errno.ENOSPC, errno.EDQUOT):
     return (f"{where}: no space left on device; free space and rerun the "
-            "same command: it resumes from the last checkpoint")
+            "same command" + (": it resumes from the last checkpoint"
+                              if resumes else ""))
   return f"{where}: {e.strerror or e}"
+
+
+@contextlib.contextmanager
+def user_errors(where: str, resumes: bool = False):
+  """Turns a failure a user can fix into one `error:` line and exit status
+  2, without a traceback: bad data, config, arguments or checkpoints
+  (`train.INPUT_ERRORS`), or a file that cannot be read or written (an
+  OSError, named by its file, else by `where`; for a full disk, whether the
+  same command `resumes`). Every entry point's work runs inside it."""
+  try:
+    yield
+  except train.INPUT_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    print(f"error: {_os_error(e, where, resumes)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def check_output(path: str | None, flag: str = "--out") -> None:
@@ -501,33 +544,12 @@ def execute(argv, job, cache: str | None = None) -> None:
     initialize_distributed()
   restore_ctrl_c = stop_at_epoch_end_on_ctrl_c()
   try:
-    compilation_cache_from_flags(cache)
-    given = FLAGS.data_dir or config.data_dir
-    # --data_dir overrides a config file's data_dir, but not a
-    # --config.data_dir of the same command line naming another directory.
-    if (FLAGS.data_dir and _overridden("data_dir") and os.path.abspath(
-        FLAGS.data_dir) != os.path.abspath(config.data_dir)):
-      raise validate.ConfigError(
-          "--data_dir", f"{FLAGS.data_dir}, but --config.data_dir is "
-          f"{config.data_dir}; give one of them")
-    if given and not os.path.exists(os.path.join(given, schema.MANIFEST)):
-      raise validate.ConfigError(
-          "--data_dir", f"{given}: not a prepared directory (no "
-          f"{schema.MANIFEST}); python -m data_prep.convert prepares one "
-          "from feature files (docs/data.md)")
-    # Absolute, so that config.json finds the data from anywhere.
-    config.data_dir = os.path.abspath(given or find_data(config, workdir))
-    if given:
-      take_dataset(config, dataset_overridden())
-    job(config, workdir)
-    if config.distributed:
-      jax.distributed.shutdown()
-  except train.INPUT_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:
-    print(f"error: {_os_error(e, workdir)}", file=sys.stderr)
-    sys.exit(2)
+    with user_errors(workdir, resumes=True):
+      compilation_cache_from_flags(cache)
+      take_data(config, workdir)
+      job(config, workdir)
+      if config.distributed:
+        jax.distributed.shutdown()
   except train.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)

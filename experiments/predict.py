@@ -16,7 +16,6 @@ from absl import flags
 
 from experiments import launch
 from mcur_jax import predict
-from mcur_jax import train
 
 flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
 flags.DEFINE_string("data_dir", None, "prepared directory to predict "
@@ -59,20 +58,14 @@ def main(argv) -> None:
           "run's own or --data_dir); an --input npz is predicted whole",
           file=sys.stderr)
     sys.exit(2)
-  try:
+  with launch.user_errors(FLAGS.workdir):
     launch.compilation_cache_from_flags()
     found, notes = predict.predict(
         FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
         npz=FLAGS.input, combination=FLAGS.combination,
         ensemble=FLAGS.ensemble, keys=FLAGS.key, data_fold=FLAGS.fold)
+  with launch.user_errors(FLAGS.out):
     predict.write_csv(found, FLAGS.out)
-  except (FileNotFoundError, *train.INPUT_ERRORS) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:
-    print(f"error: {e.filename or FLAGS.out}: {e.strerror or e}",
-          file=sys.stderr)
-    sys.exit(2)
   for note in notes:
     print(f"NOTE: {note}")
   print(f"wrote {len(found)} rows to {FLAGS.out}")

@@ -258,7 +258,7 @@ def restore_for_inference(workdir: str, sharding=None,
   epoch = mngr.latest_step()
   if epoch is None:
     mngr.close()
-    raise FileNotFoundError(f"{directory(workdir)}: no checkpoint")
+    raise CheckpointError(directory(workdir), "no checkpoint")
   try:
     saved = verify(mngr, epoch)
   finally:

@@ -390,6 +390,22 @@ def test_evaluate_cli_without_checkpoint_exits_2(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("module", ["evaluate", "predict"])
+def test_a_workdir_file_that_cannot_be_read_is_one_error_line(module,
+                                                               tmp_path):
+  """A file of the workdir that cannot be read (here config.json is a
+  directory) is one `error:` line naming it, exit 2, as in training."""
+  (tmp_path / "config.json").mkdir()
+  (tmp_path / "results.json").write_text("{}")
+  result = subprocess.run(
+      [sys.executable, "-m", f"experiments.{module}", "--workdir",
+       str(tmp_path), "--out", str(tmp_path / "out")], cwd=ROOT,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f"error: {tmp_path / 'config.json'}: Is a directory"]
+
+
 def _catches_sigint(pid: int) -> bool:
   """Whether the process has a handler for SIGINT (its SigCgt mask)."""
   status = pathlib.Path(f"/proc/{pid}/status").read_text()
