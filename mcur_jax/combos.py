@@ -66,6 +66,13 @@ def sample_train_masks(key: jax.Array, available: jax.Array,
   return jnp.where(mask.any(-1, keepdims=True), mask, available)
 
 
+def rate_name(rate: float) -> str:
+  """A missing rate as results.json names it: one decimal where that is
+  exact ("0.3"), else the digits it needs ("0.35"), so two rates never
+  share a name."""
+  return f"{rate:.1f}" if abs(rate - round(rate, 1)) < 1e-9 else f"{rate:g}"
+
+
 def missing_rate_mask(rng: np.random.Generator, n: int, rate: float,
                       present: np.ndarray | None = None) -> np.ndarray:
   """GCNet's random missing-rate mask for n samples: [n, 3] bool.

@@ -227,8 +227,8 @@ def missing_rate(config, predict, params, inputs: Inputs, members, task,
                for k in range(draws)]
       per_seed.append({key: float(np.mean([f[key] for f in found]))
                        for key in found[0]})
-    per_rate[f"{r:.1f}"] = per_seed
-    empty[f"{r:.1f}"] = float((~masks[i].any(-1)).sum(-1).mean())
+    per_rate[combos.rate_name(r)] = per_seed
+    empty[combos.rate_name(r)] = float((~masks[i].any(-1)).sum(-1).mean())
   return per_rate, empty
 
 

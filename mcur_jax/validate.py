@@ -140,6 +140,10 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   for rate in config.missing_rates:
     if not isinstance(rate, numbers.Real) or not 0 <= rate <= 0.7 + 1e-9:
       raise _error("missing_rates", f"{rate!r} outside [0, 0.7]")
+  names = [combos.rate_name(r) for r in config.missing_rates]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise _error("missing_rates", f"{', '.join(twice)} listed twice")
 
 
 def check_devices(config, available: int) -> None:

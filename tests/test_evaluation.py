@@ -139,6 +139,8 @@ def test_config_check_names_the_field(mosi_dir):
        r"in \[0, 1\]"),
       ("weight_decay", -1.0, "config.weight_decay: -1.0, must be >= 0"),
       ("missing_rates", ("",), "config.missing_rates: '' outside"),
+      ("missing_rates", (0.3, 0.35, 0.30000000001),
+       "config.missing_rates: 0.3 listed twice"),
       ("context_window", 40, "config.context_window: 40 exceeds batch_size "
        "32: training windows"),
       ("sugr_s_max", -1.0, "config.sugr_s_max: -1.0, must be > 0"),
@@ -218,6 +220,15 @@ def test_combo_index_and_route():
   np.testing.assert_array_equal(
       evaluation.route(values[:, :2], np.zeros((1, 7), int), which)[:, 0],
       values[:, 0])
+
+
+def test_rates_have_names_of_their_own():
+  """Each rate keeps its own results.json key: one decimal where exact (the
+  keys of earlier runs), else the digits it needs; 0.35 was once "0.3",
+  merged with 0.3 without a word."""
+  assert [combos.rate_name(r) for r in (0.0, 0.3, 0.35, 0.7, 0.125)] == [
+      "0.0", "0.3", "0.35", "0.7", "0.125"]
+  assert combos.rate_name(0.1 + 0.2) == "0.3"  # Float sums are still 0.3.
 
 
 def test_missing_rate_masks_are_shared_and_respect_availability():
