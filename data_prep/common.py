@@ -69,6 +69,10 @@ def read_split_file(path: str) -> dict[str, str]:
     raise schema.DataError(path, "split_file", f"unreadable ({e})") from None
   if not isinstance(raw, dict):
     raise schema.DataError(path, "split_file", "not a JSON object")
+  unknown = sorted(set(raw) - set(schema.SPLITS))
+  if unknown:
+    raise schema.DataError(path, "split_file", f"unknown split names "
+                           f"{unknown} (known: {', '.join(schema.SPLITS)})")
   assignment = {}
   for split in schema.SPLITS:
     groups = raw.get(split)

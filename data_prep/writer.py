@@ -136,6 +136,15 @@ def check(table: Table) -> None:
     raise schema.DataError(origin["label"], "label",
                            f"{int(bad.sum())} labels not {expected}, e.g. "
                            f"{label[i]:g} of {str(rows.utt_id[i])!r}")
+  scored = np.sign(label[label != 0])
+  if table.task == "regression" and len(scored) and (
+      scored == scored[0]).all():
+    raise schema.DataError(
+        origin["label"], "label", f"all {len(scored)} non-zero labels are "
+        f"{'positive' if scored[0] > 0 else 'negative'}: the headline "
+        "metrics (Non0 F1, acc2) score the sign of the label, 0 being "
+        "neutral; centre the scale on its neutral point (a [0, 1] valence: "
+        "label - 0.5, times 6 for [-3, 3])")
   pairs = np.unique(np.stack([rows.group_id, table.split], 1), axis=0)
   groups, counts = np.unique(pairs[:, 0], return_counts=True)
   if (counts > 1).any():
@@ -145,13 +154,15 @@ def check(table: Table) -> None:
                            f"group {g!r} is in more than one split: {where}")
   _check_sessions(table)
   needed = (schema.ALL_SPLIT,) if table.session_folds else schema.SPLITS
+  # Unknown names first: a "dev" split is named, not reported as no "valid".
+  extra = sorted(str(s) for s in set(np.unique(table.split)) - set(needed))
+  if extra:
+    raise schema.DataError(origin["split"], "split",
+                           f"unknown split names {extra} (known: "
+                           f"{', '.join(needed)})")
   for s in needed:
     if not (table.split == s).any():
       raise schema.DataError(origin["split"], "split", f"no {s!r} utterances")
-  extra = set(np.unique(table.split)) - set(needed)
-  if extra:
-    raise schema.DataError(origin["split"], "split",
-                           f"unknown split names {sorted(extra)}")
 
 
 # How a value of each Example list kind is handed to `tfrecord.encode_example`.

@@ -114,9 +114,12 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
                       f"eval_batch_size {config.eval_batch_size}: a window "
                       "is predicted in one evaluation chunk")
   for field in ("speaker_norm", "context_means"):
-    for m in modalities(config, field):
+    listed = modalities(config, field)
+    for m in listed:
       if not manifest.dims[m]:
-        raise _error(field, f"{m}: the data in {config.data_dir} has no {m}")
+        rest = ",".join(x for x in listed if x != m)
+        raise _error(field, f"{m}: the data in {config.data_dir} has no {m}"
+                     f"; leave it out: --config.{field}={rest}")
   # Values that would run but mean nothing (NaN fails each test too): tau 0
   # makes MCB-CL NaN, a non-positive s_max empties SUGR's clip (every s
   # -s_max, no gradient), a negative learning rate ascends the loss.

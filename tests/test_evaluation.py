@@ -187,12 +187,12 @@ def test_config_check_names_the_field(mosi_dir):
   no_video = dataclasses.replace(manifest, dims={**manifest.dims, "video": 0})
   with pytest.raises(validate.ConfigError,
                      match="config.speaker_norm: video: the data in .* has "
-                     "no video"):
+                     "no video; leave it out: --config.speaker_norm=$"):
     validate.check(tiny(mosi_dir, speaker_norm="video"), no_video, 8)
   with pytest.raises(validate.ConfigError,
                      match="config.context_means: video: the data in .* has "
-                     "no video"):
-    validate.check(tiny(mosi_dir, context_means="video"), no_video, 8)
+                     "no video; leave it out: --config.context_means=audio,text$"):
+    validate.check(tiny(mosi_dir, context_means="audio,video,text"), no_video, 8)
   # The per-utterance model has no window to average over: the ablation
   # `context_layers=0` runs with the default context_means.
   validate.check(tiny(mosi_dir, context_means="text", context_layers=0),

@@ -288,6 +288,8 @@ def test_session_folds_that_cannot_be_made_are_errors(tmp_path, capsys, edit,
      "group '1' is also in 'train'"),
     ({"train": [[0, 1, 2, 3, 4]], "valid": [5, 6], "test": [7, 8]}, "train",
      "[0, 1, 2, 3, 4] is not a group id"),
+    ({"train": [0, 1, 2, 3, 4], "dev": [5, 6], "test": [7, 8]}, "split_file",
+     "unknown split names ['dev'] (known: train, valid, test)"),
 ])
 def test_bad_split_file(tmp_path, capsys, content, field, message):
   """Integer group ids are the same groups as their strings (a group listed
@@ -306,11 +308,43 @@ def test_bad_split_file(tmp_path, capsys, content, field, message):
 
 
 def test_iemocap_without_split_or_session_is_an_error(tmp_path, capsys):
+  """Without a split and a session column the error lists the file's keys
+  and both ways out."""
   columns = _iemocap_columns()
   del columns["session"]
+  columns["part"] = np.repeat(["train", "valid", "test", "train"], 10)
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "out", dataset="iemocap4") == 2
-  cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "session")
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "session")
+  assert "part" in line and "--key split=KEY" in line
+
+
+def test_an_unknown_split_name_is_named(tmp_path, capsys):
+  """A split column saying "dev" is named as unknown (it used to be
+  reported as "no 'valid' utterances"), as a plain string."""
+  columns = _columns()
+  columns["split"][columns["split"] == "valid"] = "dev"
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "split")
+  assert line.endswith("unknown split names ['dev'] (known: train, valid, "
+                       "test)")
+
+
+@pytest.mark.parametrize("low,high,sign", [(0, 1, "positive"),
+                                            (-3, -0.5, "negative")])
+def test_regression_labels_of_one_sign_are_refused(tmp_path, capsys, low,
+                                                   high, sign):
+  """Scores of one sign (a [0, 1] valence, say) would make the sign metrics,
+  the headline among them, 1.0 whatever the model does: refused, with how
+  to centre them."""
+  columns = _columns()
+  columns["label"] = np.linspace(low, high, len(columns["label"]),
+                                 dtype=np.float32)
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "label")
+  assert f"non-zero labels are {sign}" in line and "label - 0.5" in line
 
 
 def test_unlabelled_utterances_are_left_out_and_positions_renumbered(

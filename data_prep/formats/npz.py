@@ -175,7 +175,10 @@ def _split(columns: npz_columns.Columns, n: int, split_file: bool, session,
                                        columns.name("split"))
   folds = bool(n) and (split == schema.ALL_SPLIT).all()
   if folds and session is None:
-    raise schema.DataError(columns.path, columns.name("session"), "missing, "
-                           f"but split {schema.ALL_SPLIT!r} (cross-validation "
-                           "over sessions) needs it")
+    raise schema.DataError(
+        columns.path, columns.name("session"), "missing, but split "
+        f"{schema.ALL_SPLIT!r} (cross-validation over sessions) needs it; "
+        f"keys in the file: {', '.join(columns.files)}: map a session "
+        "column with --key session=KEY, or a train/valid/test column with "
+        "--key split=KEY")
   return split, folds, source
