@@ -21,12 +21,47 @@ DATASETS = {
 NAN_POLICIES = ("error", "zero")
 
 
-def dataset_task(dataset: str):
-  """(task, classes) of a dataset name; DataError if unknown."""
-  if dataset not in DATASETS:
-    raise schema.DataError("command line", "--dataset",
-                           f"unknown {dataset!r} (known: {', '.join(DATASETS)})")
-  return DATASETS[dataset]
+TASKS = ("regression", "classification")
+
+
+def dataset_task(dataset: str, task: str | None = None,
+                 classes: str | None = None):
+  """(task, class names or None) of a dataset: one of the field's
+  (DATASETS) by its name, or one of your own (an npz file, `--format npz`)
+  by `classes` ("neg,neu,pos": classification) or `task` "regression"
+  (scores in writer.LABEL_RANGE). DataError naming the flag otherwise."""
+  names = None
+  if classes is not None:
+    names = [c.strip() for c in classes.split(",")]
+    if len(names) < 2 or not all(names) or len(set(names)) < len(names):
+      raise schema.DataError("command line", "--classes", f"{classes!r}: "
+                             "give two or more distinct names, comma-separated")
+  task = task or ("classification" if names else None)
+  if task is not None and task not in TASKS:
+    raise schema.DataError("command line", "--task", f"{task!r}, not one of "
+                           f"{TASKS}")
+  if dataset in DATASETS:
+    known, known_names = DATASETS[dataset]
+    if (task and task != known) or (names and names != known_names):
+      raise schema.DataError(
+          "command line", "--classes" if names else "--task",
+          f"{dataset} is {known}" + (f" over {','.join(known_names)}"
+                                     if known_names else "")
+          + "; a dataset of your own needs a name of its own")
+    return DATASETS[dataset]
+  if task is None:
+    raise schema.DataError(
+        "command line", "--dataset", f"unknown {dataset!r} (known: "
+        f"{', '.join(DATASETS)}); a dataset of your own (--format npz) "
+        "needs --classes NAME,NAME,... (classification) or --task regression")
+  if task == "classification" and names is None:
+    raise schema.DataError("command line", "--classes", "missing: a "
+                           "classification dataset of your own names its "
+                           "classes, in the order of their indices")
+  if task == "regression" and names is not None:
+    raise schema.DataError("command line", "--classes", "given with --task "
+                           "regression: scores have no classes")
+  return task, names
 
 
 # What unpickling a damaged or foreign file raises: pickle's own error and

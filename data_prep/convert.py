@@ -32,7 +32,14 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--format", required=True,
                  help=f"input format: {', '.join(formats.FORMATS)}")
   p.add_argument("--dataset", required=True,
-                 help=f"dataset: {', '.join(common.DATASETS)}")
+                 help=f"dataset: {', '.join(common.DATASETS)}, or a name of "
+                 "your own with --classes or --task (npz format)")
+  p.add_argument("--classes", help="a dataset of your own: its class names "
+                 "in the order of the label indices (NAME,NAME,...); string "
+                 "labels in an npz are these names")
+  p.add_argument("--task", choices=common.TASKS, help="a dataset of your "
+                 "own: regression (scores in [-3, 3], 0 neutral) or "
+                 "classification (then --classes; implied by it)")
   p.add_argument("--input", help="the input file or folder (mmsa, npz, poria)")
   p.add_argument("--labels", help="GCNet-style label pickle (gcnet; optional "
                  "for poria, giving continuous labels)")
@@ -56,6 +63,11 @@ def main(argv=None) -> int:
       raise schema.DataError("command line", "--format",
                              f"unknown format {args.format!r} "
                              f"(known: {', '.join(formats.FORMATS)})")
+    if args.format != "npz" and (args.classes or args.task):
+      raise schema.DataError("command line", "--classes" if args.classes
+                             else "--task", "names a dataset of your own, "
+                             "which is converted from an npz file (--format "
+                             "npz; docs/data.md)")
     # Values beyond float32 become inf (and inf - inf NaN) without a
     # warning line: the NaN policy then names them.
     with np.errstate(over="ignore", invalid="ignore"):

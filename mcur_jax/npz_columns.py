@@ -25,8 +25,10 @@ FIELDS = (schema.MODALITIES + ("label", "split", "utt_id", "group_id",
 UNLABELLED = -1
 # Allowed `dtype.kind` letters of the columns, and how errors name them.
 NUMBERS, INTEGERS, IDS = "biuf", "biu", "USiu"
+# A classification label: a class index, or a class name.
+LABELS = NUMBERS + "US"
 _KIND_NAMES = {NUMBERS: "numbers", INTEGERS: "integers",
-               IDS: "strings or integers"}
+               IDS: "strings or integers", LABELS: "numbers or class names"}
 # What reading a damaged zip archive raises: BadZipFile; NotImplementedError
 # for an unknown version or compression; RuntimeError for an "encrypted"
 # flag; zlib.error for bad deflated data; OSError for a seek to a damaged

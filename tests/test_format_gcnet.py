@@ -66,7 +66,7 @@ def _tiny_labels(dataset: str) -> label_pickle.Labels:
       cols["utt_id"].append(f"{g}_{s}{p:03d}")
       cols["group_id"].append(g)
       cols["position"].append(p)
-      cols["label"].append((k + p) % 4 if session else 0.5 * p - 1)
+      cols["label"].append((k + p) % 4 if session else 0.5 * p - 0.5)
       cols["speaker"].append(s)
       cols["session"].append(session)
       cols["split"].append(split)

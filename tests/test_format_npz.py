@@ -464,3 +464,93 @@ def test_real_mosi_file(tmp_path, shared_data):
     assert part.available[j].all()
     for m in DIMS:
       np.testing.assert_array_equal(part.features[m][j], raw[m][i])
+
+
+def _own_columns(n_groups=12, per_group=5):
+  """A dataset of one's own: text and video only, string class labels (''
+  = not labelled), sessions 1-3 and no split key."""
+  columns = _columns(n_groups=n_groups, per_group=per_group)
+  n = len(columns["label"])
+  del columns["split"], columns["audio"]
+  names = np.array(["neg", "neu", "pos", ""])
+  columns.update(label=names[np.arange(n) % 4],
+                 session=np.repeat(np.arange(n_groups) % 3 + 1, per_group))
+  return columns
+
+
+def test_a_dataset_of_ones_own_takes_its_classes(tmp_path):
+  """--dataset NAME --classes a,b,c: class names as labels become their
+  indices, '' is left out as not labelled, and a file without a split
+  key but with sessions gets leave-one-session-out folds."""
+  columns = _own_columns()
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out", "--classes", "neg,neu,pos",
+                  dataset="own3") == 0
+  manifest = schema.Manifest.load(tmp_path / "out")
+  assert (manifest.dataset, manifest.task, manifest.classes) == (
+      "own3", "classification", ["neg", "neu", "pos"])
+  assert manifest.folds["values"] == [1, 2, 3]
+  assert manifest.dims["audio"] == 0
+  dataset = data.load(tmp_path / "out", fold=2, normalized=False)
+  kept = columns["label"] != ""
+  position = np.tile(np.arange(5), 12).astype(str)  # Row order in a group.
+  by_id = dict(zip(np.char.add(np.char.add(columns["group_id"], "_"),
+                               position), columns["label"]))
+  for split in SPLITS:
+    part = getattr(dataset, split)
+    assert all(["neg", "neu", "pos"][int(y)] == by_id[u]
+               for u, y in zip(part.utt_id, part.label))
+  assert sum(len(getattr(dataset, s)) for s in SPLITS) == kept.sum()
+
+
+def test_a_regression_dataset_of_ones_own(tmp_path):
+  path = _save(tmp_path, _columns())
+  assert _convert(path, tmp_path / "out", "--task", "regression",
+                  dataset="valence") == 0
+  manifest = schema.Manifest.load(tmp_path / "out")
+  assert (manifest.task, manifest.classes) == ("regression", None)
+
+
+@pytest.mark.parametrize("flags,dataset,field,message", [
+    ((), "own3", "--dataset", "unknown 'own3' (known: mosi, mosei, "
+     "iemocap4, iemocap6); a dataset of your own (--format npz) needs "
+     "--classes NAME,NAME,... (classification) or --task regression"),
+    (("--task", "classification"), "own3", "--classes", "missing"),
+    (("--classes", "neg"), "own3", "--classes", "give two or more"),
+    (("--classes", "a,b,a"), "own3", "--classes", "give two or more"),
+    (("--task", "regression", "--classes", "a,b"), "own3", "--classes",
+     "given with --task regression"),
+    (("--classes", "a,b,c,d"), "iemocap4", "--classes", "iemocap4 is "
+     "classification over happy,sad,neutral,angry; a dataset of your own "
+     "needs a name of its own"),
+    (("--task", "classification"), "mosi", "--task", "mosi is regression"),
+    (("--classes", "neg,neu,pos"), "own-3", "--dataset", "'own-3' is not a TFDS "
+     "dataset name"),
+])
+def test_a_dataset_of_ones_own_needs_its_task(tmp_path, capsys, flags,
+                                               dataset, field, message):
+  path = _save(tmp_path, _own_columns())
+  assert _convert(path, tmp_path / "out", *flags, dataset=dataset) == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", "command line",
+                                   field)
+  assert message in line
+
+
+def test_an_unknown_class_name_is_named(tmp_path, capsys):
+  columns = _own_columns()
+  columns["label"][3] = "Pos"
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out", "--classes", "neg,neu,pos",
+                  dataset="own3") == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "label")
+  assert line.endswith("1 label(s) not among the classes neg,neu,pos: 'Pos' "
+                       "('' = not labelled)")
+
+
+def test_classes_are_for_npz_files_only(tmp_path, capsys):
+  assert convert.main(["--format", "mmsa", "--dataset", "own3", "--classes",
+                       "a,b", "--input", str(tmp_path / "x.pkl"), "--out",
+                       str(tmp_path / "out")]) == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", "command line",
+                                   "--classes")
+  assert "--format npz" in line

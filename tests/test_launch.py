@@ -3,6 +3,7 @@ from a prepared directory's manifest, files found in the package, and the
 persistent compilation cache."""
 
 import errno
+import json
 import logging as std_logging
 import os
 import pathlib
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data_prep import convert
 from data_prep import synthetic
 from data_prep import writer
 from experiments import launch
@@ -47,6 +49,41 @@ def test_dataset_comes_from_the_manifest(iemocap6_dir):
   config = config_on(iemocap_config, iemocap6_dir)
   launch.take_dataset(config, explicit=False)
   assert config.dataset == "iemocap6"
+
+
+def test_a_dataset_of_ones_own_trains_and_predicts(tmp_path):
+  """A classification set of one's own (its name, its 3 classes, text and
+  video only) trains through `experiments.iemocap`, taking its dataset from
+  the manifest, and predicts with its class names."""
+  rng = np.random.default_rng(0)
+  n = 120
+  label = rng.integers(0, 3, n)
+  path = tmp_path / "own.npz"
+  np.savez(path, text=rng.normal(size=(n, 6)) + label[:, None],
+           video=rng.normal(size=(n, 4)), label=label,
+           group_id=np.repeat(np.arange(20), 6),
+           session=np.repeat(np.arange(20) % 2 + 1, 6))
+  assert convert.main(["--format", "npz", "--dataset", "own3", "--classes",
+                       "neg,neu,pos", "--input", str(path), "--out",
+                       str(tmp_path / "data")]) == 0
+  result = runs.cli("--data_dir", tmp_path / "data", "--workdir",
+                    tmp_path / "run", "--config",
+                    f"{launch.CONFIGS}/iemocap.py:tiny", "--config.fold=1",
+                    "--config.num_epochs=1", "--config.seeds=0",
+                    "--config.speaker_norm=", dataset="iemocap")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("own3 fold 1/2 (test: session 1)")
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["dataset"] == "own3"
+  assert set(results["test"]) == {"t", "v", "tv", "avg"}
+  predicted = subprocess.run(
+      [sys.executable, "-m", "experiments.predict", "--workdir",
+       str(tmp_path / "run"), "--out", str(tmp_path / "p.csv")],
+      cwd=runs.ROOT, env=runs.environment(), capture_output=True, text=True,
+      timeout=300)
+  assert predicted.returncode == 0, predicted.stderr
+  header = (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
+  assert {"class_name", "p_neg", "p_neu", "p_pos"} <= set(header)
 
 
 def test_explicit_dataset_must_match_the_manifest(iemocap6_dir):

@@ -16,11 +16,14 @@ NumPy str (or bytes) arrays, not object arrays: the file is read with
 |                   |                     |          | missing key: the data   |
 |                   |                     |          | set has no such         |
 |                   |                     |          | modality (see below)    |
-| `label`           | [N] numbers         | yes      | score in [-3, 3] (mosi, |
-|                   |                     |          | mosei) or class index   |
-|                   |                     |          | (iemocap4, iemocap6);   |
-|                   |                     |          | -1 = not labelled for   |
-|                   |                     |          | the task (classes only) |
+| `label`           | [N] numbers, or str | yes      | score in [-3, 3], 0     |
+|                   | class names         |          | neutral (mosi, mosei,   |
+|                   |                     |          | --task regression) or   |
+|                   |                     |          | class index or name     |
+|                   |                     |          | (iemocap4, iemocap6,    |
+|                   |                     |          | --classes); -1 or '' =  |
+|                   |                     |          | not labelled for the    |
+|                   |                     |          | task (classes only)     |
 | `split`           | [N] str or int      | yes, but | `train`/`valid`/`test`, |
 |                   |                     | see below| or 0/1/2 for the same   |
 | `group_id`        | [N] str or int      | yes      | video or dialogue       |
@@ -47,7 +50,12 @@ NumPy str (or bytes) arrays, not object arrays: the file is read with
   real split. A `split` of `all` on every row asks for cross-validation over
   `session` instead (IEMOCAP's leave-one-session-out folds), which needs the
   `session` key; an iemocap4/iemocap6 file without a `split` key gets the
-  same. mosi and mosei need a split.
+  same, and so does a dataset of your own with a `session` key. mosi and
+  mosei need a split.
+- A dataset of your own: `--dataset NAME` (a letter, then letters, digits
+  or _) with `--classes NAME,NAME,...` (classification; the label is the
+  index into these names, or the name itself) or `--task regression`
+  (scores in [-3, 3], 0 neutral: the sign metrics score the sign).
 - Classification: a label of -1 means the utterance is not labelled for this
   task (the project's IEMOCAP file holds both the 6-way and the 4-way
   labels, -1 in `label4` for frustrated utterances): it is left out, the
@@ -92,12 +100,15 @@ def add_arguments(group):
 
 def read(args) -> writer.Table:
   """Reads `args.input` and returns its table (see the module docstring)."""
-  task, classes = common.dataset_task(args.dataset)
+  task, classes = common.dataset_task(args.dataset, args.task, args.classes)
   keys, mapped = npz_columns.key_map(args.key or [])
   path = common.require(args.input, "npz", "--input", "FILE.npz")
   with npz_columns.open_archive(path) as archive:
     columns = npz_columns.Columns(path, archive, keys, mapped)
-    label = columns.get("label", npz_columns.NUMBERS)
+    label = columns.get("label", npz_columns.NUMBERS if task == "regression"
+                        else npz_columns.LABELS)
+    if label.dtype.kind in "US":
+      label = _class_indices(label, classes, path, columns.name("label"))
     n = len(label)
     group_id = columns.text("group_id", n)
     position = columns.get("position", npz_columns.INTEGERS, n,
@@ -111,9 +122,12 @@ def read(args) -> writer.Table:
       utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
     speaker = columns.text("speaker", n, required=False)
     session = columns.get("session", npz_columns.INTEGERS, n, required=False)
+    # Without a split key: IEMOCAP, or a dataset of your own with sessions,
+    # is split by session.
     split, folds, split_source = _split(
         columns, n, bool(args.split_file), session,
-        args.dataset.startswith("iemocap"))
+        args.dataset.startswith("iemocap") or (
+            args.dataset not in common.DATASETS and session is not None))
     features, available, notes = npz_columns.read_features(columns, n)
   # Classification: a label of -1 = not labelled for this task (IEMOCAP's
   # 4-way label of a frustrated utterance): the utterance is left out.
@@ -147,17 +161,33 @@ def read(args) -> writer.Table:
       notes=notes, session_folds=folds)
 
 
+def _class_indices(label: np.ndarray, classes: list[str], path: str,
+                   field: str) -> np.ndarray:
+  """Class names -> their indices in `classes`; "" -> -1 (not labelled)."""
+  names = utterance_rows.text_column(label, path, field)
+  index = {c: i for i, c in enumerate(classes)}
+  index[""] = npz_columns.UNLABELLED
+  unknown = sorted({x for x in names.tolist() if x not in index})
+  if unknown:
+    raise schema.DataError(path, field, f"{len(unknown)} label(s) not among "
+                           f"the classes {','.join(classes)}: "
+                           f"{', '.join(map(repr, unknown[:5]))} ('' = not "
+                           "labelled)")
+  return np.array([index[x] for x in names.tolist()], np.int64)
+
+
 def _split(columns: npz_columns.Columns, n: int, split_file: bool, session,
-           iemocap: bool):
+           by_session: bool):
   """(split name per row, session folds?, where the split comes from).
 
-  Without --split_file the split is the `split` column; an IEMOCAP dataset
-  without one gets leave-one-session-out folds over `session`.
+  Without --split_file the split is the `split` column; without one, a
+  dataset split `by_session` gets leave-one-session-out folds over
+  `session`.
   """
   name = os.path.basename(columns.path)
   if split_file:  # convert.py assigns the split and names its source
     return np.full(n, PLACEHOLDER_SPLIT), False, ""
-  if iemocap and not columns.has("split"):
+  if by_session and not columns.has("split"):
     split = np.full(n, schema.ALL_SPLIT)
     source = (f"leave-one-session-out folds ({columns.name('session')} of "
               f"{name}; no {columns.name('split')} key)")
