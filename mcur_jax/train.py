@@ -311,9 +311,14 @@ def _finite(stats) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains every seed of `config` on `config.data_dir`; writes
-  `WORKDIR/{config.json, metrics.jsonl, results.json, checkpoints/, tb/}`
-  and returns the results dict.
+  """Trains every seed of `config` on `config.data_dir` (made absolute);
+  writes `WORKDIR/{config.json, data.json, metrics.jsonl, checkpoints/,
+  model_inputs/, calibration.json, results.json, results.md}`, `tb/` and
+  the figures when the config asks (docs/evaluation.md lists them), and
+  returns the results dict. The entry points add what a call from Python
+  does not: the dataset taken from the data's manifest, prepared/<dataset>
+  or synthetic data when no data_dir is given, and JAX's persistent
+  compilation cache (`experiments.launch.configure_compilation_cache`).
 
   For a dataset with folds (IEMOCAP) and `config.fold` 0, every fold is
   trained in `WORKDIR/fold<k>/` and `WORKDIR/results.json` pools them (mean
@@ -329,6 +334,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       too full to save one (`checkpoint.CheckpointError`).
     schema.DataError, tfrecord.CorruptRecordError: bad prepared data.
   """
+  if not config.data_dir:
+    raise validate.ConfigError(
+        "config.data_dir", "empty: name a prepared directory (python -m "
+        "data_prep.convert makes one; the entry points find "
+        "prepared/<dataset>, else generate synthetic data)")
+  # Absolute, so that the run's config.json finds its data from anywhere.
+  config.data_dir = os.path.abspath(config.data_dir)
   with workdir_lib.lock(workdir):
     manifest = schema.Manifest.load(config.data_dir)
     all_folds = bool(manifest.folds) and not config.fold

@@ -47,7 +47,9 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   `manifest`'s data over `devices` devices."""
   if config.dataset != manifest.dataset:
     raise _error("dataset", f"{config.dataset!r}, but the data in "
-                      f"{config.data_dir} is {manifest.dataset!r}")
+                 f"{config.data_dir} is {manifest.dataset!r}: set "
+                 f"config.dataset = {manifest.dataset!r} (the entry points "
+                 "take it from the manifest)")
   seeds = tuple(config.seeds)
   if not seeds:
     raise _error("seeds", "empty")

@@ -139,6 +139,8 @@ def test_config_check_names_the_field(mosi_dir):
        r"in \[0, 1\]"),
       ("weight_decay", -1.0, "config.weight_decay: -1.0, must be >= 0"),
       ("missing_rates", ("",), "config.missing_rates: '' outside"),
+      ("dataset", "mosei", "config.dataset: 'mosei', but the data in .* is "
+       "'mosi': set config.dataset = 'mosi'"),
       ("missing_rates", (0.3, 0.35, 0.30000000001),
        "config.missing_rates: 0.3 listed twice"),
       ("context_window", 40, "config.context_window: 40 exceeds batch_size "

@@ -25,6 +25,7 @@ from data_prep import writer
 from experiments import launch
 from experiments import sweep_report as sweep_report_cli
 from experiments.configs import iemocap as iemocap_config
+from experiments.configs import mosei as mosei_config
 from experiments.configs import mosi as mosi_config
 from mcur_jax import schema
 from mcur_jax import validate
@@ -204,7 +205,8 @@ def test_config_overrides_are_checked_against_the_config(monkeypatch):
   index into a tuple (which ml_collections cannot set) says so; real
   fields, nested ones and --noconfig.x pass."""
   config = mosi_config.get_config("tiny")
-  config.extra = {"alpha": 1}
+  with config.unlocked():  # The configs are locked: a field of the test's.
+    config.extra = {"alpha": 1}
   def check(*args):
     monkeypatch.setattr(sys, "argv", ["prog", *args])
     launch._check_overrides("config", config)
@@ -221,6 +223,18 @@ def test_config_overrides_are_checked_against_the_config(monkeypatch):
     with pytest.raises(ValueError) as e:
       check(arg)
     assert str(e.value).startswith(message), (arg, str(e.value))
+
+
+@pytest.mark.parametrize("variant", [None, "tiny"])
+def test_configs_refuse_a_misspelt_field_from_python(variant):
+  """From Python, as on the command line, a field the configs do not have
+  is an error with the closest one (it used to be set beside the real
+  one, which kept its default)."""
+  for base in (mosi_config, iemocap_config, mosei_config):
+    config = base.get_config(variant)
+    with pytest.raises(AttributeError, match='Did you mean "num_epochs"'):
+      config.num_epoch = 5
+    config.num_epochs = 5  # The fields themselves still take values.
 
 
 def test_data_dir_flag_overrides_a_config_files_data_dir(iemocap6_dir,

@@ -400,6 +400,25 @@ def test_a_stop_requested_before_the_first_epoch_trains_nothing(mosi_dir,
   assert not checkpoint_steps(tmp_path)
 
 
+def test_a_call_from_python_records_its_data_absolute(mosi_dir, tmp_path,
+                                                      monkeypatch):
+  """config.data_dir given relative (a notebook's) is recorded absolute, so
+  that evaluate and predict find the data from any directory; an empty one
+  is a ConfigError saying what to give, before any file is written."""
+  with pytest.raises(validate.ConfigError, match="config.data_dir: empty"):
+    run("", tmp_path / "none")
+  assert not (tmp_path / "none").exists()
+  monkeypatch.chdir(mosi_dir.parent)
+  train.STOP_REQUESTED.set()  # Setup alone writes config.json.
+  try:
+    with pytest.raises(train.Interrupted):
+      run(mosi_dir.name, tmp_path, num_devices=1)
+  finally:
+    train.STOP_REQUESTED.clear()
+  recorded = json.loads((tmp_path / "config.json").read_text())["data_dir"]
+  assert recorded == str(mosi_dir.resolve())
+
+
 def test_progress_follows_current_stdout(capsys):
   """The progress lines of a run, resumed or not, go to sys.stdout as it is
   when the run happens (here pytest's capsys), as its other lines do."""

@@ -235,4 +235,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg:
     # Worded as experiments/launch.py's UNKNOWN_VARIANT: a one-line error.
     raise ValueError(f"unknown config variant {arg!r} (known: tiny)")
-  return c
+  # Locked: a misspelt field set from Python (c.num_epoch = 5) is an error
+  # naming the fields, as a misspelt --config.FIELD is on the command line.
+  return c.lock()
