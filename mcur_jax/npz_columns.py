@@ -191,3 +191,18 @@ class Columns:
     return (None if value is None
             else utterance_rows.text_column(value, self.path,
                                             self.name(field)))
+
+
+def class_indices(label: np.ndarray, classes: list[str], path: str,
+                  field: str) -> np.ndarray:
+  """Class names -> their indices in `classes`; "" -> -1 (not labelled)."""
+  names = utterance_rows.text_column(label, path, field)
+  index = {c: i for i, c in enumerate(classes)}
+  index[""] = UNLABELLED
+  unknown = sorted({x for x in names.tolist() if x not in index})
+  if unknown:
+    raise schema.DataError(path, field, f"{len(unknown)} label(s) not among "
+                           f"the classes {','.join(classes)}: "
+                           f"{', '.join(map(repr, unknown[:5]))} ('' = not "
+                           "labelled)")
+  return np.array([index[x] for x in names.tolist()], np.int64)

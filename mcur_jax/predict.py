@@ -3,7 +3,9 @@
 `predict` is what `python -m experiments.predict` runs. Its input is a
 prepared directory's split, or an `.npz` of features in the format of
 `data_prep/formats/npz.py` where only `group_id` and one modality are
-required: `label` is optional (absent, or -1 for a class: not known),
+required: `label` is optional (absent, or -1 for a class: not known; a
+class index or name), `position` defaults to the rows' order in each group
+(a note says so),
 `split` is not read, keys may be named as `data_prep.convert --key` names
 them, and the features are standardised with the statistics the model was
 trained with (kept in the workdir, `run_stats`: the data the run trained
@@ -131,11 +133,21 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
                                   rows_from="group_id")
     group_id = columns.text("group_id", None)
     n = len(group_id)
-    label = columns.get("label", npz_columns.NUMBERS, n, required=False)
+    label = columns.get("label", npz_columns.LABELS if classification
+                        else npz_columns.NUMBERS, n, required=False)
+    if label is not None and label.dtype.kind in "US":
+      label = npz_columns.class_indices(label, manifest.classes, path,
+                                        columns.name("label"))
     position = columns.get("position", npz_columns.INTEGERS, n,
                            required=False)
+    notes = []
     if position is None:
       position = utterance_rows.positions_in_group(group_id, np.arange(n))
+      if len(np.unique(group_id)) < n:
+        notes.append(f"{path}: no {columns.name('position')!r} key: each "
+                     "group's utterances are predicted in context in the "
+                     "order of their rows; give their positions if the "
+                     "rows are in another order")
     elif (position < 0).any():
       raise schema.DataError(path, "position", "negative values")
     utt_id = columns.text("utt_id", n, required=False)
@@ -145,7 +157,6 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
     session = columns.get("session", npz_columns.INTEGERS, n,
                           required=bool(speaker_norm))
     features, available, _ = npz_columns.read_features(columns, n)
-  notes = []
   for j, m in enumerate(schema.MODALITIES):
     dims, want = features[m].shape[1], manifest.dims[m]
     if dims and not want:

@@ -633,7 +633,13 @@ def test_predictions_of_npz_features_equal_those_of_the_prepared_split(
   path = tmp_path / "new.npz"
   np.savez(path, group_id=raw.group_id[order],
            **runs.feature_columns(raw.take(order)))
-  from_npz, _ = predict.predict(str(workdir), npz=str(path), ensemble=True)
+  from_npz, notes = predict.predict(str(workdir), npz=str(path),
+                                    ensemble=True)
+  # Without positions the rows' order is taken, and a note says so.
+  assert [n for n in notes if "no 'position' key" in n] == [
+      f"{path}: no 'position' key: each group's utterances are predicted in "
+      "context in the order of their rows; give their positions if the rows "
+      "are in another order"]
   prepared, _ = predict.predict(str(workdir), ensemble=True)
   index = {key: i for i, key in enumerate(zip(prepared.columns["group_id"],
                                               prepared.columns["position"]))}
@@ -848,13 +854,38 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   with pytest.raises(schema.DataError, match="session: missing"):
     predict.read_npz(str(path), manifest, speaker_norm=("audio",))
   np.savez(path, group_id=raw.group_id, speaker=speaker,
-           session=np.ones(n, np.int64),
+           session=np.ones(n, np.int64), position=raw.position,
            **runs.feature_columns(raw))
   _, _, notes = predict.read_npz(str(path), manifest, speaker_norm=("audio",))
   assert len(notes) == 1 and "1 speaker(s) with a single utterance (1|alone)" \
       in notes[0]
   _, _, notes = predict.read_npz(str(path), manifest)
   assert not notes
+
+
+def test_predict_npz_class_labels_by_name(mosi_dir, tmp_path):
+  """A classification model's npz may give its labels as the class names
+  ('' = not known), as the converter takes them; a name that is not a
+  class is an error naming it."""
+  manifest = dataclasses.replace(
+      data.load(mosi_dir).manifest, task="classification",
+      classes=["neg", "neu", "pos"], label_range=None)
+  raw = data.load(mosi_dir, normalized=False).test
+  names = np.array(["neg", "neu", "pos", ""])[np.arange(len(raw)) % 4]
+  path = tmp_path / "named.npz"
+  np.savez(path, group_id=raw.group_id, position=raw.position, label=names,
+           **runs.feature_columns(raw))
+  split, known, notes = predict.read_npz(str(path), manifest)
+  np.testing.assert_array_equal(known, names != "")
+  np.testing.assert_array_equal(split.label[known],
+                                (np.arange(len(raw)) % 4)[known])
+  assert not notes
+  names[5] = "Pos"
+  np.savez(path, group_id=raw.group_id, position=raw.position, label=names,
+           **runs.feature_columns(raw))
+  with pytest.raises(schema.DataError, match="label: 1 label.s. not among "
+                     "the classes neg,neu,pos: 'Pos'"):
+    predict.read_npz(str(path), manifest)
 
 
 def test_predict_npz_rows_that_cannot_be_told_apart(mosi_dir, tmp_path):

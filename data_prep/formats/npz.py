@@ -108,7 +108,8 @@ def read(args) -> writer.Table:
     label = columns.get("label", npz_columns.NUMBERS if task == "regression"
                         else npz_columns.LABELS)
     if label.dtype.kind in "US":
-      label = _class_indices(label, classes, path, columns.name("label"))
+      label = npz_columns.class_indices(label, classes, path,
+                                        columns.name("label"))
     n = len(label)
     group_id = columns.text("group_id", n)
     position = columns.get("position", npz_columns.INTEGERS, n,
@@ -159,21 +160,6 @@ def read(args) -> writer.Table:
       split_source=split_source,
       sources=[writer.sha256_source(path, "features, labels and ids")],
       notes=notes, session_folds=folds)
-
-
-def _class_indices(label: np.ndarray, classes: list[str], path: str,
-                   field: str) -> np.ndarray:
-  """Class names -> their indices in `classes`; "" -> -1 (not labelled)."""
-  names = utterance_rows.text_column(label, path, field)
-  index = {c: i for i, c in enumerate(classes)}
-  index[""] = npz_columns.UNLABELLED
-  unknown = sorted({x for x in names.tolist() if x not in index})
-  if unknown:
-    raise schema.DataError(path, field, f"{len(unknown)} label(s) not among "
-                           f"the classes {','.join(classes)}: "
-                           f"{', '.join(map(repr, unknown[:5]))} ('' = not "
-                           "labelled)")
-  return np.array([index[x] for x in names.tolist()], np.int64)
 
 
 def _split(columns: npz_columns.Columns, n: int, split_file: bool, session,
