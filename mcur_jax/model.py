@@ -424,7 +424,8 @@ class MCUR(nnx.Module):
       inputs: modality -> [B, d_m] features (values of absent modalities
         are ignored); with context and no `windows`, also "segment", "rank",
         "speaker" [B] int (see the module docstring).
-      mask: [B, 3] bool, the modalities the model may use.
+      mask: [B, 3] bool, the modalities the model may use (a modality the
+        model has no encoder for, dims 0, is never used, whatever its bit).
       key: dropout PRNG key; None for deterministic evaluation.
       windows: optional [S] window slots over the B utterances: "index"
         (which utterance each slot holds), "segment", "rank", "speaker".
@@ -438,6 +439,7 @@ class MCUR(nnx.Module):
       the heads read).
     """
     rngs = None if key is None else nnx.Rngs(dropout=key)
+    mask = mask & jnp.array([m in self.encoders for m in schema.MODALITIES])
     # Window means differ between the windows that hold an utterance, so
     # with them the slots are gathered first.
     per_slot = windows is not None and bool(self.means)

@@ -678,9 +678,10 @@ def test_speaker_embedding():
 
 def test_modality_the_dataset_lacks():
   """dims[video] 0: no video encoder; the outputs do not read inputs
-  ["video"] (a [B, 0] array, another array, or none at all); the model
-  trains: finite gradients, the video missing embedding learns, and 40
-  Adam steps on random targets with dropout cut the loss by half."""
+  ["video"] (a [B, 0] array, another array, or none at all) nor the mask's
+  video bit (a caller's mask that sets it once moved predictions by 0.36);
+  the model trains: finite gradients, the video missing embedding learns,
+  and 40 Adam steps on random targets with dropout cut the loss by half."""
   graphdef, params, f = context_model(dims=tuple(DIMS_NO_VIDEO.items()))
   names = paths(params)
   for m in ("audio", "text"):
@@ -688,9 +689,11 @@ def test_modality_the_dataset_lacks():
   assert not any(p.startswith("['encoders']['video']") for p in names)
   x = ctx_inputs(7, dims=DIMS_NO_VIDEO)
   assert x["video"].shape == (BC, 0)
+  unset = f(params, x, jnp.asarray(CTX_MASK).at[:, 2].set(False), None)
   for column in (False, True):
     mask = jnp.asarray(CTX_MASK).at[:, 2].set(column)
     base = f(params, x, mask, None)
+    assert_outputs_equal(unset, base)
     assert all(np.isfinite(v).all() for v in base.values())
     without = {k: v for k, v in x.items() if k != "video"}
     assert_outputs_equal(base, f(params, without, mask, None))
