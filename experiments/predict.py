@@ -9,8 +9,6 @@ and `session` too for a run with `speaker_norm`, as IEMOCAP's default).
 Exit 2 with one `error:` line for input that does not fit the model.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
@@ -43,25 +41,12 @@ def main(argv) -> None:
   launch.start(argv)
   launch.end_on_ctrl_c()
   launch.check_output(FLAGS.out)
-  if FLAGS.data_dir and FLAGS.input:
-    print("error: --data_dir and --input: give one", file=sys.stderr)
-    sys.exit(2)
-  if FLAGS.key and not FLAGS.input:
-    print("error: --key: names the keys of an --input npz", file=sys.stderr)
-    sys.exit(2)
-  if FLAGS.fold is not None and not FLAGS.data_dir:
-    print("error: --fold: names the fold of a --data_dir", file=sys.stderr)
-    sys.exit(2)
-  # --split has a default: only one given on the command line is refused.
-  if FLAGS["split"].present and FLAGS.input:
-    print("error: --split: names the split of a prepared directory (the "
-          "run's own or --data_dir); an --input npz is predicted whole",
-          file=sys.stderr)
-    sys.exit(2)
   with launch.user_errors(FLAGS.workdir):
     launch.compilation_cache_from_flags()
     found, notes = predict.predict(
-        FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
+        # --split has a default: only one given is refused with --input.
+        FLAGS.workdir, data_dir=FLAGS.data_dir,
+        split=FLAGS.split if FLAGS["split"].present else None,
         npz=FLAGS.input, combination=FLAGS.combination,
         ensemble=FLAGS.ensemble, keys=FLAGS.key, data_fold=FLAGS.fold)
   with launch.user_errors(FLAGS.out):

@@ -308,7 +308,7 @@ def _check_combination(combination: str | None, present, served) -> None:
 
 
 def predict(workdir: str, *, data_dir: str | None = None,
-            split: str = "test", npz: str | None = None,
+            split: str | None = None, npz: str | None = None,
             combination: str | None = None, ensemble: bool = False,
             keys=(), data_fold: int | None = None
             ) -> tuple[Predictions, list[str]]:
@@ -319,7 +319,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
       predicts each fold's `split` with that fold's models (out-of-fold
       predictions for test); an npz then needs one fold's workdir.
     data_dir: a prepared directory (default: the run's own data).
-    split: its split to predict.
+    split: its split to predict (default "test").
     data_fold: the fold of a cross-validated `data_dir` whose `split` to
       predict; default the run's own fold (None for fixed splits).
     npz: an .npz of features instead of a prepared directory.
@@ -328,9 +328,21 @@ def predict(workdir: str, *, data_dir: str | None = None,
     ensemble: one row per utterance from the seeds' ensemble.
 
   Raises:
-    validate.ConfigError: bad arguments or workdir.
+    validate.ConfigError: bad arguments (named as the CLI's flags; a
+      prepared directory's arguments with an npz, say) or workdir.
     schema.DataError: input that does not fit the model.
   """
+  if data_dir and npz:
+    raise validate.ConfigError("--data_dir and --input", "give one")
+  if keys and not npz:
+    raise validate.ConfigError("--key", "names the keys of an --input npz")
+  if data_fold is not None and not data_dir:
+    raise validate.ConfigError("--fold", "names the fold of a --data_dir")
+  if split is not None and npz:
+    raise validate.ConfigError("--split", "names the split of a prepared "
+                               "directory (the run's own or --data_dir); an "
+                               "--input npz is predicted whole")
+  split = split or "test"
   if split not in SPLITS:
     raise validate.ConfigError("--split", f"{split!r}, not one of {SPLITS}")
   if combination is not None and combination not in combos.NAMES:

@@ -792,6 +792,22 @@ def test_predict_input_that_is_not_an_npz(mosi_dir, tmp_path):
       f"{path}: --input: not an .npz file (not a zip archive)")
 
 
+def test_predict_from_python_refuses_arguments_of_the_other_input(mixed,
+                                                                   tmp_path):
+  """predict() refuses what the CLI refuses: a prepared directory's
+  arguments (data_dir, split, data_fold) with an npz, and npz keys without
+  one (it used to predict the npz and ignore the rest)."""
+  workdir, _ = mixed
+  for kwargs, message in [
+      ({"npz": "x.npz", "data_dir": "d"}, "--data_dir and --input: give one"),
+      ({"npz": "x.npz", "split": "valid"}, "--split: names the split of a "
+       "prepared directory"),
+      ({"keys": ("label=y",)}, "--key: names the keys of an --input npz"),
+      ({"data_fold": 2}, "--fold: names the fold of a --data_dir")]:
+    with pytest.raises(validate.ConfigError, match=re.escape(message)):
+      predict.predict(str(workdir), **kwargs)
+
+
 def test_predict_split_with_input_exits_2(tmp_path):
   """--split names a split of a prepared directory: given with --input it
   is refused before any work, as --fold and --key are where they do not
