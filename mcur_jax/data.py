@@ -406,7 +406,8 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
       there, and an error elsewhere.
     normalized: standardise features with the manifest's train statistics.
     speaker_norm: modalities standardised per speaker instead
-      (`normalize_per_speaker`; only with `normalized`).
+      (`normalize_per_speaker`; only with `normalized`): names, or a
+      config's comma-separated string ("audio").
     reader: `read_split` or a function of the same signature (the tf.data
       reader of `mcur_jax.data_tf`).
     validation: with folds, the validation part: "groups" (the manifest's
@@ -420,6 +421,12 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
   """
   if validation not in VALIDATION:
     raise ValueError(f"validation={validation!r}, not one of {VALIDATION}")
+  try:
+    speaker_norm = schema.modality_names(
+        speaker_norm if isinstance(speaker_norm, str)
+        else ",".join(speaker_norm))
+  except ValueError as e:
+    raise ValueError(f"speaker_norm: {e}") from None
   manifest = schema.Manifest.load(directory)
   path = os.path.join(directory, schema.MANIFEST)
   if manifest.folds:

@@ -201,6 +201,12 @@ def test_speaker_norm_standardises_each_speaker_over_every_split(tmp_path):
   assert (audio[~present] == 0).all()
   for a, b in zip(splits(ds), splits(plain)):
     np.testing.assert_array_equal(a.features["text"], b.features["text"])
+  # A config's string names the same modalities; a misspelt one is named.
+  same = data.load(tmp_path / "d", fold=2, speaker_norm="audio")
+  np.testing.assert_array_equal(same.test.features["audio"],
+                                ds.test.features["audio"])
+  with pytest.raises(ValueError, match="speaker_norm: 'Audio', not one of"):
+    data.load(tmp_path / "d", fold=2, speaker_norm=("Audio",))
 
 
 def test_speaker_norm_needs_speaker_ids(tmp_path):
