@@ -376,6 +376,8 @@ class MCUR(nnx.Module):
       raise ValueError(f"compute_dtype={compute_dtype!r}, not one of "
                        f"{COMPUTE_DTYPES}")
     self.missing_tokens = missing_tokens
+    # Static: the feature width of each modality (0: none), for `check`.
+    self.dims = tuple(dims[m] for m in schema.MODALITIES)
     dtype = jnp.dtype(compute_dtype)
     self.means = mean_modalities(context_layers, context_means, dims)
     self.encoders = nnx.Dict({
@@ -414,6 +416,29 @@ class MCUR(nnx.Module):
       allowed = allowed.at[:, 0, :].set(True)
     return allowed | jnp.eye(4, dtype=bool)  # Every token sees itself.
 
+  def check(self, inputs, mask, windows) -> None:
+    """ValueError naming an input whose shape the model cannot take (shapes
+    only, so it costs nothing under jit), instead of an error deep in
+    XLA's broadcasting."""
+    if mask.ndim != 2 or mask.shape[1] != len(schema.MODALITIES):
+      raise ValueError(f"mask: shape {tuple(mask.shape)}, expected [B, 3] "
+                       "(audio, text, video)")
+    b = mask.shape[0]
+    for m, d in zip(schema.MODALITIES, self.dims):
+      if d and m not in inputs:
+        raise ValueError(f"inputs[{m!r}]: missing; the model reads [B, {d}] "
+                         f"{m} features")
+      if d and tuple(inputs[m].shape) != (b, d):
+        raise ValueError(f"inputs[{m!r}]: shape {tuple(inputs[m].shape)}, "
+                         f"expected [{b}, {d}] (B from the mask)")
+    missing = [k for k in ("segment", "rank", "speaker") if k not in (
+        inputs if windows is None else windows)]
+    if self.context is not None and missing:
+      raise ValueError(
+          f"{'inputs' if windows is None else 'windows'}: no "
+          f"{', '.join(missing)}; a model with context needs each "
+          "utterance's (or window slot's) [B] int segment, rank and speaker")
+
   def __call__(self, inputs: dict[str, jax.Array], mask: jax.Array,
                key: jax.Array | None = None,
                windows: dict[str, jax.Array] | None = None
@@ -438,6 +463,7 @@ class MCUR(nnx.Module):
       (unit norm), s [.] (log-variance), h [., hidden] (the representation
       the heads read).
     """
+    self.check(inputs, mask, windows)
     rngs = None if key is None else nnx.Rngs(dropout=key)
     mask = mask & jnp.array([m in self.encoders for m in schema.MODALITIES])
     # Window means differ between the windows that hold an utterance, so

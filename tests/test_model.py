@@ -676,6 +676,26 @@ def test_speaker_embedding():
   assert max_change(base, swapped)["h"] > 1e-4
 
 
+def test_inputs_of_the_wrong_shape_are_named():
+  """A mask, features or window fields the model cannot take are a
+  ValueError naming the input, not an XLA broadcasting error."""
+  graphdef, params, _ = context_model(dims=tuple(DIMS_NO_VIDEO.items()))
+  x, mask = ctx_inputs(7, dims=DIMS_NO_VIDEO), jnp.asarray(CTX_MASK)
+  apply = lambda x, mask: model.apply(graphdef, params, x, mask)
+  wide = {**x, "audio": jnp.ones((BC, 6))}
+  no_rank = {k: v for k, v in x.items() if k != "rank"}
+  no_text = {k: v for k, v in x.items() if k != "text"}
+  for inputs, m, message in [
+      (x, mask[:, :2], r"mask: shape \(12, 2\), expected \[B, 3\]"),
+      (wide, mask, r"inputs\['audio'\]: shape \(12, 6\), expected \[12, "
+       r"5\]"),
+      (no_text, mask, r"inputs\['text'\]: missing; the model reads \[B, 7\]"),
+      (no_rank, mask, "inputs: no rank; a model with context needs")]:
+    with pytest.raises(ValueError, match=message):
+      apply(inputs, m)
+  apply(x, mask)
+
+
 def test_modality_the_dataset_lacks():
   """dims[video] 0: no video encoder; the outputs do not read inputs
   ["video"] (a [B, 0] array, another array, or none at all) nor the mask's
