@@ -436,7 +436,7 @@ class Run:
     os.makedirs(workdir, exist_ok=True)
     dataset = load_data(config)
     manifest = dataset.manifest
-    validate.check_devices(config, jax.device_count())
+    validate.check_devices(config, jax.device_count(), jax.process_count())
     mesh = make_mesh(config.num_devices)
     validate.check(config, manifest, mesh.devices.size)
     repl = NamedSharding(mesh, P())

@@ -151,15 +151,20 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     raise _error("missing_rates", f"{', '.join(twice)} listed twice")
 
 
-def check_devices(config, available: int) -> None:
+def check_devices(config, available: int, processes: int = 1) -> None:
   """Raises ConfigError unless config.num_devices is 0 (all) or 1 to the
   `available` devices (a run on fewer than asked would train on another
-  mesh than its config says)."""
+  mesh than its config says); a job of several `processes` uses them all,
+  since a process left without a device of the mesh could not feed it."""
   if not 0 <= config.num_devices <= available:
     raise _error("num_devices", f"{config.num_devices}, must be 0 (all) or "
                  f"between 1 and {available}, the devices JAX finds (on a "
                  "CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
                  "set before the run makes N)")
+  if processes > 1 and config.num_devices not in (0, available):
+    raise _error("num_devices", f"{config.num_devices}: a job of {processes} "
+                 "processes uses every device (0), each process feeding its "
+                 "own")
 
 
 def modalities(config, field: str) -> tuple[str, ...]:

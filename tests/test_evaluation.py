@@ -178,6 +178,12 @@ def test_config_check_names_the_field(mosi_dir):
       validate.check_devices(tiny(mosi_dir, num_devices=devices), 8)
   for devices in (0, 1, 8):
     validate.check_devices(tiny(mosi_dir, num_devices=devices), 8)
+  # Several processes: every device, or a process would feed none.
+  with pytest.raises(validate.ConfigError, match="config.num_devices: 4: a "
+                     "job of 2 processes uses every device"):
+    validate.check_devices(tiny(mosi_dir, num_devices=4), 8, processes=2)
+  for devices in (0, 8):
+    validate.check_devices(tiny(mosi_dir, num_devices=devices), 8, 2)
   # A context Transformer needs its heads to divide the width; the GRU
   # has no heads, so the same value runs there.
   with pytest.raises(validate.ConfigError,
