@@ -357,14 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       runs.append(_train_fold(fold_config, os.path.join(
           workdir, schema.fold_name(fold))))
     results = report.combine_folds(runs)
-    if jax.process_index() == 0:
-      # Before results.json, which marks a finished run.
-      if config.tensorboard:  # The pooled run's HPARAMS row (fold 0).
-        tensorboard.write_hparams(workdir, config, results)
-      if config.plots:
-        report.write_summary_figures(workdir, results)
-      report.write_results(workdir, results)
-      print(report.table(results))
+    publish(workdir, config, results,
+            lambda: report.write_summary_figures(workdir, results))
     return results
 
 
@@ -428,6 +422,11 @@ class Run:
   def main_process(self) -> bool:
     return jax.process_index() == 0
 
+  @property
+  def steps(self) -> int:
+    """Training steps per epoch."""
+    return groups.train_steps(len(self.dataset.train), self.config.batch_size)
+
   @classmethod
   def setup(cls, config, workdir: str) -> "Run":
     """Data, checks, members, model, optimizer and the initial state."""
@@ -474,6 +473,41 @@ def _fold_label(config, manifest) -> str:
           f"{manifest.folds['key']} {config.fold})")
 
 
+def _header(run: Run, start: int) -> str:
+  """The line a run (or fold) starts with: its data, models and devices,
+  and where it starts from."""
+  config, dataset = run.config, run.dataset
+  models = len(run.members)
+  return (
+      f"{dataset.manifest.dataset}{_fold_label(config, dataset.manifest)}: "
+      f"train {len(dataset.train)}, valid {len(dataset.valid)}, test "
+      f"{len(dataset.test)} utterances from {config.data_dir} "
+      f"({dataset.manifest.format}); seeds {list(config.seeds)}, "
+      f"{config.regime} regime ({models} model{'s' if models > 1 else ''}); "
+      f"{run.mesh.devices.size} device(s)"
+      + (f" in {jax.process_count()} processes"
+         if jax.process_count() > 1 else "") + "; "
+      + ("from scratch" if not start else f"resuming after epoch {start}"
+         if start < config.num_epochs else
+         f"its {start} epoch{'s' * (start > 1)} done, evaluating"))
+
+
+def _diverged(run: Run, stats: dict, epoch: int,
+              last: int | None) -> TrainingDiverged:
+  """The error of a loss gone NaN/inf in `epoch` (0-based): which members,
+  and what is kept (the checkpoint after epoch `last`, if any, and the
+  logs)."""
+  bad = ", ".join(
+      " ".join(f"{k} {v}" for k, v in run.members.describe(i).items())
+      for i in np.flatnonzero(~np.isfinite(stats["loss"])))
+  kept = (f"the last good checkpoint (after epoch {last}) in "
+          f"{checkpoint.directory(run.workdir)} and " if last else
+          "no checkpoint yet (see checkpoint_every and checkpoint_seconds); ")
+  return TrainingDiverged(f"epoch {epoch + 1}: training loss is NaN/inf for "
+                          f"{bad}; stopped. Kept: {kept}the logs in "
+                          f"{run.workdir}.")
+
+
 def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   """Trains from the latest checkpoint (or from scratch) to the last epoch;
   selects each member's best epoch on validation; returns the final
@@ -506,20 +540,8 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
                           dataset.stats)
   log = report.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
                           enabled=run.main_process)
-  learning_rates = epoch_learning_rates(
-      config, groups.train_steps(len(dataset.train), config.batch_size))
-  say(f"{dataset.manifest.dataset}{_fold_label(config, dataset.manifest)}: "
-      f"train {len(dataset.train)}, valid "
-      f"{len(dataset.valid)}, test {len(dataset.test)} utterances from "
-      f"{config.data_dir} ({dataset.manifest.format}); seeds "
-      f"{list(config.seeds)}, {config.regime} regime ("
-      f"{len(members)} model{'s' if len(members) > 1 else ''}); "
-      f"{run.mesh.devices.size} device(s)"
-      + (f" in {jax.process_count()} processes"
-         if jax.process_count() > 1 else "") + "; "
-      + ("from scratch" if not start else f"resuming after epoch {start}"
-         if start < config.num_epochs else
-         f"its {start} epoch{'s' * (start > 1)} done, evaluating"))
+  learning_rates = epoch_learning_rates(config, run.steps)
+  say(_header(run, start))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
   progress = report.Progress(config.num_epochs, enabled=run.main_process)
@@ -539,17 +561,7 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
                                        run.member_data, epoch)
         stats = transfer.to_host(stats)
       if not _finite(stats):
-        bad = ", ".join(
-            " ".join(f"{k} {v}" for k, v in members.describe(i).items())
-            for i in np.flatnonzero(~np.isfinite(stats["loss"])))
-        last = mngr.latest_step()
-        kept = (f"the last good checkpoint (after epoch {last}) in "
-                f"{checkpoint.directory(workdir)} and " if last else
-                "no checkpoint yet (see checkpoint_every and "
-                "checkpoint_seconds); ")
-        raise TrainingDiverged(
-            f"epoch {epoch + 1}: training loss is NaN/inf for {bad}; "
-            f"stopped. Kept: {kept}the logs in {workdir}.")
+        raise _diverged(run, stats, epoch, mngr.latest_step())
       with phases.phase("train/validate"):
         pred = run.predict(selected_params(state), run.inputs["valid"],
                            valid_masks, keys=("pred",))["pred"]
@@ -615,24 +627,32 @@ def finish(run: Run, state: dict, phases: timing.Phases,
       timing=timing.summary(phases, compiled))
   if run.main_process:
     calibration.write(run.workdir, fitted)
-    # Before results.json, which marks a finished run (a sweep skips it).
-    if config.tensorboard:
-      tensorboard.write_hparams(run.workdir, config, results)
-    if config.plots:
-      report.write_figures(run.workdir, results, config, found["test"],
-                           run.dataset.test, fitted,
-                           run.dataset.manifest.classes)
-    report.write_results(run.workdir, results)
-    print(report.table(results))
+  publish(run.workdir, config, results, lambda: report.write_figures(
+      run.workdir, results, config, found["test"], run.dataset.test, fitted,
+      run.dataset.manifest.classes))
   return results
+
+
+def publish(workdir: str, config, results: dict, figures) -> None:
+  """Process 0 writes a finished run's (or fold=0 run's pooled) outputs:
+  TensorBoard's hparams row, the figures (`figures()`, with config.plots),
+  then results.json and results.md, which mark the run finished (a sweep
+  skips it), and prints its table."""
+  if jax.process_index() != 0:
+    return
+  if config.tensorboard:
+    tensorboard.write_hparams(workdir, config, results)
+  if config.plots:
+    figures()
+  report.write_results(workdir, results)
+  print(report.table(results))
 
 
 def padding(run: Run) -> dict[str, float]:
   """The fraction of batch positions that hold no utterance: per training
   epoch, and in the valid and test evaluation chunks."""
   n = len(run.dataset.train)
-  steps = groups.train_steps(n, run.config.batch_size)
-  return {"train": round(1 - n / (steps * run.config.batch_size), 4),
+  return {"train": round(1 - n / (run.steps * run.config.batch_size), 4),
           **{s: round(run.inputs[s].layout.padding(), 4)
              for s in ("valid", "test")}}
 
