@@ -101,7 +101,6 @@ def check(table: Table) -> None:
   rows, origin = table.rows, table.origin
   tfds_metadata.check_name(table.dataset, "command line", "--dataset")
   utterance_rows.check_ids(rows, origin)
-  n = len(rows)
   for f in schema.RECORD_FIELDS:
     if f.kind != schema.BYTES:
       continue

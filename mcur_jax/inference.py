@@ -6,8 +6,10 @@ does (`evaluation.py`), so its numbers equal those that training wrote to
 results.json, bit for bit, on the same devices.
 """
 
+import dataclasses
 import os
 
+import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -82,6 +84,40 @@ def run_data(workdir: str, config, data_dir: str | None = None):
   return train.load_data(config, where)
 
 
+@dataclasses.dataclass
+class Restored:
+  """A finished run's selected models, ready to predict."""
+
+  config: object
+  # The run's data's manifest (dims, task, classes), from the workdir.
+  manifest: schema.Manifest
+  mesh: jax.sharding.Mesh
+  # Leading axis: the members, as `regime.members` orders them.
+  params: object
+  members: regime.Members
+  # [3] bool: the modalities the data has.
+  present: list
+  # `evaluation.make_predict` for the members' combinations.
+  predict: object
+
+  @classmethod
+  def of(cls, workdir: str, data_dir: str | None = None) -> "Restored":
+    """Restores the single (or one fold's) finished run in `workdir`;
+    `data_dir` as `checkpoint.restore_for_inference` takes it."""
+    check_finished(workdir)
+    config = checkpoint.load_config(workdir)
+    mesh = train.make_mesh(config.num_devices)
+    graphdef, params, config, manifest = checkpoint.restore_for_inference(
+        workdir, NamedSharding(mesh, P()), data_dir)
+    present = validate.present_modalities(manifest)
+    members = regime.members(config, combos.realisable(present))
+    return cls(config=config, manifest=manifest, mesh=mesh, params=params,
+               members=members, present=present,
+               predict=evaluation.make_predict(
+                   graphdef, mesh, len(members.combos),
+                   config.compute_dtype))
+
+
 def evaluate_workdir(workdir: str, split: str = "test",
                      protocol: str = "all",
                      data_dir: str | None = None) -> dict:
@@ -99,26 +135,18 @@ def evaluate_workdir(workdir: str, split: str = "test",
   if folds:
     return report.combine_folds([evaluate_workdir(d, split, protocol,
                                                   data_dir) for d in folds])
-  check_finished(workdir)
-  config = checkpoint.load_config(workdir)
-  mesh = train.make_mesh(config.num_devices)
-  repl = NamedSharding(mesh, P())
-  graphdef, params, config, manifest = checkpoint.restore_for_inference(
-      workdir, repl, data_dir)
+  run = Restored.of(workdir, data_dir)
+  config, manifest, members = run.config, run.manifest, run.members
   dataset = run_data(workdir, config, data_dir)
-  inputs = evaluation.Inputs.of(getattr(dataset, split), config, mesh)
-  present = validate.present_modalities(manifest)
-  members = regime.members(config, combos.realisable(present))
-  predict = evaluation.make_predict(graphdef, mesh, len(members.combos),
-                                    config.compute_dtype)
-  found = evaluation.run(config, predict, params, inputs, members,
-                         manifest.task, present, protocol)
+  inputs = evaluation.Inputs.of(getattr(dataset, split), config, run.mesh)
+  found = evaluation.run(config, run.predict, run.params, inputs, members,
+                         manifest.task, run.present, protocol)
   if "fixed" in found:
     names = [combos.NAMES[c] for c in members.combos]
     calibration.add_scores(found["fixed"], run_calibration(
-        workdir, config, manifest.task, predict, params, members,
-        lambda: dataset.valid, mesh), found["outputs"], inputs.split.label,
-                           names)
+        workdir, config, manifest.task, run.predict, run.params, members,
+        lambda: dataset.valid, run.mesh), found["outputs"],
+                           inputs.split.label, names)
   return report.evaluation_results(
       config, manifest, manifest.task, split, found,
       source=os.path.abspath(checkpoint.directory(workdir)))

@@ -61,19 +61,14 @@ import functools
 import os
 
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from mcur_jax import calibration
-from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data as data_lib
 from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import npz_columns
-from mcur_jax import regime
 from mcur_jax import schema
-from mcur_jax import train
 from mcur_jax import utterance_rows
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
@@ -360,14 +355,11 @@ def predict(workdir: str, *, data_dir: str | None = None,
              for d in folds]
     return (Predictions.concatenate([p for p, _ in parts]),
             sum((n for _, n in parts), []))
-  inference.check_finished(workdir)
-  config = checkpoint.load_config(workdir)
-  mesh = train.make_mesh(config.num_devices)
-  graphdef, params, config, manifest = checkpoint.restore_for_inference(
-      workdir, NamedSharding(mesh, P()), data_dir)
-  present = validate.present_modalities(manifest)
-  served = combos.realisable(present)
-  _check_combination(combination, present, served)
+  run = inference.Restored.of(workdir, data_dir)
+  config, manifest, mesh = run.config, run.manifest, run.mesh
+  params = run.params
+  present, members = run.present, run.members
+  _check_combination(combination, present, members.combos)
   fold = config.fold or None
   # The run's own data, read only where it is needed (its split, or the
   # calibration of a run from before calibration.json): where it trained,
@@ -397,9 +389,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
     else:
       rows = getattr(own(), split)
     known = np.ones(len(rows), bool)
-  members = regime.members(config, served)
-  predict_fn = evaluation.make_predict(graphdef, mesh, len(members.combos),
-                                       config.compute_dtype)
+  predict_fn = run.predict
   fitted = inference.run_calibration(workdir, config, manifest.task,
                                      predict_fn, params, members,
                                      lambda: own().valid, mesh)

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
