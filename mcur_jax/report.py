@@ -1,4 +1,4 @@
-"""Run outputs: the progress bar, `metrics.jsonl`, `results.json` and the printed table.
+"""Run outputs: `metrics.jsonl`, `results.json`, results.md and the printed tables.
 
 All metric values are fractions (not percent); a NaN metric (e.g. Corr of
 constant predictions) is written as null. Means and standard deviations run
@@ -6,23 +6,17 @@ over seeds (and folds, where there are folds); std is the sample std
 (ddof = 1), 0 for a single run.
 """
 
-import functools
 import json
 import math
 import os
-import sys
-import time
 
-import jax
 import numpy as np
 
 from mcur_jax import calibration
 from mcur_jax import combos
-from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import schema
 from mcur_jax import timing
-from mcur_jax import transfer
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
@@ -72,74 +66,6 @@ class MetricsLog:
       self.lines += [json.dumps(line) + "\n" for line in new]
       workdir_lib.write_text(self.path, "".join(self.lines))
     return new
-
-
-class Progress:
-  """A one-line progress bar over epochs (a line per epoch when not a TTY),
-  with the time an epoch takes and the time left.
-
-  The first epoch of a run (of each fold, each sweep point) includes
-  compiling, or loading the compiled programs, so the rate and the time
-  left come from the later ones. `clock` is injectable for tests."""
-
-  def __init__(self, total: int, enabled: bool = True, stream=None,
-               clock=time.monotonic):
-    self.total, self.enabled = total, enabled
-    self.stream = stream or sys.stdout  # sys.stdout as it is now.
-    self.tty = self.stream.isatty()
-    self.best = -math.inf
-    self.clock = clock
-    self.started = self.last = clock()
-    self.seconds = []  # Per epoch this process ran.
-    self.shown = 0  # Length of the line on a TTY, which a shorter one covers.
-
-  def update(self, epoch, stats, score, name):
-    if not self.enabled:
-      return
-    now = self.clock()
-    self.seconds.append(now - self.last)
-    self.last = now
-    self.best = max(self.best, float(np.max(score)))
-    width = 20
-    done = width * epoch // self.total
-    count = len(self.seconds)
-    if epoch == self.total:
-      pace = (f"{clock_time(now - self.started)} for {count} epoch"
-              f"{'s' if count > 1 else ''}")
-    elif count == 1:
-      pace = f"{_seconds(self.seconds[0])}, compiling included"
-    else:
-      rate = float(np.mean(self.seconds[1:]))
-      left = clock_time(rate * (self.total - epoch))
-      pace = f"{_seconds(rate)}/epoch, {left} of training left"
-    line = (f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.total}"
-            f" loss {np.mean(stats['loss']):.4f} valid avg {name} "
-            f"{np.mean(score):.4f} (best {'seed ' * (np.size(score) > 1)}"
-            f"so far {self.best:.4f}); {pace}")
-    if self.tty:
-      self.stream.write("\r" + line.ljust(self.shown))
-      self.shown = len(line)
-    else:
-      self.stream.write(line + "\n")
-    self.stream.flush()
-
-  def close(self):
-    if self.enabled and self.tty:
-      self.stream.write("\n")
-
-
-def _seconds(seconds: float) -> str:
-  """A duration to 3 digits ("0.0812 s", "26.2 s"), as m:ss from 100 s."""
-  return f"{seconds:.3g} s" if seconds < 99.95 else clock_time(seconds)
-
-
-def clock_time(seconds: float) -> str:
-  """Seconds as m:ss, or h:mm:ss from an hour."""
-  minutes, secs = divmod(round(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  if hours:
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-  return f"{minutes}:{secs:02d}"
 
 
 def _number(value) -> float:
@@ -375,87 +301,6 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
         _cell(r[split]["avg"][k]) if k in r[split]["avg"] else "n/a"
         for k in shown) + " |" for name, r in rows]
   return "\n".join(out) + "\n"
-
-
-def _categories(task: str, label: np.ndarray, rule: str, classes=None):
-  """(index per sample, names) of MCB-CL's categories (`losses.category`);
-  classes by their names where `classes` gives them."""
-  with transfer.on_host():
-    category = np.asarray(jax.jit(functools.partial(
-        losses.category, task=task, rule=rule))(label))
-  values, index = np.unique(category, return_inverse=True)
-  if task == "regression" and rule == "sign":
-    return index, [("negative (< 0)", "non-negative (>= 0)")[v]
-                   for v in values]
-  return index, [classes[v] if task == "classification" and classes else
-                 str(v) for v in values]
-
-
-def _figure(workdir: str, name: str) -> str:
-  """WORKDIR/figures/NAME.png, the folder made if needed."""
-  os.makedirs(os.path.join(workdir, "figures"), exist_ok=True)
-  return os.path.join(workdir, "figures", name + ".png")
-
-
-def _plots():
-  """`mcur_jax.plots`, imported on first use: matplotlib is about 0.4 s of
-  every command's start, and a run without figures never needs it."""
-  from mcur_jax import plots  # pylint: disable=g-import-not-at-top
-  return plots
-
-
-def write_summary_figures(workdir: str, results_dict: dict) -> None:
-  """The figures made from results.json alone (also for pooled folds):
-  per-combination bars and the missing-rate curve."""
-  plots = _plots()
-  plots.combination_bars(results_dict, _figure(workdir, "combinations"))
-  if "missing_rate" in results_dict:
-    plots.missing_rate_curve(results_dict, _figure(workdir, "missing_rate"))
-
-
-def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
-                  test_split, fitted: dict, classes=None) -> None:
-  """The PNG figures of a run in WORKDIR/figures/ (see plots.py), from the
-  fixed-protocol test outputs of `evaluation.run` (`test_found`) and the
-  run's calibration (`fitted`, `calibration.fit_run`); `classes` names the
-  classes of a classification dataset (its manifest's)."""
-  plots = _plots()
-  write_summary_figures(workdir, results_dict)
-  task, seed = results_dict["task"], results_dict["seeds"][0]
-  source = (f"{results_dict['dataset']} test"
-            + (" [SYNTHETIC DATA]" if results_dict["data"]["synthetic"] else ""))
-  selected = results_dict["selected_epoch"]
-  plots.training_curves(
-      os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],
-      _figure(workdir, "training"), sum(selected.values(), []) if isinstance(
-          selected, dict) else selected)
-  # Seed 0's model, or in the per-condition regime its model per
-  # combination (`evaluation.route`): one PCA over separate models' spaces.
-  model = (f"seed {seed}'s {len(names(results_dict))} models" if
-           config.regime == "per_condition" else f"seed {seed}")
-  category, category_names = _categories(task, test_split.label,
-                                         config.regression_categories,
-                                         classes)
-  out = test_found["outputs"]
-  plots.representation_map(
-      {"h (after context)": out["h"][:, 0],
-       "z (MCB-CL projection)": out["z"][:, 0]},
-      names(results_dict), category, category_names,
-      _figure(workdir, "representation"),
-      f"{source}, {model}: PCA of the representation under each "
-      "combination")
-  pred, s = out["pred"], out["s"]
-  pooled = ("ranked across combinations; results.json ranks within each "
-            "and averages")
-  plots.uncertainty_plot(
-      task, pred[:, 0].reshape(-1, pred.shape[-1]),
-      np.tile(test_split.label, pred.shape[0]), s[:, 0].reshape(-1),
-      _figure(workdir, "uncertainty"), config.task_loss,
-      f"{source}, {model}, all {len(pred)} combinations pooled\n({pooled})")
-  plots.calibration_plot(
-      task, config.task_loss, pred[:, 0], test_split.label, s[:, 0],
-      [fitted["seeds"][0][c] for c in names(results_dict)],
-      _figure(workdir, "calibration"), f"{source}, {model}\n({pooled})")
 
 
 def table(results_dict: dict, split: str = "test") -> str:

@@ -54,10 +54,12 @@ from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data as data_lib
 from mcur_jax import evaluation
+from mcur_jax import figures
 from mcur_jax import groups
 from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import model as model_lib
+from mcur_jax import progress
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
@@ -358,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           workdir, schema.fold_name(fold))))
     results = report.combine_folds(runs)
     publish(workdir, config, results,
-            lambda: report.write_summary_figures(workdir, results))
+            lambda: figures.write_summary_figures(workdir, results))
     return results
 
 
@@ -544,7 +546,7 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   say(_header(run, start))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
-  progress = report.Progress(config.num_epochs, enabled=run.main_process)
+  bar = progress.Progress(config.num_epochs, enabled=run.main_process)
   # No event file for a run whose epochs are all done (a rerun to finish).
   board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
                                enabled=run.main_process and config.tensorboard
@@ -574,7 +576,7 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
       with phases.phase("train/log"):
         board.write(log.write(epoch + 1, members, stats, valid, score,
                               run.task, learning_rates[epoch]))
-        progress.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
+        bar.update(epoch + 1, stats, score, metrics.HEADLINE[run.task])
       due = (epoch + 1) % config.checkpoint_every == 0 and workdir_lib.agree(
           time.monotonic() - saved >= config.checkpoint_seconds)
       stop = stop_requested()
@@ -587,7 +589,7 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
                           "keeps its checkpoint and its logs, and the same "
                           "command resumes from them")
   finally:
-    progress.close()
+    bar.close()
     board.close()
     mngr.close()
   return state
@@ -627,7 +629,7 @@ def finish(run: Run, state: dict, phases: timing.Phases,
       timing=timing.summary(phases, compiled))
   if run.main_process:
     calibration.write(run.workdir, fitted)
-  publish(run.workdir, config, results, lambda: report.write_figures(
+  publish(run.workdir, config, results, lambda: figures.write_figures(
       run.workdir, results, config, found["test"], run.dataset.test, fitted,
       run.dataset.manifest.classes))
   return results

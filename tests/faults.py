@@ -41,7 +41,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from mcur_jax import evaluation
 from mcur_jax import losses
-from mcur_jax import report
+from mcur_jax import progress
 from mcur_jax import train
 
 
@@ -99,7 +99,7 @@ def _hold(path):
     original(*args, **kwargs)
     open(path, "w").close()
     time.sleep(600)
-  _on_call(report.Progress, "update", 1, update)
+  _on_call(progress.Progress, "update", 1, update)
 
 
 def sugr_with_nan_bound(sugr):

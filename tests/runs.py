@@ -22,7 +22,7 @@ from data_prep import synthetic
 from data_prep import writer
 from experiments.configs import mosi as mosi_config
 from mcur_jax import combos
-from mcur_jax import report
+from mcur_jax import progress
 from mcur_jax import tfrecord
 from mcur_jax import timing
 from mcur_jax import train
@@ -30,7 +30,7 @@ from mcur_jax import train
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
 ALL_COMBOS = set(combos.NAMES) | {"avg"}
-# The PNGs of WORKDIR/figures of a run with plots on (report.write_figures).
+# The PNGs of WORKDIR/figures of a run with plots on (figures.write_figures).
 FIGURES = [f"{name}.png" for name in ("calibration", "combinations",
                                       "missing_rate", "representation",
                                       "training", "uncertainty")]
@@ -220,13 +220,13 @@ def ctrl_c_in_every_epoch(monkeypatch):
   """For the block, a stop is asked (`train.STOP_REQUESTED`, as launch's
   Ctrl-C handler asks it) right after each epoch's progress line: in a run
   of 1 epoch, during its last epoch. Cleared after the block."""
-  update = report.Progress.update
+  update = progress.Progress.update
 
   def update_then_ask_to_stop(self, *args):
     update(self, *args)
     train.STOP_REQUESTED.set()
 
-  monkeypatch.setattr(report.Progress, "update", update_then_ask_to_stop)
+  monkeypatch.setattr(progress.Progress, "update", update_then_ask_to_stop)
   try:
     yield
   finally:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mcur_jax import combos
+from mcur_jax import figures as run_figures
 from mcur_jax import metrics
 from mcur_jax import plots
 from mcur_jax import report
@@ -378,12 +379,12 @@ def test_categories_are_named_by_the_manifests_classes():
   """The representation map's legend names classes as the manifest does
   (class indices without it); regression categories by their sign."""
   label = np.array([2, 0, 2, 3])
-  index, names = report._categories("classification", label, "sign",
+  index, names = run_figures.categories("classification", label, "sign",
                                     ["hap", "sad", "neu", "ang"])
   assert [names[i] for i in index] == ["neu", "hap", "neu", "ang"]
-  assert report._categories("classification", label, "sign")[1] == [
+  assert run_figures.categories("classification", label, "sign")[1] == [
       "0", "2", "3"]
-  index, names = report._categories("regression", np.array([-1.5, 0.0, 2.0]),
+  index, names = run_figures.categories("regression", np.array([-1.5, 0.0, 2.0]),
                                     "sign")
   assert [names[i] for i in index] == ["negative (< 0)", "non-negative (>= 0)",
                                        "non-negative (>= 0)"]

@@ -39,6 +39,7 @@ from mcur_jax import groups
 from mcur_jax import losses
 from mcur_jax import metrics
 from mcur_jax import model
+from mcur_jax import progress
 from mcur_jax import regime
 from mcur_jax import report
 from mcur_jax import schema
@@ -357,14 +358,14 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
   results. TensorBoard shows the uninterrupted run's logs, each (tag,
   epoch) once: the resumed writer purges the stale epoch 2."""
   workdir, results, _, _ = baseline
-  update = report.Progress.update
+  update = progress.Progress.update
 
   def update_then_die(self, epoch, *args):
     update(self, epoch, *args)
     if epoch == 2:
       raise Interrupted
 
-  monkeypatch.setattr(report.Progress, "update", update_then_die)
+  monkeypatch.setattr(progress.Progress, "update", update_then_die)
   with pytest.raises(Interrupted):
     run(mosi_dir, tmp_path)
   monkeypatch.undo()
@@ -422,7 +423,7 @@ def test_a_call_from_python_records_its_data_absolute(mosi_dir, tmp_path,
 def test_progress_follows_current_stdout(capsys):
   """The progress lines of a run, resumed or not, go to sys.stdout as it is
   when the run happens (here pytest's capsys), as its other lines do."""
-  report.Progress(3).update(2, {"loss": np.array([1.0])}, np.array([0.5]),
+  progress.Progress(3).update(2, {"loss": np.array([1.0])}, np.array([0.5]),
                             "f1_non0")
   assert "epoch 2/3" in capsys.readouterr().out
 
@@ -432,9 +433,9 @@ def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
   the time left is that rate times the epochs to go; the last line gives
   the time of the epochs this process ran (here, resumed after 1 of 5)."""
   ticks = iter([0.0, 30.0, 32.0, 36.0, 39.0])
-  progress = report.Progress(5, clock=lambda: next(ticks))
+  bar = progress.Progress(5, clock=lambda: next(ticks))
   for epoch in (2, 3, 4, 5):
-    progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
+    bar.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].endswith("; 30 s, compiling included")
   assert lines[1].endswith("; 2 s/epoch, 0:04 of training left")
@@ -442,19 +443,19 @@ def test_progress_gives_the_pace_without_the_compiling_epoch(capsys):
   assert lines[2].endswith("; 3 s/epoch, 0:03 of training left")
   assert lines[3].endswith("; 0:39 for 4 epochs")
   ticks = iter([0.0, 5.0, 5.25, 5.375])  # Fast epochs keep 3 digits.
-  progress = report.Progress(9, clock=lambda: next(ticks))
+  bar = progress.Progress(9, clock=lambda: next(ticks))
   for epoch in (1, 2, 3):
-    progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
+    bar.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   assert capsys.readouterr().out.splitlines()[-1].endswith(
       "; 0.188 s/epoch, 0:01 of training left")  # Mean of 0.25 and 0.125.
   ticks = iter([0.0, 300.0, 1534.0])  # From 100 s, minutes and seconds.
-  progress = report.Progress(3, clock=lambda: next(ticks))
+  bar = progress.Progress(3, clock=lambda: next(ticks))
   for epoch in (1, 2):
-    progress.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
+    bar.update(epoch, {"loss": np.array([1.0])}, np.array([0.5]), "wf1")
   assert [line.split("; ")[-1] for line in capsys.readouterr().out.splitlines()
           ] == ["5:00, compiling included",
                 "20:34/epoch, 20:34 of training left"]
-  assert report.clock_time(3725.4) == "1:02:05"
+  assert progress.clock_time(3725.4) == "1:02:05"
 
 
 # Divergence
