@@ -59,7 +59,7 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
   write_summary_figures(workdir, results_dict)
   task, seed = results_dict["task"], results_dict["seeds"][0]
   source = (f"{results_dict['dataset']} test"
-            + (" [SYNTHETIC DATA]" if results_dict["data"]["synthetic"] else ""))
+            + report.synthetic_mark(results_dict))
   selected = results_dict["selected_epoch"]
   plots.training_curves(
       os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],

@@ -176,13 +176,23 @@ def ece(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> float:
   regression score of exactly 0, confidence 0.5)."""
   if not len(correct):
     return float("nan")
-  which = np.minimum((confidence * bins).astype(int), bins - 1)
   total = 0.0
-  for b in np.unique(which):
-    in_bin = which == b
-    total += in_bin.sum() * abs(correct[in_bin].mean() -
-                                confidence[in_bin].mean())
+  for _, count, accuracy, mean in zip(*reliability_bins(correct, confidence,
+                                                          bins)):
+    total += count * abs(accuracy - mean)
   return float(total / len(correct))
+
+
+def reliability_bins(correct: np.ndarray, confidence: np.ndarray,
+                     bins: int = 10):
+  """The non-empty bins of `ece` (and of the reliability diagram): their
+  indices, sample counts, accuracies and mean confidences."""
+  which = np.minimum((confidence * bins).astype(int), bins - 1)
+  used = np.unique(which)
+  in_bin = [which == b for b in used]
+  return (used, np.array([m.sum() for m in in_bin]),
+          np.array([correct[m].mean() for m in in_bin]),
+          np.array([confidence[m].mean() for m in in_bin]))
 
 
 def coverage_curve(correct: np.ndarray, uncertainty: np.ndarray,

@@ -28,6 +28,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from mcur_jax import calibration  # pylint: disable=wrong-import-position
 from mcur_jax import combos  # pylint: disable=wrong-import-position
 from mcur_jax import metrics  # pylint: disable=wrong-import-position
+from mcur_jax import report  # pylint: disable=wrong-import-position
 from mcur_jax import workdir  # pylint: disable=wrong-import-position
 
 # The accuracy shown beside the headline metric of each task.
@@ -41,23 +42,14 @@ COMBO_COLORS = dict(zip(combos.NAMES, plt.get_cmap("tab10").colors))
 _DPI = 110
 
 
-def _value(x) -> float:
-  """A results.json number as a float; None (a NaN written as null) -> NaN."""
-  return math.nan if x is None else float(x)
-
-
 def _mean_std(entries: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   """(means, stds) of metric `key` over {metric: {"mean", "std"}} entries."""
-  return (np.array([_value(e[key]["mean"]) for e in entries]),
-          np.array([_value(e[key]["std"]) for e in entries]))
+  return (np.array([report.number(e[key]["mean"]) for e in entries]),
+          np.array([report.number(e[key]["std"]) for e in entries]))
 
 
 def _runs(n: int) -> str:
   return f"{n} run" if n == 1 else f"{n} runs"
-
-
-def _synthetic(results: dict) -> str:
-  return " [SYNTHETIC DATA]" if results["data"]["synthetic"] else ""
 
 
 def _save(fig, path: str) -> None:
@@ -93,7 +85,7 @@ def combination_bars(results: dict, path: str, split: str = "test") -> None:
   """
   part = results[split]
   keys = (results["headline"], ACCURACY[results["task"]])
-  names = results.get("combinations", list(combos.NAMES))
+  names = report.names(results)
   groups = names + ["avg"]
   runs = len(part["avg"][keys[0]]["per_run"])
   x = np.arange(len(groups))
@@ -118,7 +110,7 @@ def combination_bars(results: dict, path: str, split: str = "test") -> None:
   ax.grid(axis="y", alpha=0.3)
   ax.set_title(f"{results['dataset']} {split}: {keys[0]} and {keys[1]} per "
                f"modality combination\nmean ± std over {_runs(runs)}"
-               f"{_synthetic(results)}")
+               f"{report.synthetic_mark(results)}")
   _save(fig, path)
 
 
@@ -155,7 +147,7 @@ def missing_rate_curve(results: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.set_title(f"{results['dataset']} {curve['split']}: {keys[0]} and "
                f"{keys[1]} vs missing rate\nmean ± std over {_runs(runs)}"
-               f"{_synthetic(results)}")
+               f"{report.synthetic_mark(results)}")
   _save(fig, path)
 
 
@@ -166,7 +158,7 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def _finite_stats(values: list) -> tuple[float, float, float]:
   """(mean, min, max) of the finite values; NaNs when there are none."""
-  v = np.array([_value(x) for x in values])
+  v = np.array([report.number(x) for x in values])
   v = v[np.isfinite(v)]
   return (v.mean(), v.min(), v.max()) if v.size else (math.nan,) * 3
 
@@ -383,11 +375,8 @@ def _error_panel(ax, task, s, error, spearman) -> None:
 def _reliability_panel(ax, task, correct, confidence, ece,
                        title: str = "(b) reliability") -> None:
   bins = 10
-  which = np.minimum((confidence * bins).astype(int), bins - 1)
-  used = np.unique(which)
-  accuracy = np.array([correct[which == b].mean() for b in used])
-  mean_conf = np.array([confidence[which == b].mean() for b in used])
-  counts = np.array([(which == b).sum() for b in used])
+  used, counts, accuracy, mean_conf = metrics.reliability_bins(
+      correct, confidence, bins)
   ax.bar((used + 0.5) / bins, accuracy, 1 / bins, color="C0", alpha=0.35,
          edgecolor="C0", label="accuracy per confidence bin")
   ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")

@@ -68,16 +68,22 @@ class MetricsLog:
     return new
 
 
-def _number(value) -> float:
-  """A metric value; null (a NaN written by `_clean`) read back as NaN."""
-  return np.nan if value is None else value
+def number(value) -> float:
+  """A results.json metric value as a float; null (a NaN written by
+  `_clean`) read back as NaN."""
+  return math.nan if value is None else float(value)
+
+
+def synthetic_mark(results_dict: dict) -> str:
+  """What titles and tables add for a run on synthetic data."""
+  return " [SYNTHETIC DATA]" if results_dict["data"]["synthetic"] else ""
 
 
 def summarize_flat(per_run: list[dict]) -> dict:
   """[{metric: value}] per run -> {metric: {"mean", "std", "per_run"}}."""
   out = {}
   for k in per_run[0]:
-    values = np.array([_number(run[k]) for run in per_run], np.float64)
+    values = np.array([number(run[k]) for run in per_run], np.float64)
     out[k] = {"mean": float(np.mean(values)),
               "std": float(np.std(values, ddof=1)) if len(values) > 1
               else 0.0,
@@ -91,7 +97,7 @@ def summarize(per_run: list[dict]) -> dict:
   combinations (the run's realisable ones)."""
   names = [c for c in combos.NAMES if c in per_run[0]]
   metric_names = list(per_run[0][names[0]])
-  with_avg = [{**run, "avg": {k: float(np.mean([_number(run[c][k])
+  with_avg = [{**run, "avg": {k: float(np.mean([number(run[c][k])
                                                 for c in names]))
                               for k in metric_names}} for run in per_run]
   return {c: summarize_flat([run[c] for run in with_avg])
@@ -313,7 +319,7 @@ def table(results_dict: dict, split: str = "test") -> str:
            + (f"{folds} folds x {runs // folds} seed(s)" if folds else
               f"{runs} run(s)")
            + f", selected on {results_dict['selected_on']}"
-           + (" [SYNTHETIC DATA]" if results_dict["data"]["synthetic"] else ""),
+           + synthetic_mark(results_dict),
            "| metric | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
   for k in _SHOWN[results_dict["task"]]:
