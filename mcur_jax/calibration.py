@@ -75,16 +75,11 @@ def _argmin_log(loss_of) -> float:
   return float(math.exp((lo + hi) / 2))
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-  z = logits - logits.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
 def fit_temperature(logits: np.ndarray, label: np.ndarray) -> float:
   """The T > 0 minimising the NLL of softmax(logits / T) at `label`."""
   logits = np.asarray(logits, np.float64)
   rows = np.arange(len(label))
-  return _argmin_log(lambda log_t: -_log_softmax(
+  return _argmin_log(lambda log_t: -metrics.log_softmax(
       logits / math.exp(log_t))[rows, label].mean())
 
 
@@ -120,7 +115,7 @@ def confidence(cal: dict, task: str, task_loss: str, pred: np.ndarray,
   None for regression) of raw outputs `pred` [N, K] and SUGR's `s` [N]."""
   pred = np.asarray(pred, np.float64)
   if task == "classification":
-    probs = np.exp(_log_softmax(pred / cal["temperature"]))
+    probs = np.exp(metrics.log_softmax(pred / cal["temperature"]))
     return probs.max(-1), probs
   score = pred[:, 0]
   if cal["method"] == "magnitude":
@@ -134,9 +129,8 @@ def decisions(task: str, task_loss: str, pred, s, label):
   """`metrics.decisions` (correct, uncalibrated confidence, error, s of the
   scored samples) and `keep` [N], the samples scored: non-zero labels for
   regression, all for classification."""
-  keep = (np.asarray(label) != 0 if task == "regression"
-          else np.ones(len(label), bool))
-  return (*metrics.decisions(task, pred, label, s, task_loss), keep)
+  return (*metrics.decisions(task, pred, label, s, task_loss),
+          metrics.scored(task, label))
 
 
 def fit(task: str, task_loss: str, pred: np.ndarray, s: np.ndarray,
@@ -174,7 +168,7 @@ def ensemble(task: str, pred: np.ndarray, s: np.ndarray):
   pred, s = np.asarray(pred, np.float64), np.asarray(s, np.float64)
   mean_s = np.log(np.exp(s).mean(0))
   if task == "classification":
-    return np.log(np.exp(_log_softmax(pred)).mean(0)), mean_s
+    return np.log(np.exp(metrics.log_softmax(pred)).mean(0)), mean_s
   return pred.mean(0), mean_s
 
 

@@ -354,15 +354,15 @@ def next_fold(values: Sequence, fold):
 def train_stats(directory: str | os.PathLike, fold=None,
                 validation: str = "groups") -> dict:
   """The statistics `load` standardises a fold's (or the fixed splits')
-  features with, as `normalization_stats` gives them: the manifest's, or
-  with `validation="session"` those of the fold's training part."""
-  manifest = schema.Manifest.load(directory)
-  if manifest.folds and validation == "session":
-    train = load(directory, fold, normalized=False, validation=validation).train
-    return {m: {k: np.asarray(v, np.float64) for k, v in values.items()}
-            for m, values in feature_stats(train).items()}
-  return normalization_stats(directory, manifest,
-                             schema.fold_name(fold) if fold else "train")
+  features with (`Dataset.stats`): the manifest's, or with
+  `validation="session"` those of the fold's training part."""
+  return load(directory, fold, validation=validation).stats
+
+
+def _arrays(stats: dict) -> dict:
+  """`feature_stats`'s lists as float64 arrays, as the manifest's are read."""
+  return {m: {k: np.asarray(v, np.float64) for k, v in values.items()}
+          for m, values in stats.items()}
 
 
 def normalization_stats(directory: str | os.PathLike,
@@ -443,7 +443,7 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
                             next_fold(values, fold) if session else None)
     parts = {s: everything.take(names == s) for s in schema.SPLITS}
     if stats is None:
-      stats = (feature_stats(parts["train"]) if session else
+      stats = (_arrays(feature_stats(parts["train"])) if session else
                normalization_stats(directory, manifest,
                                    schema.fold_name(fold)))
   else:

@@ -159,14 +159,26 @@ def decisions(task: str, outputs: np.ndarray, label: np.ndarray, s: np.ndarray,
   outputs = np.asarray(outputs, np.float64)
   label, s = np.asarray(label), np.asarray(s, np.float64)
   if task == "regression":
-    pred, keep = outputs[:, 0], label != 0
-    pred, label, s = pred[keep], label[keep], s[keep]
+    keep = scored(task, label)
+    pred, label, s = outputs[keep, 0], label[keep], s[keep]
     confidence = sign_probability(sugr_margin(pred, s, task_loss), task_loss)
     return (pred > 0) == (label > 0), confidence, np.abs(pred - label), s
-  logits = outputs - outputs.max(-1, keepdims=True)
-  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  log_p = log_softmax(outputs)
   error = -log_p[np.arange(len(label)), label]
   return (outputs.argmax(-1) == label, np.exp(log_p.max(-1)), error, s)
+
+
+def scored(task: str, label) -> np.ndarray:
+  """[N] bool: the samples the uncertainty metrics score, the non-zero
+  labels for regression (a sign decision), all for classification."""
+  label = np.asarray(label)
+  return label != 0 if task == "regression" else np.ones(len(label), bool)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+  """log softmax over the last axis, in the inputs' (float64) precision."""
+  z = logits - logits.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def ece(correct: np.ndarray, confidence: np.ndarray, bins: int = 10) -> float:
