@@ -51,13 +51,18 @@ class CheckpointError(validate.ConfigError):
   """No checkpoint of a workdir can be used, or one cannot be written."""
 
 
-def manager(workdir: str, config: ml_collections.ConfigDict | None = None,
-            keep: int = 2) -> ocp.CheckpointManager:
+# Checkpoints kept: the latest, and the one before it to fall back on when
+# the latest is damaged (`resume`).
+KEEP = 2
+
+
+def manager(workdir: str, config: ml_collections.ConfigDict | None = None
+            ) -> ocp.CheckpointManager:
   """The workdir's checkpoint manager; saves whenever asked (the training
-  loop decides when), keeps the latest `keep`, and removes the temporary
+  loop decides when), keeps the latest `KEEP`, and removes the temporary
   folders of saves that never finished."""
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=checkpoint_managers.LatestN(keep),
+      preservation_policy=checkpoint_managers.LatestN(KEEP),
       enable_async_checkpointing=False, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
       directory(workdir), options=options,

@@ -1,9 +1,13 @@
 """Optional tf.data reader of prepared directories (TPU VM images ship TensorFlow).
 
 `read_split` has the signature of `mcur_jax.data.read_split` and returns the
-identical `Split`, so `data.load(directory, reader=data_tf.read_split)`
-swaps it in. TensorFlow is imported only when this module is, and it is never
-required: the default reader needs none.
+identical `Split` from valid data (tested), so `data.load(directory,
+reader=data_tf.read_split)` swaps it in. It checks only the record count:
+the default reader's checks of each record (CRCs, label range,
+availability, NaN) are not repeated here, so damaged data is the default
+reader's to diagnose (`data_prep.inspect`). TensorFlow is imported only
+when this module is, and it is never required: the default reader needs
+none.
 """
 
 import os
