@@ -407,7 +407,8 @@ def user_errors(where: str, resumes: bool = False):
   2, without a traceback: bad data, config, arguments or checkpoints
   (`train.INPUT_ERRORS`), or a file that cannot be read or written (an
   OSError, named by its file, else by `where`; for a full disk, whether the
-  same command `resumes`). Every entry point's work runs inside it."""
+  same command `resumes`). The work of training, evaluate and predict
+  runs inside it."""
   try:
     yield
   except train.INPUT_ERRORS as e:

@@ -68,9 +68,10 @@ def sample_train_masks(key: jax.Array, available: jax.Array,
 
 def rate_name(rate: float) -> str:
   """A missing rate as results.json names it: one decimal where that is
-  exact ("0.3"), else the digits it needs ("0.35"), so two rates never
-  share a name."""
-  return f"{rate:.1f}" if abs(rate - round(rate, 1)) < 1e-9 else f"{rate:g}"
+  exact ("0.3"), else up to 12 significant digits ("0.35"); rates that
+  would share a name are refused by `validate.check`."""
+  return (f"{rate:.1f}" if abs(rate - round(rate, 1)) < 1e-9
+          else f"{rate:.12g}")
 
 
 def missing_rate_mask(rng: np.random.Generator, n: int, rate: float,

@@ -355,8 +355,13 @@ def train_stats(directory: str | os.PathLike, fold=None,
                 validation: str = "groups") -> dict:
   """The statistics `load` standardises a fold's (or the fixed splits')
   features with (`Dataset.stats`): the manifest's, or with
-  `validation="session"` those of the fold's training part."""
-  return load(directory, fold, validation=validation).stats
+  `validation="session"` those of the fold's training part (which reads
+  the data)."""
+  manifest = schema.Manifest.load(directory)
+  if manifest.folds and validation == "session":
+    return load(directory, fold, validation=validation).stats
+  return normalization_stats(directory, manifest,
+                             schema.fold_name(fold) if fold else "train")
 
 
 def _arrays(stats: dict) -> dict:
@@ -424,7 +429,7 @@ def load(directory: str | os.PathLike, fold=None, normalized: bool = True,
   try:
     speaker_norm = schema.modality_names(
         speaker_norm if isinstance(speaker_norm, str)
-        else ",".join(speaker_norm))
+        else ",".join(speaker_norm or ()))
   except ValueError as e:
     raise ValueError(f"speaker_norm: {e}") from None
   manifest = schema.Manifest.load(directory)

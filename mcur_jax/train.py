@@ -434,12 +434,13 @@ class Run:
     """Data, checks, members, model, optimizer and the initial state."""
     started = time.time()
     COMPILES.clear()
-    os.makedirs(workdir, exist_ok=True)
     dataset = load_data(config)
     manifest = dataset.manifest
     validate.check_devices(config, jax.device_count(), jax.process_count())
     mesh = make_mesh(config.num_devices)
     validate.check(config, manifest, mesh.devices.size)
+    # After the checks: a refused fold=0 run leaves no empty fold folder.
+    os.makedirs(workdir, exist_ok=True)
     repl = NamedSharding(mesh, P())
     present = validate.present_modalities(manifest)
     members = regime.members(config, combos.realisable(present))
@@ -635,17 +636,17 @@ def finish(run: Run, state: dict, phases: timing.Phases,
   return results
 
 
-def publish(workdir: str, config, results: dict, figures) -> None:
+def publish(workdir: str, config, results: dict, draw_figures) -> None:
   """Process 0 writes a finished run's (or fold=0 run's pooled) outputs:
-  TensorBoard's hparams row, the figures (`figures()`, with config.plots),
-  then results.json and results.md, which mark the run finished (a sweep
-  skips it), and prints its table."""
+  TensorBoard's hparams row, the figures (`draw_figures()`, with
+  config.plots), then results.json and results.md, which mark the run
+  finished (a sweep skips it), and prints its table."""
   if jax.process_index() != 0:
     return
   if config.tensorboard:
     tensorboard.write_hparams(workdir, config, results)
   if config.plots:
-    figures()
+    draw_figures()
   report.write_results(workdir, results)
   print(report.table(results))
 

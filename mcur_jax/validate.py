@@ -119,7 +119,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
     listed = modalities(config, field)
     for m in listed:
       if not manifest.dims[m]:
-        rest = ",".join(x for x in listed if x != m)
+        rest = ",".join(x for x in listed if manifest.dims[x])
         raise _error(field, f"{m}: the data in {config.data_dir} has no {m}"
                      f"; leave it out: --config.{field}={rest}")
   # Values that would run but mean nothing (NaN fails each test too): tau 0

@@ -176,15 +176,11 @@ def lock(workdir: str):
   removed if this call created it."""
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
-  created_lock = not os.path.exists(os.path.join(workdir, LOCK_FILE))
+  path = os.path.join(workdir, LOCK_FILE)
+  created_lock = not os.path.exists(path)
   handle = None
   if jax.process_index() == 0:
-    handle = open(os.path.join(workdir, LOCK_FILE), "a+")
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.close()
-      handle = None
+    handle = _take(workdir, path)
   if not agree(handle is not None):
     raise WorkdirBusy(os.path.abspath(workdir),
                       f"in use by a running job ({_holder(workdir)}); wait "
@@ -203,6 +199,28 @@ def lock(workdir: str):
         _remove_if_only_lock(workdir, created)
       fcntl.flock(handle, fcntl.LOCK_UN)
       handle.close()
+
+
+def _take(workdir: str, path: str):
+  """The lock file `path`, open and flock'ed; None if a live run holds it.
+  A lock taken on a file that is no longer `path` (a refused run removed
+  it, `_remove_if_only_lock`, between this open and this flock) is let go
+  and the new one taken, so that two runs never hold two files."""
+  for _ in range(3):  # A refused run at each attempt: busy in effect.
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.close()
+      return None
+    try:
+      if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+        return handle
+    except FileNotFoundError:
+      pass
+    handle.close()
+  return None
 
 
 def _remove_if_only_lock(workdir: str, directory: bool) -> None:

@@ -10,6 +10,7 @@ figure is a fragment.
 """
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -310,6 +311,29 @@ def test_a_run_that_wrote_nothing_leaves_its_workdir_as_it_found_it(
   assert empty.is_dir() and not list(empty.iterdir())
   assert sorted(p.name for p in used.iterdir()) == [
       workdir_lib.LOCK_FILE, "metrics.jsonl"]
+
+
+def test_a_lock_file_removed_while_taken_is_taken_again(tmp_path,
+                                                       monkeypatch):
+  """A run that opened `.lock` just before a refused run removed it (the
+  test removes it between the open and the flock) locks the file that is
+  there now, not the removed one, which a third run could not see."""
+  workdir = tmp_path / "w"
+  path = workdir / workdir_lib.LOCK_FILE
+  real_flock, calls = workdir_lib.fcntl.flock, []
+  def flock_after_a_removal(handle, operation):
+    calls.append(operation)
+    if len(calls) == 1:
+      os.remove(path)
+    return real_flock(handle, operation)
+  monkeypatch.setattr(workdir_lib.fcntl, "flock", flock_after_a_removal)
+  with workdir_lib.lock(str(workdir)):
+    assert path.exists() and path.read_text().startswith("pid ")
+    monkeypatch.setattr(workdir_lib.fcntl, "flock", real_flock)
+    with pytest.raises(workdir_lib.WorkdirBusy):
+      with workdir_lib.lock(str(workdir)):
+        pass
+  assert len(calls) >= 2
 
 
 @pytest.mark.parametrize("fault", [

@@ -249,14 +249,15 @@ def test_data_dir_flag_overrides_a_config_files_data_dir(iemocap6_dir,
       "  c = iemocap.get_config('tiny')\n"
       f"  c.data_dir = {str(tmp_path / 'elsewhere')!r}\n"
       "  return c\n")
-  result = runs.cli("--data_dir", iemocap6_dir, "--workdir", tmp_path / "w",
-                    "--config", config, "--config.num_epochs=0",
-                    "--config.fold=1", dataset="iemocap",
-                    env=dict(os.environ))
-  assert result.returncode == 2, result.stderr
-  assert runs.error_lines(result.stderr) == [
-      "error: config.num_epochs: 0, must be >= 1"]
-  assert not (tmp_path / "w").exists()  # Refused runs leave no workdir.
+  for fold in (1, 0):  # Refused runs leave no workdir, nor fold folders.
+    result = runs.cli("--data_dir", iemocap6_dir, "--workdir", tmp_path / "w",
+                      "--config", config, "--config.num_epochs=0",
+                      f"--config.fold={fold}", dataset="iemocap",
+                      env=dict(os.environ))
+    assert result.returncode == 2, result.stderr
+    assert runs.error_lines(result.stderr) == [
+        "error: config.num_epochs: 0, must be >= 1"]
+    assert not (tmp_path / "w").exists(), fold
 
 
 def test_sweep_report_help_and_usage(capsys):
