@@ -225,9 +225,10 @@ def _take(workdir: str, path: str):
 
 def _remove_if_only_lock(workdir: str, directory: bool) -> None:
   """Removes `.lock` (and `workdir` too if `directory`) if the lock is all
-  `workdir` holds. The lock file goes while still locked, so a run that
-  opened it meanwhile is refused as busy, and one that creates a new one
-  keeps the directory (rmdir fails)."""
+  `workdir` holds. The lock file goes while still locked: a run that opened
+  it meanwhile is refused as busy, or, flocking it after, sees it gone and
+  takes the new one (`_take`); one that made a new one keeps the directory
+  (rmdir fails)."""
   try:
     if os.listdir(workdir) == [LOCK_FILE]:
       os.remove(os.path.join(workdir, LOCK_FILE))
