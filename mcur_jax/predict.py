@@ -85,6 +85,15 @@ class Predictions:
   def __len__(self) -> int:
     return len(next(iter(self.columns.values())))
 
+  def __repr__(self) -> str:
+    """A summary, not every cell (a notebook shows this): the row count,
+    the columns, and the first rows."""
+    head = [", ".join(f"{k}={_number(v[i])}" for k, v in self.columns.items())
+            for i in range(min(3, len(self)))]
+    return (f"Predictions({len(self)} rows; columns "
+            f"{', '.join(self.columns)}" + "".join(f"\n  {h}" for h in head)
+            + ("\n  ..." if len(self) > 3 else "") + ")")
+
   @classmethod
   def concatenate(cls, parts: list["Predictions"]) -> "Predictions":
     return cls({k: sum((p.columns[k] for p in parts), [])

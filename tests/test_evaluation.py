@@ -885,6 +885,16 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   assert not notes
 
 
+def test_predictions_show_a_summary():
+  """A notebook shows the row count, the columns and three rows, not every
+  cell of every column."""
+  found = predict.Predictions({"utt_id": [f"u{i}" for i in range(1000)],
+                               "score": [np.float32(i) for i in range(1000)]})
+  assert repr(found).splitlines() == [
+      "Predictions(1000 rows; columns utt_id, score", "  utt_id=u0, score=0.0",
+      "  utt_id=u1, score=1.0", "  utt_id=u2, score=2.0", "  ...)"]
+
+
 def test_predict_npz_class_labels_by_name(mosi_dir, tmp_path):
   """A classification model's npz may give its labels as the class names
   ('' = not known), as the converter takes them; a name that is not a
