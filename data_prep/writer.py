@@ -214,6 +214,19 @@ def _unscaled_notes(normalization: dict) -> list[str]:
   return notes
 
 
+def _empty_class_notes(table: Table) -> list[str]:
+  """A note naming the classes no utterance has (the model still has an
+  output for each, and the macro metrics count a class it predicts)."""
+  if table.task != "classification":
+    return []
+  counts = np.bincount(table.rows.label.astype(int),
+                       minlength=len(table.classes))
+  empty = [c for c, k in zip(table.classes, counts) if not k]
+  return [f"label: no utterance of class {', '.join(empty)} (of "
+          f"{', '.join(table.classes)}): check the dataset's classes"] if (
+              empty) else []
+
+
 def _write_shards(table: Table, directory: str
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, list[int]]]:
   """Writes the shards of every split; returns the manifest's `splits` and
@@ -285,7 +298,8 @@ def write(table: Table, out: str | os.PathLike, overwrite: bool = False
         label_range=list(LABEL_RANGE) if table.task == "regression" else None,
         extra_fields=sorted(table.rows.extras), format=table.format,
         split_source=table.split_source, sources=table.sources,
-        notes=table.notes + _unscaled_notes(normalization))
+        notes=(table.notes + _empty_class_notes(table)
+               + _unscaled_notes(normalization)))
     with open(os.path.join(tmp, schema.MANIFEST), "w") as f:
       f.write(manifest.to_json())
     tfds_metadata.write(tmp, manifest, lengths)

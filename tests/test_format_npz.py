@@ -307,6 +307,19 @@ def test_bad_split_file(tmp_path, capsys, content, field, message):
   assert message in line
 
 
+def test_a_class_without_utterances_is_noted(tmp_path, capsys):
+  """iemocap4 labels that never use a class (a 3-class set converted as
+  IEMOCAP-4, say) are converted, with a note naming the class."""
+  columns = _iemocap_columns()
+  columns["label"] = columns["label"] % 3
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out", dataset="iemocap4") == 0
+  note = ("label: no utterance of class angry (of happy, sad, neutral, "
+          "angry): check the dataset's classes")
+  assert note in schema.Manifest.load(tmp_path / "out").notes
+  assert f"note: {note}" in capsys.readouterr().out
+
+
 def test_iemocap_without_split_or_session_is_an_error(tmp_path, capsys):
   """Without a split and a session column the error lists the file's keys
   and both ways out."""
