@@ -297,6 +297,13 @@ def markdown(rows: list[tuple[str, dict]], split: str = "test") -> str:
         _cell(r["missing_rate"]["rates"][rate][first["headline"]])
         if rate in r["missing_rate"]["rates"] else "n/a"
         for rate in rates) + " |" for name, r in with_rates]
+    # With k modalities every rate from (k - 1) / k keeps exactly one.
+    k = max(len(c) for _, r in with_rates for c in names(r))
+    same = [rate for rate in rates if float(rate) >= (k - 1) / k - 1e-9]
+    if len(same) > 1:
+      out += ["", f"With {k} modalit{'ies' if k > 1 else 'y'}, rates "
+              f"{', '.join(same)} all keep exactly one per utterance: one "
+              "condition, whose columns differ only by their draws."]
   if _UNCERTAINTY[0] in first[split]["avg"]:
     shown = [k for k in _UNCERTAINTY if k in first[split]["avg"]]
     out += ["", "## uncertainty (SUGR score, then the confidence calibrated "

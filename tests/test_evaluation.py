@@ -1144,3 +1144,11 @@ def test_markdown_of_rows_with_other_rates_and_combinations(mixed):
            if line.startswith("| fewer |") and line.endswith("| n/a |")]
   assert row.count("n/a") == 1
   assert md.count("| method | a | t | v | at | av | tv | atv | Avg |") == 5
+  # Three modalities: only 0.7 keeps exactly one, so no note; two (no
+  # video): 0.5, 0.6 and 0.7 are one condition, and the table says so.
+  assert "keep exactly one per utterance" not in md
+  for r in (fewer, results):
+    r["combinations"] = ["a", "t", "at"]
+  assert ("With 2 modalities, rates 0.5, 0.6, 0.7 all keep exactly one per "
+          "utterance: one condition, whose columns differ only by their "
+          "draws.") in report.markdown([("fewer", fewer), ("all", results)])
