@@ -5,9 +5,8 @@ prepared directory's split, or an `.npz` of features in the format of
 `data_prep/formats/npz.py` where only `group_id` and one modality are
 required: `label` is optional (absent, or -1 for a class: not known; a
 class index or name), `position` defaults to the rows' order in each group
-(a note says so),
-`split` is not read, keys may be named as `data_prep.convert --key` names
-them, and the features are standardised with the statistics the model was
+(a note says so), `split` is not read, keys may be named as
+`data_prep.convert --key` names them, and the features are standardised with the statistics the model was
 trained with (kept in the workdir, `run_stats`: the data the run trained
 on need not be there for an npz; its fold's for IEMOCAP), and the
 modalities of a run's `speaker_norm` with each speaker's statistics over
