@@ -135,9 +135,9 @@ def check(table: Table) -> None:
     raise schema.DataError(origin["label"], "label",
                            f"{int(bad.sum())} labels not {expected}, e.g. "
                            f"{label[i]:g} of {str(rows.utt_id[i])!r}")
-  scored = np.sign(label[label != 0])
-  if table.task == "regression" and len(scored) and (
-      scored == scored[0]).all():
+  scored = (np.sign(label[label != 0]) if table.task == "regression"
+            else np.zeros(0))
+  if len(scored) and (scored == scored[0]).all():
     raise schema.DataError(
         origin["label"], "label", f"all {len(scored)} non-zero labels are "
         f"{'positive' if scored[0] > 0 else 'negative'}: the headline "

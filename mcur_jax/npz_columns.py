@@ -184,6 +184,16 @@ class Columns:
                              f"rows, but {self.name(self.rows_from)} has {n}")
     return value
 
+  def labels(self, classes, n=None, required=True):
+    """The label column: numbers, or for a classification set (`classes`,
+    None for scores) class indices or names, names made indices
+    (`class_indices`); None if optional and absent."""
+    value = self.get("label", LABELS if classes else NUMBERS, n,
+                     required=required)
+    if value is not None and value.dtype.kind in "US":
+      value = class_indices(value, classes, self.path, self.name("label"))
+    return value
+
   def text(self, field, n, required=True):
     """The ids of `field` (str, bytes or integers) as a str array, or None
     if optional and absent."""

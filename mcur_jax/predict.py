@@ -136,11 +136,8 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
                                   rows_from="group_id")
     group_id = columns.text("group_id", None)
     n = len(group_id)
-    label = columns.get("label", npz_columns.LABELS if classification
-                        else npz_columns.NUMBERS, n, required=False)
-    if label is not None and label.dtype.kind in "US":
-      label = npz_columns.class_indices(label, manifest.classes, path,
-                                        columns.name("label"))
+    label = columns.labels(manifest.classes if classification else None, n,
+                           required=False)
     position = columns.get("position", npz_columns.INTEGERS, n,
                            required=False)
     notes = []

@@ -105,11 +105,7 @@ def read(args) -> writer.Table:
   path = common.require(args.input, "npz", "--input", "FILE.npz")
   with npz_columns.open_archive(path) as archive:
     columns = npz_columns.Columns(path, archive, keys, mapped)
-    label = columns.get("label", npz_columns.NUMBERS if task == "regression"
-                        else npz_columns.LABELS)
-    if label.dtype.kind in "US":
-      label = npz_columns.class_indices(label, classes, path,
-                                        columns.name("label"))
+    label = columns.labels(classes)
     n = len(label)
     group_id = columns.text("group_id", n)
     position = columns.get("position", npz_columns.INTEGERS, n,
