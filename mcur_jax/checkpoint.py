@@ -16,7 +16,8 @@ process passes the same arrays; orbax writes them once.
 Damage: orbax writes a checkpoint into a temporary folder and renames it
 when complete (a save killed midway leaves no checkpoint, and the next
 manager removes the folder). A complete checkpoint that is damaged on disk
-later is caught by `resume`: each stores the sha256 of its state's bytes,
+later is caught by `resume`: each stores the sha256 of its state's bytes
+(the checkpoints of one early version, their per-leaf bit sums: `matches`),
 and a checkpoint that fails to restore or to match it is reported and the
 one before it used. `restore_for_inference` reads it once, checks it
 (`verify`), refuses a damaged one, and takes the selected parameters from
@@ -100,6 +101,26 @@ def digest(host_state) -> np.ndarray:
   return np.frombuffer(h.digest(), np.uint8).copy()
 
 
+def _bit_sums(host_state) -> np.ndarray:
+  """[leaves] uint32: per leaf, the sum of its elements' bits mod 2^32, the
+  leaves in the order of their paths' keys (that of the checkpoint's nested
+  dicts): the digest of the checkpoints of mcur-jax cc78ccf, before the
+  sha256 (every leaf of its state had 4-byte elements)."""
+  flat = jax.tree_util.tree_flatten_with_path(host_state)[0]
+  flat.sort(key=lambda item: tuple(_key(entry) for entry in item[0]))
+  return np.array([np.sum(np.ascontiguousarray(x).view(np.uint32),
+                          dtype=np.uint32) for _, x in flat], np.uint32)
+
+
+def matches(host_state, saved_digest) -> bool:
+  """Whether `host_state` matches the digest saved with it, in either
+  format (the sha256, or the earlier per-leaf bit sums)."""
+  saved_digest = np.asarray(saved_digest)
+  if saved_digest.dtype == np.uint32:
+    return np.array_equal(_bit_sums(host_state), saved_digest)
+  return np.array_equal(digest(host_state), saved_digest)
+
+
 def out_of_space(e: BaseException | None) -> bool:
   """Whether `e`, or an exception it was raised from, is a full disk (or
   quota): orbax and tensorstore wrap the OSError in their own errors."""
@@ -135,7 +156,12 @@ def restore(mngr: ocp.CheckpointManager, epoch: int, like):
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like)
   saved = mngr.restore(epoch, args=ocp.args.StandardRestore(
       {"state": target, "digest": np.zeros(32, np.uint8)}))
-  if not np.array_equal(digest(saved["state"]), saved["digest"]):
+  if saved["digest"].shape != (32,):
+    # The earlier digest format (`_bit_sums`), which orbax read cast to the
+    # target's uint8: read again as it was saved.
+    saved = mngr.restore(epoch, args=ocp.args.StandardRestore(
+        {"state": target, "digest": _bit_sums(target)}))
+  if not matches(saved["state"], saved["digest"]):
     raise ValueError("the restored state does not match its saved digest")
   return jax.tree.map(
       lambda x, y: jax.make_array_from_process_local_data(y.sharding, x),
@@ -152,8 +178,8 @@ def verify(mngr: ocp.CheckpointManager, epoch: int) -> dict:
   """
   try:
     saved = mngr.restore(epoch, args=ocp.args.PyTreeRestore())
-    damaged = "digest" in saved and not np.array_equal(
-        digest(saved["state"]), np.asarray(saved["digest"]))
+    damaged = "digest" in saved and not matches(saved["state"],
+                                                saved["digest"])
     problem = "does not match its saved digest"
   except Exception as e:  # pylint: disable=broad-except
     # Whatever orbax or tensorstore raise for damaged files.

@@ -539,6 +539,45 @@ def test_restore_for_inference_reads_checkpoints_of_the_older_layout(
                                 want)
 
 
+def test_checkpoints_of_the_earlier_digest_restore_and_are_checked(
+    mixed, tmp_path):
+  """mcur-jax cc78ccf saved, instead of the sha256, per leaf the sum of its
+  elements' bits as uint32 (computed here as that version did, with
+  jax.lax). Such a checkpoint restores, for inference and to resume (orbax
+  reads a digest cast to the target's dtype, so a uint8 target would make
+  an intact one look damaged), and a changed digest is still refused."""
+  workdir, _ = mixed
+  state = final_params(workdir)
+  sums = np.asarray(jax.numpy.stack([
+      jax.numpy.sum(jax.lax.bitcast_convert_type(x, np.uint32),
+                    dtype=np.uint32) for x in jax.tree.leaves(state)]))
+  for name, saved_digest in (("old", sums), ("damaged", sums + np.eye(
+      len(sums), dtype=np.uint32)[1])):
+    old = tmp_path / name
+    old.mkdir()
+    shutil.copy(workdir / "config.json", old)
+    mngr = checkpoint.manager(str(old))
+    mngr.save(3, args=ocp.args.StandardSave(
+        {"state": state, "digest": saved_digest}))
+    mngr.wait_until_finished()
+    mngr.close()
+  _, params, _, _ = checkpoint.restore_for_inference(str(tmp_path / "old"))
+  chex.assert_trees_all_equal(jax.device_get(jax.tree.leaves(params)),
+                              jax.tree.leaves(state["best_params"]))
+  mngr = checkpoint.manager(str(tmp_path / "old"))
+  chex.assert_trees_all_equal(
+      jax.device_get(checkpoint.restore(mngr, 3, jax.device_put(state))),
+      state)
+  mngr.close()
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="does not match its saved digest"):
+    checkpoint.restore_for_inference(str(tmp_path / "damaged"))
+  mngr = checkpoint.manager(str(tmp_path / "damaged"))
+  with pytest.raises(ValueError, match="does not match its saved digest"):
+    checkpoint.restore(mngr, 3, jax.device_put(state))
+  mngr.close()
+
+
 def test_restore_for_inference_reads_the_checkpoint_once(
     mixed, tmp_path, monkeypatch):
   """The selected parameters come from the read that checks the digest:
