@@ -41,11 +41,27 @@ flags.DEFINE_string("shard", "0/1", "i/n: run only points i, i+n, i+2n, ...")
 FLAGS = flags.FLAGS
 
 
+def file_points(path: str) -> list[dict]:
+  """The points of a sweep file: its get_sweep(), a non-empty list of
+  {field: value} dicts."""
+  get_sweep = runpy.run_path(path).get("get_sweep")
+  if not callable(get_sweep):
+    raise validate.ConfigError("--sweep", f"{path}: defines no get_sweep()")
+  found = get_sweep()
+  if not (isinstance(found, list) and found and all(
+      isinstance(p, dict) and all(isinstance(k, str) for k in p)
+      for p in found)):
+    raise validate.ConfigError(
+        "--sweep", f"{path}: get_sweep() returned {str(found)[:80]}; "
+        "expected a non-empty list of {field: value} dicts")
+  return found
+
+
 def points(config) -> list[dict]:
   """The sweep's points in a fixed order: file points x grid points."""
   from_file = [{}]
   if FLAGS.sweep:
-    from_file = runpy.run_path(launch.package_file(FLAGS.sweep))["get_sweep"]()
+    from_file = file_points(launch.package_file(FLAGS.sweep))
   grid = sweep.grid_points(config, FLAGS.grid)
   both = sorted(set(grid[0]) & {k for p in from_file for k in p})
   if both:
@@ -72,7 +88,8 @@ def run(config, workdir: str) -> None:
       launch.take_dataset(point_config, explicit or "dataset" in point)
 
   status = sweep.run(config, workdir, points(config),
-                     parse_shard(FLAGS.shard), prepare=prepare)
+                     parse_shard(FLAGS.shard), prepare=prepare,
+                     source=FLAGS.sweep or ("--grid" if FLAGS.grid else "sweep"))
   failed = [name for name, s in status.items() if s == "failed"]
   if failed:
     raise validate.ConfigError(

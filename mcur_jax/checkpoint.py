@@ -250,9 +250,21 @@ def resume(mngr: ocp.CheckpointManager, like, log=print):
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config (fields added since it was written: their values
-  that reproduce it, `workdir.LATER_FIELDS`)."""
-  return ml_collections.ConfigDict(workdir_lib.read_config(
-      os.path.join(workdir, workdir_lib.CONFIG_FILE)))
+  that reproduce it, `workdir.LATER_FIELDS`).
+
+  Raises:
+    validate.ConfigError: `workdir` holds no run's config.json (the root of
+      a cross-validated run: naming its folds).
+  """
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    folds = workdir_lib.started_folds(workdir)
+    raise validate.ConfigError(workdir, (
+        f"a cross-validated run: give one fold's workdir, "
+        f"{os.path.join(workdir, os.path.basename(folds[0]))} to "
+        f"{os.path.join(workdir, os.path.basename(folds[-1]))}") if folds else
+        f"no {workdir_lib.CONFIG_FILE}: not the workdir of a training run")
+  return ml_collections.ConfigDict(workdir_lib.read_config(path))
 
 
 def restore_for_inference(workdir: str, sharding=None,
@@ -274,6 +286,8 @@ def restore_for_inference(workdir: str, sharding=None,
     mask)` predicts with member i (`inputs` as in `model.MCUR.__call__`);
     `manifest`, the run's data's (dims, task, classes), is read from the
     workdir's copy (`workdir.run_manifest`): the data need not be there.
+    A run still training gives its best models so far (`experiments.
+    evaluate` and `predict` refuse such a run: `inference.check_finished`).
   """
   config = load_config(workdir)
   manifest = workdir_lib.run_manifest(workdir, config.data_dir, data_dir)

@@ -54,6 +54,7 @@ have no effect on h) and "visible" lets every token attend to them.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mcur_jax import groups, schema
@@ -417,27 +418,40 @@ class MCUR(nnx.Module):
     return allowed | jnp.eye(4, dtype=bool)  # Every token sees itself.
 
   def check(self, inputs, mask, windows) -> None:
-    """ValueError naming an input whose shape the model cannot take (shapes
-    only, so it costs nothing under jit), instead of an error deep in
-    XLA's broadcasting."""
-    if mask.ndim != 2 or mask.shape[1] != len(schema.MODALITIES):
-      raise ValueError(f"mask: shape {tuple(mask.shape)}, expected [B, 3] "
+    """ValueError naming an input whose shape or dtype the model cannot
+    take (no values read, so it costs nothing under jit), instead of an
+    error deep in XLA's broadcasting."""
+    if np.ndim(mask) != 2 or np.shape(mask)[1] != len(schema.MODALITIES):
+      raise ValueError(f"mask: shape {np.shape(mask)}, expected [B, 3] "
                        "(audio, text, video)")
+    if jnp.result_type(mask) != jnp.bool_:
+      raise ValueError(f"mask: dtype {jnp.result_type(mask)}, expected bool")
     b = mask.shape[0]
     for m, d in zip(schema.MODALITIES, self.dims):
       if d and m not in inputs:
         raise ValueError(f"inputs[{m!r}]: missing; the model reads [B, {d}] "
-                         f"{m} features")
-      if d and tuple(inputs[m].shape) != (b, d):
-        raise ValueError(f"inputs[{m!r}]: shape {tuple(inputs[m].shape)}, "
+                         f"{m} features (where masked too: zeros do)")
+      if d and tuple(np.shape(inputs[m])) != (b, d):
+        raise ValueError(f"inputs[{m!r}]: shape {np.shape(inputs[m])}, "
                          f"expected [{b}, {d}] (B from the mask)")
-    missing = [k for k in ("segment", "rank", "speaker") if k not in (
-        inputs if windows is None else windows)]
-    if self.context is not None and missing:
+    if self.context is None:
+      return
+    name, where = ("inputs", inputs) if windows is None else ("windows",
+                                                              windows)
+    fields = ("segment", "rank", "speaker") + (("index",) if windows else ())
+    missing = [k for k in fields if k not in where]
+    if missing:
       raise ValueError(
-          f"{'inputs' if windows is None else 'windows'}: no "
-          f"{', '.join(missing)}; a model with context needs each "
+          f"{name}: no {', '.join(missing)}; a model with context needs each "
           "utterance's (or window slot's) [B] int segment, rank and speaker")
+    want, of = ((b,), "B from the mask") if windows is None else (
+        np.shape(windows["segment"])[:1], "S from windows['segment']")
+    for k in fields:
+      dtype = jnp.result_type(where[k])
+      if np.shape(where[k]) != want or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"{name}[{k!r}]: shape {np.shape(where[k])}, dtype "
+                         f"{dtype}; expected [{want[0] if want else 'S'}] int"
+                         f" ({of})")
 
   def __call__(self, inputs: dict[str, jax.Array], mask: jax.Array,
                key: jax.Array | None = None,
@@ -446,9 +460,11 @@ class MCUR(nnx.Module):
     """Forward pass over a flat batch of B utterances.
 
     Args:
-      inputs: modality -> [B, d_m] features (values of absent modalities
-        are ignored); with context and no `windows`, also "segment", "rank",
-        "speaker" [B] int (see the module docstring).
+      inputs: modality -> [B, d_m] features, for every modality the model
+        has an encoder for (dims > 0); the values of a masked one are not
+        read (zeros do; NaN is harmless); with context and no `windows`,
+        also "segment", "rank", "speaker" [B] int (see the module
+        docstring). jax or NumPy arrays.
       mask: [B, 3] bool, the modalities the model may use (a modality the
         model has no encoder for, dims 0, is never used, whatever its bit).
       key: dropout PRNG key; None for deterministic evaluation.
@@ -464,6 +480,11 @@ class MCUR(nnx.Module):
       the heads read).
     """
     self.check(inputs, mask, windows)
+    # NumPy inputs as jax arrays: indexing one with a traced index fails.
+    read = [*self.encoders, "segment", "rank", "speaker"]
+    inputs = {k: jnp.asarray(v) for k, v in inputs.items() if k in read}
+    if windows is not None:
+      windows = {k: jnp.asarray(v) for k, v in windows.items()}
     rngs = None if key is None else nnx.Rngs(dropout=key)
     mask = mask & jnp.array([m in self.encoders for m in schema.MODALITIES])
     # Window means differ between the windows that hold an utterance, so
@@ -479,7 +500,9 @@ class MCUR(nnx.Module):
       token = jnp.broadcast_to(self.missing_embedding[j],
                                (b, self.cls.shape[0]))
       if m in self.encoders:
-        x = inputs[m]
+        # Masked rows' features are not read, and zeros keep a NaN or inf
+        # there out of the gradient (0 * NaN is NaN).
+        x = jnp.where(mask[:, j:j + 1], inputs[m], 0)
         if m in self.means:
           x = jnp.concatenate(
               [x, window_means(x, mask[:, j], where["segment"])], -1)

@@ -19,11 +19,15 @@ this one); an unfinished one resumes from its checkpoints
 a crash or a preempted VM completes the sweep with the results an
 uninterrupted one would have had.
 
-A point whose run fails, for any reason but an interrupt (a config value
-that cannot run, bad data, divergence, a busy workdir, out of memory, a
-bug), is recorded in `WORKDIR/<point>/failed.json` with its error (and the
-traceback of an unexpected one) and the sweep goes on; the report lists it,
-and a rerun retries it.
+Before any point trains, every point's config is checked against its
+data as a run checks it (`check_points`): a point that cannot run (a
+misspelt field, a value out of range, a base config that cannot run) is an
+error naming every such point, and nothing trains, so a typo in the tenth
+point is not found hours into a sweep. A point whose run then fails, for
+any reason but an interrupt (bad data, divergence, a busy workdir, out of
+memory, a bug), is recorded in `WORKDIR/<point>/failed.json` with its
+error (and the traceback of an unexpected one) and the sweep goes on; the
+report lists it, and a rerun retries it.
 
 Many machines: `shard=(i, n)` makes a process take points i, i+n, i+2n, ...
 of the sweep's fixed order, so n machines sharing one workdir (a mounted
@@ -41,6 +45,7 @@ its own epoch; a rerun, a resumed point and a sweep with other seeds (as
 many) load everything.
 """
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -54,6 +59,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
@@ -163,8 +169,10 @@ def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
   config = ml_collections.ConfigDict(base.to_dict())
   for field, value in point.items():
     if field not in config:
-      raise validate.ConfigError(f"sweep point {point}",
-                                 f"no config field {field!r}")
+      close = difflib.get_close_matches(field, list(config.keys()), n=1)
+      raise validate.ConfigError(
+          f"sweep point {point}", f"no config field {field!r}" +
+          (f"; did you mean {close[0]!r}?" if close else ""))
     if field == "seeds":
       raise validate.ConfigError(
           f"sweep point {point}", "may not set seeds: the seeds of a point "
@@ -187,21 +195,64 @@ def shard_points(points: list, index: int, count: int) -> list:
   return points[index::count]
 
 
+def check_points(base, points: list[dict[str, Any]], prepare=None,
+                 source: str = "sweep") -> dict[str, ml_collections.ConfigDict]:
+  """{name: config} of the (`normalize`d) points, each checked against its
+  data as a run checks it (`train.check_config`) before any trains.
+
+  Raises:
+    validate.ConfigError (field `source`, the sweep file or the grid):
+      points that cannot run, every one named with its error (one error
+      shared by every point, as from the base config, said once), or two
+      points of one config under different names ({} and a field at its
+      base value).
+  """
+  configs, problems = {}, {}
+  for point in points:
+    name = point_name(point)
+    try:
+      config = point_config(base, point)
+      if prepare is not None:
+        prepare(config, point)
+      train.check_config(config, schema.Manifest.load(config.data_dir))
+    except train.INPUT_ERRORS as e:
+      problems.setdefault(str(e), []).append(name)
+      continue
+    configs[name] = config
+  if problems:
+    said = [f"{'every point' if len(names) == len(points) else ', '.join(names)}"
+            f": {error}" for error, names in problems.items()]
+    raise validate.ConfigError(source, f"{len(points) - len(configs)} of "
+                               f"{len(points)} points cannot run, none "
+                               f"trained: {'; '.join(said)}")
+  seen = {}
+  for name, config in configs.items():
+    other = seen.setdefault(config.to_json_best_effort(sort_keys=True), name)
+    if other != name:
+      raise validate.ConfigError(source, f"points {other} and {name} are one "
+                                 "config: list it once")
+  return configs
+
+
 def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
   """Writes `WORKDIR/sweep.json` (every point, for the report); the same
   content from every shard, written atomically. A sweep of the same base
-  config extends the one recorded there (its points first, then the new
-  ones), so a second grid adds to the report; another base replaces it."""
+  config (fields of `workdir.SAFE_ON_RESUME` aside: logging, checkpoint
+  timing, devices) extends the one recorded there (its points first, then
+  the new ones), so a second grid adds to the report; another base
+  replaces it."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, SWEEP_FILE)
   spec = json.loads(json.dumps(
       {"base": json.loads(base.to_json_best_effort()),
        "points": [{"name": point_name(p), "overrides": p} for p in points]},
       default=str))
+  trained = lambda b: {k: v for k, v in b.items()
+                       if k not in workdir_lib.SAFE_ON_RESUME}
   if os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
-    if recorded["base"] == spec["base"]:
+    if trained(recorded["base"]) == trained(spec["base"]):
       new = {p["name"] for p in spec["points"]}
       spec["points"] = [p for p in recorded["points"]
                         if p["name"] not in new] + spec["points"]
@@ -217,25 +268,28 @@ def _finished(out: str) -> bool:
 
 def run(base: ml_collections.ConfigDict, workdir: str,
         points: list[dict[str, Any]], shard: tuple[int, int] = (0, 1),
-        log=print, prepare=None) -> dict[str, str]:
+        log=print, prepare=None, source: str = "sweep") -> dict[str, str]:
   """Trains this shard's points; returns {name: "done" | "skipped" |
   "failed"}.
 
-  Points are `normalize`d first; their names must then be unique (two
-  points of the same config are one point, an error naming them).
-  `prepare(config, point)`, when given, completes each point's config
-  before it is checked or trained (an error fails that point): the entry
+  Points are `normalize`d first; their names must then be unique, and
+  every point must pass a run's checks (`check_points`): a sweep with a
+  point that cannot run, or two points of one config, is an error before
+  any point trains or sweep.json changes. `prepare(config, point)`, when
+  given, completes each point's config before it is checked: the entry
   point takes the dataset of a `data_dir` point from its manifest.
+  `source` names the points' origin in errors (the sweep file, the grid).
   """
   points = [normalize(base, p) for p in points]
   names = [point_name(p) for p in points]
   twice = sorted({n for n in names if names.count(n) > 1})
   if twice:
-    raise validate.ConfigError("sweep", "points of the same config, listed "
+    raise validate.ConfigError(source, "points of the same config, listed "
                                f"twice: {', '.join(twice)}")
+  mine = shard_points(points, *shard)
+  configs = check_points(base, points, prepare, source)
   record(workdir, base, points)
   status = {}
-  mine = shard_points(points, *shard)
   for k, point in enumerate(mine):
     name = point_name(point)
     if k and train.stop_requested():
@@ -244,10 +298,8 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     out = os.path.join(workdir, name)
     failed = os.path.join(out, FAILED_FILE)
     finished = _finished(out)
+    config = configs[name]
     try:
-      config = point_config(base, point)
-      if prepare is not None:
-        prepare(config, point)
       changed = [k for k in (workdir_lib.check_resume(out, config)
                              if finished else ())
                  if k in workdir_lib.AFTER_TRAINING]

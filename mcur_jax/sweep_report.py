@@ -132,11 +132,13 @@ def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
     w.writerows(rows)
 
 
-def plot(path: str, fields: list[str], rows: list[dict]) -> None:
-  """Metric vs each swept field; the other fields' points share an x."""
+def plot(path: str, fields: list[str], rows: list[dict]) -> bool:
+  """Metric vs each swept field that a finished point sets (the other
+  fields' points share an x); False, writing nothing, without one."""
   done = [r for r in rows if r.get("valid") is not None]
+  fields = [f for f in fields if any(r[f] is not None for r in done)]
   if not fields or not done:
-    return
+    return False
   key = done[0]["headline"]
   fig, axes = plt.subplots(1, len(fields), figsize=(4.2 * len(fields), 3.6),
                            squeeze=False)
@@ -168,6 +170,7 @@ def plot(path: str, fields: list[str], rows: list[dict]) -> None:
   with workdir_lib.replacing(path) as tmp:
     fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)
+  return True
 
 
 def paper_table(workdir: str) -> str | None:
@@ -192,18 +195,27 @@ def paper_table(workdir: str) -> str | None:
 
 
 def write(workdir: str) -> tuple[str, list[str]]:
-  """Writes the Markdown, CSV and PNG reports and (once a point finished)
-  the paper-style results.md, each file whole or not at all; returns the
-  sweep Markdown and the paths written."""
+  """Writes the Markdown and CSV reports and, once a point finished, the
+  PNG and the paper-style results.md, each file whole or not at all (a PNG
+  or results.md of an earlier report that no finished point backs now is
+  removed, not left to look current); returns the sweep Markdown and the
+  paths written."""
   fields, rows = collect(workdir)
   text = markdown(fields, rows)
-  paths = [os.path.join(workdir, f"sweep_report.{ext}")
-           for ext in ("md", "csv", "png")]
-  workdir_lib.write_text(paths[0], text)
-  write_csv(paths[1], fields, rows)
-  plot(paths[2], fields, rows)
+  md, csv_path, png, results = (os.path.join(workdir, name) for name in (
+      "sweep_report.md", "sweep_report.csv", "sweep_report.png",
+      "results.md"))
+  workdir_lib.write_text(md, text)
+  write_csv(csv_path, fields, rows)
+  paths = [md, csv_path]
+  if plot(png, fields, rows):
+    paths.append(png)
+  elif os.path.exists(png):
+    os.remove(png)
   table = paper_table(workdir)
   if table:
-    paths.append(os.path.join(workdir, "results.md"))
-    workdir_lib.write_text(paths[-1], table)
+    workdir_lib.write_text(results, table)
+    paths.append(results)
+  elif os.path.exists(results):
+    os.remove(results)
   return text, paths

@@ -37,6 +37,7 @@ TensorBoard (`tensorboard.py`).
 
 import collections
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -122,6 +123,16 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   if num_devices:
     devices = devices[:num_devices]
   return jax.sharding.Mesh(np.array(devices), ("data",))
+
+
+def check_config(config, manifest) -> jax.sharding.Mesh:
+  """Raises validate.ConfigError for the first field of `config` that cannot
+  run on the data of `manifest` with the devices here (what a run checks
+  before it builds anything); returns the run's mesh."""
+  validate.check_devices(config, jax.device_count(), jax.process_count())
+  mesh = make_mesh(config.num_devices)
+  validate.check(config, manifest, mesh.devices.size)
+  return mesh
 
 
 def make_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -356,8 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           "folds done, and the same command resumes")
       fold_config = ml_collections.ConfigDict(config.to_dict())
       fold_config.fold = fold
-      runs.append(_train_fold(fold_config, os.path.join(
-          workdir, schema.fold_name(fold))))
+      fold_dir = os.path.join(workdir, schema.fold_name(fold))
+      runs.append(_finished_fold(fold_config, fold_dir) or
+                  _train_fold(fold_config, fold_dir))
     results = report.combine_folds(runs)
     publish(workdir, config, results,
             lambda: figures.write_summary_figures(workdir, results))
@@ -379,6 +391,24 @@ def _check_kind(workdir: str, all_folds: bool) -> None:
         "--workdir", f"{workdir} holds a cross-validated run ("
         f"{', '.join(os.path.basename(d) for d in folds)}): train "
         "one fold in a new --workdir, or rerun fold=0 to resume all")
+
+
+def _finished_fold(config, workdir: str) -> dict | None:
+  """The results of a fold that finished before with this config (checked
+  as a resume is, `workdir.check_resume`, and nothing of
+  `workdir.AFTER_TRAINING` changed), read instead of restoring and
+  evaluating it again (the same numbers); None to run it. A job of several
+  processes runs it (its other processes need not see the files)."""
+  path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
+  if jax.process_count() > 1 or not os.path.exists(path):
+    return None
+  if set(workdir_lib.check_resume(workdir, config)) & set(
+      workdir_lib.AFTER_TRAINING):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  print(f"{workdir}: finished before with this config; its results read")
+  return results
 
 
 def _train_fold(config, workdir: str) -> dict:
@@ -436,9 +466,7 @@ class Run:
     COMPILES.clear()
     dataset = load_data(config)
     manifest = dataset.manifest
-    validate.check_devices(config, jax.device_count(), jax.process_count())
-    mesh = make_mesh(config.num_devices)
-    validate.check(config, manifest, mesh.devices.size)
+    mesh = check_config(config, manifest)
     # After the checks: a refused fold=0 run leaves no empty fold folder.
     os.makedirs(workdir, exist_ok=True)
     repl = NamedSharding(mesh, P())

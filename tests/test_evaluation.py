@@ -32,6 +32,7 @@ from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import model
+from mcur_jax import npz_columns
 from mcur_jax import predict
 from mcur_jax import regime
 from mcur_jax import report
@@ -578,6 +579,22 @@ def test_checkpoints_of_the_earlier_digest_restore_and_are_checked(
   mngr.close()
 
 
+def test_restore_for_inference_of_a_folder_without_a_run(tmp_path):
+  """A Python user handing restore_for_inference the root of a
+  cross-validated run is told which folders hold runs; a folder without
+  config.json is named as not a run's workdir."""
+  with pytest.raises(validate.ConfigError, match="no config.json: not the "
+                     "workdir of a training run"):
+    checkpoint.restore_for_inference(str(tmp_path))
+  for k in (1, 2, 3):
+    (tmp_path / f"fold{k}").mkdir()
+    (tmp_path / f"fold{k}" / "config.json").write_text("{}")
+  with pytest.raises(validate.ConfigError, match=re.escape(
+      f"{tmp_path}: a cross-validated run: give one fold's workdir, "
+      f"{tmp_path / 'fold1'} to {tmp_path / 'fold3'}")):
+    checkpoint.restore_for_inference(str(tmp_path))
+
+
 def test_restore_for_inference_reads_the_checkpoint_once(
     mixed, tmp_path, monkeypatch):
   """The selected parameters come from the read that checks the digest:
@@ -922,6 +939,13 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
       in notes[0]
   _, _, notes = predict.read_npz(str(path), manifest)
   assert not notes
+  # A key no field reads (a misspelt availability column) is named.
+  np.savez(path, group_id=raw.group_id, position=raw.position,
+           audio_available=np.zeros(n, np.int64), **runs.feature_columns(raw))
+  _, _, notes = predict.read_npz(str(path), manifest)
+  assert notes == [f"{path}: keys not read: audio_available (the fields are "
+                   f"{', '.join(npz_columns.FIELDS)}; --key FIELD=KEY maps "
+                   "one)"]
 
 
 def test_predictions_show_a_summary():

@@ -9,8 +9,10 @@ and results.md are whole or absent, metrics.jsonl lines all parse, and no
 figure is a fragment.
 """
 
+import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -359,23 +361,61 @@ def test_full_disk_is_one_line_and_the_rerun_resumes(
   runs.assert_same_run(tmp_path, reference)
 
 
+def test_points_that_cannot_run_stop_the_sweep_before_any_trains(
+    mosi_dir, tmp_path, monkeypatch):
+  """Every point is checked as a run checks its config before the first
+  trains: points that cannot run are one error naming each (an error every
+  point shares, as from the base config, said once), nothing trains and
+  sweep.json is not written; two points of one config under two names
+  are refused too."""
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config, workdir: pytest.fail("trained"))
+  base = runs_config(mosi_dir)
+  quiet = lambda *_: None
+  with pytest.raises(validate.ConfigError, match=re.escape(
+      "points.py: 2 of 3 points cannot run, none trained: hidden_dim=33: "
+      "config.num_heads: 2 does not divide hidden_dim 33; learnig_rate=0.1: "
+      "sweep point {'learnig_rate': 0.1}: no config field 'learnig_rate'; "
+      "did you mean 'learning_rate'?")):
+    sweep.run(base, str(tmp_path), [{"hidden_dim": 33}, {"tau": 0.1},
+                                    {"learnig_rate": 0.1}], log=quiet,
+              source="points.py")
+  assert not list(tmp_path.iterdir())
+  bad = copy.deepcopy(base)
+  bad.dropout = 1.5
+  with pytest.raises(validate.ConfigError,
+                     match=r"^--grid: 2 of 2 points cannot run, none trained: "
+                     r"every point: config\.dropout"):
+    sweep.run(bad, str(tmp_path), [{"tau": 0.1}, {"tau": 0.2}], log=quiet,
+              source="--grid")
+  with pytest.raises(validate.ConfigError, match=re.escape(
+      f"sweep: points base and tau={base.tau} are one config")):
+    sweep.run(base, str(tmp_path), [{}, {"tau": base.tau}], log=quiet)
+  assert not list(tmp_path.iterdir())
+
+
 def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
                                                     monkeypatch):
-  """A point whose run fails (a config value that cannot run) is recorded
-  with its error in `failed.json`, the other points go on, the report
-  lists it, and a rerun retries it."""
+  """A point whose run fails (here: diverges) is recorded with its error
+  in `failed.json`, the other points go on, the report lists it, and a
+  rerun retries it."""
   base = runs_config(mosi_dir)
   base.seeds = (0,)
   base.num_epochs = 1
-  points = [{"hidden_dim": 33}, {"tau": 0.1}]
+  points = [{"tau": 0.2}, {"tau": 0.1}]
+  real = train.train_and_evaluate
+  def diverges(config, workdir):
+    if config.tau == 0.2:
+      raise train.TrainingDiverged("loss is NaN at epoch 1")
+    return real(config, workdir)
+  monkeypatch.setattr(train, "train_and_evaluate", diverges)
   status = sweep.run(base, str(tmp_path), points, log=lambda *_: None)
-  assert status == {"hidden_dim=33": "failed", "tau=0.1": "done"}
-  failed = json.loads((tmp_path / "hidden_dim=33" / sweep.FAILED_FILE)
-                      .read_text())
-  assert failed["error"].startswith("config.num_heads: 2 does not divide "
-                                    "hidden_dim 33")
+  assert status == {"tau=0.2": "failed", "tau=0.1": "done"}
+  failed = json.loads((tmp_path / "tau=0.2" / sweep.FAILED_FILE).read_text())
+  assert failed == {"error": "loss is NaN at epoch 1",
+                    "type": "TrainingDiverged"}
   _, rows = sweep_report.collect(str(tmp_path))
-  assert [r["name"] for r in rows] == ["tau=0.1", "hidden_dim=33"]
+  assert [r["name"] for r in rows] == ["tau=0.1", "tau=0.2"]
   assert "failed" not in rows[0]
   assert rows[1]["failed"] == failed["error"]
 
@@ -383,8 +423,8 @@ def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
   monkeypatch.setattr(train, "train_and_evaluate",
                       lambda config, workdir: calls.append(workdir))
   sweep.run(base, str(tmp_path), points, log=lambda *_: None)
-  assert calls == [str(tmp_path / "hidden_dim=33")]
-  assert not (tmp_path / "hidden_dim=33" / sweep.FAILED_FILE).exists()
+  assert calls == [str(tmp_path / "tau=0.2")]
+  assert not (tmp_path / "tau=0.2" / sweep.FAILED_FILE).exists()
 
 
 def test_any_failure_of_a_point_is_recorded_and_the_sweep_goes_on(

@@ -74,6 +74,31 @@ def test_iemocap_fold_0_runs_and_pools_all_folds(all_folds):
           assert all(0 <= x <= 1 for x in per_run)
 
 
+def test_a_rerun_reads_the_folds_finished_before(all_folds, iemocap_dir,
+                                                 tmp_path, monkeypatch,
+                                                 capsys):
+  """Rerunning a cross-validated run (after an interrupt between folds, or
+  a sweep point's rerun) reads each finished fold's results.json instead
+  of restoring and evaluating it again, and pools the same numbers; a fold
+  whose config changed in a field it writes after training (figures, off
+  in the tiny config) is evaluated again, to the same numbers (its
+  timing and compile counts are new)."""
+  workdir, results = all_folds
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  trained = []
+  real = train._train_fold  # pylint: disable=protected-access
+  monkeypatch.setattr(train, "_train_fold", lambda config, workdir: (
+      trained.append(os.path.basename(workdir)), real(config, workdir))[1])
+  assert iemocap(iemocap_dir, copy, fold=0) == results
+  assert trained == []
+  assert f"{copy / 'fold3'}: finished before with this config; its results " \
+      "read" in capsys.readouterr().out
+  again = iemocap(iemocap_dir, copy, fold=0, plots=True)
+  assert all(again[k] == results[k] for k in ("test", "valid", "missing_rate"))
+  assert trained == [f"fold{k}" for k in range(1, 6)]
+
+
 def test_a_stop_request_ends_a_cross_validated_run_between_folds(
     iemocap_dir, tmp_path, monkeypatch):
   """A stop requested (Ctrl-C, `train.STOP_REQUESTED`) in fold 1's last

@@ -690,10 +690,47 @@ def test_inputs_of_the_wrong_shape_are_named():
       (wide, mask, r"inputs\['audio'\]: shape \(12, 6\), expected \[12, "
        r"5\]"),
       (no_text, mask, r"inputs\['text'\]: missing; the model reads \[B, 7\]"),
-      (no_rank, mask, "inputs: no rank; a model with context needs")]:
+      (no_rank, mask, "inputs: no rank; a model with context needs"),
+      (x, mask.astype(jnp.float32), "mask: dtype float32, expected bool"),
+      ({**x, "segment": x["segment"][:3]}, mask,
+       r"inputs\['segment'\]: shape \(3,\), dtype int32; expected \[12\] "
+       r"int \(B from the mask\)"),
+      ({**x, "rank": x["rank"][:, None]}, mask,
+       r"inputs\['rank'\]: shape \(12, 1\)"),
+      ({**x, "speaker": x["speaker"].astype(jnp.float32)}, mask,
+       r"inputs\['speaker'\]: shape \(12,\), dtype float32; expected")]:
     with pytest.raises(ValueError, match=message):
       apply(inputs, m)
   apply(x, mask)
+
+
+@pytest.mark.parametrize("kind", model.CONTEXT_KINDS)
+def test_numpy_inputs_under_jit(kind):
+  """Inputs given as NumPy arrays closed over by a jitted function (as
+  `data.standardize` gives them) predict what jax arrays do: the GRU sorts
+  the batch with a traced order, which cannot index a NumPy array."""
+  graphdef, params, _ = context_model(kind=kind)
+  x = {k: np.asarray(v) for k, v in ctx_inputs(4).items()}
+  out = jax.jit(lambda p: model.apply(graphdef, p, x, CTX_MASK))(params)
+  want = model.apply(graphdef, params, ctx_inputs(4), jnp.asarray(CTX_MASK))
+  for k in ("pred", "s"):
+    np.testing.assert_allclose(out[k], want[k], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_in_masked_features_reaches_no_gradient(params):
+  """Features of a masked modality are not read: NaN there leaves the
+  outputs and the gradient finite, and equal to those with zeros (exactly:
+  the encoder reads zeros either way)."""
+  grad = train_grad("cls_only")
+  x, mask = features(9), jnp.asarray(MASK)
+  nan = {m: jnp.where(mask[:, j:j + 1], x[m], jnp.nan)
+         for j, m in enumerate(DIMS)}
+  zero = {m: jnp.where(mask[:, j:j + 1], x[m], 0.0)
+          for j, m in enumerate(DIMS)}
+  g_nan, _ = grad(params, nan, mask, jax.random.key(1))
+  g_zero, _ = grad(params, zero, mask, jax.random.key(1))
+  assert all(np.isfinite(v).all() for v in jax.tree_util.tree_leaves(g_nan))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, g_nan, g_zero)
 
 
 def test_modality_the_dataset_lacks():

@@ -130,8 +130,18 @@ def test_a_second_grid_of_the_same_base_extends_the_sweep(tmp_path):
   assert read() == ["tau=0.1", "tau=0.2", "tau=0.3"]
   sweep.record(str(tmp_path), base, [{"tau": 0.1}])
   assert read() == ["tau=0.2", "tau=0.3", "tau=0.1"]
+  # Logging, checkpoint timing and devices do not make another base.
+  logged = mosi.get_config("tiny")
+  logged.tensorboard = not base.tensorboard
+  logged.checkpoint_every = 3
+  sweep.record(str(tmp_path), logged, [{"tau": 0.5}])
+  assert read() == ["tau=0.2", "tau=0.3", "tau=0.1", "tau=0.5"]
+  # A command refused (here: its shard) leaves the record as it was.
   other = mosi.get_config("tiny")
   other.num_epochs = 5
+  with pytest.raises(validate.ConfigError, match="--shard"):
+    sweep.run(other, str(tmp_path), [{"tau": 0.4}], shard=(2, 2))
+  assert read() == ["tau=0.2", "tau=0.3", "tau=0.1", "tau=0.5"]
   sweep.record(str(tmp_path), other, [{"tau": 0.4}])
   assert read() == ["tau=0.4"]
 
@@ -293,6 +303,22 @@ def test_bad_grid_exits_2_with_one_line(env, data_dir, tmp_path):
       "experiments/sweeps/mosi_small.py: sweep it in one place"]
 
 
+@pytest.mark.parametrize("text, error", [
+    ("x = 1", "defines no get_sweep()"),
+    ("def get_sweep():\n  return {'tau': [0.1]}",
+     "get_sweep() returned {'tau': [0.1]}; expected a non-empty list"),
+    ("def get_sweep():\n  return []", "get_sweep() returned []; expected"),
+])
+def test_a_sweep_file_that_gives_no_points_is_an_error_naming_it(
+    tmp_path, text, error):
+  from experiments import sweep as cli  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "points.py"
+  path.write_text(text)
+  with pytest.raises(validate.ConfigError,
+                     match=re.escape(f"--sweep: {path}: {error}")):
+    cli.file_points(str(path))
+
+
 def fake_sweep(workdir, scores, field="tau", methods=None):
   """A sweep workdir with results whose valid and test scores are given:
   {value: (valid, test)}; the point with value 0.3 is unfinished."""
@@ -390,16 +416,25 @@ def test_report_of_points_overriding_different_fields(tmp_path):
 
 
 def test_report_cli_names_the_files_it_wrote(tmp_path, capsys):
-  """The CLI prints the table, then every file it wrote (results.md once a
-  point finished), and leaves no temporary file."""
+  """The CLI prints the table, then every file it wrote (the plot and
+  results.md once a point finished), and leaves no temporary file. When no
+  finished point backs them any more (its rerun failed), the plot and
+  results.md of the report before are removed, not left to look current."""
   from experiments import sweep_report as cli  # pylint: disable=g-import-not-at-top
   fake_sweep(tmp_path, {0.05: (0.70, 0.60)})
+  wrote = lambda *names: "wrote " + ", ".join(str(tmp_path / n)
+                                              for n in names)
   assert cli.main([str(tmp_path)]) == 0
-  last = capsys.readouterr().out.splitlines()[-1]
-  assert last == "wrote " + ", ".join(
-      str(tmp_path / name) for name in ("sweep_report.md", "sweep_report.csv",
-                                        "sweep_report.png", "results.md"))
+  assert capsys.readouterr().out.splitlines()[-1] == wrote(
+      "sweep_report.md", "sweep_report.csv", "sweep_report.png", "results.md")
   assert not list(tmp_path.glob(".*.tmp"))
+  (tmp_path / sweep.point_name({"tau": 0.05}) / sweep.FAILED_FILE
+   ).write_text(json.dumps({"error": "diverged", "type": "X"}))
+  assert cli.main([str(tmp_path)]) == 0
+  assert capsys.readouterr().out.splitlines()[-1] == wrote(
+      "sweep_report.md", "sweep_report.csv")
+  assert not (tmp_path / "sweep_report.png").exists()
+  assert not (tmp_path / "results.md").exists()
 
 
 def test_report_cli_without_sweep_exits_2(tmp_path, capsys):
