@@ -421,6 +421,12 @@ class MCUR(nnx.Module):
     """ValueError naming an input whose shape or dtype the model cannot
     take (no values read, so it costs nothing under jit), instead of an
     error deep in XLA's broadcasting."""
+    if np.ndim(self.missing_embedding[...]) != 2:
+      raise ValueError(
+          f"params: missing_embedding of shape "
+          f"{np.shape(self.missing_embedding[...])}, expected [3, hidden]: "
+          "parameters with a leading member axis (as restore_for_inference "
+          "gives them) need one member: jax.tree.map(lambda x: x[i], params)")
     if np.ndim(mask) != 2 or np.shape(mask)[1] != len(schema.MODALITIES):
       raise ValueError(f"mask: shape {np.shape(mask)}, expected [B, 3] "
                        "(audio, text, video)")

@@ -300,9 +300,8 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     finished = _finished(out)
     config = configs[name]
     try:
-      changed = [k for k in (workdir_lib.check_resume(out, config)
-                             if finished else ())
-                 if k in workdir_lib.AFTER_TRAINING]
+      changed = workdir_lib.new_outputs(
+          workdir_lib.check_resume(out, config) if finished else [], config)
       if changed:
         # Finished again: its training is done, its outputs are not.
         log(f"[{k + 1}/{len(mine)}] {name}: finished before; "

@@ -395,15 +395,15 @@ def _check_kind(workdir: str, all_folds: bool) -> None:
 
 def _finished_fold(config, workdir: str) -> dict | None:
   """The results of a fold that finished before with this config (checked
-  as a resume is, `workdir.check_resume`, and nothing of
-  `workdir.AFTER_TRAINING` changed), read instead of restoring and
-  evaluating it again (the same numbers); None to run it. A job of several
-  processes runs it (its other processes need not see the files)."""
+  as a resume is, `workdir.check_resume`, and no outputs asked for that it
+  lacks, `workdir.new_outputs`), read instead of restoring and evaluating
+  it again (the same numbers); None to run it. A job of several processes
+  runs it (its other processes need not see the files)."""
   path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
   if jax.process_count() > 1 or not os.path.exists(path):
     return None
-  if set(workdir_lib.check_resume(workdir, config)) & set(
-      workdir_lib.AFTER_TRAINING):
+  if workdir_lib.new_outputs(workdir_lib.check_resume(workdir, config),
+                             config):
     return None
   with open(path) as f:
     results = json.load(f)

@@ -380,9 +380,21 @@ def check_resume(workdir: str, config) -> list[str]:
 
 
 # The SAFE_ON_RESUME fields that change what a finished run writes after
-# training: a finished sweep point given another value is finished again.
+# training: a finished sweep point (or fold) given another value is
+# finished again (`new_outputs`).
 AFTER_TRAINING = ("plots", "tensorboard", "missing_rates",
                   "missing_rate_draws", "missing_rate_seed")
+# Of these, the outputs a finished run only writes when they are on.
+SWITCHED_OUTPUTS = ("plots", "tensorboard")
+
+
+def new_outputs(changed: list[str], config) -> list[str]:
+  """Of the SAFE_ON_RESUME fields `changed` since a run finished
+  (`check_resume`), those that give it outputs it lacks: the missing-rate
+  protocol's, and figures or TensorBoard turned on (turned off, what was
+  written stays and nothing is to do)."""
+  return [k for k in changed if k in AFTER_TRAINING and (
+      k not in SWITCHED_OUTPUTS or config[k])]
 
 
 def check_data(workdir: str, data_dir: str, advice: str) -> None:

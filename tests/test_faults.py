@@ -483,3 +483,19 @@ def test_a_point_finished_under_another_config_is_not_reused(
   assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
                    log=lambda *_: None) == {"tau=0.1": "skipped"}
   assert not (out / sweep.FAILED_FILE).exists()
+  # Figures turned on: evaluated again (train_and_evaluate restores the
+  # finished run and writes them); turned off: nothing new, skipped.
+  assert not base.plots
+  base.plots = True
+  evaluated = []
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config, workdir: evaluated.append(workdir))
+  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
+                   log=lambda *_: None) == {"tau=0.1": "done"}
+  assert evaluated == [str(out)]
+  (out / "config.json").write_text(json.dumps(
+      {**json.loads((out / "config.json").read_text()), "plots": True}))
+  base.plots = False
+  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
+                   log=lambda *_: None) == {"tau=0.1": "skipped"}
+  assert evaluated == [str(out)]

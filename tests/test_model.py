@@ -685,6 +685,11 @@ def test_inputs_of_the_wrong_shape_are_named():
   wide = {**x, "audio": jnp.ones((BC, 6))}
   no_rank = {k: v for k, v in x.items() if k != "rank"}
   no_text = {k: v for k, v in x.items() if k != "text"}
+  stacked = jax.tree_util.tree_map(lambda v: jnp.stack([v, v]), params)
+  with pytest.raises(ValueError, match=r"params: missing_embedding of shape "
+                     r"\(2, 3, 16\), expected \[3, hidden\]: parameters with "
+                     "a leading member axis"):
+    model.apply(graphdef, stacked, x, mask)
   for inputs, m, message in [
       (x, mask[:, :2], r"mask: shape \(12, 2\), expected \[B, 3\]"),
       (wide, mask, r"inputs\['audio'\]: shape \(12, 6\), expected \[12, "
