@@ -48,13 +48,13 @@ def file_points(path: str) -> list[dict]:
   if not callable(get_sweep):
     raise validate.ConfigError("--sweep", f"{path}: defines no get_sweep()")
   found = get_sweep()
-  if not (isinstance(found, list) and found and all(
+  if not (isinstance(found, (list, tuple)) and found and all(
       isinstance(p, dict) and all(isinstance(k, str) for k in p)
       for p in found)):
     raise validate.ConfigError(
         "--sweep", f"{path}: get_sweep() returned {str(found)[:80]}; "
         "expected a non-empty list of {field: value} dicts")
-  return found
+  return list(found)
 
 
 def points(config) -> list[dict]:
@@ -89,7 +89,9 @@ def run(config, workdir: str) -> None:
 
   status = sweep.run(config, workdir, points(config),
                      parse_shard(FLAGS.shard), prepare=prepare,
-                     source=FLAGS.sweep or ("--grid" if FLAGS.grid else "sweep"))
+                     source=" and ".join(
+                         [FLAGS.sweep] * bool(FLAGS.sweep) +
+                         ["--grid"] * bool(FLAGS.grid)) or "sweep")
   failed = [name for name, s in status.items() if s == "failed"]
   if failed:
     raise validate.ConfigError(

@@ -93,23 +93,34 @@ def remove_partial_deletions(workdir: str) -> list[int]:
   return partial
 
 
+def _leaves(host_state) -> list:
+  """The leaves in the order of their paths, list indices as numbers: the
+  state's own order (nnx.State's integer keys sort as numbers), which a
+  checkpoint read without a target (string keys: "10" before "2") would
+  otherwise not keep past 10 layers."""
+  def order(entry):
+    key = _key(entry)
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+  flat = jax.tree_util.tree_flatten_with_path(host_state)[0]
+  flat.sort(key=lambda item: tuple(map(order, item[0])))
+  return [x for _, x in flat]
+
+
 def digest(host_state) -> np.ndarray:
-  """[32] uint8: the sha256 of every leaf's bytes, in tree order."""
+  """[32] uint8: the sha256 of every leaf's bytes (`_leaves` order)."""
   h = hashlib.sha256()
-  for x in jax.tree.leaves(host_state):
+  for x in _leaves(host_state):
     h.update(np.ascontiguousarray(x).tobytes())
   return np.frombuffer(h.digest(), np.uint8).copy()
 
 
 def _bit_sums(host_state) -> np.ndarray:
-  """[leaves] uint32: per leaf, the sum of its elements' bits mod 2^32, the
-  leaves in the order of their paths' keys (that of the checkpoint's nested
-  dicts): the digest of the checkpoints of mcur-jax cc78ccf, before the
-  sha256 (every leaf of its state had 4-byte elements)."""
-  flat = jax.tree_util.tree_flatten_with_path(host_state)[0]
-  flat.sort(key=lambda item: tuple(_key(entry) for entry in item[0]))
+  """[leaves] uint32: per leaf (`_leaves` order), the sum of its elements'
+  bits mod 2^32: the digest of the checkpoints of mcur-jax cc78ccf, before
+  the sha256 (every leaf of its state had 4-byte elements)."""
   return np.array([np.sum(np.ascontiguousarray(x).view(np.uint32),
-                          dtype=np.uint32) for _, x in flat], np.uint32)
+                          dtype=np.uint32) for x in _leaves(host_state)],
+                  np.uint32)
 
 
 def matches(host_state, saved_digest) -> bool:
@@ -260,9 +271,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     folds = workdir_lib.started_folds(workdir)
     raise validate.ConfigError(workdir, (
-        f"a cross-validated run: give one fold's workdir, "
-        f"{os.path.join(workdir, os.path.basename(folds[0]))} to "
-        f"{os.path.join(workdir, os.path.basename(folds[-1]))}") if folds else
+        "a cross-validated run: give the workdir of one of its folds, "
+        f"{', '.join(folds)}") if folds else
         f"no {workdir_lib.CONFIG_FILE}: not the workdir of a training run")
   return ml_collections.ConfigDict(workdir_lib.read_config(path))
 

@@ -444,7 +444,8 @@ class MCUR(nnx.Module):
       return
     name, where = ("inputs", inputs) if windows is None else ("windows",
                                                               windows)
-    fields = ("segment", "rank", "speaker") + (("index",) if windows else ())
+    fields = ("segment", "rank", "speaker") + (
+        () if windows is None else ("index",))
     missing = [k for k in fields if k not in where]
     if missing:
       raise ValueError(

@@ -19,11 +19,13 @@ this one); an unfinished one resumes from its checkpoints
 a crash or a preempted VM completes the sweep with the results an
 uninterrupted one would have had.
 
-Before any point trains, every point's config is checked against its
-data as a run checks it (`check_points`): a point that cannot run (a
-misspelt field, a value out of range, a base config that cannot run) is an
-error naming every such point, and nothing trains, so a typo in the tenth
-point is not found hours into a sweep. A point whose run then fails, for
+Before any point trains, the config of every point of the shard that
+has not finished is checked against its data as a run checks it
+(`check_points`): a point that cannot run (a misspelt field, a value out of
+range, a base config that cannot run) is an error naming every such point,
+and nothing trains, so a typo in the tenth point is not found hours into a
+sweep. (An unexpected error while checking, such as an unreadable
+manifest, ends the sweep with its traceback.) A point whose run then fails, for
 any reason but an interrupt (bad data, divergence, a busy workdir, out of
 memory, a bug), is recorded in `WORKDIR/<point>/failed.json` with its
 error (and the traceback of an unexpected one) and the sweep goes on; the
@@ -65,6 +67,11 @@ from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
 SWEEP_FILE = "sweep.json"
+# Config fields that change neither a point's training nor its reported
+# numbers (logs, figures, checkpoint timing, devices): a sweep that differs
+# from the recorded one only in these extends it (`record`).
+SAME_SWEEP = ("plots", "tensorboard", "checkpoint_every",
+              "checkpoint_seconds", "num_devices", "distributed")
 FAILED_FILE = "failed.json"
 COMPILATION_CACHE = "compilation_cache"
 # Longest point name (a directory name; file systems allow 255 bytes).
@@ -203,17 +210,13 @@ def check_points(base, points: list[dict[str, Any]], prepare=None,
   Raises:
     validate.ConfigError (field `source`, the sweep file or the grid):
       points that cannot run, every one named with its error (one error
-      shared by every point, as from the base config, said once), or two
-      points of one config under different names ({} and a field at its
-      base value).
+      shared by every point, as from the base config, said once).
   """
   configs, problems = {}, {}
   for point in points:
     name = point_name(point)
     try:
-      config = point_config(base, point)
-      if prepare is not None:
-        prepare(config, point)
+      config = _prepared(base, point, prepare)
       train.check_config(config, schema.Manifest.load(config.data_dir))
     except train.INPUT_ERRORS as e:
       problems.setdefault(str(e), []).append(name)
@@ -225,30 +228,41 @@ def check_points(base, points: list[dict[str, Any]], prepare=None,
     raise validate.ConfigError(source, f"{len(points) - len(configs)} of "
                                f"{len(points)} points cannot run, none "
                                f"trained: {'; '.join(said)}")
+  return configs
+
+
+def check_distinct(base, points: list[dict[str, Any]],
+                   source: str = "sweep") -> None:
+  """Raises validate.ConfigError (field `source`) for two (`normalize`d)
+  points of one config under different names ({} and a field at its base
+  value): they would train the same model twice. Points whose config
+  cannot be made are left to `check_points`."""
   seen = {}
-  for name, config in configs.items():
+  for point in points:
+    try:
+      config = point_config(base, point)
+    except validate.ConfigError:
+      continue
+    name = point_name(point)
     other = seen.setdefault(config.to_json_best_effort(sort_keys=True), name)
     if other != name:
       raise validate.ConfigError(source, f"points {other} and {name} are one "
                                  "config: list it once")
-  return configs
 
 
 def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
   """Writes `WORKDIR/sweep.json` (every point, for the report); the same
   content from every shard, written atomically. A sweep of the same base
-  config (fields of `workdir.SAFE_ON_RESUME` aside: logging, checkpoint
-  timing, devices) extends the one recorded there (its points first, then
-  the new ones), so a second grid adds to the report; another base
-  replaces it."""
+  config (the fields of `SAME_SWEEP` aside) extends the one recorded there
+  (its points first, then the new ones), so a second grid adds to the
+  report; another base replaces it."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, SWEEP_FILE)
   spec = json.loads(json.dumps(
       {"base": json.loads(base.to_json_best_effort()),
        "points": [{"name": point_name(p), "overrides": p} for p in points]},
       default=str))
-  trained = lambda b: {k: v for k, v in b.items()
-                       if k not in workdir_lib.SAFE_ON_RESUME}
+  trained = lambda b: {k: v for k, v in b.items() if k not in SAME_SWEEP}
   if os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
@@ -257,6 +271,29 @@ def record(workdir: str, base, points: list[dict[str, Any]]) -> None:
       spec["points"] = [p for p in recorded["points"]
                         if p["name"] not in new] + spec["points"]
   workdir_lib.write_text(path, json.dumps(spec, indent=1))
+
+
+def _prepared(base, point, prepare) -> ml_collections.ConfigDict:
+  """The point's config, completed by `prepare` (see `run`)."""
+  config = point_config(base, point)
+  if prepare is not None:
+    prepare(config, point)
+  return config
+
+
+def _resume_changes(out: str, config) -> list[str]:
+  """`workdir.check_resume` of the finished point in `out`; for a
+  cross-validated one (its folds in `out/fold<k>/`, no config.json at the
+  top), of every fold, each with its fold."""
+  folds = workdir_lib.started_folds(out)
+  if os.path.exists(os.path.join(out, workdir_lib.CONFIG_FILE)) or not folds:
+    return workdir_lib.check_resume(out, config)
+  changed = set()
+  for fold_dir in folds:
+    fold_config = ml_collections.ConfigDict(config.to_dict())
+    fold_config.fold = int(os.path.basename(fold_dir)[len("fold"):])
+    changed.update(workdir_lib.check_resume(fold_dir, fold_config))
+  return sorted(changed)
 
 
 def _finished(out: str) -> bool:
@@ -272,13 +309,14 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   """Trains this shard's points; returns {name: "done" | "skipped" |
   "failed"}.
 
-  Points are `normalize`d first; their names must then be unique, and
-  every point must pass a run's checks (`check_points`): a sweep with a
-  point that cannot run, or two points of one config, is an error before
-  any point trains or sweep.json changes. `prepare(config, point)`, when
-  given, completes each point's config before it is checked: the entry
-  point takes the dataset of a `data_dir` point from its manifest.
-  `source` names the points' origin in errors (the sweep file, the grid).
+  Points are `normalize`d first; their names and configs must then be
+  distinct (`check_distinct`), and every point of this shard that has not
+  finished must pass a run's checks (`check_points`): otherwise an error
+  before any point trains or sweep.json changes. `prepare(config,
+  point)`, when given, completes each point's config before it is checked:
+  the entry point takes the dataset of a `data_dir` point from its
+  manifest. `source` names the points' origin in errors (the sweep file,
+  the grid).
   """
   points = [normalize(base, p) for p in points]
   names = [point_name(p) for p in points]
@@ -286,8 +324,13 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   if twice:
     raise validate.ConfigError(source, "points of the same config, listed "
                                f"twice: {', '.join(twice)}")
+  check_distinct(base, points, source)
   mine = shard_points(points, *shard)
-  configs = check_points(base, points, prepare, source)
+  finished = {point_name(p): _finished(os.path.join(workdir, point_name(p)))
+              for p in mine}
+  configs = check_points(base, [p for p in mine
+                                if not finished[point_name(p)]],
+                         prepare, source)
   record(workdir, base, points)
   status = {}
   for k, point in enumerate(mine):
@@ -297,17 +340,17 @@ def run(base: ml_collections.ConfigDict, workdir: str,
                               "the points done, and the same command resumes")
     out = os.path.join(workdir, name)
     failed = os.path.join(out, FAILED_FILE)
-    finished = _finished(out)
-    config = configs[name]
+    done = finished[name]
     try:
+      config = configs[name] if not done else _prepared(base, point, prepare)
       changed = workdir_lib.new_outputs(
-          workdir_lib.check_resume(out, config) if finished else [], config)
+          _resume_changes(out, config) if done else [], config)
       if changed:
         # Finished again: its training is done, its outputs are not.
         log(f"[{k + 1}/{len(mine)}] {name}: finished before; "
             f"{', '.join(changed)} changed: evaluating again")
         train.train_and_evaluate(config, out)
-      elif finished:
+      elif done:
         log(f"[{k + 1}/{len(mine)}] {name}: finished before, skipped")
       else:
         log(f"[{k + 1}/{len(mine)}] {name}")
@@ -315,7 +358,7 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     except Exception as e:  # pylint: disable=broad-except
       # Any failure of one point: recorded, and the sweep goes on.
       error = {"error": str(e), "type": type(e).__name__}
-      if finished:
+      if done:
         error["error"] += (f" (a finished point: remove {out} to train it "
                            "again with this config)")
       if not isinstance(e, train.RUN_FAILURES):
@@ -331,5 +374,5 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     # against another config) no longer holds.
     if jax.process_index() == 0 and os.path.exists(failed):
       os.remove(failed)
-    status[name] = "skipped" if finished and not changed else "done"
+    status[name] = "skipped" if done and not changed else "done"
   return status

@@ -69,6 +69,12 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   _one_of(config, "combo_draw", COMBO_DRAWS)
   _one_of(config, "selection", SELECTIONS)
   _one_of(config, "validation", data.VALIDATION)
+  folds = manifest.folds["values"] if manifest.folds else []
+  if config.fold and config.fold not in folds:
+    raise _error("fold", f"{config.fold}: " + (
+        f"one of {folds} (the held-out {manifest.folds['key']}), or 0 for "
+        "all" if folds else f"the data in {config.data_dir} has fixed "
+        "train/valid/test splits: 0"))
   if config.validation == "session" and not manifest.folds:
     raise _error("validation", f"'session' needs a dataset with folds; "
                  f"the data in {config.data_dir} has fixed splits")

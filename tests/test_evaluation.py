@@ -168,7 +168,9 @@ def test_config_check_names_the_field(mosi_dir):
       ("context_means", "voice", "config.context_means: 'voice'"),
       ("context_kind", "lstm", "config.context_kind: 'lstm', not one of"),
       ("validation", "session", "config.validation: 'session' needs a "
-       "dataset with folds")):
+       "dataset with folds"),
+      ("fold", 2, "config.fold: 2: the data in .* has fixed "
+       "train/valid/test splits: 0")):
     with pytest.raises(validate.ConfigError, match=match):
       validate.check(tiny(mosi_dir, **{field: value}), manifest, 8)
   validate.check(tiny(mosi_dir), manifest, 8)
@@ -202,6 +204,14 @@ def test_config_check_names_the_field(mosi_dir):
                      match="config.context_means: video: the data in .* has "
                      "no video; leave it out: --config.context_means=audio,text$"):
     validate.check(tiny(mosi_dir, context_means="audio,video,text"), no_video, 8)
+  folds = dataclasses.replace(manifest, folds={
+      "key": "session", "values": [1, 2, 3, 4, 5], "valid_fraction": 0.2,
+      "seed": 0})
+  with pytest.raises(validate.ConfigError, match=re.escape(
+      "config.fold: 7: one of [1, 2, 3, 4, 5] (the held-out session), or 0 "
+      "for all")):
+    validate.check(tiny(mosi_dir, fold=7), folds, 8)
+  validate.check(tiny(mosi_dir, fold=5), folds, 8)
   # The per-utterance model has no window to average over: the ablation
   # `context_layers=0` runs with the default context_means.
   validate.check(tiny(mosi_dir, context_means="text", context_layers=0),
@@ -579,6 +589,33 @@ def test_checkpoints_of_the_earlier_digest_restore_and_are_checked(
   mngr.close()
 
 
+def test_digest_of_a_state_with_more_than_ten_list_entries(tmp_path):
+  """A state with 12 layers (integer keys 0..11, as nnx.State holds them)
+  is saved and then read back with and without a target (string keys,
+  where "10" sorts before "2"): both reads match its digest, in either
+  format, and a changed leaf does not."""
+  state = {"blocks": {i: np.full(3, i, np.float32) for i in range(12)},
+           "step": np.int32(5)}
+  like = jax.device_put(state)
+  mngr = checkpoint.manager(str(tmp_path))
+  checkpoint.save(mngr, 1, like)
+  checkpoint.restore(mngr, 1, like)
+  mngr.close()
+  mngr = checkpoint.manager(str(tmp_path))  # One manager per kind of read.
+  checkpoint.verify(mngr, 1)
+  mngr.close()
+  raw = ocp.CheckpointManager(checkpoint.directory(str(tmp_path))).restore(
+      1, args=ocp.args.PyTreeRestore())
+  assert list(raw["state"]["blocks"])[:3] == ["0", "1", "10"]
+  old = checkpoint._bit_sums(state)  # pylint: disable=protected-access
+  for form in (checkpoint.digest(state), old):
+    assert checkpoint.matches(raw["state"], form)
+    assert checkpoint.matches(state, form)
+    changed = {**raw["state"], "blocks": {**raw["state"]["blocks"],
+                                          "2": np.zeros(3, np.float32)}}
+    assert not checkpoint.matches(changed, form)
+
+
 def test_restore_for_inference_of_a_folder_without_a_run(tmp_path):
   """A Python user handing restore_for_inference the root of a
   cross-validated run is told which folders hold runs; a folder without
@@ -589,9 +626,11 @@ def test_restore_for_inference_of_a_folder_without_a_run(tmp_path):
   for k in (1, 2, 3):
     (tmp_path / f"fold{k}").mkdir()
     (tmp_path / f"fold{k}" / "config.json").write_text("{}")
+  (tmp_path / "fold4").mkdir()  # Not started: no config.json.
   with pytest.raises(validate.ConfigError, match=re.escape(
-      f"{tmp_path}: a cross-validated run: give one fold's workdir, "
-      f"{tmp_path / 'fold1'} to {tmp_path / 'fold3'}")):
+      f"{tmp_path}: a cross-validated run: give the workdir of one of its "
+      f"folds, {tmp_path / 'fold1'}, {tmp_path / 'fold2'}, "
+      f"{tmp_path / 'fold3'}")):
     checkpoint.restore_for_inference(str(tmp_path))
 
 

@@ -392,6 +392,14 @@ def test_points_that_cannot_run_stop_the_sweep_before_any_trains(
       f"sweep: points base and tau={base.tau} are one config")):
     sweep.run(base, str(tmp_path), [{}, {"tau": base.tau}], log=quiet)
   assert not list(tmp_path.iterdir())
+  # Only this shard's points are checked: another shard's bad point is
+  # that shard's error.
+  trained = []
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config, workdir: trained.append(workdir))
+  assert sweep.run(base, str(tmp_path), [{"hidden_dim": 33}, {"tau": 0.1}],
+                   shard=(1, 2), log=quiet) == {"tau=0.1": "done"}
+  assert trained == [str(tmp_path / "tau=0.1")]
 
 
 def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
@@ -453,6 +461,31 @@ def test_any_failure_of_a_point_is_recorded_and_the_sweep_goes_on(
   with pytest.raises(KeyboardInterrupt):
     sweep.run(base, str(tmp_path), [{"tau": 0.3}, {"tau": 0.4}],
               log=lambda *_: None)
+
+
+def test_a_finished_cross_validated_point_is_skipped(mosi_dir, tmp_path,
+                                                    monkeypatch):
+  """A finished point of a dataset with folds has its runs in
+  `fold<k>/` (no config.json at its top): a rerun checks each fold
+  against the point's config with that fold, and skips the point."""
+  base = runs_config(mosi_dir)
+  out = tmp_path / "tau=0.1"
+  for fold in (1, 2):
+    fold_config = sweep.point_config(base, {"tau": 0.1})
+    fold_config.fold = fold
+    (out / f"fold{fold}").mkdir(parents=True)
+    workdir_lib.record_start(str(out / f"fold{fold}"), fold_config,
+                             devices=8, stats={})
+  (out / "results.json").write_text("{}")
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config, workdir: pytest.fail("trained"))
+  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
+                   log=lambda *_: None) == {"tau=0.1": "skipped"}
+  base.hidden_dim = 64
+  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
+                   log=lambda *_: None) == {"tau=0.1": "failed"}
+  assert "hidden_dim: 32 -> 64" in json.loads(
+      (out / sweep.FAILED_FILE).read_text())["error"]
 
 
 def test_a_point_finished_under_another_config_is_not_reused(

@@ -136,6 +136,13 @@ def test_a_second_grid_of_the_same_base_extends_the_sweep(tmp_path):
   logged.checkpoint_every = 3
   sweep.record(str(tmp_path), logged, [{"tau": 0.5}])
   assert read() == ["tau=0.2", "tau=0.3", "tau=0.1", "tau=0.5"]
+  # Another missing-rate protocol reports other numbers: another sweep.
+  rates = mosi.get_config("tiny")
+  rates.missing_rates = (0.0, 0.5)
+  sweep.record(str(tmp_path), rates, [{"tau": 0.6}])
+  assert read() == ["tau=0.6"]
+  sweep.record(str(tmp_path), base, [{"tau": 0.2}, {"tau": 0.3},
+                                     {"tau": 0.1}, {"tau": 0.5}])
   # A command refused (here: its shard) leaves the record as it was.
   other = mosi.get_config("tiny")
   other.num_epochs = 5

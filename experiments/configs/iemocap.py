@@ -27,8 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Audio standardised with each actor's own statistics (session and
   # speaker; features of all their utterances, never labels): eGeMAPS
   # carries the voice, and the test speakers are new. Chosen on sessions
-  # 1-4 with each held out in turn (new speakers, as test; 2 seeds): Avg
-  # 0.683 against 0.674 (audio 0.567 against 0.542), and 0.692 against
+  # 1-4 with each held out in turn (new speakers, as test; 2 seeds; these
+  # are folds 1-4's test sessions, docs/results.md says what that means):
+  # Avg 0.683 against 0.674 (audio 0.567 against 0.542), and 0.692 against
   # 0.683 on the validation dialogues (docs/results.md).
   c.speaker_norm = "audio"
   # DESIGN's context Transformer: on sessions 1-4 each held out (new actors,
