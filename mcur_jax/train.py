@@ -398,7 +398,10 @@ def _finished_fold(config, workdir: str) -> dict | None:
   as a resume is, `workdir.check_resume`, and no outputs asked for that it
   lacks, `workdir.new_outputs`), read instead of restoring and evaluating
   it again (the same numbers); None to run it. A job of several processes
-  runs it (its other processes need not see the files)."""
+  runs it (its other processes need not see the files). Results written
+  by an earlier version of this code are read as they are, as a resume
+  continues its checkpoints: remove a fold's results.json to evaluate it
+  with this one."""
   path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
   if jax.process_count() > 1 or not os.path.exists(path):
     return None
