@@ -25,11 +25,11 @@ has not finished is checked against its data as a run checks it
 range, a base config that cannot run) is an error naming every such point,
 and nothing trains, so a typo in the tenth point is not found hours into a
 sweep. (An unexpected error while checking, such as an unreadable
-manifest, ends the sweep with its traceback.) A point whose run then fails, for
-any reason but an interrupt (bad data, divergence, a busy workdir, out of
-memory, a bug), is recorded in `WORKDIR/<point>/failed.json` with its
-error (and the traceback of an unexpected one) and the sweep goes on; the
-report lists it, and a rerun retries it.
+manifest, ends the sweep with its traceback.) A point whose run then
+fails, for any reason but an interrupt (bad data, divergence, a busy
+workdir, out of memory, a bug), is recorded in `WORKDIR/<point>/failed.json`
+with its error (and the traceback of an unexpected one) and the sweep goes
+on; the report lists it, and a rerun retries it.
 
 Many machines: `shard=(i, n)` makes a process take points i, i+n, i+2n, ...
 of the sweep's fixed order, so n machines sharing one workdir (a mounted

@@ -463,29 +463,36 @@ def test_any_failure_of_a_point_is_recorded_and_the_sweep_goes_on(
               log=lambda *_: None)
 
 
+def finished_point(base, out, folds=()) -> dict:
+  """Makes `out` a sweep point that finished with `base` (in `fold<k>/`
+  for each of `folds`), checks that a rerun skips it and that a rerun with
+  another hidden_dim fails it; returns the failure recorded."""
+  for workdir, fold in ([(out, 0)] if not folds else
+                        [(out / f"fold{k}", k) for k in folds]):
+    config = sweep.point_config(base, {"tau": 0.1})
+    config.fold = fold
+    workdir.mkdir(parents=True)
+    workdir_lib.record_start(str(workdir), config, devices=8, stats={})
+  (out / "results.json").write_text("{}")
+  run = lambda: sweep.run(base, str(out.parent), [{"tau": 0.1}],
+                          log=lambda *_: None)
+  assert run() == {"tau=0.1": "skipped"}
+  base.hidden_dim = 64
+  assert run() == {"tau=0.1": "failed"}
+  base.hidden_dim = 32
+  return json.loads((out / sweep.FAILED_FILE).read_text())
+
+
 def test_a_finished_cross_validated_point_is_skipped(mosi_dir, tmp_path,
                                                     monkeypatch):
   """A finished point of a dataset with folds has its runs in
   `fold<k>/` (no config.json at its top): a rerun checks each fold
   against the point's config with that fold, and skips the point."""
-  base = runs_config(mosi_dir)
-  out = tmp_path / "tau=0.1"
-  for fold in (1, 2):
-    fold_config = sweep.point_config(base, {"tau": 0.1})
-    fold_config.fold = fold
-    (out / f"fold{fold}").mkdir(parents=True)
-    workdir_lib.record_start(str(out / f"fold{fold}"), fold_config,
-                             devices=8, stats={})
-  (out / "results.json").write_text("{}")
   monkeypatch.setattr(train, "train_and_evaluate",
                       lambda config, workdir: pytest.fail("trained"))
-  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
-                   log=lambda *_: None) == {"tau=0.1": "skipped"}
-  base.hidden_dim = 64
-  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
-                   log=lambda *_: None) == {"tau=0.1": "failed"}
-  assert "hidden_dim: 32 -> 64" in json.loads(
-      (out / sweep.FAILED_FILE).read_text())["error"]
+  failed = finished_point(runs_config(mosi_dir), tmp_path / "tau=0.1",
+                          folds=(1, 2))
+  assert "hidden_dim: 32 -> 64" in failed["error"]
 
 
 def test_a_point_finished_under_another_config_is_not_reused(
@@ -495,24 +502,14 @@ def test_a_point_finished_under_another_config_is_not_reused(
   a failed point saying how to train it again, not a result of this one."""
   base = runs_config(mosi_dir)
   out = tmp_path / "tau=0.1"
-  out.mkdir()
-  workdir_lib.record_start(str(out), sweep.point_config(base, {"tau": 0.1}),
-                           devices=8, stats={})
-  (out / "results.json").write_text("{}")
   monkeypatch.setattr(train, "train_and_evaluate",
                       lambda config, workdir: pytest.fail("trained"))
-  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
-                   log=lambda *_: None) == {"tau=0.1": "skipped"}
-  base.hidden_dim = 64
-  assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
-                   log=lambda *_: None) == {"tau=0.1": "failed"}
-  failed = json.loads((out / sweep.FAILED_FILE).read_text())
+  failed = finished_point(base, out)
   assert failed["type"] == "ConfigError"
   assert "hidden_dim: 32 -> 64" in failed["error"]
   assert failed["error"].endswith(f"(a finished point: remove {out} to train "
                                   "it again with this config)")
   # Back to the config it trained with: skipped, the failure gone.
-  base.hidden_dim = 32
   assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
                    log=lambda *_: None) == {"tau=0.1": "skipped"}
   assert not (out / sweep.FAILED_FILE).exists()
