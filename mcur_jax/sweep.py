@@ -290,9 +290,9 @@ def _resume_changes(out: str, config) -> list[str]:
     return workdir_lib.check_resume(out, config)
   changed = set()
   for fold_dir in folds:
-    fold_config = ml_collections.ConfigDict(config.to_dict())
-    fold_config.fold = int(os.path.basename(fold_dir)[len("fold"):])
-    changed.update(workdir_lib.check_resume(fold_dir, fold_config))
+    fold = int(os.path.basename(fold_dir)[len("fold"):])
+    changed.update(workdir_lib.check_resume(fold_dir,
+                                            train.of_fold(config, fold)))
   return sorted(changed)
 
 

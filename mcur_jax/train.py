@@ -365,8 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if runs and stop_requested():
         raise Interrupted(f"stopped before fold {fold}: {workdir} keeps the "
                           "folds done, and the same command resumes")
-      fold_config = ml_collections.ConfigDict(config.to_dict())
-      fold_config.fold = fold
+      fold_config = of_fold(config, fold)
       fold_dir = os.path.join(workdir, schema.fold_name(fold))
       runs.append(_finished_fold(fold_config, fold_dir) or
                   _train_fold(fold_config, fold_dir))
@@ -374,6 +373,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     publish(workdir, config, results,
             lambda: figures.write_summary_figures(workdir, results))
     return results
+
+
+def of_fold(config, fold: int) -> ml_collections.ConfigDict:
+  """A copy of a cross-validated run's config for one of its folds."""
+  fold_config = ml_collections.ConfigDict(config.to_dict())
+  fold_config.fold = fold
+  return fold_config
 
 
 def _check_kind(workdir: str, all_folds: bool) -> None:
