@@ -3,7 +3,8 @@
 For a sweep workdir (see `mcur_jax.sweep`) this reads `sweep.json` and each
 point's `results.json` and writes:
 
-* `sweep_report.md` and `sweep_report.csv`: per point, the swept fields,
+* `sweep_report.md` and `sweep_report.csv`: per point, its name (its
+  directory under the sweep), the swept fields,
   the validation headline metric averaged over the realisable combinations
   (mean and std over seeds and folds) of the selected models, then the test
   metrics (Avg and each combination). Rows are sorted by the validation
@@ -103,7 +104,8 @@ def _combinations(rows: list[dict]) -> list[str]:
 def markdown(fields: list[str], rows: list[dict]) -> str:
   key = next((r["headline"] for r in rows if "headline" in r), "metric")
   names = _combinations(rows)
-  head = (["rank", *fields, f"valid {key} (avg)", f"test {key} (avg)"] +
+  head = (["rank", "point", *fields, f"valid {key} (avg)",
+           f"test {key} (avg)"] +
           [f"test {c}" for c in names])
   lines = [f"Sorted by validation {key} (average over the combinations of"
            " each seed's selected model; mean ± std over runs). Test is "
@@ -113,10 +115,10 @@ def markdown(fields: list[str], rows: list[dict]) -> str:
     if "valid" not in r:
       state = (f"FAILED: {r['failed']}".replace("|", "/") if "failed" in r
                else "unfinished")
-      cells = ["-", *(str(r[f]) for f in fields), state, "",
+      cells = ["-", r["name"], *(str(r[f]) for f in fields), state, "",
                *[""] * len(names)]
     else:
-      cells = [str(rank), *(str(r[f]) for f in fields),
+      cells = [str(rank), r["name"], *(str(r[f]) for f in fields),
                _fmt(r["valid"], r["valid_std"]), _fmt(r["test"], r["test_std"]),
                *(_fmt(r.get(f"test_{c}")) for c in names)]
     lines.append("| " + " | ".join(cells) + " |")

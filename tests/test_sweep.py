@@ -351,8 +351,11 @@ def test_report_ranks_by_validation_never_test(tmp_path):
                         0.2: (0.72, 0.50)})
   text, _ = sweep_report.write(str(tmp_path))
   rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
-  taus = [line.split("|")[2].strip() for line in rows]
+  taus = [line.split("|")[3].strip() for line in rows]
   assert taus == ["0.2", "0.05", "0.1", "0.3"]
+  # The point column names each point's directory under the sweep.
+  assert [line.split("|")[2].strip() for line in rows] == [
+      sweep.point_name({"tau": t}) for t in (0.2, 0.05, 0.1, 0.3)]
   assert "unfinished" in rows[-1]
   with open(tmp_path / "sweep_report.csv") as f:
     lines = f.read().splitlines()
@@ -415,10 +418,12 @@ def test_report_of_points_overriding_different_fields(tmp_path):
          **{split: {c: {"f1_non0": entry} for c in [*combos.NAMES, "avg"]}
             for split in ("valid", "test")}}))
   text, _ = sweep_report.write(str(tmp_path))
-  rows = [line.split("|")[2:4] for line in text.splitlines()
+  rows = [line.split("|")[2:5] for line in text.splitlines()
           if line.startswith("| ")][1:]
   assert [[c.strip() for c in r] for r in rows] == [
-      ["0.0", "True"], ["0.3", "True"], ["0.3", "False"]]
+      [sweep.point_name(points[1]), "0.0", "True"],
+      [sweep.point_name(points[0]), "0.3", "True"],
+      [sweep.point_name(points[2]), "0.3", "False"]]
   assert (tmp_path / "sweep_report.png").exists()
 
 
