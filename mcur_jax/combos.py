@@ -70,8 +70,24 @@ def rate_name(rate: float) -> str:
   """A missing rate as results.json names it: one decimal where that is
   exact ("0.3"), else up to 12 significant digits ("0.35"); rates that
   would share a name are refused by `validate.check`."""
-  return (f"{rate:.1f}" if abs(rate - round(rate, 1)) < 1e-9
-          else f"{rate:.12g}")
+  return f"{rate:.1f}" if _one_decimal(rate) else f"{rate:.12g}"
+
+
+def _one_decimal(rate: float) -> bool:
+  return abs(rate - round(rate, 1)) < 1e-9
+
+
+def rate_seed(rate: float) -> int:
+  """The entry of `rate`'s missing-rate draws in their NumPy seed, a
+  function of the rate alone, so a rate gets the same masks whatever other
+  rates a run or an evaluation lists: 10 r for a one-decimal rate (0.0 ...
+  0.7 -> 0 ... 7, their positions in the default `missing_rates`, which
+  earlier versions seeded by position, so the published draws stand), else
+  the bytes of its `rate_name` read as one integer (distinct names give
+  distinct entries, never below 48)."""
+  if _one_decimal(rate):
+    return round(rate * 10)
+  return int.from_bytes(rate_name(rate).encode(), "big")
 
 
 def missing_rate_mask(rng: np.random.Generator, n: int, rate: float,

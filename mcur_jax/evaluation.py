@@ -14,9 +14,10 @@ group has it.
   GCNet's semantics over the modalities the dataset has
   (`combos.missing_rate_mask`: fraction r of the (utterance, modality)
   entries dropped, at least one modality kept per utterance), each
-  intersected with native availability. Draw k of rate index i uses the
-  NumPy seed (config.missing_rate_seed, i, k), so every run, seed and
-  evaluation sees the same masks; metrics are averaged over the K draws.
+  intersected with native availability. Draw k of rate r uses the NumPy
+  seed (config.missing_rate_seed, combos.rate_seed(r), k), so every run,
+  seed and evaluation sees the same masks for a rate, whichever other
+  rates it lists; metrics are averaged over the K draws.
 
 Each utterance's prediction comes from the member (`regime.Members`) that
 serves its combination: the seed's single model in the mixed regime; in the
@@ -202,9 +203,10 @@ def missing_rate_masks(config, available: np.ndarray,
   n = len(available)
   return np.stack([np.stack([
       combos.missing_rate_mask(
-          np.random.default_rng((config.missing_rate_seed, i, k)), n, r,
+          np.random.default_rng((config.missing_rate_seed,
+                                 combos.rate_seed(r), k)), n, r,
           present) & available for k in range(config.missing_rate_draws)])
-                   for i, r in enumerate(config.missing_rates)])
+                   for r in config.missing_rates])
 
 
 def missing_rate(config, predict, params, inputs: Inputs, members, task,

@@ -267,6 +267,36 @@ def test_missing_rate_masks_are_shared_and_respect_availability():
   assert (masks[1, 0] != masks[1, 1]).any()  # Draws differ.
 
 
+def test_a_rates_masks_do_not_depend_on_the_other_rates():
+  """A rate's draws are seeded by the rate, not by its position in the
+  list: evaluating 0.5 alone gives the 0.5 row of the default list (it
+  once gave the 0.0 row's seed to 0.5). The default rates keep the seeds
+  (seed, position, k) they had when seeded by position, so published
+  missing-rate tables stand."""
+  default = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+  available = np.ones((300, 3), bool)
+
+  def masks(rates, seed=0):
+    return evaluation.missing_rate_masks(ml_collections.ConfigDict({
+        "missing_rates": rates, "missing_rate_draws": 2,
+        "missing_rate_seed": seed}), available)
+
+  full = masks(default)
+  np.testing.assert_array_equal(masks((0.5,))[0], full[5])
+  np.testing.assert_array_equal(masks((0.7, 0.35, 0.3))[[0, 2]],
+                                full[[7, 3]])
+  np.testing.assert_array_equal(masks((0.35,)), masks((0.3, 0.35))[1:])
+  for i, r in enumerate(default):
+    for k in range(2):
+      np.testing.assert_array_equal(full[i, k], combos.missing_rate_mask(
+          np.random.default_rng((0, i, k)), 300, r) & available)
+  # Distinct rates draw distinct masks; so does another seed.
+  assert (masks((0.35,))[0] != masks((0.3,))[0]).any()
+  assert (masks((0.5,), seed=1) != full[5]).any()
+  assert len({combos.rate_seed(r) for r in (*default, 0.35, 0.035, 0.05,
+                                            1e-5, 0.125)}) == 13
+
+
 # EMA
 # ---
 
