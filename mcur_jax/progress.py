@@ -14,14 +14,16 @@ class Progress:
 
   The first epoch of a run (of each fold, each sweep point) includes
   compiling, or loading the compiled programs, so the rate and the time
-  left come from the later ones. `clock` is injectable for tests."""
+  left come from the later ones. `best` is the best validation score of
+  the epochs before this process's first (a resumed run's). `clock` is
+  injectable for tests."""
 
   def __init__(self, total: int, enabled: bool = True, stream=None,
-               clock=time.monotonic):
+               clock=time.monotonic, best: float = -math.inf):
     self.total, self.enabled = total, enabled
     self.stream = stream or sys.stdout  # sys.stdout as it is now.
     self.tty = self.stream.isatty()
-    self.best = -math.inf
+    self.best = best
     self.clock = clock
     self.started = self.last = clock()
     self.seconds = []  # Per epoch this process ran.

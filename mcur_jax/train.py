@@ -584,7 +584,10 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   say(_header(run, start))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
-  bar = progress.Progress(config.num_epochs, enabled=run.main_process)
+  # A resumed run's bar starts from the best score its checkpoint kept.
+  bar = progress.Progress(config.num_epochs, enabled=run.main_process,
+                          best=float(np.max(transfer.to_host(
+                              state["best_metric"]))))
   # No event file for a run whose epochs are all done (a rerun to finish).
   board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
                                enabled=run.main_process and config.tensorboard

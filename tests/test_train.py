@@ -350,6 +350,12 @@ class Interrupted(Exception):
   pass
 
 
+def best_so_far(out: str) -> dict[int, float]:
+  """{epoch: the "best so far" of its progress line} in a run's stdout."""
+  return {int(m[1]): float(m[2]) for m in re.finditer(
+      r"epoch (\d+)/\d+ .* so far ([-\d.]+)\)", out)}
+
+
 def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
                                          monkeypatch, capsys):
   """A run killed after logging epoch 2 but before saving its checkpoint
@@ -372,10 +378,23 @@ def test_resume_equals_uninterrupted_run(baseline, mosi_dir, tmp_path,
   assert checkpoint_steps(tmp_path) == [1]
   assert [line["epoch"] for line in metric_lines(tmp_path)] == [1, 1, 2, 2]
   assert set(runs.tensorboard_scalars(tmp_path / "tb")["train/loss"]) == {1, 2}
-  capsys.readouterr()
+  before = best_so_far(capsys.readouterr().out)
+  init, starts = progress.Progress.__init__, []
 
+  def init_and_record(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    starts.append(self.best)
+
+  monkeypatch.setattr(progress.Progress, "__init__", init_and_record)
   resumed = run(mosi_dir, tmp_path)
-  assert "resuming after epoch 1" in capsys.readouterr().out
+  monkeypatch.undo()
+  out = capsys.readouterr().out
+  assert "resuming after epoch 1" in out
+  # The progress line's best counts the epochs before the resume (it once
+  # restarted from the first resumed epoch), so its lines are those of the
+  # interrupted run.
+  assert starts == [pytest.approx(before[1], abs=5e-5)]  # Printed to 4 places.
+  assert best_so_far(out)[2] == before[2]
   assert checkpoint_steps(tmp_path) == [2, 3]
   assert ((tmp_path / "metrics.jsonl").read_text()
           == (workdir / "metrics.jsonl").read_text())
