@@ -140,6 +140,14 @@ class Columns:
     self.path, self.archive, self.keys = path, archive, keys
     self.mapped, self.files, self.rows_from = mapped, archive.files, rows_from
 
+  def unread_note(self) -> list[str]:
+    """A note naming the file's keys that no field reads (a misspelt key,
+    `available_audi`, would otherwise silently be no column), if any."""
+    unread = sorted(set(self.files) - set(self.keys.values()))
+    return [f"{os.path.basename(self.path)}: keys not read: "
+            f"{', '.join(unread)} (the fields are {', '.join(FIELDS)}; "
+            "--key FIELD=KEY maps one)"] if unread else []
+
   def has(self, field: str) -> bool:
     """Whether the file holds `field`'s key, or the command line mapped it
     (then a missing key is an error when the field is read)."""

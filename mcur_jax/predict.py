@@ -157,12 +157,7 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
     session = columns.get("session", npz_columns.INTEGERS, n,
                           required=bool(speaker_norm))
     features, available, _ = npz_columns.read_features(columns, n)
-    unread = sorted(set(columns.files) - set(fields.values()))
-    if unread:
-      # A misspelt key (audio_available) would silently be no column.
-      notes.append(f"{path}: keys not read: {', '.join(unread)} (the fields"
-                   f" are {', '.join(npz_columns.FIELDS)}; --key FIELD=KEY "
-                   "maps one)")
+    notes += columns.unread_note()
   for j, m in enumerate(schema.MODALITIES):
     dims, want = features[m].shape[1], manifest.dims[m]
     if dims and not want:

@@ -1012,7 +1012,8 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   np.savez(path, group_id=raw.group_id, position=raw.position,
            audio_available=np.zeros(n, np.int64), **runs.feature_columns(raw))
   _, _, notes = predict.read_npz(str(path), manifest)
-  assert notes == [f"{path}: keys not read: audio_available (the fields are "
+  assert notes == [f"{path.name}: keys not read: audio_available (the fields "
+                   "are "
                    f"{', '.join(npz_columns.FIELDS)}; --key FIELD=KEY maps "
                    "one)"]
 

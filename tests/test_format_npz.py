@@ -8,6 +8,7 @@ import pytest
 from data_prep import convert
 from data_prep import inspect
 from mcur_jax import data
+from mcur_jax import npz_columns
 from mcur_jax import schema
 from tests import cli
 
@@ -567,3 +568,17 @@ def test_classes_are_for_npz_files_only(tmp_path, capsys):
   line = cli.assert_failed_cleanly(capsys, tmp_path / "out", "command line",
                                    "--classes")
   assert "--format npz" in line
+
+
+def test_keys_no_field_reads_are_named(tmp_path, capsys):
+  """A misspelt key would silently be no column (`available_audi`: every
+  audio row taken as present); the conversion succeeds and a note, printed
+  and kept in the manifest, names it."""
+  columns = _columns()
+  columns["available_audi"] = np.zeros(len(columns["label"]), np.int64)
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 0
+  note = (f"data.npz: keys not read: available_audi (the fields are "
+          f"{', '.join(npz_columns.FIELDS)}; --key FIELD=KEY maps one)")
+  assert f"note: {note}" in capsys.readouterr().out
+  assert schema.Manifest.load(tmp_path / "out").notes == [note]

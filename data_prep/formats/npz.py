@@ -61,7 +61,8 @@ NumPy str (or bytes) arrays, not object arrays: the file is read with
   labels, -1 in `label4` for frustrated utterances): it is left out, the
   manifest's notes count it, and the positions of the rest are renumbered
   0..k-1 within each group, in their order. For regression -1 is a score.
-- Keys the fields do not use are ignored.
+- Keys the fields do not use are ignored, and a note names them (a
+  misspelt key would otherwise silently be no column).
 - `--key FIELD=NPZKEY` (repeatable) reads FIELD from another key, e.g. the
   project's derived files (see shared/data/SOURCES.md) convert with
 
@@ -126,6 +127,7 @@ def read(args) -> writer.Table:
         args.dataset.startswith("iemocap") or (
             args.dataset not in common.DATASETS and session is not None))
     features, available, notes = npz_columns.read_features(columns, n)
+    notes += columns.unread_note()
   # Classification: a label of -1 = not labelled for this task (IEMOCAP's
   # 4-way label of a frustrated utterance): the utterance is left out.
   keep = (label != npz_columns.UNLABELLED if task == "classification"
