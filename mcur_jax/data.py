@@ -279,8 +279,9 @@ def normalize_per_speaker(parts: dict[str, Split], modalities: Sequence[str],
   if missing:
     raise schema.DataError(path, "speaker", f"{missing} records have no "
                            "speaker id, which speaker_norm needs (IEMOCAP's "
-                           "config sets it: speaker_norm=\"\" standardises "
-                           "with the training split's statistics instead)")
+                           "config sets it: --config.speaker_norm= "
+                           "standardises with the training split's "
+                           "statistics instead)")
   bounds = np.cumsum([0] + [len(parts[n]) for n in names])
   features = {n: dict(parts[n].features) for n in names}
   for m in modalities:

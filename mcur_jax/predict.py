@@ -10,10 +10,11 @@ class index or name), `position` defaults to the rows' order in each group
 trained with (kept in the workdir, `run_stats`: the data the run trained
 on need not be there for an npz; its fold's for IEMOCAP), and the
 modalities of a run's `speaker_norm` with each speaker's statistics over
-the input (its `speaker` and `session` keys, both required then, since
-speaker ids count within a session: `data.normalize_per_speaker`; a note
-names any speaker with a single utterance, whose features that leaves all
-zero). Every row
+the input (its `speaker` key, required then, and `session`, since
+speaker ids count within a session: `data.normalize_per_speaker`; without
+it every row is session 0, as `data_prep.convert` reads such a file, and
+a note says so; a note names any speaker with a single utterance, whose
+features that leaves all zero). Every row
 is predicted, unlabelled ones included, and every row is context and
 speaker statistics for the others: training's conversion left out the
 utterances without a label for the task (IEMOCAP's `label4` -1), so an npz
@@ -155,7 +156,11 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
       utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
     speaker = columns.text("speaker", n, required=bool(speaker_norm))
     session = columns.get("session", npz_columns.INTEGERS, n,
-                          required=bool(speaker_norm))
+                          required=False)
+    if speaker_norm and session is None:
+      notes.append(f"{path}: no {columns.name('session')!r} key: every "
+                   "row is session 0, so a speaker id is one speaker "
+                   "across the file (as data_prep.convert reads it)")
     features, available, _ = npz_columns.read_features(columns, n)
     notes += columns.unread_note()
   for j, m in enumerate(schema.MODALITIES):

@@ -215,7 +215,7 @@ def test_speaker_norm_needs_speaker_ids(tmp_path):
   writer.write(table, tmp_path / "d")
   # The way out is in the message: IEMOCAP's config asks for it by default.
   with pytest.raises(schema.DataError, match="speaker: 3 records have no "
-                     "speaker id, .*speaker_norm=\"\" standardises"):
+                     "speaker id, .*--config.speaker_norm= standardises"):
     data.load(tmp_path / "d", fold=1, speaker_norm=("audio",))
 
 

@@ -980,8 +980,9 @@ def test_predict_combination_the_model_lacks_names_the_modality(mixed,
 
 def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   """An npz's keys may be named as `data_prep.convert --key` names them;
-  with a run's speaker_norm the speaker and session keys are required
-  (speaker ids count within a session), and a speaker with one utterance,
+  with a run's speaker_norm the speaker key is required, and session
+  (speaker ids count within a session) defaults to 0 with a note, as
+  convert reads a file without it; a speaker with one utterance,
   whose per-speaker standardisation leaves zeros, gets a note."""
   manifest = data.load(mosi_dir).manifest
   raw = data.load(mosi_dir, normalized=False).test
@@ -996,10 +997,23 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   with pytest.raises(schema.DataError, match="group_id: missing"):
     predict.read_npz(str(path), manifest)
   speaker = np.where(np.arange(n) == 0, "alone", "crowd")
-  np.savez(path, group_id=raw.group_id, speaker=speaker,
+  np.savez(path, group_id=raw.group_id, position=raw.position,
            **runs.feature_columns(raw))
-  with pytest.raises(schema.DataError, match="session: missing"):
+  with pytest.raises(schema.DataError, match="speaker: missing"):
     predict.read_npz(str(path), manifest, speaker_norm=("audio",))
+  # Without a session key every row is session 0, as convert reads it.
+  np.savez(path, group_id=raw.group_id, speaker=speaker, position=raw.position,
+           **runs.feature_columns(raw))
+  alone, _, notes = predict.read_npz(str(path), manifest,
+                                     speaker_norm=("audio",))
+  assert notes[0] == (f"{path}: no 'session' key: every row is session 0, so "
+                      "a speaker id is one speaker across the file (as "
+                      "data_prep.convert reads it)")
+  np.savez(path, group_id=raw.group_id, speaker=speaker, position=raw.position,
+           session=np.zeros(n, np.int64), **runs.feature_columns(raw))
+  zero, _, _ = predict.read_npz(str(path), manifest, speaker_norm=("audio",))
+  for field in ("session", "speaker"):
+    np.testing.assert_array_equal(getattr(alone, field), getattr(zero, field))
   np.savez(path, group_id=raw.group_id, speaker=speaker,
            session=np.ones(n, np.int64), position=raw.position,
            **runs.feature_columns(raw))
