@@ -452,13 +452,53 @@ class DropFullDisk(std_logging.Filter):
                 or "No space left on device" in record.getMessage())
 
 
+class OutlivesItsReader:
+  """A text stream (the process's stdout) whose reader may go away, as
+  `python -m experiments.mosi | head` does after a line: the first write
+  that finds the pipe closed points the stream's file descriptor at
+  /dev/null, says so once on stderr, and the work goes on (a run keeps
+  training and saving; its record is its workdir, not its stdout). Python
+  would raise BrokenPipeError at that write, stopping a run before its
+  next checkpoint with an error that blamed the workdir."""
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def write(self, text: str) -> int:
+    try:
+      return self.stream.write(text)
+    except BrokenPipeError:
+      self._closed()
+      return len(text)
+
+  def flush(self) -> None:
+    try:
+      self.stream.flush()
+    except BrokenPipeError:
+      self._closed()
+      self.stream.flush()  # What was buffered goes to /dev/null.
+
+  def _closed(self) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, self.stream.fileno())
+    os.close(devnull)
+    print("note: standard output was closed by its reader; the work goes "
+          "on and writes its files as ever", file=sys.stderr)
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)
+
+
 def start(argv) -> None:
   """What every entry point's main does first: refuse stray arguments, log
   only warnings unless --verbosity says otherwise (orbax logs every save at
-  INFO), and keep the one error line of a damaged checkpoint
-  (`_quiet_closed_loops`) or a full disk (`DropFullDisk`) readable."""
+  INFO), keep the one error line of a damaged checkpoint
+  (`_quiet_closed_loops`) or a full disk (`DropFullDisk`) readable, and
+  keep working when stdout's reader goes away (`OutlivesItsReader`)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if sys.stdout is sys.__stdout__ and sys.stdout is not None:
+    sys.stdout = OutlivesItsReader(sys.stdout)
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)

@@ -516,3 +516,37 @@ def test_ctrl_c_stops_at_the_epochs_end_and_the_run_resumes(tmp_path):
   assert line.startswith(f"error: stopped before epoch {epoch + 1}: "
                          if last == epoch else
                          f"error: stopped after epoch {epoch + 1}: ")
+
+
+def test_a_closed_stdout_does_not_stop_the_work(capsys):
+  """`python -m experiments.mosi | head -1`: once the reader has gone, a
+  write to the pipe raises BrokenPipeError (EPIPE), which stopped the run
+  with an error naming its workdir. The stream that `launch.start` puts
+  on the real stdout sends such writes to /dev/null, says so once on
+  stderr, and the writes after it succeed."""
+  read_end, write_end = os.pipe()
+  stream = launch.OutlivesItsReader(os.fdopen(write_end, "w"))
+  stream.write("epoch 1\n")
+  stream.flush()
+  assert os.read(read_end, 100) == b"epoch 1\n"
+  os.close(read_end)  # The reader goes away (head has its line).
+  stream.write("epoch 2\n")
+  stream.flush()
+  for epoch in range(3, 2000):  # Past the buffer: writes flush on their own.
+    stream.write(f"epoch {epoch}\n")
+  stream.flush()
+  assert capsys.readouterr().err.count("standard output was closed") == 1
+  assert os.path.samestat(os.fstat(stream.fileno()),
+                          os.stat(os.devnull))
+  stream.close()
+  # Without it, the same writes raise.
+  read_end, write_end = os.pipe()
+  plain = os.fdopen(write_end, "w")
+  os.close(read_end)
+  plain.write("epoch 1\n")
+  with pytest.raises(BrokenPipeError):
+    plain.flush()
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, write_end)  # So that it closes without raising.
+  os.close(devnull)
+  plain.close()
