@@ -12,10 +12,12 @@ lists -> tuples), so the same config always has the same point name. A name
 longer than `MAX_NAME` characters is cut and ends in a hash of the whole.
 
 Restartable: a point whose `results.json` exists is skipped, after checking
-that it trained with this point's config and data (`workdir.check_resume`;
-a point finished under another config is a failed point, never reported as
-this one); an unfinished one resumes from its checkpoints
-(`train.train_and_evaluate` does that). So rerunning the same command after
+that it trained with this point's config and data (`workdir.check_resume`);
+an unfinished one resumes from its checkpoints (`train.train_and_evaluate`
+does that). Finished points that trained with another config or data (a
+rerun with another `--data_dir` or `--config.*` value) are an error before
+anything is written, so their results are never reported as this sweep's
+nor marked failed. So rerunning the same command after
 a crash or a preempted VM completes the sweep with the results an
 uninterrupted one would have had.
 
@@ -296,6 +298,35 @@ def _resume_changes(out: str, config) -> list[str]:
   return sorted(changed)
 
 
+def check_finished(base, workdir: str, points: list[dict[str, Any]],
+                   prepare=None) -> dict[str, tuple]:
+  """{name: (config, outputs to write again)} of the finished (`normalize`d)
+  points, each checked against the run in its directory
+  (`workdir.check_resume`; `workdir.new_outputs`).
+
+  Raises:
+    validate.ConfigError: finished points that trained with another config
+      or data, every one named, the first with its differences.
+  """
+  resumed, differ = {}, {}
+  for point in points:
+    name = point_name(point)
+    try:
+      config = _prepared(base, point, prepare)
+      resumed[name] = (config, workdir_lib.new_outputs(
+          _resume_changes(os.path.join(workdir, name), config), config))
+    except train.INPUT_ERRORS as e:
+      differ[name] = str(e)
+  if differ:
+    first = next(iter(differ))
+    raise validate.ConfigError(
+        "--workdir", f"{len(differ)} finished point(s) of {workdir} trained "
+        f"with another config or data ({', '.join(differ)}), nothing run or "
+        f"written: rerun with the flags they trained with, or sweep into a "
+        f"new --workdir. {first}: {differ[first]}")
+  return resumed
+
+
 def _finished(out: str) -> bool:
   """Whether the point in `out` has its results; on a multi-host slice
   process 0 decides for all, so every host takes the same branch."""
@@ -310,9 +341,10 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   "failed"}.
 
   Points are `normalize`d first; their names and configs must then be
-  distinct (`check_distinct`), and every point of this shard that has not
-  finished must pass a run's checks (`check_points`): otherwise an error
-  before any point trains or sweep.json changes. `prepare(config,
+  distinct (`check_distinct`), every point of this shard that has not
+  finished must pass a run's checks (`check_points`), and every finished
+  one must have trained with its config and data (`check_finished`):
+  otherwise an error before any point trains or sweep.json changes. `prepare(config,
   point)`, when given, completes each point's config before it is checked:
   the entry point takes the dataset of a `data_dir` point from its
   manifest. `source` names the points' origin in errors (the sweep file,
@@ -331,6 +363,9 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   configs = check_points(base, [p for p in mine
                                 if not finished[point_name(p)]],
                          prepare, source)
+  resumed = check_finished(base, workdir, [p for p in mine
+                                           if finished[point_name(p)]],
+                           prepare)
   record(workdir, base, points)
   status = {}
   for k, point in enumerate(mine):
@@ -342,9 +377,7 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     failed = os.path.join(out, FAILED_FILE)
     done = finished[name]
     try:
-      config = configs[name] if not done else _prepared(base, point, prepare)
-      changed = workdir_lib.new_outputs(
-          _resume_changes(out, config) if done else [], config)
+      config, changed = resumed[name] if done else (configs[name], [])
       if changed:
         # Finished again: its training is done, its outputs are not.
         log(f"[{k + 1}/{len(mine)}] {name}: finished before; "
@@ -358,9 +391,6 @@ def run(base: ml_collections.ConfigDict, workdir: str,
     except Exception as e:  # pylint: disable=broad-except
       # Any failure of one point: recorded, and the sweep goes on.
       error = {"error": str(e), "type": type(e).__name__}
-      if done:
-        error["error"] += (f" (a finished point: remove {out} to train it "
-                           "again with this config)")
       if not isinstance(e, train.RUN_FAILURES):
         error["traceback"] = traceback.format_exc()
         log(error["traceback"])

@@ -74,9 +74,9 @@ def collect(workdir: str) -> tuple[list[str], list[dict]]:
 
 def _failure(workdir: str, name: str) -> str | None:
   """The error of the point's last attempt (`sweep.FAILED_FILE`), or None.
-  It outranks the point's results.json: a point finished under another
-  config fails the check against this one, and its results are not this
-  point's (`sweep.run` removes the file once the point runs again)."""
+  It outranks the point's results.json: a finished point whose evaluation
+  ran again and failed has results that no longer stand (`sweep.run`
+  removes the file once the point runs again)."""
   path = os.path.join(workdir, name, sweep.FAILED_FILE)
   if not os.path.exists(path):
     return None

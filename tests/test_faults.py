@@ -463,10 +463,11 @@ def test_any_failure_of_a_point_is_recorded_and_the_sweep_goes_on(
               log=lambda *_: None)
 
 
-def finished_point(base, out, folds=()) -> dict:
+def finished_point(base, out, folds=()) -> str:
   """Makes `out` a sweep point that finished with `base` (in `fold<k>/`
   for each of `folds`), checks that a rerun skips it and that a rerun with
-  another hidden_dim fails it; returns the failure recorded."""
+  another hidden_dim is refused before it writes anything; returns that
+  error."""
   for workdir, fold in ([(out, 0)] if not folds else
                         [(out / f"fold{k}", k) for k in folds]):
     config = sweep.point_config(base, {"tau": 0.1})
@@ -477,10 +478,14 @@ def finished_point(base, out, folds=()) -> dict:
   run = lambda: sweep.run(base, str(out.parent), [{"tau": 0.1}],
                           log=lambda *_: None)
   assert run() == {"tau=0.1": "skipped"}
+  recorded = (out.parent / sweep.SWEEP_FILE).read_text()
   base.hidden_dim = 64
-  assert run() == {"tau=0.1": "failed"}
+  with pytest.raises(validate.ConfigError) as error:
+    run()
   base.hidden_dim = 32
-  return json.loads((out / sweep.FAILED_FILE).read_text())
+  assert not (out / sweep.FAILED_FILE).exists()
+  assert (out.parent / sweep.SWEEP_FILE).read_text() == recorded
+  return str(error.value)
 
 
 def test_a_finished_cross_validated_point_is_skipped(mosi_dir, tmp_path,
@@ -490,29 +495,32 @@ def test_a_finished_cross_validated_point_is_skipped(mosi_dir, tmp_path,
   against the point's config with that fold, and skips the point."""
   monkeypatch.setattr(train, "train_and_evaluate",
                       lambda config, workdir: pytest.fail("trained"))
-  failed = finished_point(runs_config(mosi_dir), tmp_path / "tau=0.1",
-                          folds=(1, 2))
-  assert "hidden_dim: 32 -> 64" in failed["error"]
+  error = finished_point(runs_config(mosi_dir), tmp_path / "tau=0.1",
+                         folds=(1, 2))
+  assert "hidden_dim: 32 -> 64" in error
 
 
 def test_a_point_finished_under_another_config_is_not_reused(
     mosi_dir, tmp_path, monkeypatch):
   """A rerun skips a finished point only if it trained with the config (and
-  data) the point has now; one finished under another --config.* value is
-  a failed point saying how to train it again, not a result of this one."""
+  data) the point has now; a rerun with another --config.* value (or
+  --data_dir) is refused before anything runs or is written, naming the
+  point and what differs: its results are neither this sweep's nor a
+  failure."""
   base = runs_config(mosi_dir)
   out = tmp_path / "tau=0.1"
   monkeypatch.setattr(train, "train_and_evaluate",
                       lambda config, workdir: pytest.fail("trained"))
-  failed = finished_point(base, out)
-  assert failed["type"] == "ConfigError"
-  assert "hidden_dim: 32 -> 64" in failed["error"]
-  assert failed["error"].endswith(f"(a finished point: remove {out} to train "
-                                  "it again with this config)")
-  # Back to the config it trained with: skipped, the failure gone.
+  error = finished_point(base, out)
+  assert error.startswith(f"--workdir: 1 finished point(s) of {tmp_path} "
+                          "trained with another config or data (tau=0.1), "
+                          "nothing run or written: rerun with the flags they "
+                          "trained with, or sweep into a new --workdir. "
+                          "tau=0.1: config (hidden_dim): differs")
+  assert "hidden_dim: 32 -> 64" in error
+  # Back to the config it trained with: skipped.
   assert sweep.run(base, str(tmp_path), [{"tau": 0.1}],
                    log=lambda *_: None) == {"tau=0.1": "skipped"}
-  assert not (out / sweep.FAILED_FILE).exists()
   # Figures turned on: evaluated again (train_and_evaluate restores the
   # finished run and writes them); turned off: nothing new, skipped.
   assert not base.plots

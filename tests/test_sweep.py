@@ -373,16 +373,16 @@ def test_report_ranks_by_validation_never_test(tmp_path):
 
 
 def test_a_failed_attempt_outranks_an_earlier_points_results(tmp_path):
-  """A point whose results.json was written under another config and whose
-  last attempt failed (`sweep.run` checked it against this config) is
-  listed as FAILED, in the table, the CSV and results.md, not ranked with
-  the old results."""
+  """A point with a results.json whose last attempt failed (a finished
+  point evaluated again for outputs it lacked, say) is listed as FAILED,
+  in the table, the CSV and results.md, not ranked with the old
+  results."""
   fake_sweep(tmp_path, {0.05: (0.70, 0.60), 0.1: (0.65, 0.80)})
   (tmp_path / sweep.point_name({"tau": 0.05}) / sweep.FAILED_FILE
    ).write_text(json.dumps({"error": "num_epochs: 2 -> 3", "type": "X"}))
   text, _ = sweep_report.write(str(tmp_path))
   rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
-  assert rows[0].split("|")[1:3] == [" 1 ", " 0.1 "]
+  assert rows[0].split("|")[1:4] == [" 1 ", " tau=0.1 ", " 0.1 "]
   assert "FAILED: num_epochs: 2 -> 3" in rows[1] and "0.7000" not in text
   with open(tmp_path / "sweep_report.csv") as f:
     assert [line.split(",")[1] for line in f.read().splitlines()[1:]] == [
