@@ -144,6 +144,15 @@ def check(table: Table) -> None:
         "metrics (Non0 F1, acc2) score the sign of the label, 0 being "
         "neutral; centre the scale on its neutral point (a [0, 1] valence: "
         "label - 0.5, times 6 for [-3, 3])")
+  needed = (schema.ALL_SPLIT,) if table.session_folds else schema.SPLITS
+  # Unknown names first: a "dev" split is named, not reported as no
+  # "valid", and a typo on one row ("tset") not as its group in two splits.
+  extra = sorted(str(s) for s in set(np.unique(table.split)) - set(needed))
+  if extra:
+    rows_of = {x: int((table.split == x).sum()) for x in extra}
+    raise schema.DataError(origin["split"], "split",
+                           f"unknown split names {extra} (known: "
+                           f"{', '.join(needed)}; rows: {rows_of})")
   pairs = np.unique(np.stack([rows.group_id, table.split], 1), axis=0)
   groups, counts = np.unique(pairs[:, 0], return_counts=True)
   if (counts > 1).any():
@@ -152,13 +161,6 @@ def check(table: Table) -> None:
     raise schema.DataError(origin["split"], "split",
                            f"group {g!r} is in more than one split: {where}")
   _check_sessions(table)
-  needed = (schema.ALL_SPLIT,) if table.session_folds else schema.SPLITS
-  # Unknown names first: a "dev" split is named, not reported as no "valid".
-  extra = sorted(str(s) for s in set(np.unique(table.split)) - set(needed))
-  if extra:
-    raise schema.DataError(origin["split"], "split",
-                           f"unknown split names {extra} (known: "
-                           f"{', '.join(needed)})")
   for s in needed:
     if not (table.split == s).any():
       raise schema.DataError(origin["split"], "split", f"no {s!r} utterances")

@@ -335,14 +335,23 @@ def test_iemocap_without_split_or_session_is_an_error(tmp_path, capsys):
 
 def test_an_unknown_split_name_is_named(tmp_path, capsys):
   """A split column saying "dev" is named as unknown (it used to be
-  reported as "no 'valid' utterances"), as a plain string."""
+  reported as "no 'valid' utterances"), as a plain string, with its row
+  count; so is a typo on one row ("tset"), once reported as its group
+  lying in two splits."""
   columns = _columns()
   columns["split"][columns["split"] == "valid"] = "dev"
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "out") == 2
   line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "split")
   assert line.endswith("unknown split names ['dev'] (known: train, valid, "
-                       "test)")
+                       "test; rows: {'dev': 12})")
+  columns = _columns()
+  columns["split"][3] = "tset"
+  path = _save(tmp_path, columns)
+  assert _convert(path, tmp_path / "out") == 2
+  line = cli.assert_failed_cleanly(capsys, tmp_path / "out", path, "split")
+  assert line.endswith("unknown split names ['tset'] (known: train, valid, "
+                       "test; rows: {'tset': 1})")
 
 
 @pytest.mark.parametrize("low,high,sign", [(0, 1, "positive"),
