@@ -183,6 +183,9 @@ class Columns:
       raise schema.DataError(self.path, self.name(field), f"unreadable "
                              f"({e!r}): a damaged file, or an object array "
                              "(store numbers or NumPy str arrays)") from None
+    if (kinds == INTEGERS and value.dtype.kind == "f" and value.ndim == ndim
+        and np.isfinite(value).all() and (value == np.round(value)).all()):
+      value = value.astype(np.int64)  # 3.0 from pandas is the integer 3.
     if value.dtype.kind not in kinds or value.ndim != ndim:
       raise schema.DataError(self.path, self.name(field), f"{value.dtype} "
                              f"array of shape {value.shape}, expected "

@@ -591,3 +591,28 @@ def test_keys_no_field_reads_are_named(tmp_path, capsys):
           f"{', '.join(npz_columns.FIELDS)}; --key FIELD=KEY maps one)")
   assert f"note: {note}" in capsys.readouterr().out
   assert schema.Manifest.load(tmp_path / "out").notes == [note]
+
+
+def test_integral_floats_are_integers(tmp_path, capsys):
+  """Integer columns read from pandas arrive as floats (3.0): those are
+  the integers they hold; a fraction, or NaN, is refused naming the key."""
+  columns = _columns()
+  n = len(columns["label"])
+  columns["position"] = np.tile(np.arange(4), n // 4)[::-1].copy()
+  columns["available_video"] = (np.arange(n) % 3 > 0).astype(np.int64)
+  assert _convert(_save(tmp_path, columns), tmp_path / "ints") == 0
+  floats = {**columns, "position": columns["position"].astype(np.float64),
+            "available_video": columns["available_video"].astype(np.float32)}
+  assert _convert(_save(tmp_path, floats, "f.npz"), tmp_path / "floats") == 0
+  ints, from_floats = (_all_rows(data.load(tmp_path / d, normalized=False))
+                       for d in ("ints", "floats"))
+  for utt, (split, part, j) in ints.items():
+    _, other, k = from_floats[utt]
+    assert other.position[k] == part.position[j]
+    assert (other.available[k] == part.available[j]).all()
+  for bad in (0.5, np.nan):
+    floats["position"][5] = bad
+    assert _convert(_save(tmp_path, floats, "f.npz"), tmp_path / "x") == 2
+    line = cli.assert_failed_cleanly(capsys, tmp_path / "x",
+                                     tmp_path / "f.npz", "position")
+    assert "float64 array of shape (36,), expected 1-D integers" in line

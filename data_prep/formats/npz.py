@@ -38,6 +38,8 @@ NumPy str (or bytes) arrays, not object arrays: the file is read with
 | `available_text`, |                     |          | present; default all    |
 | `available_video` |                     |          | True                    |
 
+- Integer columns (`position`, `session`, `available_<m>`) may be floats
+  holding integers (3.0, as pandas writes them); a fraction is an error.
 - A row whose modality is not available may hold anything (zeros, say) in
   that modality's array: it is ignored and stored as absent.
 - A modality key that is missing from the file (and not mapped with
