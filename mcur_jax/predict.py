@@ -226,9 +226,14 @@ def _check_same_features(directory: str, data: schema.Manifest,
   path = os.path.join(directory, schema.MANIFEST)
   for field in ("task", "num_classes", "classes", "dims"):
     if getattr(data, field) != getattr(model, field):
-      raise schema.DataError(path, field, f"{getattr(data, field)!r}, but "
-                             f"the model was trained on "
-                             f"{getattr(model, field)!r}")
+      lacks = field == "dims" and all(
+          d in (0, model.dims[m]) for m, d in data.dims.items())
+      raise schema.DataError(
+          path, field, f"{getattr(data, field)!r}, but the model was "
+          f"trained on {getattr(model, field)!r}" + (
+              "; for data that lacks a modality of the model's, predict "
+              "from an .npz of it (--input), where a modality's missing "
+              "key makes it absent for every utterance" if lacks else ""))
 
 
 def _masks(split: data_lib.Split, present: np.ndarray,

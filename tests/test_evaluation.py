@@ -1123,6 +1123,15 @@ def test_predict_other_data_dir_uses_the_runs_statistics(mixed, tmp_path):
     predict._check_same_features(
         str(copy), dataclasses.replace(model_manifest, classes=["neg", "pos"]),
         model_manifest)
+  # Data without a modality of the model's is pointed to --input; data
+  # whose features have another size is not.
+  for dims, advice in (({**model_manifest.dims, "video": 0}, True),
+                       ({**model_manifest.dims, "video": 7}, False)):
+    with pytest.raises(schema.DataError, match="dims") as error:
+      predict._check_same_features(
+          str(copy), dataclasses.replace(model_manifest, dims=dims),
+          model_manifest)
+    assert ("predict from an .npz of it (--input)" in str(error.value)) == advice
 
 
 def test_inference_refuses_data_changed_since_training(mixed, tmp_path):
