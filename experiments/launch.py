@@ -598,7 +598,7 @@ def execute(argv, job, cache: str | None = None) -> None:
     # Every process stops at the same point (`train.stop_requested`).
     if config.distributed:
       jax.distributed.shutdown()
-    print(f"error: {e}", file=sys.stderr)
+    print(e, file=sys.stderr)  # "stopped ...": asked for, not an error.
     sys.exit(130)
   finally:
     restore_ctrl_c()
