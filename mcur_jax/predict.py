@@ -117,7 +117,7 @@ def write_csv(predictions: Predictions, path: str) -> None:
   """Writes the rows to `path`, replacing it whole (`workdir.replacing`)."""
   cols = predictions.columns
   with workdir_lib.replacing(path) as tmp, open(tmp, "w", newline="") as f:
-    out = csv.writer(f)
+    out = csv.writer(f, lineterminator="\n")  # Not "\r\n": awk, cut.
     out.writerow(list(cols))
     for row in zip(*cols.values()):
       out.writerow([_number(x) for x in row])

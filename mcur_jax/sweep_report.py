@@ -129,7 +129,7 @@ def write_csv(path: str, fields: list[str], rows: list[dict]) -> None:
   columns = ["name", *fields, "valid", "valid_std", "test", "test_std",
              "runs", *(f"test_{c}" for c in _combinations(rows)), "failed"]
   with workdir_lib.replacing(path) as tmp, open(tmp, "w", newline="") as f:
-    w = csv.DictWriter(f, columns, extrasaction="ignore")
+    w = csv.DictWriter(f, columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
 

@@ -793,6 +793,7 @@ def test_predictions_of_npz_features_equal_those_of_the_prepared_split(
   assert result.returncode == 0, result.stderr
   cols = _columns(out)
   assert set(cols["model"]) == {"ensemble"} and set(cols["label"]) == {""}
+  assert b"\r" not in out.read_bytes()  # Unix line ends, for awk and cut.
   # The CSV's text reads back as the (ensemble's float64) scores themselves.
   np.testing.assert_array_equal(np.array(cols["score"], np.float64),
                                 np.asarray(from_npz.columns["score"]))

@@ -357,8 +357,9 @@ def test_report_ranks_by_validation_never_test(tmp_path):
   assert [line.split("|")[2].strip() for line in rows] == [
       sweep.point_name({"tau": t}) for t in (0.2, 0.05, 0.1, 0.3)]
   assert "unfinished" in rows[-1]
-  with open(tmp_path / "sweep_report.csv") as f:
-    lines = f.read().splitlines()
+  text = (tmp_path / "sweep_report.csv").read_bytes().decode()
+  assert "\r" not in text  # Unix line ends: awk and cut see clean fields.
+  lines = text.splitlines()
   assert lines[0].startswith("name,tau,valid,valid_std,test")
   assert [float(line.split(",")[2]) for line in lines[1:4]] == [0.72, 0.70,
                                                                  0.65]
