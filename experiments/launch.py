@@ -29,7 +29,6 @@ compiling them again; `--compilation_cache off` turns it off.
 
 import contextlib
 import ctypes
-import difflib
 import errno
 import logging as std_logging
 import os
@@ -139,10 +138,8 @@ def _check_overrides(name: str, config) -> None:
         raise ValueError(f"--{name}.{match.group(1)}: {field!r} is inside a "
                          f"{type(node).__name__}, not a config")
       if field not in node:
-        close = difflib.get_close_matches(field, list(node.keys()), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"--{name}.{match.group(1)}: no such config field{hint}")
+        raise ValueError(f"--{name}.{match.group(1)}: no such config field"
+                         f"{validate.did_you_mean(field, node.keys())}")
       if index:  # `field[0]`: an element of a list (ml_collections).
         if isinstance(node[field], tuple):
           raise ValueError(f"--{name}.{match.group(1)}: {field} is a tuple;"

@@ -49,7 +49,6 @@ its own epoch; a rerun, a resumed point and a sweep with other seeds (as
 many) load everything.
 """
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -178,10 +177,9 @@ def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]):
   config = ml_collections.ConfigDict(base.to_dict())
   for field, value in point.items():
     if field not in config:
-      close = difflib.get_close_matches(field, list(config.keys()), n=1)
       raise validate.ConfigError(
-          f"sweep point {point}", f"no config field {field!r}" +
-          (f"; did you mean {close[0]!r}?" if close else ""))
+          f"sweep point {point}", f"no config field {field!r}"
+          f"{validate.did_you_mean(field, config.keys())}")
     if field == "seeds":
       raise validate.ConfigError(
           f"sweep point {point}", "may not set seeds: the seeds of a point "

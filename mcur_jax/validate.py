@@ -6,6 +6,7 @@ run, so the entry points can turn bad configs (like bad data,
 other exception, JAX's own included, keeps its traceback.
 """
 
+import difflib
 import numbers
 
 from mcur_jax import combos
@@ -31,6 +32,23 @@ class ConfigError(ValueError):
   def __init__(self, field: str, problem: str):
     self.field, self.problem = field, problem
     super().__init__(f"{field}: {problem}")
+
+
+# Names people reach for that the configs spell otherwise, for the hint of
+# a misspelt field (spelling distance alone takes num_seeds for num_heads).
+FIELD_ALIASES = {"num_seeds": "seeds", "n_seeds": "seeds", "seed": "seeds",
+                 "epochs": "num_epochs", "lr": "learning_rate",
+                 "batch": "batch_size", "dropout_rate": "dropout"}
+
+
+def did_you_mean(field: str, fields) -> str:
+  """"; did you mean 'F'?" for the config field among `fields` that a
+  misspelt `field` most likely means (`FIELD_ALIASES`, else the closest
+  spelling), or "" for none."""
+  fields = list(fields)
+  close = ([FIELD_ALIASES[field]] if FIELD_ALIASES.get(field) in fields
+           else difflib.get_close_matches(field, fields, n=1))
+  return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _error(field: str, problem: str) -> ConfigError:

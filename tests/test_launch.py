@@ -215,6 +215,11 @@ def test_config_overrides_are_checked_against_the_config(monkeypatch):
   for arg, message in [
       ("--config.lerning_rate=1", "--config.lerning_rate: no such config "
        "field; did you mean 'learning_rate'?"),
+      # A name people reach for, where spelling alone says 'num_heads'.
+      ("--config.num_seeds=1", "--config.num_seeds: no such config field; "
+       "did you mean 'seeds'?"),
+      ("--config.lr=1", "--config.lr: no such config field; did you mean "
+       "'learning_rate'?"),
       ("--config.extra.beta=1", "--config.extra.beta: no such config field"),
       ("--config.tau.x=1", "--config.tau.x: 'x' is inside a float, not a "
        "config"),
