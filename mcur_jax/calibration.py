@@ -25,7 +25,8 @@ deterministic (golden-section searches and Newton steps in NumPy), stored in
 `WORKDIR/calibration.json` (`write`, `load`) so that `experiments.predict`
 and `experiments.evaluate` apply exactly what training fitted.
 
-`scores` adds three metrics per combination beside the uncalibrated `ece`:
+`scores_of` computes (and `add_scores` adds to each seed's metrics) three
+metrics per combination beside the uncalibrated `ece`:
 `ece_cal` (ECE of the calibrated confidence, 10 bins as `metrics.ece`),
 `sel_acc_50_cal` (accuracy of the decisions on the most confident half) and
 `sel_gain_50_cal` (that minus the accuracy on all scored decisions).

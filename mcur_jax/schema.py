@@ -150,7 +150,8 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-  """`manifest.json` of a prepared directory (see `to_json` for the layout)."""
+  """`manifest.json` of a prepared directory (its layout: the fields below,
+  checked by `check_layout`)."""
 
   dataset: str
   task: str
@@ -214,7 +215,8 @@ class Manifest:
 
 
 def fold_name(fold) -> str:
-  """The `normalization` key of cross-validation fold `fold`."""
+  """The name of cross-validation fold `fold`: its `normalization` key in
+  the manifest, and its workdir under a cross-validated run."""
   return f"fold{fold}"
 
 

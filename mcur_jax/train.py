@@ -38,6 +38,7 @@ TensorBoard (`tensorboard.py`).
 import collections
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -81,9 +82,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-  """Training stopped at the end of an epoch because a stop was requested
-  (`STOP_REQUESTED`), with a checkpoint of that epoch. A KeyboardInterrupt,
-  so that a sweep stops too instead of recording a failed point."""
+  """A run stopped because a stop was requested (`STOP_REQUESTED`): at the
+  end of an epoch, with a checkpoint of it, or before its first epoch, its
+  next fold or the sweep's next point, with what was saved before. A
+  KeyboardInterrupt, so that a sweep stops too instead of recording a
+  failed point."""
 
 
 # Set to stop the run at the end of its current epoch, after saving it
@@ -585,9 +588,10 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
   # A resumed run's bar starts from the best score its checkpoint kept.
-  bar = progress.Progress(config.num_epochs, enabled=run.main_process,
-                          best=float(np.max(transfer.to_host(
-                              state["best_metric"]))))
+  bar = progress.Progress(
+      config.num_epochs, enabled=run.main_process,
+      best=float(np.max(transfer.to_host(state["best_metric"]))) if start
+      else -math.inf)
   # No event file for a run whose epochs are all done (a rerun to finish).
   board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
                                enabled=run.main_process and config.tensorboard

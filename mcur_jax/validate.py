@@ -1,6 +1,6 @@
 """Checks a run's config against its data before anything is built.
 
-`check` raises `ConfigError` naming the field for every value that cannot
+`check` raises `ConfigError` naming the first field whose value cannot
 run, so the entry points can turn bad configs (like bad data,
 `schema.DataError`) into one `error:` line and exit status 2, while any
 other exception, JAX's own included, keeps its traceback.
