@@ -73,6 +73,7 @@ from experiments.configs import iemocap as iemocap_config
 from experiments.configs import mosei as mosei_config
 from experiments.configs import mosi as mosi_config
 from mcur_jax import checkpoint
+from mcur_jax import epoch as epoch_lib
 from mcur_jax import evaluation
 from mcur_jax import groups
 from mcur_jax import sweep
@@ -295,7 +296,7 @@ def fit_timed(config, epochs: int, workdir: str, seed_counts=()) -> dict:
 
   ds, members = run.dataset, run.members
   masks = evaluation.fixed_masks(ds.test.available, members.combos)
-  params = train.selected_params(state)
+  params = epoch_lib.selected_params(state)
   eval_s = best_time(lambda: run.predict(params, run.inputs["test"], masks,
                                          keys=("pred",)), 2)
   flops = epoch_cost(run, state)

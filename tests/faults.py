@@ -39,6 +39,7 @@ import time
 from matplotlib import figure
 from orbax.checkpoint._src.path import atomicity
 
+from mcur_jax import epoch as epoch_lib
 from mcur_jax import evaluation
 from mcur_jax import losses
 from mcur_jax import progress
@@ -112,7 +113,7 @@ def sugr_with_nan_bound(sugr):
 def inject(fault: str) -> None:
   kind, _, arg = fault.partition(":")
   if kind == "epoch":
-    _on_call(train, "make_train_epoch", 1,
+    _on_call(epoch_lib, "make_train_epoch", 1,
              lambda make, *a, **k: _on_epoch(make, int(arg), *a, **k))
   elif kind == "save":
     _on_finalize(int(arg), lambda _: _die())

@@ -28,6 +28,7 @@ from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
+from mcur_jax import epoch as epoch_lib
 from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import metrics
@@ -311,28 +312,28 @@ def test_ema_tracks_parameters_without_changing_training(mosi_dir):
   for decay in (0.0, 0.5, 1 - 1e-7):
     config = tiny(mosi_dir, ema_decay=decay, warmup_epochs=0)
     graphdef, init = model.create(config, dataset.manifest.dims, 1)
-    tx = train.make_optimizer(config, steps_per_epoch=3)
+    tx = epoch_lib.make_optimizer(config, steps_per_epoch=3)
     mesh = train.make_mesh(1)
     repl = NamedSharding(mesh, P())
     members = regime.members(config, ALL)
     member_data = jax.device_put({"seeds": members.seeds,
                                   "draw_weights": members.draw_weights}, repl)
-    state = train.init_state(init, tx, member_data["seeds"], repl,
+    state = epoch_lib.init_state(init, tx, member_data["seeds"], repl,
                              ema=bool(decay))
     initial = jax.device_get(state["params"])
     part = dataset.train.take(np.arange(3 * config.batch_size))
-    epoch = train.make_train_epoch(config, graphdef, tx, "regression", mesh,
+    epoch = epoch_lib.make_train_epoch(config, graphdef, tx, "regression", mesh,
                                    len(part))
-    state, _ = epoch(state, *train.training_inputs(part, config, repl),
+    state, _ = epoch(state, *epoch_lib.training_inputs(part, config, repl),
                      member_data, 0)
     out[decay] = jax.device_get(state), initial
   plain, initial = out[0.0]
   assert "ema_params" not in plain
-  assert train.selected_params(plain) is plain["params"]
+  assert epoch_lib.selected_params(plain) is plain["params"]
   for decay in (0.5, 1 - 1e-7):
     state, _ = out[decay]
     chex.assert_trees_all_equal(state["params"], plain["params"])
-    assert train.selected_params(state) is state["ema_params"]
+    assert epoch_lib.selected_params(state) is state["ema_params"]
   chex.assert_trees_all_close(out[1 - 1e-7][0]["ema_params"], initial,
                               atol=1e-5)
   # Decay 0.5 over 3 steps: between the start and the end, nearer the end.

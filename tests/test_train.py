@@ -35,6 +35,7 @@ from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
 from mcur_jax import data
+from mcur_jax import epoch as epoch_lib
 from mcur_jax import groups
 from mcur_jax import losses
 from mcur_jax import metrics
@@ -266,7 +267,7 @@ def test_one_data_parallel_step_equals_single_device(mosi_dir, kind):
   batch = dataset.train.take(np.isin(dataset.train.group_id, videos))
   config.batch_size = 8 * -(-len(batch) // 8)
   graphdef, init = model.create(config, dataset.manifest.dims, 1)
-  tx = train.make_optimizer(config, steps_per_epoch=1)
+  tx = epoch_lib.make_optimizer(config, steps_per_epoch=1)
   members = regime.members(config, np.arange(len(combos.NAMES)))
   out = {}
   for devices in (1, 8):
@@ -274,10 +275,10 @@ def test_one_data_parallel_step_equals_single_device(mosi_dir, kind):
     repl = NamedSharding(mesh, P())
     member_data = jax.device_put({"seeds": members.seeds,
                                   "draw_weights": members.draw_weights}, repl)
-    state = train.init_state(init, tx, member_data["seeds"], repl)
-    epoch = train.make_train_epoch(config, graphdef, tx, "regression", mesh,
+    state = epoch_lib.init_state(init, tx, member_data["seeds"], repl)
+    epoch = epoch_lib.make_train_epoch(config, graphdef, tx, "regression", mesh,
                                    len(batch))
-    state, stats = epoch(state, *train.training_inputs(batch, config, repl),
+    state, stats = epoch(state, *epoch_lib.training_inputs(batch, config, repl),
                          member_data, config.sugr_warmup_epochs)
     # Adam's first moment after one step: (1 - b1) * the clipped gradient.
     grads = optax.tree_utils.tree_get(state["opt_state"], "mu")
@@ -337,9 +338,9 @@ def test_a_tie_keeps_the_earlier_epoch():
   score = np.array([0.7, 0.1, 0.71])
   best = np.array([0.7, 0.1, 0.7], np.float32)
   np.testing.assert_array_equal(
-      train.improved_members(score, best, "valid"), [False, False, True])
+      epoch_lib.improved_members(score, best, "valid"), [False, False, True])
   np.testing.assert_array_equal(
-      train.improved_members(score, best, "last"), [True, True, True])
+      epoch_lib.improved_members(score, best, "last"), [True, True, True])
 
 
 # Resume
@@ -598,7 +599,7 @@ def test_padding_changes_neither_loss_nor_gradient(mosi_dir, kind):
   split = dataset.train
   graphdef, init = model.create(config, dataset.manifest.dims, 1)
   params = init(jax.random.key(0))
-  loss_fn = train.make_loss_fn(config, graphdef, "regression")
+  loss_fn = epoch_lib.make_loss_fn(config, graphdef, "regression")
   split_groups = groups.Groups.of(split)
   rows = np.concatenate(split_groups.index_arrays()[:5])
   window = config.context_window
