@@ -14,11 +14,12 @@ from absl import flags
 
 from experiments import launch
 from mcur_jax import predict
+from mcur_jax import schema
 
 flags.DEFINE_string("workdir", None, "a training run's workdir", required=True)
 flags.DEFINE_string("data_dir", None, "prepared directory to predict "
                     "(default: the run's own data)")
-flags.DEFINE_enum("split", "test", list(predict.SPLITS),
+flags.DEFINE_enum("split", "test", list(schema.SPLITS),
                   "split of the prepared directory")
 flags.DEFINE_integer("fold", None, "fold of a cross-validated --data_dir "
                      "(default: the run's own fold)")

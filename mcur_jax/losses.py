@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-TASK_LOSSES = ("ce", "l1", "mse")
+# The task losses (config.task_loss) that train each task (schema.TASKS).
+TASK_LOSSES = {"regression": ("l1", "mse"), "classification": ("ce",)}
 POSITIVES = ("class_and_combo", "class", "combo", "class_plus_combo")
 REGRESSION_CATEGORIES = ("sign", "seven")
 
@@ -44,7 +45,8 @@ def task_loss(pred: jax.Array, label: jax.Array, kind: str) -> jax.Array:
     return jnp.abs(error)
   if kind == "mse":
     return jnp.square(error)
-  raise ValueError(f"task loss {kind!r} not in {TASK_LOSSES}")
+  raise ValueError(f"task loss {kind!r} not in "
+                   f"{sum(TASK_LOSSES.values(), ())}")
 
 
 def masked_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:

@@ -73,8 +73,6 @@ from mcur_jax import utterance_rows
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
-SPLITS = ("train", "valid", "test")
-
 
 @dataclasses.dataclass
 class Predictions:
@@ -354,8 +352,9 @@ def predict(workdir: str, *, data_dir: str | None = None,
                                "directory (the run's own or --data_dir); an "
                                "--input npz is predicted whole")
   split = split or "test"
-  if split not in SPLITS:
-    raise validate.ConfigError("--split", f"{split!r}, not one of {SPLITS}")
+  if split not in schema.SPLITS:
+    raise validate.ConfigError("--split", f"{split!r}, not one of "
+                               f"{schema.SPLITS}")
   if combination is not None and combination not in combos.NAMES:
     raise validate.ConfigError("--combination", f"{combination!r}, not one "
                                f"of {combos.NAMES}")

@@ -21,8 +21,6 @@ from mcur_jax import transfer
 COMBO_DRAWS = ("utterance", "window")
 # Which epoch's parameters a run keeps per seed (config.selection).
 SELECTIONS = ("valid", "last")
-# The config.task_loss values that train each task (schema.TASKS).
-TASK_LOSSES = {"regression": ("l1", "mse"), "classification": ("ce",)}
 
 
 class ConfigError(ValueError):
@@ -76,7 +74,7 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
       and 0 <= seed < 2**31 for seed in seeds):
     raise _error("seeds", f"{seeds}: need distinct integers in [0, 2**31) "
                  "(a repeated seed trains the same model twice)")
-  _one_of(config, "task_loss", TASK_LOSSES[manifest.task])
+  _one_of(config, "task_loss", losses.TASK_LOSSES[manifest.task])
   _one_of(config, "regime", regime.REGIMES)
   _one_of(config, "positives", losses.POSITIVES)
   _one_of(config, "regression_categories", losses.REGRESSION_CATEGORIES)
@@ -202,7 +200,7 @@ def modalities(config, field: str) -> tuple[str, ...]:
 def config_task(config) -> str | None:
   """The task (schema.TASKS) that config.task_loss trains; None for a loss
   of no task (which `check` reports)."""
-  for task, names in TASK_LOSSES.items():
+  for task, names in losses.TASK_LOSSES.items():
     if config.task_loss in names:
       return task
   return None
