@@ -220,6 +220,11 @@ def fold_name(fold) -> str:
   return f"fold{fold}"
 
 
+def fold_of(name: str) -> int:
+  """The fold a `fold_name` (a fold's workdir, its path's last part) names."""
+  return int(os.path.basename(name)[len(fold_name("")):])
+
+
 def _is_str(value) -> bool:
   return isinstance(value, str)
 

@@ -290,7 +290,7 @@ def _resume_changes(out: str, config) -> list[str]:
     return workdir_lib.check_resume(out, config)
   changed = set()
   for fold_dir in folds:
-    fold = int(os.path.basename(fold_dir)[len("fold"):])
+    fold = schema.fold_of(fold_dir)
     changed.update(workdir_lib.check_resume(fold_dir,
                                             train.of_fold(config, fold)))
   return sorted(changed)

@@ -248,9 +248,10 @@ def data_sha256(data_dir: str) -> str:
 def started_folds(workdir: str) -> list[str]:
   """The WORKDIR/fold<k>/ of a cross-validated run that have started
   (their config.json), in fold order."""
-  found = [d for d in glob.glob(os.path.join(workdir, "fold[0-9]*"))
+  found = [d for d in glob.glob(os.path.join(workdir,
+                                             schema.fold_name("[0-9]*")))
            if os.path.exists(os.path.join(d, CONFIG_FILE))]
-  return sorted(found, key=lambda d: int(os.path.basename(d)[4:]))
+  return sorted(found, key=schema.fold_of)
 
 
 def record_start(workdir: str, config, devices: int, stats) -> None:
