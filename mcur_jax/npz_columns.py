@@ -195,6 +195,23 @@ class Columns:
                              f"rows, but {self.name(self.rows_from)} has {n}")
     return value
 
+  def positions_and_ids(self, group_id: np.ndarray):
+    """(position, utt_id, whether the file gave positions) of the rows of
+    `group_id`: positions default to the rows' order within each group,
+    ids to `<group_id>_<position>`."""
+    n = len(group_id)
+    position = self.get("position", INTEGERS, n, required=False)
+    given = position is not None
+    if not given:
+      position = utterance_rows.positions_in_group(group_id, np.arange(n))
+    elif (position < 0).any():
+      raise schema.DataError(self.path, self.name("position"),
+                             "negative values")
+    utt_id = self.text("utt_id", n, required=False)
+    if utt_id is None:
+      utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
+    return position, utt_id, given
+
   def labels(self, classes, n=None, required=True):
     """The label column: numbers, or for a classification set (`classes`,
     None for scores) class indices or names, names made indices

@@ -137,21 +137,13 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
     n = len(group_id)
     label = columns.labels(manifest.classes if classification else None, n,
                            required=False)
-    position = columns.get("position", npz_columns.INTEGERS, n,
-                           required=False)
+    position, utt_id, given = columns.positions_and_ids(group_id)
     notes = []
-    if position is None:
-      position = utterance_rows.positions_in_group(group_id, np.arange(n))
-      if len(np.unique(group_id)) < n:
-        notes.append(f"{path}: no {columns.name('position')!r} key: each "
-                     "group's utterances are predicted in context in the "
-                     "order of their rows; give their positions if the "
-                     "rows are in another order")
-    elif (position < 0).any():
-      raise schema.DataError(path, "position", "negative values")
-    utt_id = columns.text("utt_id", n, required=False)
-    if utt_id is None:
-      utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
+    if not given and len(np.unique(group_id)) < n:
+      notes.append(f"{path}: no {columns.name('position')!r} key: each "
+                   "group's utterances are predicted in context in the "
+                   "order of their rows; give their positions if the rows "
+                   "are in another order")
     speaker = columns.text("speaker", n, required=bool(speaker_norm))
     session = columns.get("session", npz_columns.INTEGERS, n,
                           required=False)

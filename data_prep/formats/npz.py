@@ -111,15 +111,7 @@ def read(args) -> writer.Table:
     label = columns.labels(classes)
     n = len(label)
     group_id = columns.text("group_id", n)
-    position = columns.get("position", npz_columns.INTEGERS, n,
-                           required=False)
-    if position is None:
-      position = utterance_rows.positions_in_group(group_id, np.arange(n))
-    elif (position < 0).any():
-      raise schema.DataError(path, columns.name("position"), "negative values")
-    utt_id = columns.text("utt_id", n, required=False)
-    if utt_id is None:
-      utt_id = np.char.add(np.char.add(group_id, "_"), position.astype(str))
+    position, utt_id, _ = columns.positions_and_ids(group_id)
     speaker = columns.text("speaker", n, required=False)
     session = columns.get("session", npz_columns.INTEGERS, n, required=False)
     # Without a split key: IEMOCAP, or a dataset of your own with sessions,
