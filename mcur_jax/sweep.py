@@ -342,10 +342,10 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   distinct (`check_distinct`), every point of this shard that has not
   finished must pass a run's checks (`check_points`), and every finished
   one must have trained with its config and data (`check_finished`):
-  otherwise an error before any point trains or sweep.json changes. `prepare(config,
-  point)`, when given, completes each point's config before it is checked:
-  the entry point takes the dataset of a `data_dir` point from its
-  manifest. `source` names the points' origin in errors (the sweep file,
+  otherwise an error before any point trains or sweep.json changes.
+  `prepare(config, point)`, when given, completes each point's config
+  before it is checked: the entry point takes the dataset of a `data_dir`
+  point from its manifest. `source` names the points' origin in errors (the sweep file,
   the grid).
   """
   points = [normalize(base, p) for p in points]
