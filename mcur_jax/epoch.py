@@ -43,7 +43,8 @@ def epoch_learning_rates(config, steps_per_epoch: int) -> np.ndarray:
   return rates.reshape(config.num_epochs, steps_per_epoch).mean(1)
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
   """AdamW with `make_schedule`'s learning rate, after global-norm
   clipping."""
   schedule = make_schedule(config, steps_per_epoch)

@@ -345,8 +345,8 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   otherwise an error before any point trains or sweep.json changes.
   `prepare(config, point)`, when given, completes each point's config
   before it is checked: the entry point takes the dataset of a `data_dir`
-  point from its manifest. `source` names the points' origin in errors (the sweep file,
-  the grid).
+  point from its manifest. `source` names the points' origin in errors
+  (the sweep file, the grid).
   """
   points = [normalize(base, p) for p in points]
   names = [point_name(p) for p in points]

@@ -12,10 +12,11 @@ TensorBoard (`tensorboard.py`).
 * An epoch (`epoch.py`) is one compiled `lax.scan` over batches of
   windows drawn on device from (seed, epoch) (`groups.train_plan`: groups
   cut into windows of at most `context_window` utterances at moving cut
-  points, shuffled, laid end to end into steps); each step draws every utterance's modality
-  combination (or one per window, `combo_draw`) from a key of (seed, epoch,
-  step). Masks and epochs are data, so the epoch and evaluation functions
-  compile once per run (`COMPILES` counts traces).
+  points, shuffled, laid end to end into steps); each step draws every
+  utterance's modality combination (or one per window, `combo_draw`) from
+  a key of (seed, epoch, step). Masks and epochs are data, so the epoch
+  and evaluation functions compile once per run (`COMPILES` counts
+  traces).
 * Data parallel: a ("data",) mesh, the data and parameters replicated, each
   batch sharded over "data"; XLA adds the gradient all-reduce, and MCB-CL
   sees the global batch (the context reads across the devices' shards of

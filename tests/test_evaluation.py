@@ -322,8 +322,8 @@ def test_ema_tracks_parameters_without_changing_training(mosi_dir):
                              ema=bool(decay))
     initial = jax.device_get(state["params"])
     part = dataset.train.take(np.arange(3 * config.batch_size))
-    epoch = epoch_lib.make_train_epoch(config, graphdef, tx, "regression", mesh,
-                                   len(part))
+    epoch = epoch_lib.make_train_epoch(config, graphdef, tx, "regression",
+                                       mesh, len(part))
     state, _ = epoch(state, *epoch_lib.training_inputs(part, config, repl),
                      member_data, 0)
     out[decay] = jax.device_get(state), initial
@@ -1133,7 +1133,8 @@ def test_predict_other_data_dir_uses_the_runs_statistics(mixed, tmp_path):
       predict._check_same_features(
           str(copy), dataclasses.replace(model_manifest, dims=dims),
           model_manifest)
-    assert ("predict from an .npz of it (--input)" in str(error.value)) == advice
+    assert advice == (
+        "predict from an .npz of it (--input)" in str(error.value))
 
 
 def test_inference_refuses_data_changed_since_training(mixed, tmp_path):

@@ -276,9 +276,10 @@ def test_one_data_parallel_step_equals_single_device(mosi_dir, kind):
     member_data = jax.device_put({"seeds": members.seeds,
                                   "draw_weights": members.draw_weights}, repl)
     state = epoch_lib.init_state(init, tx, member_data["seeds"], repl)
-    epoch = epoch_lib.make_train_epoch(config, graphdef, tx, "regression", mesh,
-                                   len(batch))
-    state, stats = epoch(state, *epoch_lib.training_inputs(batch, config, repl),
+    epoch = epoch_lib.make_train_epoch(config, graphdef, tx, "regression",
+                                       mesh, len(batch))
+    state, stats = epoch(state,
+                         *epoch_lib.training_inputs(batch, config, repl),
                          member_data, config.sugr_warmup_epochs)
     # Adam's first moment after one step: (1 - b1) * the clipped gradient.
     grads = optax.tree_utils.tree_get(state["opt_state"], "mu")
