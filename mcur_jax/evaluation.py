@@ -127,16 +127,14 @@ def make_predict(graphdef, mesh, sets: int, compute_dtype: str,
     count = len(masks)
     padded = np.zeros((count - count % -sets, *masks.shape[1:]), bool)
     padded[:count], padded[count:] = masks, masks[-1]
-    # Every call is dispatched before any output is read, so on an
-    # accelerator the calls run back to back instead of each waiting for
-    # the previous one's copy to the host.
-    calls = [[{k: v for k, v in predict_chunk(
-        params, utterances, windows,
-        padded[j:j + sets, c * u:(c + 1) * u]).items() if k in keys}
-              for c, (utterances, windows) in enumerate(inputs.chunks)]
-             for j in range(0, len(padded), sets)]
-    parts = [{k: np.concatenate([r[k] for r in transfer.to_host(row)], axis=2)
-              for k in keys} for row in calls]
+    parts = []
+    for j in range(0, len(padded), sets):
+      row = [transfer.to_host({k: v for k, v in predict_chunk(
+          params, utterances, windows,
+          padded[j:j + sets, c * u:(c + 1) * u]).items() if k in keys})
+             for c, (utterances, windows) in enumerate(inputs.chunks)]
+      parts.append({k: np.concatenate([r[k] for r in row], axis=2)
+                    for k in keys})
     return {k: np.concatenate([p[k] for p in parts])[:count][:, :, layout.owner]
             for k in keys}
 
