@@ -302,6 +302,7 @@ def test_a_rates_masks_do_not_depend_on_the_other_rates():
 # ---
 
 
+@pytest.mark.extended  # A model variant (ema_decay, default 0).
 def test_ema_tracks_parameters_without_changing_training(mosi_dir):
   """The moving average leaves the trained parameters bitwise unchanged;
   decay ~1 keeps the initial parameters; it is what selection evaluates.
@@ -383,6 +384,7 @@ def test_per_condition_member_equals_a_run_fixed_to_its_combination(
   assert all(list(x["valid"]) == [x["condition"]] for x in lines)
 
 
+@pytest.mark.extended  # A model variant (full_modality_epochs, default 0).
 def test_full_modality_stage_trains_every_condition_alike(mosi_dir, tmp_path):
   """With the full-modality first stage covering the whole run, the 7
   per-condition models of a seed see the same masks: equal parameters."""

@@ -75,13 +75,14 @@ def assert_whole_files(workdir) -> None:
     assert png.read_bytes().endswith(b"IEND\xaeB`\x82"), png
 
 
-# Extended (--full): kills that take the paths of the others again, while
-# logging (as during an epoch), during the test evaluation (as while
-# writing a figure: after every epoch), and before results.json (ditto).
+# Extended (--full): kills that take the paths of the others again, during
+# an epoch and while logging (as during a save: the rerun resumes from the
+# epoch before), during the test evaluation (as while writing a figure:
+# after every epoch), and before results.json (ditto).
 @pytest.mark.parametrize("fault", [
-    "epoch:2", "save:2", "figures",
+    "save:2", "figures",
     *(pytest.param(f, marks=pytest.mark.extended)
-      for f in ("metrics:3", "test_eval", "results"))])
+      for f in ("epoch:2", "metrics:3", "test_eval", "results"))])
 def test_killed_run_reruns_to_the_uninterrupted_result(
     fault, mosi_dir, reference, tmp_path):
   """SIGKILL during an epoch, while logging, during a checkpoint save,

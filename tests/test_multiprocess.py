@@ -101,8 +101,10 @@ def test_two_processes_equal_one_process_of_eight_devices(
   `runs.assert_metrics_close`; process 0 alone writes results, logs and the
   table, and both save the checkpoints orbax needs from each."""
   workdir, (first, second) = two
-  one = runs.cli(*args(mosi_dir, tmp_path))
+  one = runs.cli(*args(mosi_dir, tmp_path),
+                 env=runs.environment(XLA_FLAGS=runs.xla_flags(8)))
   assert one.returncode == 0, one.stderr
+  assert "; 8 device(s);" in one.stdout
   assert "8 device(s) in 2 processes" in first.stdout
   state, reference = runs.restored_state(workdir), runs.restored_state(
       tmp_path)

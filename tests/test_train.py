@@ -97,8 +97,9 @@ tiny = runs.tiny_config
 
 
 def run(data_dir, workdir, **overrides) -> dict:
-  """A tiny run (no figures unless `plots=True`)."""
-  return train.train_and_evaluate(tiny(data_dir, **overrides), str(workdir))
+  """A tiny run on 8 devices (no figures unless `plots=True`)."""
+  return train.train_and_evaluate(
+      tiny(data_dir, **{"num_devices": 8, **overrides}), str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,10 @@ def test_data_parallel_run_equals_single_device(baseline, mosi_dir, tmp_path,
                                 getattr(dataset, split))
 
 
-@pytest.mark.parametrize("kind", model.CONTEXT_KINDS)
+# Extended (--full): the GRU, whose whole run on 8 devices
+# test_data_parallel_run_equals_single_device checks (MOSI's default).
+@pytest.mark.parametrize("kind", [
+    "transformer", pytest.param("gru", marks=pytest.mark.extended)])
 def test_one_data_parallel_step_equals_single_device(mosi_dir, kind):
   """One SUGR-active step on a batch of windows sharded over 8 devices
   (gradient all-reduce, context attention or GRU across the shards,
@@ -833,7 +837,8 @@ def test_cli_trains_and_prints_table(baseline, mosi_dir, tmp_path):
   prints the test table and writes the results of the same in-process run."""
   _, results, _, _ = baseline
   result = runs.cli("--data_dir", mosi_dir, "--workdir", tmp_path, "--config",
-               f"{MOSI_CONFIG}:tiny", "--config.seeds=0,1")
+                    f"{MOSI_CONFIG}:tiny", "--config.seeds=0,1",
+                    env=runs.environment(XLA_FLAGS=runs.xla_flags(8)))
   assert result.returncode == 0, result.stderr
   assert report.table(results) in result.stdout
   saved = json.loads((tmp_path / "results.json").read_text())
