@@ -226,10 +226,10 @@ def test_a_resume_on_other_devices_says_it_is_equal_to_rounding(tmp_path):
 
 def test_resume_with_another_config_or_data_is_refused(
     mosi_dir, reference, tmp_path):
-  """A changed model size, loss switch or seed list, or changed prepared
-  data, is refused with exit 2 naming every differing field; fields of
-  workdir.SAFE_ON_RESUME may change (tensorboard off: no event file is
-  written)."""
+  """A changed model size, loss switch, seed list or evaluation chunk, or
+  changed prepared data, is refused (on the command line with exit 2)
+  naming every differing field; fields of workdir.SAFE_ON_RESUME may
+  change (tensorboard off: no event file is written)."""
   workdir = copy_run(reference, tmp_path)
   result = runs.cli(*args(mosi_dir, workdir, "--config.hidden_dim=64",
                           "--config.sugr=False", "--config.seeds=0"))
@@ -249,13 +249,16 @@ def test_resume_with_another_config_or_data_is_refused(
   logs = sorted(p.name for p in (workdir / "tb").rglob("*"))
   # The evaluation chunks change predictions in their last bits (which can
   # move a selection): not safe.
-  result = runs.cli(*args(mosi_dir, workdir, "--config.eval_batch_size=128"))
-  assert result.returncode == 2
-  assert "config (eval_batch_size): differs" in result.stderr
-  safe = runs.cli(*args(mosi_dir, workdir, "--config.plots=True",
+  config = runs_config(mosi_dir)
+  config.eval_batch_size = 128
+  with pytest.raises(validate.ConfigError,
+                     match=r"config \(eval_batch_size\): differs"):
+    train.train_and_evaluate(config, str(workdir))
+  safe = runs.cli(*args(mosi_dir, workdir, "--config.missing_rate_draws=2",
                         "--config.tensorboard=False"))
   assert safe.returncode == 0, safe.stderr
-  assert set(workdir_lib.SAFE_ON_RESUME) >= {"plots", "tensorboard"}
+  assert set(workdir_lib.SAFE_ON_RESUME) >= {"missing_rate_draws",
+                                             "tensorboard"}
   assert sorted(p.name for p in (workdir / "tb").rglob("*")) == logs
 
 
@@ -434,6 +437,22 @@ def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
   sweep.run(base, str(tmp_path), points, log=lambda *_: None)
   assert calls == [str(tmp_path / "tau=0.2")]
   assert not (tmp_path / "tau=0.2" / sweep.FAILED_FILE).exists()
+
+  # A finished point asked for other outputs after training (a changed
+  # missing-rate protocol) is evaluated again, not reported as it was,
+  # and its training is untouched.
+  done = tmp_path / "tau=0.1" / "results.json"
+  before = json.loads(done.read_text())
+  monkeypatch.setattr(train, "train_and_evaluate", real)
+  base.missing_rates = (0.0, 0.5)
+  said = []
+  sweep.run(base, str(tmp_path), points[1:], log=said.append)
+  assert ("[1/1] tau=0.1: finished before; missing_rates changed: "
+          "evaluating again") in said
+  after = json.loads(done.read_text())
+  assert list(after["missing_rate"]["rates"]) == ["0.0", "0.5"]
+  assert (after["test"], after["selected_epoch"]) == (
+      before["test"], before["selected_epoch"])
 
 
 def test_any_failure_of_a_point_is_recorded_and_the_sweep_goes_on(

@@ -195,6 +195,11 @@ def results(workdir):
   return out
 
 
+# Extended (--full): the parts each run by default elsewhere (a finished
+# point skipped: test_multiprocess; a killed run resumed: test_faults; a
+# finished point evaluated again: test_faults' failed-point test), here in
+# one sweep killed by SIGKILL (four sweeps, about 2 minutes on 2 cores).
+@pytest.mark.extended
 def test_killed_sweep_completes_on_rerun_with_uninterrupted_results(
     env, data_dir, tmp_path):
   """A sweep killed (SIGKILL) inside its second point completes when rerun:
