@@ -69,9 +69,9 @@ def pytest_addoption(parser):
   parser.addoption(
       "--full", action="store_true",
       help="also run the cases marked `extended`: further kill points, "
-      "damage kinds and model variants of checks that the default run "
-      "makes at least once (about 220 s more of test time: about 2 "
-      "minutes on 2 cores)")
+      "damage kinds, model variants and compositions of checks that the "
+      "default run makes at least once (about 570 s more of test time: "
+      "about 5 minutes on 2 cores)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -59,6 +59,9 @@ def test_short_benchmark_prints_sane_figures(tmp_path):
   assert case["transfer_guard"] == "none"
 
 
+# Extended (--full): a whole tiny run from a cold cache (about 45 s on 2
+# cores); the training benchmark's short mode above runs by default.
+@pytest.mark.extended
 def test_whole_run_benchmark_reports_a_run_and_a_stopped_one(tmp_path):
   """bench_runs.py --short runs the tiny config end to end and reports its
   wall and recorded seconds, phases and test Avg, its programs in the

@@ -77,12 +77,12 @@ def assert_whole_files(workdir) -> None:
 
 # Extended (--full): kills that take the paths of the others again, during
 # an epoch and while logging (as during a save: the rerun resumes from the
-# epoch before), during the test evaluation (as while writing a figure:
-# after every epoch), and before results.json (ditto).
+# epoch before), during the test evaluation and while writing a figure (as
+# before results.json: after every epoch, and with figures drawn).
 @pytest.mark.parametrize("fault", [
-    "save:2", "figures",
+    "save:2", "results",
     *(pytest.param(f, marks=pytest.mark.extended)
-      for f in ("epoch:2", "metrics:3", "test_eval", "results"))])
+      for f in ("epoch:2", "metrics:3", "test_eval", "figures"))])
 def test_killed_run_reruns_to_the_uninterrupted_result(
     fault, mosi_dir, reference, tmp_path):
   """SIGKILL during an epoch, while logging, during a checkpoint save,

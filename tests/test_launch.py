@@ -442,6 +442,10 @@ def test_user_cache_dir_follows_xdg_and_home(tmp_path, monkeypatch):
   assert launch.user_cache_dir() is None
 
 
+# Extended (--full): three processes, the first compiling from an empty
+# cache (about a minute on 2 cores); test_sweep's shards check that a
+# cache of the tool's own is shared by default.
+@pytest.mark.extended
 @pytest.mark.slow(minutes=0.5)
 def test_runs_share_the_users_compilation_cache(tmp_path):
   """With no cache named anywhere, a training run keeps its programs in the

@@ -127,6 +127,10 @@ def test_two_processes_equal_one_process_of_eight_devices(
   assert runs.steps(workdir) == [1, 2]
 
 
+# Extended (--full): a kill and a restart of two processes (about 90 s on
+# 2 cores); a killed run resumed is test_faults', and process 0's
+# decisions on resume run in every multi-process run.
+@pytest.mark.extended
 def test_killed_processes_restart_to_the_uninterrupted_run(
     two, mosi_dir, tmp_path):
   """Both processes SIGKILLed after epoch 2 (before its checkpoint) and the
