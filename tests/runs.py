@@ -68,9 +68,9 @@ def tiny_config(data_dir, base=mosi_config, **overrides):
   """The `tiny` variant of a config module on `data_dir`, on one of the
   session's 8 fake devices unless `num_devices` is overridden, with
   overrides. One device, because on 2 cores a tiny run on 8 fake devices
-  took twice as long (56 s against 29 s, mostly compiling for and
-  synchronising 8 device threads); the tests of data parallelism ask for
-  8."""
+  took a third longer (33 s against 24 s from an empty compilation cache:
+  compiling for and synchronising 8 device threads); the tests of data
+  parallelism ask for 8."""
   config = base.get_config("tiny")
   config.data_dir = str(data_dir)
   config.num_devices = 1
