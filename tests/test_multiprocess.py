@@ -148,7 +148,8 @@ def test_killed_processes_restart_to_the_uninterrupted_run(
 
 # Extended (--full): finished points skipped is test_sweep's and
 # test_faults', and process 0's decisions shared with the other process
-# are this module's resume test (about a minute on 2 cores).
+# run in every multi-process run, this module's first test's included
+# (about a minute on 2 cores).
 @pytest.mark.extended
 def test_two_process_sweep_shard_agrees_on_finished_points(
     two, mosi_dir, tmp_path):
