@@ -123,13 +123,9 @@ def check(table: Table) -> None:
     if not np.isfinite(present).all():
       raise schema.DataError(origin[m], m, "NaN or inf values")
   label = rows.label
-  if table.task == "regression":
-    lo, hi = LABEL_RANGE
-    bad = ~((label >= lo) & (label <= hi))
-    expected = f"in [{lo}, {hi}]"
-  else:
-    bad = ~((label >= 0) & (label < len(table.classes)) & (label % 1 == 0))
-    expected = f"a class index in [0, {len(table.classes)})"
+  bad, expected = data.bad_labels(
+      label, len(table.classes) if table.task == "classification" else 0,
+      LABEL_RANGE)
   if bad.any():
     i = int(np.flatnonzero(bad)[0])
     raise schema.DataError(origin["label"], "label",

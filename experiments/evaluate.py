@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 
 from experiments import launch
+from experiments import process
 from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import report
@@ -32,10 +33,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-  launch.start(argv)
-  launch.end_on_ctrl_c()
-  launch.check_output(FLAGS.out)
-  with launch.user_errors(FLAGS.workdir):
+  process.start(argv)
+  process.end_on_ctrl_c()
+  process.check_output(FLAGS.out)
+  with process.user_errors(FLAGS.workdir):
     launch.compilation_cache_from_flags()
     results = inference.evaluate_workdir(FLAGS.workdir, FLAGS.split,
                                          FLAGS.protocol, FLAGS.data_dir)
@@ -47,7 +48,7 @@ def main(argv) -> None:
         f"{r}: {v[key]['mean']:.3f}"
         for r, v in results["missing_rate"]["rates"].items()))
   if FLAGS.out:
-    with launch.user_errors(FLAGS.out):
+    with process.user_errors(FLAGS.out):
       workdir_lib.write_text(FLAGS.out, json.dumps(results, indent=1) + "\n")
 
 

@@ -1,5 +1,6 @@
-"""What the entry points share: flags, finding the data and the config
-files, and clean failures.
+"""What the entry points share: their flags, the config files, finding the
+data, and running the job (`execute`; the process around it is
+`experiments/process.py`).
 
     python -m experiments.mosi [--data_dir DIR] [--workdir DIR] [--config FILE[:tiny]] [--config.FIELD=VALUE ...]
 
@@ -20,22 +21,18 @@ of the package wherever it is installed (`package_file`), so the documented
 commands work from any directory after `pip install .`.
 
 Compiled programs: every entry point keeps the programs it compiles in
-JAX's persistent compilation cache (`configure_compilation_cache`), by
-default `user_cache_dir()`, so a later run, a resumed one, evaluate and
-predict load the programs an earlier process compiled when they are the
-same (same shapes, same config constants, same JAX and device) instead of
-compiling them again; `--compilation_cache off` turns it off.
+JAX's persistent compilation cache (`mcur_jax.compile_cache.configure`), by
+default the user's (`compile_cache.user_cache_dir()`), so a later run, a
+resumed one, evaluate and predict load the programs an earlier process
+compiled when they are the same (same shapes, same config constants, same
+JAX and device) instead of compiling them again; `--compilation_cache off`
+turns it off.
 """
 
-import contextlib
 import ctypes
-import errno
-import logging as std_logging
 import os
 import re
-import signal
 import sys
-import threading
 
 
 def _limit_malloc_arenas(count: int = 2) -> None:
@@ -58,15 +55,15 @@ _limit_malloc_arenas()
 # pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
-from absl import logging
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 from ml_collections import config_flags
 
 from data_prep import synthetic
 from data_prep import writer
+from experiments import process
 from mcur_jax import checkpoint
+from mcur_jax import compile_cache
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -201,20 +198,7 @@ def take_dataset(config, explicit: bool) -> None:
   config.dataset = manifest.dataset
 
 
-def user_cache_dir() -> str | None:
-  """The entry points' default compilation cache:
-  $XDG_CACHE_HOME/mcur_jax/compilation_cache (~/.cache when unset); None
-  for a user with no home directory."""
-  base = os.environ.get("XDG_CACHE_HOME")
-  if not base:
-    home = os.path.expanduser("~")
-    if home == "~":
-      return None
-    base = os.path.join(home, ".cache")
-  return os.path.join(base, "mcur_jax", "compilation_cache")
-
-
-# How --help names user_cache_dir().
+# How --help names compile_cache.user_cache_dir().
 USER_CACHE = "~/.cache/mcur_jax/compilation_cache ($XDG_CACHE_HOME for ~/.cache)"
 
 
@@ -227,61 +211,11 @@ def define_compilation_cache_flag(default: str = USER_CACHE) -> None:
   FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS["compilation_cache"])
 
 
-def _writable_directory(path: str) -> bool:
-  """Makes the directory `path` if need be; whether this process can write
-  there."""
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError:
-    return False
-  return os.access(path, os.W_OK | os.X_OK)
-
-
-def _cache_off() -> None:
-  jax.config.update("jax_enable_compilation_cache", False)
-  compilation_cache.reset_cache()  # JAX decides once per process otherwise.
-
-
-def configure_compilation_cache(setting: str | None,
-                                default: str | None) -> str | None:
-  """Applies --compilation_cache (`setting`): "off"; a directory; or, unset,
-  the directory JAX_COMPILATION_CACHE_DIR gives, else `default`. JAX then
-  keeps every program it compiles there, however briefly it compiled (a
-  few MB per config), and loads it whenever the same program is compiled
-  again, in this process or a later one: a program loaded is the program
-  compiled (on a GPU XLA keeps its autotuning results there too). Unset,
-  the cache stays off where the environment turned it off
-  (JAX_ENABLE_COMPILATION_CACHE=false), and a default directory that cannot
-  be written is passed over in silence; a named one is an error. A URL
-  (a TPU VM's gs://bucket/cache, say) is passed to JAX as it is. Returns
-  the directory in use (None: off)."""
-  named = ("--compilation_cache" if setting else "JAX_COMPILATION_CACHE_DIR"
-           if jax.config.jax_compilation_cache_dir else None)
-  directory = setting or jax.config.jax_compilation_cache_dir or default
-  if directory in (None, "off") or (
-      setting is None and not jax.config.jax_enable_compilation_cache):
-    _cache_off()
-    return None
-  if "://" not in directory:  # A URL (gs://...) is JAX's to check.
-    directory = os.path.abspath(directory)
-    if not _writable_directory(directory):
-      if not named:
-        _cache_off()
-        return None
-      raise validate.ConfigError(
-          named, f"{directory}: not a directory this process can write")
-  jax.config.update("jax_enable_compilation_cache", True)
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  compilation_cache.reset_cache()
-  return directory
-
-
 def compilation_cache_from_flags(default: str | None = None) -> str | None:
-  """`configure_compilation_cache` with --compilation_cache; its default
-  `default`, else `user_cache_dir()`."""
-  return configure_compilation_cache(FLAGS.compilation_cache,
-                                     default or user_cache_dir())
+  """`compile_cache.configure` with --compilation_cache; its default
+  `default`, else `compile_cache.user_cache_dir()`."""
+  return compile_cache.configure(FLAGS.compilation_cache,
+                                 default or compile_cache.user_cache_dir())
 
 
 def _overridden(field: str) -> bool:
@@ -389,200 +323,26 @@ def initialize_distributed() -> None:
                              FLAGS.process_id)
 
 
-def _os_error(e: OSError, where: str, resumes: bool) -> str:
-  where = e.filename or os.path.abspath(where)
-  if e.errno in (errno.ENOSPC, errno.EDQUOT):
-    return (f"{where}: no space left on device; free space and rerun the "
-            "same command" + (": it resumes from the last checkpoint"
-                              if resumes else ""))
-  return f"{where}: {e.strerror or e}"
-
-
-@contextlib.contextmanager
-def user_errors(where: str, resumes: bool = False):
-  """Turns a failure a user can fix into one `error:` line and exit status
-  2, without a traceback: bad data, config, arguments or checkpoints
-  (`train.INPUT_ERRORS`), or a file that cannot be read or written (an
-  OSError, named by its file, else by `where`; for a full disk, whether the
-  same command `resumes`). The work of training, evaluate and predict
-  runs inside it."""
-  try:
-    yield
-  except train.INPUT_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except OSError as e:
-    print(f"error: {_os_error(e, where, resumes)}", file=sys.stderr)
-    sys.exit(2)
-
-
-def check_output(path: str | None, flag: str = "--out") -> None:
-  """Exit 2 with one `error:` line, before any work, when the file `path`
-  cannot be written there: it is a directory, or its folder is missing or
-  not writable."""
-  if path is None:
-    return
-  folder = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path):
-    problem = "a directory; give a file name"
-  elif not os.path.isdir(folder):
-    problem = f"{folder}: no such directory"
-  elif not os.access(folder, os.W_OK):
-    problem = f"{folder}: not writable"
-  else:
-    return
-  print(f"error: {flag} {path}: {problem}", file=sys.stderr)
-  sys.exit(2)
-
-
-class DropFullDisk(std_logging.Filter):
-  """Drops the log records of a full disk: on ENOSPC orbax's writer threads
-  log the failure with its traceback, and asyncio reports each failed task
-  again ("Task exception was never retrieved"), about a hundred lines
-  around the one `error:` line that says what happened and what was kept
-  (every full disk ends in that line: `checkpoint.CheckpointError` or
-  `_os_error`). Other records pass."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    return not (checkpoint.out_of_space(error)
-                or "No space left on device" in record.getMessage())
-
-
-class OutlivesItsReader:
-  """A text stream (the process's stdout) whose reader may go away, as
-  `python -m experiments.mosi | head` does after a line: the first write
-  that finds the pipe closed points the stream's file descriptor at
-  /dev/null, says so once on stderr, and the work goes on (a run keeps
-  training and saving; its record is its workdir, not its stdout). Python
-  would raise BrokenPipeError at that write, stopping a run before its
-  next checkpoint with an error that blamed the workdir."""
-
-  def __init__(self, stream):
-    self.stream = stream
-
-  def write(self, text: str) -> int:
-    try:
-      return self.stream.write(text)
-    except BrokenPipeError:
-      self._closed()
-      return len(text)
-
-  def flush(self) -> None:
-    try:
-      self.stream.flush()
-    except BrokenPipeError:
-      self._closed()
-      self.stream.flush()  # What was buffered goes to /dev/null.
-
-  def _closed(self) -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, self.stream.fileno())
-    os.close(devnull)
-    print("note: standard output was closed by its reader; the work goes "
-          "on and writes its files as ever", file=sys.stderr)
-
-  def __getattr__(self, name):
-    return getattr(self.stream, name)
-
-
-def start(argv) -> None:
-  """What every entry point's main does first: refuse stray arguments, log
-  only warnings unless --verbosity says otherwise (orbax logs every save at
-  INFO), keep the one error line of a damaged checkpoint
-  (`_quiet_closed_loops`) or a full disk (`DropFullDisk`) readable, and
-  keep working when stdout's reader goes away (`OutlivesItsReader`)."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if sys.stdout is sys.__stdout__ and sys.stdout is not None:
-    sys.stdout = OutlivesItsReader(sys.stdout)
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
-  for name in ("absl", "asyncio"):
-    logger = std_logging.getLogger(name)
-    if not any(isinstance(f, DropFullDisk) for f in logger.filters):
-      logger.addFilter(DropFullDisk())
-
-
-def _quiet_closed_loops(hook):
-  """`hook` for every unraisable exception but one: the RuntimeError("Event
-  loop is closed") that tensorstore's reads, still running after orbax's
-  restore of a damaged checkpoint failed and closed its event loop, raise
-  in their callbacks (hundreds of tracebacks around the error line that
-  says what happened). The failure itself is raised and reported."""
-  def quiet(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-      hook(unraisable)
-  return quiet
-
-
-def _takes_sigint() -> bool:
-  """Whether this code may set the SIGINT handler: only the main thread
-  can, and a process started with SIGINT ignored (a background job of a
-  script) keeps ignoring it, as Python itself does."""
-  return (threading.current_thread() is threading.main_thread()
-          and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
-
-
-def stop_at_epoch_end_on_ctrl_c():
-  """Makes a first Ctrl-C (SIGINT) ask the run to stop at the end of its
-  epoch, saving it (`train.STOP_REQUESTED`), and a second one end the
-  process (the signal's default action). Python's own KeyboardInterrupt
-  can be raised inside a callback that swallows it (JAX's garbage-collection
-  hook), and the run then goes on. Returns a function that puts the
-  previous handler back (nothing to do where `_takes_sigint` says no)."""
-  train.STOP_REQUESTED.clear()
-  if not _takes_sigint():
-    return lambda: None
-  previous = signal.getsignal(signal.SIGINT)
-
-  def request_stop(signum, frame):
-    del signum, frame
-    train.STOP_REQUESTED.set()
-    # A second Ctrl-C ends the process at once (its checkpoints are whole:
-    # orbax writes each aside, then renames it).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.write(2, b"\nCtrl-C: stopping at the end of this epoch, with a "
-             b"checkpoint (Ctrl-C again stops at once)\n")
-  signal.signal(signal.SIGINT, request_stop)
-  if previous is None:  # A handler not set from Python.
-    previous = signal.SIG_DFL
-  return lambda: signal.signal(signal.SIGINT, previous)
-
-
-def end_on_ctrl_c() -> None:
-  """Makes Ctrl-C (SIGINT) end the process at once, the signal's default
-  action: for evaluate and predict, which have nothing to save (their
-  outputs are written aside and renamed into place). Python's
-  KeyboardInterrupt can be raised inside a callback that swallows it (JAX's
-  garbage-collection hook), and the command would go on (where
-  `_takes_sigint`)."""
-  if _takes_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def execute(argv, job, cache: str | None = None) -> None:
   """Runs `job(config, workdir)` with the parsed flags: quiet logging,
   `initialize_distributed()` when `config.distributed`, the compilation
-  cache (--compilation_cache; default `cache`, else `user_cache_dir()`),
+  cache (--compilation_cache; default `cache`, else the user's),
   the data found (and its dataset taken), and failures a user can fix
   turned into one `error:` line and an exit status (2: bad data,
   arguments or workdir, or a full disk; 3: training diverged; 130:
-  stopped by Ctrl-C, `stop_at_epoch_end_on_ctrl_c`). A
+  stopped by Ctrl-C, `process.stop_at_epoch_end_on_ctrl_c`). A
   distributed job that finished shuts its processes down together
   (`jax.distributed.shutdown`, a barrier) while the interpreter is whole.
   Left to JAX's exit handler, which tears the backends down first, process
   0 once aborted at exit in the coordination service's gRPC server
   shutdown (SIGABRT, exit -6; one 2-process test run of many)."""
-  start(argv)
+  process.start(argv)
   config, workdir = FLAGS.config, FLAGS.workdir
   if config.distributed:
     initialize_distributed()
-  restore_ctrl_c = stop_at_epoch_end_on_ctrl_c()
+  restore_ctrl_c = process.stop_at_epoch_end_on_ctrl_c()
   try:
-    with user_errors(workdir, resumes=True):
+    with process.user_errors(workdir, resumes=True):
       compilation_cache_from_flags(cache)
       take_data(config, workdir)
       job(config, workdir)

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 
 from experiments import launch
+from experiments import process
 from mcur_jax import predict
 from mcur_jax import schema
 
@@ -39,10 +40,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv) -> None:
-  launch.start(argv)
-  launch.end_on_ctrl_c()
-  launch.check_output(FLAGS.out)
-  with launch.user_errors(FLAGS.workdir):
+  process.start(argv)
+  process.end_on_ctrl_c()
+  process.check_output(FLAGS.out)
+  with process.user_errors(FLAGS.workdir):
     launch.compilation_cache_from_flags()
     found, notes = predict.predict(
         # --split has a default: only one given is refused with --input.
@@ -50,7 +51,7 @@ def main(argv) -> None:
         split=FLAGS.split if FLAGS["split"].present else None,
         npz=FLAGS.input, combination=FLAGS.combination,
         ensemble=FLAGS.ensemble, keys=FLAGS.key, data_fold=FLAGS.fold)
-  with launch.user_errors(FLAGS.out):
+  with process.user_errors(FLAGS.out):
     predict.write_csv(found, FLAGS.out)
   for note in notes:
     print(f"NOTE: {note}")

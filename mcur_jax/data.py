@@ -153,7 +153,6 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
             raise schema.DataError(path, name, f"record {i}: {value!r} is "
                                    "not UTF-8 text") from None
         column.append(value)
-      _check_label(path, manifest, i, scalars["label"][1][-1])
       for j, m in enumerate(schema.MODALITIES):
         d = manifest.dims[m]
         field = schema.AVAILABLE.key(m)
@@ -192,6 +191,13 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
     if len(bad):
       raise schema.DataError(shard_of[bad[0]], m,
                              f"record {bad[0]}: NaN or inf values")
+  label = scalars["label"][1]
+  bad, expected = bad_labels(np.asarray(label, np.float64),
+                             len(manifest.classes or ()), manifest.label_range)
+  if bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    raise schema.DataError(shard_of[i], "label",
+                           f"record {i}: {label[i]!r}, expected {expected}")
   columns = {f.name: np.asarray(scalars[f.name][1],
                                 column_dtype(f, manifest.task))
              for f in schema.RECORD_FIELDS}
@@ -200,19 +206,19 @@ def read_split(directory: str | os.PathLike, manifest: schema.Manifest,
                        for f in manifest.extra_fields})
 
 
-def _check_label(path: str, manifest: schema.Manifest, i: int, label) -> None:
-  """Record `i`'s label must be a class index (classification) or a finite
-  score in the manifest's `label_range` (regression), else DataError."""
-  if manifest.classes:
-    count = len(manifest.classes)
-    ok, expected = 0 <= label < count, f"a class index in [0, {count})"
-  else:
-    lo, hi = manifest.label_range or (-math.inf, math.inf)
-    ok = math.isfinite(label) and lo <= label <= hi
-    expected = f"a finite score in [{lo}, {hi}]"
-  if not ok:
-    raise schema.DataError(path, "label",
-                           f"record {i}: {label!r}, expected {expected}")
+def bad_labels(label: np.ndarray, num_classes: int,
+               label_range) -> tuple[np.ndarray, str]:
+  """Which of `label` a dataset cannot hold, and what it expects instead:
+  a class index in [0, num_classes) when `num_classes` (classification),
+  else a finite score in `label_range` ([low, high]; None: any finite
+  score). The one rule of the writer, this reader and predict's npz."""
+  label = np.asarray(label)
+  if num_classes:
+    ok = (label >= 0) & (label < num_classes) & (label == np.round(label))
+    return ~ok, f"a class index in [0, {num_classes})"
+  lo, hi = label_range or (-math.inf, math.inf)
+  ok = np.isfinite(label) & (label >= lo) & (label <= hi)
+  return ~ok, f"a finite score in [{lo}, {hi}]"
 
 
 # A column whose std is at most this is only centred, not scaled: a constant

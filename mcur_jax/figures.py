@@ -11,6 +11,7 @@ import numpy as np
 from mcur_jax import losses
 from mcur_jax import report
 from mcur_jax import transfer
+from mcur_jax import workdir as workdir_lib
 
 
 def categories(task: str, label: np.ndarray, rule: str, classes=None):
@@ -62,9 +63,9 @@ def write_figures(workdir: str, results_dict: dict, config, test_found: dict,
             + report.synthetic_mark(results_dict))
   selected = results_dict["selected_epoch"]
   plots.training_curves(
-      os.path.join(workdir, "metrics.jsonl"), results_dict["headline"],
-      _figure(workdir, "training"), sum(selected.values(), []) if isinstance(
-          selected, dict) else selected)
+      os.path.join(workdir, workdir_lib.METRICS_FILE),
+      results_dict["headline"], _figure(workdir, "training"),
+      sum(selected.values(), []) if isinstance(selected, dict) else selected)
   # Seed 0's model, or in the per-condition regime its model per
   # combination (`evaluation.route`): one PCA over separate models' spaces.
   model = (f"seed {seed}'s {len(report.names(results_dict))} models" if

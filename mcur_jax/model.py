@@ -57,7 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mcur_jax import groups, schema
+from mcur_jax import attention
+from mcur_jax import context
+from mcur_jax import groups
+from mcur_jax import schema
 
 MISSING_TOKENS = ("cls_only", "masked", "visible")
 # config.compute_dtype: the dtype of the encoders' and Transformers'
@@ -66,18 +69,6 @@ MISSING_TOKENS = ("cls_only", "masked", "visible")
 # for TPU and GPU, whose matrix units run bfloat16 at several times the
 # float32 rate; on CPU bfloat16 gains nothing).
 COMPUTE_DTYPES = ("float32", "bfloat16")
-# config.context_position_init: the initial relative-position bias of the
-# context Transformer. "zero": no preference; "recency": ALiBi's slopes
-# (Press et al. 2022), head h of H starts at -2^(-8(h+1)/H) per step of
-# distance, so the heads start from local (the nearest utterances) to
-# nearly uniform (the window's mean). The bias is learned either way.
-POSITION_INITS = ("zero", "recency")
-# config.context_kind: what runs over the utterances of a window.
-# "transformer": DESIGN section 3's pre-LN Transformer (attention masked to
-# the window, relative-position bias); "gru": bidirectional GRU layers over
-# the window in rank order (order is its position information; the
-# prototype of peers.md section 9 used one).
-CONTEXT_KINDS = ("transformer", "gru")
 
 
 class Encoder(nnx.Module):
@@ -93,237 +84,6 @@ class Encoder(nnx.Module):
   def __call__(self, x, rngs):
     h = nnx.gelu(self.fc1(self.norm(x)))
     return self.fc2(self.drop(h, deterministic=rngs is None, rngs=rngs))
-
-
-class SelfAttention(nnx.Module):
-  """Multi-head self-attention with a boolean [B, T, T] (query, key) mask.
-
-  The key projection has no bias: it would add the same amount to every
-  logit of a query, which softmax ignores, so it would only drift on
-  rounding noise.
-  """
-
-  def __init__(self, dim: int, num_heads: int, *, rngs, dtype=None):
-    if dim % num_heads:
-      raise ValueError(f"hidden {dim} is not divisible by {num_heads} heads")
-    self.num_heads = num_heads
-    self.query = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
-    self.key = nnx.Linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
-    self.value = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
-    self.out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x, mask, bias=None, block=0):
-    """x [B, T, D], mask [B, T, T] bool, bias [B or 1, H, T, T] added to the
-    logits (None: no bias).
-
-    `block` > 0 (B 1, T a multiple of it): block-local attention, for the
-    context Transformer's long rows of windows. The T positions form T /
-    block blocks, and the queries of a block see the keys of that block and
-    its two neighbours only; mask and bias are then [T / block, block, 3 *
-    block] and [T / block, H, block, 3 * block] (`neighbours` lays out
-    the keys).
-    """
-    b, t, d = x.shape
-    heads = lambda y: y.reshape(b, t, self.num_heads, -1)
-    q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-    if block:
-      q = q.reshape(t // block, block, *q.shape[2:])
-      k, v = neighbours(k[0], block, 0), neighbours(v[0], block, 0)
-    logits = attention_logits(q, k)
-    if bias is not None:
-      logits = logits + bias
-    logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d))
-
-
-def attention_logits(q: jax.Array, k: jax.Array) -> jax.Array:
-  """Queries [B, T, H, Dh] and keys [B, S, H, Dh] -> the scaled dot products
-  [B, H, T, S] in float32 whatever their dtype: bfloat16 products accumulate
-  into a float32 result (`preferred_element_type`), as the bias, mask and
-  softmax that follow take them, since bfloat16's 8-bit mantissa would
-  round the logits coarsely (a logit of 40 to a step of 0.25)."""
-  return jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                    preferred_element_type=jnp.float32) / jnp.sqrt(q.shape[-1])
-
-
-def neighbours(y: jax.Array, block: int, fill) -> jax.Array:
-  """[T, ...] -> [T / block, 3 * block, ...]: per block of `block` rows, the
-  previous block, itself and the next one (`fill` past either end)."""
-  y = y.reshape(-1, block, *y.shape[1:])
-  edge = jnp.full_like(y[:1], fill)
-  return jnp.concatenate([jnp.concatenate([edge, y[:-1]]), y,
-                          jnp.concatenate([y[1:], edge])], axis=1)
-
-
-class Block(nnx.Module):
-  """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
-
-  def __init__(self, dim: int, num_heads: int, mlp_ratio: int,
-               dropout: float, *, rngs, dtype=None):
-    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
-    self.attn = SelfAttention(dim, num_heads, rngs=rngs, dtype=dtype)
-    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
-    self.fc1 = nnx.Linear(dim, mlp_ratio * dim, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(mlp_ratio * dim, dim, dtype=dtype, rngs=rngs)
-    self.drop = nnx.Dropout(dropout)
-
-  def __call__(self, x, mask, rngs, bias=None, block=0):
-    drop = lambda y: self.drop(y, deterministic=rngs is None, rngs=rngs)
-    x = x + drop(self.attn(self.norm1(x), mask, bias, block))
-    return x + drop(self.fc2(nnx.gelu(self.fc1(self.norm2(x)))))
-
-
-class BiGRU(nnx.Module):
-  """Pre-LN residual bidirectional GRU layer over runs of a sequence:
-  x + Dropout(Dense([forward GRU; backward GRU](LN(x)))).
-
-  Each direction is the standard GRU cell (Cho et al. 2014, PyTorch's
-  form: the reset gate scales the hidden projection, its bias included);
-  the state restarts from 0 where a run begins (`start` in the forward
-  direction, `end` in the backward one), so no run reads another. The
-  input projections are one matmul over the whole sequence (in the
-  compute dtype); only the hidden projection is sequential (float32).
-  """
-
-  def __init__(self, dim: int, dropout: float, *, rngs, dtype=None):
-    self.norm = nnx.LayerNorm(dim, rngs=rngs)
-    self.inputs = nnx.List([nnx.Linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
-                            for _ in range(2)])
-    self.hidden = nnx.List([nnx.Linear(dim, 3 * dim, rngs=rngs)
-                            for _ in range(2)])
-    self.out = nnx.Linear(2 * dim, dim, dtype=dtype, rngs=rngs)
-    self.drop = nnx.Dropout(dropout)
-
-  def __call__(self, x, start, end, rngs):
-    """x [T, D]; start, end [T] bool (a run begins, ends at this row)."""
-    y = self.norm(x)
-    forward = self.direction(0, y, start)
-    backward = self.direction(1, y[::-1], end[::-1])[::-1]
-    out = self.out(jnp.concatenate([forward, backward], -1))
-    return x + self.drop(out, deterministic=rngs is None, rngs=rngs)
-
-  def direction(self, i: int, y, reset):
-    """The GRU states of direction `i` over y [T, D], restarting at `reset`."""
-    xr, xz, xn = jnp.split(self.inputs[i](y).astype(jnp.float32), 3, -1)
-    kernel, bias = self.hidden[i].kernel[...], self.hidden[i].bias[...]
-
-    def step(h, row):
-      xr, xz, xn, restart = row
-      h = jnp.where(restart, 0.0, h)
-      hr, hz, hn = jnp.split(h @ kernel + bias, 3, -1)
-      r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-      h = (1 - z) * jnp.tanh(xn + r * hn) + z * h
-      return h, h
-
-    h0 = jnp.zeros(y.shape[-1], jnp.float32)
-    return jax.lax.scan(step, h0, (xr, xz, xn, reset))[1]
-
-
-class Context(nnx.Module):
-  """The context module over the utterances of windows.
-
-  Adds a learned embedding of each utterance's speaker rank (speakers past
-  `num_speakers` - 1 share the last row), then, by `kind`:
-  "transformer": pre-LN blocks whose attention is masked to the same
-  window and biased per head by the learned bias of the clipped rank
-  distance j - i (`max_distance` 0: no position information; initialised
-  by `position_init`, POSITION_INITS); "gru": pre-LN residual
-  bidirectional GRU layers over each window in rank order (`recurrent`;
-  the order is its position information, and `num_heads`, `max_distance`,
-  `position_init` and `window` go unused). Then a LayerNorm.
-
-  For the Transformer every window is a contiguous run of at most
-  `window` positions of the batch, padding never inside it
-  (`groups.train_plan` and `groups.EvalLayout` lay them out so; a caller
-  of `apply` must too), so on a batch longer than 3 * `window` the
-  attention is block-local (`SelfAttention`'s `block`): each position
-  sees the keys within `window` of its block, which hold its whole window,
-  at a cost linear in the batch instead of quadratic (IEMOCAP's
-  evaluation chunks hold 512 window slots). The keys it leaves out are
-  masked anyway, so the outputs are those of whole-batch attention up to
-  float rounding. `window` 0: always whole-batch.
-  """
-
-  def __init__(self, dim: int, num_layers: int, num_heads: int,
-               mlp_ratio: int, dropout: float, max_distance: int,
-               num_speakers: int, window: int = 0,
-               position_init: str = "zero", kind: str = "transformer", *,
-               rngs, dtype=None):
-    if position_init not in POSITION_INITS:
-      raise ValueError(f"context_position_init={position_init!r}, not one "
-                       f"of {POSITION_INITS}")
-    if kind not in CONTEXT_KINDS:
-      raise ValueError(f"context_kind={kind!r}, not one of {CONTEXT_KINDS}")
-    init = nnx.initializers.normal(0.02)
-    self.max_distance = 0 if kind == "gru" else max_distance
-    self.window = window
-    self.speaker_embedding = nnx.Param(init(rngs.params(),
-                                            (num_speakers, dim)))
-    self.grus = (nnx.List([BiGRU(dim, dropout, rngs=rngs, dtype=dtype)
-                           for _ in range(num_layers)])
-                 if kind == "gru" else None)
-    if self.max_distance:
-      slopes = (2.0 ** (-8.0 * jnp.arange(1, num_heads + 1) / num_heads)
-                if position_init == "recency" else jnp.zeros(num_heads))
-      steps = jnp.abs(jnp.arange(-max_distance, max_distance + 1))
-      self.distance_bias = nnx.Param(-slopes[:, None] * steps[None, :])
-    self.blocks = nnx.List([
-        Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs, dtype=dtype)
-        for _ in range(0 if self.grus is not None else num_layers)])
-    self.norm = nnx.LayerNorm(dim, rngs=rngs)
-
-  def __call__(self, u, segment, rank, speaker, rngs):
-    """u [B, D] -> h [B, D]; segment, rank, speaker [B] int."""
-    table = self.speaker_embedding[...]
-    x = u + table[jnp.clip(speaker, 0, table.shape[0] - 1)]
-    if self.grus is not None:
-      return self.recurrent(x, segment, rank, rngs)
-    b, block = len(segment), self.window
-    if b > 3 * block > 0:
-      pad = -b % block
-      x = jnp.pad(x, ((0, pad), (0, 0)))
-      segment = jnp.pad(segment, (0, pad), constant_values=groups.PAD)
-      rank = jnp.pad(rank, (0, pad))
-      # Per block: queries [n, block], keys [n, 3 * block]; a query's own
-      # key sits at offset block + its index in the block.
-      query = lambda y: y.reshape(-1, block)
-      key_segment = neighbours(segment, block, groups.PAD)
-      same = ((query(segment)[:, :, None] == key_segment[:, None, :])
-              & (key_segment[:, None, :] >= 0))
-      mask = same | jnp.eye(block, 3 * block, block, dtype=bool)
-      distance = (neighbours(rank, block, 0)[:, None, :]
-                  - query(rank)[:, :, None])
-    else:
-      block = 0
-      same = (segment[:, None] == segment[None, :]) & (segment[None, :] >= 0)
-      mask = (same | jnp.eye(b, dtype=bool))[None]
-      distance = (rank[None, :] - rank[:, None])[None]
-    bias = None
-    if self.max_distance:
-      d = self.max_distance
-      distance = jnp.clip(distance, -d, d) + d
-      # [n or 1, H, queries, keys]
-      bias = jnp.moveaxis(self.distance_bias[...][:, distance], 0, 1)
-    x = x[None]
-    for layer in self.blocks:
-      x = layer(x, mask, rngs, bias, block)
-    return self.norm(x[0, :b])
-
-  def recurrent(self, x, segment, rank, rngs):
-    """The GRU layers over each window in rank order: the batch is sorted
-    by (window, rank), so a window need not be contiguous nor in order,
-    and the outputs go back to the batch's order (padding rows form runs
-    of their own, read by nobody)."""
-    order = jnp.lexsort((rank, segment))
-    run = segment[order]
-    change = run[1:] != run[:-1]
-    start = jnp.concatenate([jnp.ones(1, bool), change])
-    end = jnp.concatenate([change, jnp.ones(1, bool)])
-    x = x[order]
-    for layer in self.grus:
-      x = layer(x, start, end, rngs)
-    return jnp.zeros_like(x).at[order].set(self.norm(x))
 
 
 def mean_modalities(context_layers: int, context_means: tuple[str, ...],
@@ -391,14 +151,15 @@ class MCUR(nnx.Module):
     self.missing_embedding = nnx.Param(init(rngs.params(), (n, hidden)))
     self.cls = nnx.Param(init(rngs.params(), (hidden,)))
     self.blocks = nnx.List([
-        Block(hidden, num_heads, mlp_ratio, dropout, rngs=rngs, dtype=dtype)
+        attention.Block(hidden, num_heads, mlp_ratio, dropout, rngs=rngs,
+                        dtype=dtype)
         for _ in range(num_layers)])
     self.norm = nnx.LayerNorm(hidden, rngs=rngs)
-    self.context = (Context(hidden, context_layers, context_heads, mlp_ratio,
-                            dropout, context_max_distance, context_speakers,
-                            context_window, context_position_init,
-                            context_kind, rngs=rngs, dtype=dtype)
-                    if context_layers else None)
+    self.context = context.Context(
+        hidden, context_layers, context_heads, mlp_ratio, dropout,
+        context_max_distance, context_speakers, context_window,
+        context_position_init, context_kind, rngs=rngs,
+        dtype=dtype) if context_layers else None
     # The heads stay in float32: they are small, and their outputs feed the
     # losses and metrics directly.
     self.task_head = nnx.Linear(hidden, num_outputs, rngs=rngs)
@@ -517,9 +278,9 @@ class MCUR(nnx.Module):
       tokens.append(token + self.type_embedding[j])
     x = jnp.stack([jnp.broadcast_to(self.cls[...], (b, self.cls.shape[0])),
                    *tokens], 1)
-    attention = self.attention_mask(mask)
+    allowed = self.attention_mask(mask)
     for block in self.blocks:
-      x = block(x, attention, rngs)
+      x = block(x, allowed, rngs)
     h = self.norm(x[:, 0])
     if windows is not None and not per_slot:
       h = h[windows["index"]]

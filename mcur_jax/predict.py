@@ -171,27 +171,21 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
         features[m], available[:, j], "error", path, columns.name(m), utt_id,
         remedy=f"mark such an utterance's {m} unavailable with "
         f"{columns.name(schema.available_field(m))}=0, or fix its values")
-  known = np.ones(n, bool) if label is not None else np.zeros(n, bool)
   if label is None:
+    known = np.zeros(n, bool)
     label = np.zeros(n, np.int32 if classification else np.float32)
-  elif classification:
-    known = label != npz_columns.UNLABELLED
-    bad = known & ~((label >= 0) & (label < manifest.num_classes) &
-                    (label == np.round(label)))
+  else:  # The prepared data's rule; -1 is a class not known.
+    known = (label != npz_columns.UNLABELLED if classification
+             else np.ones(n, bool))
+    bad, expected = data_lib.bad_labels(label, len(manifest.classes or ()),
+                                        manifest.label_range)
+    bad &= known
     if bad.any():
       raise schema.DataError(path, "label", f"{int(bad.sum())} values that "
-                             f"are not a class index in [0, "
-                             f"{manifest.num_classes}) or -1 (unknown)")
-    label = np.where(known, label, 0).astype(np.int32)
-  elif not np.isfinite(label).all():
-    raise schema.DataError(path, "label", "NaN or inf")
-  elif manifest.label_range:  # As the prepared data's reader checks it.
-    lo, hi = manifest.label_range
-    outside = int(((label < lo) | (label > hi)).sum())
-    if outside:
-      raise schema.DataError(path, "label", f"{outside} values outside "
-                             f"[{lo}, {hi}], the label_range of the model's "
-                             "data")
+                             f"are not {expected}" +
+                             (" or -1 (unknown)" if classification else ""))
+    if classification:
+      label = np.where(known, label, 0).astype(np.int32)
   split = utterance_rows.make_rows(
       utt_id=utt_id, group_id=group_id, position=position, label=label,
       features=features, available=available, speaker=speaker,

@@ -38,11 +38,11 @@ of the sweep's fixed order, so n machines sharing one workdir (a mounted
 bucket or NFS) run disjoint slices without any scheduler.
 
 Compiled programs: the sweep tool keeps every program JAX compiles in a
-persistent cache (`experiments.launch.configure_compilation_cache`; its
-default for a sweep: `WORKDIR/compilation_cache`, shared by the shards), so
-a point loads the programs an earlier point (or an earlier run of the
-sweep) compiled whenever the program is the same: same shapes and same
-config constants. Config values are compiled in as constants, so points
+persistent cache (`compile_cache.configure`; its default for a sweep:
+`WORKDIR/compilation_cache`, shared by the shards), so a point loads the
+programs an earlier point (or an earlier run of the sweep) compiled
+whenever the program is the same: same shapes and same config constants.
+Config values are compiled in as constants, so points
 that differ in a training field (learning_rate, tau, mcb_weight, ...) share
 their evaluation, initialisation and selection programs but each compiles
 its own epoch; a rerun, a resumed point and a sweep with other seeds (as

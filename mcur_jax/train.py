@@ -39,7 +39,6 @@ TensorBoard (`tensorboard.py`).
 import collections
 import dataclasses
 import json
-import math
 import os
 import threading
 import time
@@ -149,7 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   returns the results dict. The entry points add what a call from Python
   does not: the dataset taken from the data's manifest, prepared/<dataset>
   or synthetic data when no data_dir is given, and JAX's persistent
-  compilation cache (`experiments.launch.configure_compilation_cache`).
+  compilation cache (`compile_cache.configure`, which a call from Python
+  can make too).
 
   For a dataset with folds (IEMOCAP) and `config.fold` 0, every fold is
   trained in `WORKDIR/fold<k>/` and `WORKDIR/results.json` pools them (mean
@@ -398,17 +398,20 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
       say(note)
   workdir_lib.record_start(workdir, config, run.mesh.devices.size,
                           dataset.stats)
-  log = report.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start,
-                          enabled=run.main_process)
+  log = report.MetricsLog(os.path.join(workdir, workdir_lib.METRICS_FILE),
+                          start, enabled=run.main_process)
   learning_rates = epoch_lib.epoch_learning_rates(config, run.steps)
   say(_header(run, start))
   valid_masks = evaluation.fixed_masks(dataset.valid.available,
                                        members.combos)
-  # A resumed run's bar starts from the best score its checkpoint kept.
-  bar = progress.Progress(
-      config.num_epochs, enabled=run.main_process,
-      best=float(np.max(transfer.to_host(state["best_metric"]))) if start
-      else -math.inf)
+  # The members' best validation scores so far, kept on the host beside
+  # state["best_metric"] and updated as it is, so that choosing the improved
+  # members costs no transfer per epoch: a resumed run's from its
+  # checkpoint, a new run's -inf as `epoch_lib.init_state` sets them.
+  best = (transfer.to_host(state["best_metric"]) if start else
+          np.full(state["best_metric"].shape, -np.inf, np.float32))
+  bar = progress.Progress(config.num_epochs, enabled=run.main_process,
+                          best=float(np.max(best)))
   # No event file for a run whose epochs are all done (a rerun to finish).
   board = tensorboard.EpochLog(workdir, start, metrics.HEADLINE[run.task],
                                enabled=run.main_process and config.tensorboard
@@ -432,10 +435,10 @@ def fit(run: Run, phases: timing.Phases | None = None) -> dict:
                            keys=("pred",))["pred"]
         valid, score = evaluation.member_scores(run.task, pred, dataset.valid,
                                                 members)
-        improved = epoch_lib.improved_members(
-            score, transfer.to_host(state["best_metric"]), config.selection)
-        state = run.update_best(state, improved, score.astype(np.float32),
-                                epoch)
+        improved = epoch_lib.improved_members(score, best, config.selection)
+        kept = score.astype(np.float32)  # The precision of best_metric.
+        state = run.update_best(state, improved, kept, epoch)
+        best = np.where(improved, kept, best)
       with phases.phase("train/log"):
         board.write(log.write(epoch + 1, members, stats, valid, score,
                               run.task, learning_rates[epoch]))

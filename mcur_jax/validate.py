@@ -10,6 +10,7 @@ import difflib
 import numbers
 
 from mcur_jax import combos
+from mcur_jax import context
 from mcur_jax import data
 from mcur_jax import losses
 from mcur_jax import model
@@ -80,8 +81,8 @@ def check(config, manifest: schema.Manifest, devices: int) -> None:
   _one_of(config, "regression_categories", losses.REGRESSION_CATEGORIES)
   _one_of(config, "missing_tokens", model.MISSING_TOKENS)
   _one_of(config, "compute_dtype", model.COMPUTE_DTYPES)
-  _one_of(config, "context_position_init", model.POSITION_INITS)
-  _one_of(config, "context_kind", model.CONTEXT_KINDS)
+  _one_of(config, "context_position_init", context.POSITION_INITS)
+  _one_of(config, "context_kind", context.CONTEXT_KINDS)
   _one_of(config, "combo_draw", COMBO_DRAWS)
   _one_of(config, "selection", SELECTIONS)
   _one_of(config, "validation", data.VALIDATION)

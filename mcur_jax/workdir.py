@@ -48,6 +48,8 @@ CONFIG_FILE = "config.json"
 DATA_FILE = "data.json"
 # Its presence marks a finished run (`report.write_results`).
 RESULTS_FILE = "results.json"
+# One line per epoch and seed (`report.MetricsLog`).
+METRICS_FILE = "metrics.jsonl"
 # What a restored model needs of its prepared data, written at the run's
 # start so that the workdir alone restores the model and predicts new
 # features, on another machine or after the data moved: the data's

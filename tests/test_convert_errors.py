@@ -116,7 +116,8 @@ def test_label_outside_range(capsys, tmp_path, folder):
   with open(pkl, "wb") as f:
     pickle.dump(content, f)
   status, err = run(capsys, tmp_path, *poria(folder, "--labels", str(pkl)))
-  assert status == 2 and "labels.pkl: label: 1 labels not in [-3.0, 3.0]" in err
+  assert status == 2 and ("labels.pkl: label: 1 labels not a finite score in "
+                         "[-3.0, 3.0]") in err
   assert "e.g. 3.5 of 'vid03_2'" in err or "e.g. -3.5 of 'vid03_2'" in err
 
 

@@ -895,20 +895,20 @@ def test_predict_npz_nan_says_what_predict_can_do(mosi_dir, tmp_path):
 
 
 def test_predict_npz_label_outside_the_models_range(mosi_dir, tmp_path):
-  """A regression label outside the model's data's label_range is refused,
-  as the prepared data's reader refuses it."""
+  """A regression label outside the model's data's label_range, or not
+  finite, is refused, as the prepared data's reader refuses it."""
   manifest = data.load(mosi_dir).manifest
   raw = data.load(mosi_dir, normalized=False).test
   label = raw.label.copy()
-  label[[1, 4]] = [3.6, -3.5]
+  label[[1, 4]] = [3.6, np.nan]
   path = tmp_path / "labels.npz"
   np.savez(path, group_id=raw.group_id, label=label,
            **runs.feature_columns(raw))
   with pytest.raises(schema.DataError) as error:
     predict.read_npz(str(path), manifest)
   lo, hi = manifest.label_range
-  assert str(error.value) == (f"{path}: label: 2 values outside [{lo}, "
-                              f"{hi}], the label_range of the model's data")
+  assert str(error.value) == (f"{path}: label: 2 values that are not a "
+                              f"finite score in [{lo}, {hi}]")
   label[[1, 4]] = [hi, lo]  # The ends are in it.
   np.savez(path, group_id=raw.group_id, label=label,
            **runs.feature_columns(raw))

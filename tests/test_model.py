@@ -10,6 +10,8 @@ import numpy as np
 import optax
 import pytest
 
+from mcur_jax import attention
+from mcur_jax import context
 from mcur_jax import groups
 from mcur_jax import model
 
@@ -272,7 +274,7 @@ MEANS = ("", "audio,text")
 
 # config.context_kind x context_means: the context tests that hold for
 # every context module.
-KINDS_MEANS = [(k, m) for k in model.CONTEXT_KINDS for m in MEANS]
+KINDS_MEANS = [(k, m) for k in context.CONTEXT_KINDS for m in MEANS]
 
 
 @functools.cache
@@ -388,7 +390,7 @@ def contiguous_windows(size, window, seed):
     "means", ["", pytest.param("audio,text", marks=pytest.mark.extended)])
 def test_block_local_attention_equals_whole_batch_attention(means):
   """On a batch longer than 3 windows the context attends block-locally
-  (model.Context): outputs and parameter gradients at the real positions
+  (context.Context): outputs and parameter gradients at the real positions
   equal those of whole-batch attention (context_window 0), here with 42
   positions in windows of at most 4 (not a multiple of 4: padded inside).
   The masked keys weigh exactly 0 in both, so only the order of the
@@ -630,28 +632,28 @@ def test_gru_context_against_numpy():
   through 2 pre-LN residual bidirectional GRU layers and a LayerNorm, as a
   float64 NumPy loop computes it; padding rows are not compared. 1e-5:
   float32 rounding through two recurrent layers of O(1) values."""
-  context = model.Context(D, 2, 2, 2, 0.1, 4, 2, kind="gru",
-                          rngs=nnx.Rngs(0))
+  gru = context.Context(D, 2, 2, 2, 0.1, 4, 2, kind="gru",
+                        rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   u = rng.normal(size=(BC, D)).astype(np.float32)
   perm = rng.permutation(BC)
-  found = np.asarray(context(jnp.asarray(u[perm]), jnp.asarray(SEGMENT[perm]),
-                             jnp.asarray(RANK[perm]),
-                             jnp.asarray(SPEAKER[perm]), None))
+  found = np.asarray(gru(jnp.asarray(u[perm]), jnp.asarray(SEGMENT[perm]),
+                         jnp.asarray(RANK[perm]), jnp.asarray(SPEAKER[perm]),
+                         None))
   found = found[np.argsort(perm)]
-  table = np.asarray(context.speaker_embedding[...])
+  table = np.asarray(gru.speaker_embedding[...])
   for s in (3, 7, 1):
     rows = np.flatnonzero(SEGMENT == s)
     rows = rows[np.argsort(RANK[rows])]
     x = u[rows].astype(np.float64) + table[SPEAKER[rows]]
-    for layer in context.grus:
+    for layer in gru.grus:
       y = numpy_layer_norm(x, layer.norm)
       both = np.concatenate(
           [numpy_gru(y, layer.inputs[0], layer.hidden[0]),
            numpy_gru(y[::-1], layer.inputs[1], layer.hidden[1])[::-1]], -1)
       x = x + both @ np.asarray(layer.out.kernel[...]) + np.asarray(
           layer.out.bias[...])
-    np.testing.assert_allclose(found[rows], numpy_layer_norm(x, context.norm),
+    np.testing.assert_allclose(found[rows], numpy_layer_norm(x, gru.norm),
                                atol=1e-5, err_msg=f"window {s}")
 
 
@@ -709,7 +711,7 @@ def test_inputs_of_the_wrong_shape_are_named():
   apply(x, mask)
 
 
-@pytest.mark.parametrize("kind", model.CONTEXT_KINDS)
+@pytest.mark.parametrize("kind", context.CONTEXT_KINDS)
 def test_numpy_inputs_under_jit(kind):
   """Inputs given as NumPy arrays closed over by a jitted function (as
   `data.standardize` gives them) predict what jax arrays do: the GRU sorts
@@ -796,7 +798,7 @@ def test_modality_the_dataset_lacks():
 
 
 def test_attention_logits_of_bfloat16_inputs_are_float32():
-  """model.attention_logits of bfloat16 queries and keys equals the float32
+  """attention.attention_logits of bfloat16 queries and keys equals the float32
   dot products of the same values: a product of two bfloat16 numbers is
   exact in float32 and 16 of them sum with float32 rounding (1e-6 of the
   logits' scale), whereas logits rounded to bfloat16 (a step of 0.25 at
@@ -804,7 +806,7 @@ def test_attention_logits_of_bfloat16_inputs_are_float32():
   rng = np.random.default_rng(0)
   q, k = (jnp.asarray(rng.normal(0, 3, (2, 5, 2, 16)), jnp.bfloat16)
           for _ in range(2))
-  found = model.attention_logits(q, k)
+  found = attention.attention_logits(q, k)
   assert found.dtype == jnp.float32
   want = np.einsum("bqhd,bkhd->bhqk", np.asarray(q, np.float64),
                    np.asarray(k, np.float64)) / 4.0

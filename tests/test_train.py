@@ -34,6 +34,7 @@ from experiments.configs import mosi as mosi_config
 from mcur_jax import calibration
 from mcur_jax import checkpoint
 from mcur_jax import combos
+from mcur_jax import context
 from mcur_jax import data
 from mcur_jax import epoch as epoch_lib
 from mcur_jax import groups
@@ -588,7 +589,7 @@ def test_sugr_down_weights_corrupted_labels(tmp_path_factory):
 # ------------------------------
 
 
-@pytest.mark.parametrize("kind", model.CONTEXT_KINDS)
+@pytest.mark.parametrize("kind", context.CONTEXT_KINDS)
 def test_padding_changes_neither_loss_nor_gradient(mosi_dir, kind):
   """The loss and its gradient over a batch of windows are those of the
   same batch with padding positions and whole padding windows added (to
@@ -623,7 +624,7 @@ def test_padding_changes_neither_loss_nor_gradient(mosi_dir, kind):
 
   pad = np.full(7, groups.PAD)
   # Padding goes where the layouts put it, between windows (each window is
-  # a contiguous run of positions, model.Context): at the window start
+  # a contiguous run of positions, context.Context): at the window start
   # nearest the middle, and at the end.
   starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
   cut = starts[np.argmin(np.abs(starts - len(rows) // 2))]

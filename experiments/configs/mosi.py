@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.context_layers = 1
   # What the context layers are: transformer (DESIGN section 3: attention
   # over the window with a relative-position bias) | gru (bidirectional GRU
-  # layers over the window in rank order; model.CONTEXT_KINDS). Held out on
+  # layers over the window in rank order; context.CONTEXT_KINDS). Held out on
   # the training videos (4 folds of 13, 3 seeds; no test video read) gru
   # scored Avg 0.720 against 0.717 (audio + text 0.825 against 0.813,
   # higher in all 4 folds; text 0.824 against 0.817), and 0.771 against
@@ -111,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Initial relative-position bias (Transformer only): zero (learned from
   # no preference; it stays within 0.03 to 0.11 of zero in trained models,
   # i.e. almost no position information) | recency (ALiBi's per-head
-  # slopes: local to near-uniform heads; model.POSITION_INITS). Held out
+  # slopes: local to near-uniform heads; context.POSITION_INITS). Held out
   # on new videos (MOSI) and new actors (IEMOCAP) the two score alike (0.709
   # both; 0.681 against 0.679), so zero stays (docs/results.md).
   c.context_position_init = "zero"
