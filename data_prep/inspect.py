@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from mcur_jax import data
+from mcur_jax import normalization
 from mcur_jax import schema
 from mcur_jax import tfrecord
 
@@ -32,8 +33,8 @@ def _label_summary(manifest: schema.Manifest, split: data.Split) -> str:
 
 
 def _check_stats(directory, manifest, name, split: data.Split) -> None:
-  stored = data.normalization_stats(directory, manifest, name)
-  for m, values in data.feature_stats(split).items():
+  stored = normalization.normalization_stats(directory, manifest, name)
+  for m, values in normalization.feature_stats(split).items():
     for key in ("mean", "std"):
       if not np.allclose(values[key], stored[m][key], rtol=1e-4, atol=1e-5):
         raise schema.DataError(os.path.join(directory, schema.MANIFEST),

@@ -20,6 +20,7 @@ import numpy as np
 
 from data_prep import tfds_metadata
 from mcur_jax import data
+from mcur_jax import normalization
 from mcur_jax import schema
 from mcur_jax import tfrecord
 from mcur_jax import utterance_rows
@@ -184,29 +185,31 @@ def _record(rows: data.Split, i: int, task: str) -> bytes:
 
 def _normalization(table: Table, folds) -> dict:
   if folds is None:
-    return {"train": data.feature_stats(table.rows.take(table.split == "train"))}
+    return {"train": normalization.feature_stats(
+        table.rows.take(table.split == "train"))}
   stats = {}
   for fold in folds["values"]:
     names = data.fold_assignment(table.rows.group_id, table.rows.session, fold,
                                  folds["valid_fraction"], folds["seed"],
                                  table.origin.get("session",
                                                   table.origin["utt_id"]))
-    stats[schema.fold_name(fold)] = data.feature_stats(
+    stats[schema.fold_name(fold)] = normalization.feature_stats(
         table.rows.take(names == "train"))
   return stats
 
 
-def _unscaled_notes(normalization: dict) -> list[str]:
+def _unscaled_notes(stats: dict) -> list[str]:
   """A note per modality with columns that vary but only so little that
-  readers centre them without scaling (`data.MIN_STD`)."""
+  readers centre them without scaling (`normalization.MIN_STD`)."""
   notes = []
   for m in schema.MODALITIES:
-    std = np.array([part[m]["std"] for part in normalization.values()])
-    tiny = ((std > 0) & (std <= data.MIN_STD)).any(0)
+    std = np.array([part[m]["std"] for part in stats.values()])
+    tiny = ((std > 0) & (std <= normalization.MIN_STD)).any(0)
     if tiny.any():
       notes.append(
           f"{m}: {int(tiny.sum())} columns vary with a std of at most "
-          f"{data.MIN_STD:g} (e.g. column {int(np.flatnonzero(tiny)[0])}): "
+          f"{normalization.MIN_STD:g} (e.g. column "
+          f"{int(np.flatnonzero(tiny)[0])}): "
           "they are centred, not scaled; rescale them before converting if "
           "they carry signal")
   return notes
@@ -287,17 +290,17 @@ def write(table: Table, out: str | os.PathLike, overwrite: bool = False
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
   try:
     splits, lengths = _write_shards(table, tmp)
-    normalization = _normalization(table, folds)
+    stats = _normalization(table, folds)
     manifest = schema.Manifest(
         dataset=table.dataset, task=table.task, classes=table.classes,
         dims={m: int(x.shape[1]) for m, x in table.rows.features.items()},
         splits=splits,
-        normalization=normalization, folds=folds,
+        normalization=stats, folds=folds,
         label_range=list(LABEL_RANGE) if table.task == "regression" else None,
         extra_fields=sorted(table.rows.extras), format=table.format,
         split_source=table.split_source, sources=table.sources,
         notes=(table.notes + _empty_class_notes(table)
-               + _unscaled_notes(normalization)))
+               + _unscaled_notes(stats)))
     with open(os.path.join(tmp, schema.MANIFEST), "w") as f:
       f.write(manifest.to_json())
     tfds_metadata.write(tmp, manifest, lengths)

@@ -11,22 +11,22 @@ trained with (kept in the workdir, `run_stats`: the data the run trained
 on need not be there for an npz; its fold's for IEMOCAP), and the
 modalities of a run's `speaker_norm` with each speaker's statistics over
 the input (its `speaker` key, required then, and `session`, since
-speaker ids count within a session: `data.normalize_per_speaker`; without
-it every row is session 0, as `data_prep.convert` reads such a file, and
-a note says so; a note names any speaker with a single utterance, whose
-features that leaves all zero). Every row
-is predicted, unlabelled ones included, and every row is context and
-speaker statistics for the others: training's conversion left out the
-utterances without a label for the task (IEMOCAP's `label4` -1), so an npz
-that keeps them predicts the labelled ones in a slightly different context
-than evaluation did. Another prepared directory (`data_dir`) is
+speaker ids count within a session:
+`normalization.normalize_per_speaker`; without it every row is session 0,
+as `data_prep.convert` reads such a file, and a note says so; a note names
+any speaker with a single utterance, whose features that leaves all
+zero). Every row is predicted, unlabelled ones included, and every row is
+context and speaker statistics for the others: training's conversion left
+out the utterances without a label for the task (IEMOCAP's `label4` -1), so
+an npz that keeps them predicts the labelled ones in a slightly different
+context than evaluation did. Another prepared directory (`data_dir`) is
 standardised likewise: the run's training statistics, then `speaker_norm`
-over that directory's utterances; it must have the model's task, classes
-(in order) and feature sizes, and is read by its own layout: its fixed
-splits as they are, a cross-validated one at the run's fold (or
-`data_fold`, needed for a run on fixed splits). The run's own data (no
-`data_dir`, no npz) is read where it trained; if it moved, `data_dir`
-names it (the same statistics, so the same predictions).
+over that directory's utterances; it must have the model's task, classes (in
+order) and feature sizes, and is read by its own layout: its fixed splits as
+they are, a cross-validated one at the run's fold (or `data_fold`, needed
+for a run on fixed splits). The run's own data (no `data_dir`, no npz) is
+read where it trained; if it moved, `data_dir` names it (the same
+statistics, so the same predictions).
 
 Every utterance is predicted once, in the context of its own group, exactly
 as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
@@ -67,6 +67,7 @@ from mcur_jax import combos
 from mcur_jax import data as data_lib
 from mcur_jax import evaluation
 from mcur_jax import inference
+from mcur_jax import normalization
 from mcur_jax import npz_columns
 from mcur_jax import schema
 from mcur_jax import utterance_rows
@@ -192,7 +193,7 @@ def read_npz(path: str, manifest: schema.Manifest, keys=(),
       session=session)
   utterance_rows.check_ids(split, {"utt_id": path})
   if speaker_norm and speaker is not None:
-    ids, counts = np.unique(data_lib.speakers(split), return_counts=True)
+    ids, counts = np.unique(normalization.speakers(split), return_counts=True)
     if (counts == 1).any():
       notes.append(
           f"{path}: {int((counts == 1).sum())} speaker(s) with a single "
@@ -377,7 +378,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
     stats = run_stats(workdir, config, manifest, data_dir)
   if npz:
     raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
-    rows = data_lib.standardize({"input": raw}, stats, per_speaker,
+    rows = normalization.standardize({"input": raw}, stats, per_speaker,
                                 npz)["input"]
   else:
     if data_dir:

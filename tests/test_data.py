@@ -8,6 +8,7 @@ import pytest
 
 from data_prep import writer
 from mcur_jax import data
+from mcur_jax import normalization
 from mcur_jax import schema
 from mcur_jax import tfrecord
 from mcur_jax import utterance_rows
@@ -155,7 +156,7 @@ def test_session_validation_holds_out_the_next_session(tmp_path):
     stats = data.train_stats(tmp_path / "d", fold, "session")
     np.testing.assert_equal(stats, {
         m: {k: np.asarray(v) for k, v in values.items()}
-        for m, values in data.feature_stats(raw.train).items()})
+        for m, values in normalization.feature_stats(raw.train).items()})
     # What the loaded data was standardised with, which a run keeps.
     np.testing.assert_equal(ds.stats, stats)
     np.testing.assert_equal(default.stats, data.train_stats(tmp_path / "d",
@@ -171,7 +172,7 @@ def test_session_validation_holds_out_the_next_session(tmp_path):
           (text - train_text.mean(0)) / train_text.std(0), atol=1e-5)
   np.testing.assert_equal(
       data.train_stats(tmp_path / "d", 2),
-      data.normalization_stats(tmp_path / "d",
+      normalization.normalization_stats(tmp_path / "d",
                                schema.Manifest.load(tmp_path / "d"), "fold2"))
   with pytest.raises(ValueError, match="validation='speakers'"):
     data.load(tmp_path / "d", fold=1, validation="speakers")
@@ -191,7 +192,7 @@ def test_speaker_norm_standardises_each_speaker_over_every_split(tmp_path):
   audio = cat(splits(ds), lambda p: p.features["audio"])
   raw_audio = cat(splits(raw), lambda p: p.features["audio"])
   present = cat(splits(ds), lambda p: p.available[:, 0])
-  who = cat(splits(ds), data.speakers)
+  who = cat(splits(ds), normalization.speakers)
   assert len(set(who)) == 8  # 4 sessions x F, M.
   for key in set(who):
     rows = (who == key) & present

@@ -714,8 +714,9 @@ def test_inputs_of_the_wrong_shape_are_named():
 @pytest.mark.parametrize("kind", context.CONTEXT_KINDS)
 def test_numpy_inputs_under_jit(kind):
   """Inputs given as NumPy arrays closed over by a jitted function (as
-  `data.standardize` gives them) predict what jax arrays do: the GRU sorts
-  the batch with a traced order, which cannot index a NumPy array."""
+  `normalization.standardize` gives them) predict what jax arrays do: the
+  GRU sorts the batch with a traced order, which cannot index a NumPy
+  array."""
   graphdef, params, _ = context_model(kind=kind)
   x = {k: np.asarray(v) for k, v in ctx_inputs(4).items()}
   out = jax.jit(lambda p: model.apply(graphdef, p, x, CTX_MASK))(params)

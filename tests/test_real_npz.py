@@ -10,6 +10,7 @@ import pytest
 from data_prep import convert
 from data_prep import inspect
 from mcur_jax import data
+from mcur_jax import normalization
 from mcur_jax import schema
 
 IEMOCAP = "IEMOCAP/iemocap_egemaps_mpnet.npz"
@@ -125,7 +126,7 @@ def test_mosi_standard(prepared, capsys):
       "video")
   # 4 of mpnet's 768 dimensions vary by 1e-7 to 1e-33: centred, not scaled.
   std = np.array(dataset.manifest.normalization["train"]["text"]["std"])
-  tiny = np.flatnonzero((std > 0) & (std <= data.MIN_STD))
+  tiny = np.flatnonzero((std > 0) & (std <= normalization.MIN_STD))
   assert len(tiny) == 4
   assert dataset.manifest.notes[1:] == [
       f"text: 4 columns vary with a std of at most 1e-06 (e.g. column "
