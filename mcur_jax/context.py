@@ -88,9 +88,9 @@ class Context(nnx.Module):
   `window` positions of the batch, padding never inside it
   (`groups.train_plan` and `groups.EvalLayout` lay them out so; a caller
   of `apply` must too), so on a batch longer than 3 * `window` the
-  attention is block-local (`attention.SelfAttention`'s `block`): each position
-  sees the keys within `window` of its block, which hold its whole window,
-  at a cost linear in the batch instead of quadratic (IEMOCAP's
+  attention is block-local (`attention.SelfAttention`'s `block`): each
+  position sees the keys within `window` of its block, which hold its whole
+  window, at a cost linear in the batch instead of quadratic (IEMOCAP's
   evaluation chunks hold 512 window slots). The keys it leaves out are
   masked anyway, so the outputs are those of whole-batch attention up to
   float rounding. `window` 0: always whole-batch.
@@ -120,7 +120,8 @@ class Context(nnx.Module):
       steps = jnp.abs(jnp.arange(-max_distance, max_distance + 1))
       self.distance_bias = nnx.Param(-slopes[:, None] * steps[None, :])
     self.blocks = nnx.List([
-        attention.Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs, dtype=dtype)
+        attention.Block(dim, num_heads, mlp_ratio, dropout, rngs=rngs,
+                        dtype=dtype)
         for _ in range(0 if self.grus is not None else num_layers)])
     self.norm = nnx.LayerNorm(dim, rngs=rngs)
 
