@@ -282,8 +282,8 @@ def train_stats(directory: str | os.PathLike, fold=None,
   manifest = schema.Manifest.load(directory)
   if manifest.folds and validation == "session":
     return load(directory, fold, validation=validation).stats
-  return normalization.normalization_stats(directory, manifest,
-                             schema.fold_name(fold) if fold else "train")
+  return normalization.normalization_stats(
+      directory, manifest, schema.fold_name(fold) if fold else "train")
 
 
 def load(directory: str | os.PathLike, fold=None, normalized: bool = True,

@@ -379,7 +379,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
   if npz:
     raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
     rows = normalization.standardize({"input": raw}, stats, per_speaker,
-                                npz)["input"]
+                                     npz)["input"]
   else:
     if data_dir:
       target = schema.Manifest.load(data_dir)

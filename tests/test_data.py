@@ -172,8 +172,8 @@ def test_session_validation_holds_out_the_next_session(tmp_path):
           (text - train_text.mean(0)) / train_text.std(0), atol=1e-5)
   np.testing.assert_equal(
       data.train_stats(tmp_path / "d", 2),
-      normalization.normalization_stats(tmp_path / "d",
-                               schema.Manifest.load(tmp_path / "d"), "fold2"))
+      normalization.normalization_stats(
+          tmp_path / "d", schema.Manifest.load(tmp_path / "d"), "fold2"))
   with pytest.raises(ValueError, match="validation='speakers'"):
     data.load(tmp_path / "d", fold=1, validation="speakers")
 
