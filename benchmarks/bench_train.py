@@ -15,7 +15,7 @@ it), each with its experiment config ("default") and with
 overrides config fields of every case. `--short` replaces them with a tiny
 synthetic MOSI on the tiny config (seconds; for CI).
 
-Per case, one `train.fit` of 1 + `--epochs` epochs on the default seeds,
+Per case, one `fit.fit` of 1 + `--epochs` epochs on the default seeds,
 with its compiled functions timed from outside:
 * setup: `Run.setup` (data to device, model, the initial state's compiled
   initialisation); compile: the seconds JAX reports (`jax.monitoring`)
@@ -75,10 +75,11 @@ from experiments.configs import mosi as mosi_config
 from mcur_jax import checkpoint
 from mcur_jax import epoch as epoch_lib
 from mcur_jax import evaluation
+from mcur_jax import fit as fit_lib
 from mcur_jax import groups
+from mcur_jax import run as run_lib
 from mcur_jax import sweep
 from mcur_jax import timing
-from mcur_jax import train
 from mcur_jax import transfer
 from mcur_jax import workdir as workdir_lib
 
@@ -259,7 +260,7 @@ def per_epoch_seconds(calls, starts: np.ndarray) -> np.ndarray:
 
 
 def fit_timed(config, epochs: int, workdir: str, seed_counts=()) -> dict:
-  """One `train.fit` of 1 + `epochs` epochs with its parts timed (see the
+  """One `fit.fit` of 1 + `epochs` epochs with its parts timed (see the
   module docstring), then the epoch's cost and host checks, and the seed
   scaling for `seed_counts`; returns the figures of the case."""
   config.num_epochs = 1 + epochs
@@ -268,7 +269,7 @@ def fit_timed(config, epochs: int, workdir: str, seed_counts=()) -> dict:
   config.checkpoint_seconds = 0.0
   with timing.CompileSeconds().active() as compiled:
     t = time.perf_counter()
-    run = train.Run.setup(config, workdir)
+    run = run_lib.Run.setup(config, workdir)
     setup_s = time.perf_counter() - t
     meter = HostBytes()
     epoch = Timed(run.train_epoch, block=True)
@@ -277,7 +278,7 @@ def fit_timed(config, epochs: int, workdir: str, seed_counts=()) -> dict:
     with (patched(transfer, "to_host", meter.wrap(transfer.to_host)),
           patched(checkpoint, "save", save),
           contextlib.redirect_stdout(io.StringIO())):
-      state = train.fit(dataclasses.replace(run, train_epoch=epoch,
+      state = fit_lib.fit(dataclasses.replace(run, train_epoch=epoch,
                                             predict=predict))
       end = time.perf_counter()
   per_epoch = {k: v // config.num_epochs for k, v in meter.bytes.items()}
@@ -301,9 +302,9 @@ def fit_timed(config, epochs: int, workdir: str, seed_counts=()) -> dict:
                                          keys=("pred",)), 2)
   flops = epoch_cost(run, state)
   calls = host_calls(run, state)
-  compiles = dict(train.COMPILES)
+  compiles = dict(run_lib.COMPILES)
   guard, state = guarded_epoch(run, state, config.num_epochs)
-  assert dict(train.COMPILES) == compiles, "the guarded epoch retraced"
+  assert dict(run_lib.COMPILES) == compiles, "the guarded epoch retraced"
   seeds = seed_scaling(run, state, seed_counts, epochs)
   combos = len(members.combos)
   return {
@@ -366,7 +367,7 @@ def device_worker(args) -> None:
     for n in (1, args.devices):
       config = make_config(case, args.short, args.set)
       config.num_devices = n
-      run = train.Run.setup(config, os.path.join(tmp, str(n)))
+      run = run_lib.Run.setup(config, os.path.join(tmp, str(n)))
       found[n] = epoch_seconds(run, run.state, run.member_data, args.epochs)
   print(json.dumps(found))
 

@@ -64,6 +64,7 @@ from data_prep import writer
 from experiments import process
 from mcur_jax import checkpoint
 from mcur_jax import compile_cache
+from mcur_jax import fit as fit_lib
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -348,11 +349,11 @@ def execute(argv, job, cache: str | None = None) -> None:
       job(config, workdir)
       if config.distributed:
         jax.distributed.shutdown()
-  except train.TrainingDiverged as e:
+  except fit_lib.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
-  except train.Interrupted as e:
-    # Every process stops at the same point (`train.stop_requested`).
+  except fit_lib.Interrupted as e:
+    # Every process stops at the same point (`fit.stop_requested`).
     if config.distributed:
       jax.distributed.shutdown()
     print(e, file=sys.stderr)  # "stopped ...": asked for, not an error.

@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from mcur_jax import checkpoint
+from mcur_jax import fit as fit_lib
 from mcur_jax import train
 
 FLAGS = flags.FLAGS
@@ -163,19 +164,19 @@ def _takes_sigint() -> bool:
 
 def stop_at_epoch_end_on_ctrl_c():
   """Makes a first Ctrl-C (SIGINT) ask the run to stop at the end of its
-  epoch, saving it (`train.STOP_REQUESTED`), and a second one end the
+  epoch, saving it (`fit.STOP_REQUESTED`), and a second one end the
   process (the signal's default action). Python's own KeyboardInterrupt
   can be raised inside a callback that swallows it (JAX's garbage-collection
   hook), and the run then goes on. Returns a function that puts the
   previous handler back (nothing to do where `_takes_sigint` says no)."""
-  train.STOP_REQUESTED.clear()
+  fit_lib.STOP_REQUESTED.clear()
   if not _takes_sigint():
     return lambda: None
   previous = signal.getsignal(signal.SIGINT)
 
   def request_stop(signum, frame):
     del signum, frame
-    train.STOP_REQUESTED.set()
+    fit_lib.STOP_REQUESTED.set()
     # A second Ctrl-C ends the process at once (its checkpoints are whole:
     # orbax writes each aside, then renames it).
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,8 +19,8 @@ from mcur_jax import combos
 from mcur_jax import evaluation
 from mcur_jax import regime
 from mcur_jax import report
+from mcur_jax import run as run_lib
 from mcur_jax import schema
-from mcur_jax import train
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
@@ -70,7 +70,7 @@ def check_finished(workdir: str) -> None:
 
 def run_data(workdir: str, config, data_dir: str | None = None):
   """The prepared data the run in `workdir` trained on, as it trained on it
-  (`train.load_data`): in config.data_dir, or in `data_dir` (the same data
+  (`run.load_data`): in config.data_dir, or in `data_dir` (the same data
   moved, or on another machine); checked to be the run's data
   (`workdir.check_data`)."""
   where = data_dir or config.data_dir
@@ -81,7 +81,7 @@ def run_data(workdir: str, config, data_dir: str | None = None):
         "(moved, or another machine): give --data_dir where it is now")
   workdir_lib.check_data(workdir, where, "give --data_dir with the run's "
                          "data, or train again")
-  return train.load_data(config, where)
+  return run_lib.load_data(config, where)
 
 
 @dataclasses.dataclass
@@ -106,7 +106,7 @@ class Restored:
     `data_dir` as `checkpoint.restore_for_inference` takes it."""
     check_finished(workdir)
     config = checkpoint.load_config(workdir)
-    mesh = train.make_mesh(config.num_devices)
+    mesh = run_lib.make_mesh(config.num_devices)
     graphdef, params, config, manifest = checkpoint.restore_for_inference(
         workdir, NamedSharding(mesh, P()), data_dir)
     present = validate.present_modalities(manifest)

@@ -62,6 +62,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from mcur_jax import fit as fit_lib
+from mcur_jax import run as run_lib
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -205,7 +207,7 @@ def shard_points(points: list, index: int, count: int) -> list:
 def check_points(base, points: list[dict[str, Any]], prepare=None,
                  source: str = "sweep") -> dict[str, ml_collections.ConfigDict]:
   """{name: config} of the (`normalize`d) points, each checked against its
-  data as a run checks it (`train.check_config`) before any trains.
+  data as a run checks it (`run.check_config`) before any trains.
 
   Raises:
     validate.ConfigError (field `source`, the sweep file or the grid):
@@ -217,7 +219,7 @@ def check_points(base, points: list[dict[str, Any]], prepare=None,
     name = point_name(point)
     try:
       config = _prepared(base, point, prepare)
-      train.check_config(config, schema.Manifest.load(config.data_dir))
+      run_lib.check_config(config, schema.Manifest.load(config.data_dir))
     except train.INPUT_ERRORS as e:
       problems.setdefault(str(e), []).append(name)
       continue
@@ -368,9 +370,10 @@ def run(base: ml_collections.ConfigDict, workdir: str,
   status = {}
   for k, point in enumerate(mine):
     name = point_name(point)
-    if k and train.stop_requested():
-      raise train.Interrupted(f"stopped before point {name}: {workdir} keeps "
-                              "the points done, and the same command resumes")
+    if k and fit_lib.stop_requested():
+      raise fit_lib.Interrupted(
+          f"stopped before point {name}: {workdir} keeps the points done, "
+          "and the same command resumes")
     out = os.path.join(workdir, name)
     failed = os.path.join(out, FAILED_FILE)
     done = finished[name]

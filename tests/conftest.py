@@ -76,7 +76,7 @@ def xla_cache(tmp_path_factory):
   own, `compile_cache.user_cache_dir()`), new and empty for each session: a
   program compiled by an earlier test (the same tiny config trained again,
   a restored run's evaluation) is loaded instead of compiled again. Traces,
-  which `train.COMPILES` counts, are unaffected."""
+  which `run.COMPILES` counts, are unaffected."""
   path = str(tmp_path_factory.mktemp("xla-cache"))
   settings = {"jax_compilation_cache_dir": path,
               "jax_persistent_cache_min_compile_time_secs": 0}

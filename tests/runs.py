@@ -22,10 +22,10 @@ from data_prep import synthetic
 from data_prep import writer
 from experiments.configs import mosi as mosi_config
 from mcur_jax import combos
+from mcur_jax import fit as fit_lib
 from mcur_jax import progress
 from mcur_jax import tfrecord
 from mcur_jax import timing
-from mcur_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOSI_CONFIG = ROOT / "experiments" / "configs" / "mosi.py"
@@ -224,17 +224,17 @@ def tensorboard_scalars(folder) -> dict[str, dict[int, list[float]]]:
 
 @contextlib.contextmanager
 def ctrl_c_in_every_epoch(monkeypatch):
-  """For the block, a stop is asked (`train.STOP_REQUESTED`, as launch's
+  """For the block, a stop is asked (`fit.STOP_REQUESTED`, as launch's
   Ctrl-C handler asks it) right after each epoch's progress line: in a run
   of 1 epoch, during its last epoch. Cleared after the block."""
   update = progress.Progress.update
 
   def update_then_ask_to_stop(self, *args):
     update(self, *args)
-    train.STOP_REQUESTED.set()
+    fit_lib.STOP_REQUESTED.set()
 
   monkeypatch.setattr(progress.Progress, "update", update_then_ask_to_stop)
   try:
     yield
   finally:
-    train.STOP_REQUESTED.clear()
+    fit_lib.STOP_REQUESTED.clear()

@@ -37,6 +37,7 @@ from mcur_jax import npz_columns
 from mcur_jax import predict
 from mcur_jax import regime
 from mcur_jax import report
+from mcur_jax import run as run_lib
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -314,7 +315,7 @@ def test_ema_tracks_parameters_without_changing_training(mosi_dir):
     config = tiny(mosi_dir, ema_decay=decay, warmup_epochs=0)
     graphdef, init = model.create(config, dataset.manifest.dims, 1)
     tx = epoch_lib.make_optimizer(config, steps_per_epoch=3)
-    mesh = train.make_mesh(1)
+    mesh = run_lib.make_mesh(1)
     repl = NamedSharding(mesh, P())
     members = regime.members(config, ALL)
     member_data = jax.device_put({"seeds": members.seeds,

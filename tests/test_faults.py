@@ -24,6 +24,7 @@ import pytest
 from data_prep import synthetic
 from data_prep import writer
 from experiments.configs import mosi as mosi_config
+from mcur_jax import fit as fit_lib
 from mcur_jax import sweep
 from mcur_jax import sweep_report
 from mcur_jax import train
@@ -418,7 +419,7 @@ def test_failed_sweep_point_is_recorded_and_retried(mosi_dir, tmp_path,
   real = train.train_and_evaluate
   def diverges(config, workdir):
     if config.tau == 0.2:
-      raise train.TrainingDiverged("loss is NaN at epoch 1")
+      raise fit_lib.TrainingDiverged("loss is NaN at epoch 1")
     return real(config, workdir)
   monkeypatch.setattr(train, "train_and_evaluate", diverges)
   status = sweep.run(base, str(tmp_path), points, log=lambda *_: None)

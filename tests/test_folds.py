@@ -21,6 +21,7 @@ from data_prep import writer
 from experiments.configs import iemocap as iemocap_config
 from mcur_jax import checkpoint
 from mcur_jax import data
+from mcur_jax import fit as fit_lib
 from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import predict
@@ -121,10 +122,10 @@ def test_a_rerun_reads_the_folds_finished_before(all_folds, iemocap_dir,
 
 def test_a_stop_request_ends_a_cross_validated_run_between_folds(
     iemocap_dir, tmp_path, monkeypatch):
-  """A stop requested (Ctrl-C, `train.STOP_REQUESTED`) in fold 1's last
+  """A stop requested (Ctrl-C, `fit.STOP_REQUESTED`) in fold 1's last
   epoch: fold 1 finishes and the run stops before fold 2."""
   with runs.ctrl_c_in_every_epoch(monkeypatch), pytest.raises(
-      train.Interrupted, match="stopped before fold 2: .* keeps the folds "
+      fit_lib.Interrupted, match="stopped before fold 2: .* keeps the folds "
       "done"):
     iemocap(iemocap_dir, tmp_path, fold=0)
   assert (tmp_path / "fold1" / "results.json").exists()

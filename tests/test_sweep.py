@@ -14,9 +14,9 @@ import pytest
 
 from experiments.configs import mosi
 from mcur_jax import combos
+from mcur_jax import fit as fit_lib
 from mcur_jax import sweep
 from mcur_jax import sweep_report
-from mcur_jax import train
 from mcur_jax import validate
 from tests import runs
 
@@ -243,14 +243,14 @@ def test_killed_sweep_completes_on_rerun_with_uninterrupted_results(
 def test_a_stop_request_ends_the_sweep_before_its_next_point(data_dir,
                                                              tmp_path,
                                                              monkeypatch):
-  """A stop requested (Ctrl-C, `train.STOP_REQUESTED`) in a point's last
+  """A stop requested (Ctrl-C, `fit.STOP_REQUESTED`) in a point's last
   epoch: the point finishes and the sweep stops before the next one, with
   Interrupted, not a failed point."""
   base = mosi.get_config("tiny")
   base.update(data_dir=data_dir, seeds=(0,), num_devices=1, num_epochs=1,
               tensorboard=False)
   with runs.ctrl_c_in_every_epoch(monkeypatch), pytest.raises(
-      train.Interrupted,
+      fit_lib.Interrupted,
       match=r"stopped before point tau=0\.1: .* keeps the points done"):
     sweep.run(base, str(tmp_path), [{"tau": 0.05}, {"tau": 0.1}],
               log=lambda *_: None)

@@ -37,6 +37,7 @@ from mcur_jax import combos
 from mcur_jax import context
 from mcur_jax import data
 from mcur_jax import epoch as epoch_lib
+from mcur_jax import fit as fit_lib
 from mcur_jax import groups
 from mcur_jax import losses
 from mcur_jax import metrics
@@ -44,6 +45,7 @@ from mcur_jax import model
 from mcur_jax import progress
 from mcur_jax import regime
 from mcur_jax import report
+from mcur_jax import run as run_lib
 from mcur_jax import schema
 from mcur_jax import train
 from mcur_jax import validate
@@ -123,7 +125,7 @@ def baseline(mosi_dir, tmp_path_factory):
     results = run(mosi_dir, workdir, plots=True)
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
-  return workdir, results, dict(train.COMPILES), dict(programs)
+  return workdir, results, dict(run_lib.COMPILES), dict(programs)
 
 
 def saved_state(workdir) -> dict:
@@ -219,7 +221,7 @@ def test_float32_matmuls_ask_for_true_float32(mosi_dir, tmp_path, dtype):
   and a TPU bfloat16 passes (`model.matmul_precision`); a bfloat16 run
   keeps the default. On the CPU both precisions give the same bits, so
   the lowered program is what can be checked here."""
-  run = train.Run.setup(tiny(mosi_dir, compute_dtype=dtype), str(tmp_path))
+  run = run_lib.Run.setup(tiny(mosi_dir, compute_dtype=dtype), str(tmp_path))
   text = run.train_epoch.lower(run.state, run.train, run.tables,
                                run.member_data, 0).as_text()
   dots = [line for line in text.splitlines() if "dot_general" in line]
@@ -276,7 +278,7 @@ def test_one_data_parallel_step_equals_single_device(mosi_dir, kind):
   members = regime.members(config, np.arange(len(combos.NAMES)))
   out = {}
   for devices in (1, 8):
-    mesh = train.make_mesh(devices)
+    mesh = run_lib.make_mesh(devices)
     repl = NamedSharding(mesh, P())
     member_data = jax.device_put({"seeds": members.seeds,
                                   "draw_weights": members.draw_weights}, repl)
@@ -418,12 +420,12 @@ def test_a_stop_requested_before_the_first_epoch_trains_nothing(mosi_dir,
   """A stop requested during setup (Ctrl-C while compiling) stops the run
   before its first epoch: Interrupted, no checkpoint, the same command
   starts it."""
-  train.STOP_REQUESTED.set()
+  fit_lib.STOP_REQUESTED.set()
   try:
-    with pytest.raises(train.Interrupted, match="stopped before epoch 1: "):
+    with pytest.raises(fit_lib.Interrupted, match="stopped before epoch 1: "):
       run(mosi_dir, tmp_path, num_devices=1)
   finally:
-    train.STOP_REQUESTED.clear()
+    fit_lib.STOP_REQUESTED.clear()
   assert not checkpoint_steps(tmp_path)
 
 
@@ -436,12 +438,12 @@ def test_a_call_from_python_records_its_data_absolute(mosi_dir, tmp_path,
     run("", tmp_path / "none")
   assert not (tmp_path / "none").exists()
   monkeypatch.chdir(mosi_dir.parent)
-  train.STOP_REQUESTED.set()  # Setup alone writes config.json.
+  fit_lib.STOP_REQUESTED.set()  # Setup alone writes config.json.
   try:
-    with pytest.raises(train.Interrupted):
+    with pytest.raises(fit_lib.Interrupted):
       run(mosi_dir.name, tmp_path, num_devices=1)
   finally:
-    train.STOP_REQUESTED.clear()
+    fit_lib.STOP_REQUESTED.clear()
   recorded = json.loads((tmp_path / "config.json").read_text())["data_dir"]
   assert recorded == str(mosi_dir.resolve())
 
@@ -500,7 +502,7 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(mosi_dir, tmp_path,
   with a NaN clip bound) raises TrainingDiverged naming the epoch, the
   seeds and the kept checkpoint; epoch 1's checkpoint and log lines
   stay."""
-  with pytest.raises(train.TrainingDiverged) as info:
+  with pytest.raises(fit_lib.TrainingDiverged) as info:
     run(mosi_dir, tmp_path)
   message = str(info.value)
   assert message.startswith("epoch 2: ")
@@ -524,7 +526,7 @@ def test_nan_loss_before_any_checkpoint_says_so(mosi_dir, tmp_path,
                                                nan_sugr):
   """With no checkpoint saved yet (checkpoint_every 2, NaN in epoch 2) the
   message says there is none instead of naming an epoch."""
-  with pytest.raises(train.TrainingDiverged) as info:
+  with pytest.raises(fit_lib.TrainingDiverged) as info:
     run(mosi_dir, tmp_path, checkpoint_every=2)
   assert checkpoint_steps(tmp_path) == []
   message = str(info.value)
