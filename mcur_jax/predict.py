@@ -1,32 +1,24 @@
-"""Predictions of a trained run on new or prepared features, with calibrated confidence.
+"""A trained run's predictions, with calibrated confidence, on any features.
 
 `predict` is what `python -m experiments.predict` runs. Its input is a
-prepared directory's split, or an `.npz` of features in the format of
-`data_prep/formats/npz.py` where only `group_id` and one modality are
-required: `label` is optional (absent, or -1 for a class: not known; a
-class index or name), `position` defaults to the rows' order in each group
-(a note says so), `split` is not read, keys may be named as
-`data_prep.convert --key` names them, and the features are standardised with the statistics the model was
-trained with (kept in the workdir, `run_stats`: the data the run trained
-on need not be there for an npz; its fold's for IEMOCAP), and the
-modalities of a run's `speaker_norm` with each speaker's statistics over
-the input (its `speaker` key, required then, and `session`, since
-speaker ids count within a session:
-`normalization.normalize_per_speaker`; without it every row is session 0,
-as `data_prep.convert` reads such a file, and a note says so; a note names
-any speaker with a single utterance, whose features that leaves all
-zero). Every row is predicted, unlabelled ones included, and every row is
-context and speaker statistics for the others: training's conversion left
-out the utterances without a label for the task (IEMOCAP's `label4` -1), so
-an npz that keeps them predicts the labelled ones in a slightly different
-context than evaluation did. Another prepared directory (`data_dir`) is
-standardised likewise: the run's training statistics, then `speaker_norm`
-over that directory's utterances; it must have the model's task, classes (in
-order) and feature sizes, and is read by its own layout: its fixed splits as
-they are, a cross-validated one at the run's fold (or `data_fold`, needed
-for a run on fixed splits). The run's own data (no `data_dir`, no npz) is
-read where it trained; if it moved, `data_dir` names it (the same
-statistics, so the same predictions).
+prepared directory's split, or an `.npz` of features (`npz_input.py` says
+what it needs and how it is checked against the model). The features are
+standardised with the statistics the model was trained with (kept in the
+workdir, `run_stats`: the data the run trained on need not be there for an
+npz; its fold's for IEMOCAP), and the modalities of a run's `speaker_norm`
+with each speaker's statistics over the input
+(`normalization.normalize_per_speaker`). Every row is predicted, unlabelled
+ones included, and every row is context and speaker statistics for the
+others: training's conversion left out the utterances without a label for
+the task (IEMOCAP's `label4` -1), so an npz that keeps them predicts the
+labelled ones in a slightly different context than evaluation did. Another
+prepared directory (`data_dir`) is standardised likewise: the run's
+training statistics, then `speaker_norm` over that directory's utterances;
+it must have the model's task, classes (in order) and feature sizes, and is
+read by its own layout: its fixed splits as they are, a cross-validated one
+at the run's fold (or `data_fold`, needed for a run on fixed splits). The
+run's own data (no `data_dir`, no npz) is read where it trained; if it
+moved, `data_dir` names it (the same statistics, so the same predictions).
 
 Every utterance is predicted once, in the context of its own group, exactly
 as evaluation predicts (`evaluation.make_predict` over `groups.EvalLayout`),
@@ -34,10 +26,7 @@ under the modalities it has, restricted to `combination` if given; the
 combination it was predicted under is a column, and in the per-condition
 regime that combination's model predicts it (evaluation's fixed protocol
 routes by the combination asked for: the two differ only for an utterance
-that natively lacks a modality of it). A modality the model was
-trained without (dims 0 in its manifest) or with another feature size is an
-error naming the field; a modality the model knows but the input lacks is
-absent for every utterance (the model is built for that), and a note says so.
+that natively lacks a modality of it).
 
 Output: one row per utterance and seed (the run's models as trained and
 reported in results.json; the default), or with `ensemble` one row per
@@ -68,9 +57,8 @@ from mcur_jax import data as data_lib
 from mcur_jax import evaluation
 from mcur_jax import inference
 from mcur_jax import normalization
-from mcur_jax import npz_columns
+from mcur_jax import npz_input
 from mcur_jax import schema
-from mcur_jax import utterance_rows
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
 
@@ -120,89 +108,6 @@ def write_csv(predictions: Predictions, path: str) -> None:
     out.writerow(list(cols))
     for row in zip(*cols.values()):
       out.writerow([_number(x) for x in row])
-
-
-def read_npz(path: str, manifest: schema.Manifest, keys=(),
-             speaker_norm: tuple[str, ...] = ()) -> tuple[data_lib.Split,
-                                                          np.ndarray, list]:
-  """(raw split, label known [N] bool, notes) of an npz of new features,
-  checked against the model's `manifest` (module docstring); `keys` are
-  FIELD=NPZKEY pairs (as `data_prep.convert --key`), `speaker_norm` the
-  run's per-speaker modalities."""
-  classification = manifest.task == "classification"
-  fields, mapped = npz_columns.key_map(list(keys))
-  with npz_columns.open_archive(path) as archive:
-    columns = npz_columns.Columns(path, archive, fields, mapped,
-                                  rows_from="group_id")
-    group_id = columns.text("group_id", None)
-    n = len(group_id)
-    label = columns.labels(manifest.classes if classification else None, n,
-                           required=False)
-    position, utt_id, given = columns.positions_and_ids(group_id)
-    notes = []
-    if not given and len(np.unique(group_id)) < n:
-      notes.append(f"{path}: no {columns.name('position')!r} key: each "
-                   "group's utterances are predicted in context in the "
-                   "order of their rows; give their positions if the rows "
-                   "are in another order")
-    speaker = columns.text("speaker", n, required=bool(speaker_norm))
-    session = columns.get("session", npz_columns.INTEGERS, n,
-                          required=False)
-    if speaker_norm and session is None:
-      notes.append(f"{path}: no {columns.name('session')!r} key: every "
-                   "row is session 0, so a speaker id is one speaker "
-                   "across the file (as data_prep.convert reads it)")
-    features, available, _ = npz_columns.read_features(columns, n)
-    notes += columns.unread_note()
-  for j, m in enumerate(schema.MODALITIES):
-    dims, want = features[m].shape[1], manifest.dims[m]
-    if dims and not want:
-      raise schema.DataError(path, columns.name(m), f"the model was trained "
-                             f"without {m} (its manifest's dims.{m} is 0): "
-                             "remove the key")
-    if dims and dims != want:
-      raise schema.DataError(path, columns.name(m), f"{dims} features per "
-                             f"utterance, but the model was trained on "
-                             f"{want} (dims.{m} of its manifest)")
-    if want and not dims:
-      features[m] = np.zeros((n, want), np.float32)
-      notes.append(f"{path}: no {m!r} key: {m} is absent for every "
-                   "utterance")
-    features[m], available[:, j], _ = utterance_rows.apply_nan_policy(
-        features[m], available[:, j], "error", path, columns.name(m), utt_id,
-        remedy=f"mark such an utterance's {m} unavailable with "
-        f"{columns.name(schema.available_field(m))}=0, or fix its values")
-  if label is None:
-    known = np.zeros(n, bool)
-    label = np.zeros(n, np.int32 if classification else np.float32)
-  else:  # The prepared data's rule; -1 is a class not known.
-    known = (label != npz_columns.UNLABELLED if classification
-             else np.ones(n, bool))
-    bad, expected = data_lib.bad_labels(label, len(manifest.classes or ()),
-                                        manifest.label_range)
-    bad &= known
-    if bad.any():
-      raise schema.DataError(path, "label", f"{int(bad.sum())} values that "
-                             f"are not {expected}" +
-                             (" or -1 (unknown)" if classification else ""))
-    if classification:
-      label = np.where(known, label, 0).astype(np.int32)
-  split = utterance_rows.make_rows(
-      utt_id=utt_id, group_id=group_id, position=position, label=label,
-      features=features, available=available, speaker=speaker,
-      session=session)
-  utterance_rows.check_ids(split, {"utt_id": path})
-  if speaker_norm and speaker is not None:
-    ids, counts = np.unique(normalization.speakers(split), return_counts=True)
-    if (counts == 1).any():
-      notes.append(
-          f"{path}: {int((counts == 1).sum())} speaker(s) with a single "
-          f"utterance ({', '.join(ids[counts == 1][:5])}"
-          f"{', ...' if (counts == 1).sum() > 5 else ''}): standardised with "
-          f"their own statistics (speaker_norm: {', '.join(speaker_norm)}), "
-          "their features are all zero; give each speaker's other "
-          "utterances too")
-  return split, known, notes
 
 
 def _check_same_features(directory: str, data: schema.Manifest,
@@ -377,7 +282,7 @@ def predict(workdir: str, *, data_dir: str | None = None,
     # own was; per-speaker statistics come from the data's own utterances.
     stats = run_stats(workdir, config, manifest, data_dir)
   if npz:
-    raw, known, notes = read_npz(npz, manifest, keys, per_speaker)
+    raw, known, notes = npz_input.read(npz, manifest, keys, per_speaker)
     rows = normalization.standardize({"input": raw}, stats, per_speaker,
                                      npz)["input"]
   else:

@@ -34,6 +34,7 @@ from mcur_jax import inference
 from mcur_jax import metrics
 from mcur_jax import model
 from mcur_jax import npz_columns
+from mcur_jax import npz_input
 from mcur_jax import predict
 from mcur_jax import regime
 from mcur_jax import report
@@ -882,7 +883,7 @@ def test_predict_npz_nan_says_what_predict_can_do(mosi_dir, tmp_path):
   path = tmp_path / "nan.npz"
   np.savez(path, group_id=raw.group_id, utt_id=raw.utt_id, **columns)
   with pytest.raises(schema.DataError) as error:
-    predict.read_npz(str(path), manifest)
+    npz_input.read(str(path), manifest)
   assert str(error.value) == (
       f"{path}: audio: NaN or inf in 1 vectors, first at utterance "
       f"{str(raw.utt_id[2])!r} (a value beyond float32's range reads as "
@@ -890,7 +891,7 @@ def test_predict_npz_nan_says_what_predict_can_do(mosi_dir, tmp_path):
       "available_audio=0, or fix its values)")
   columns["available_audio"][2] = False
   np.savez(path, group_id=raw.group_id, utt_id=raw.utt_id, **columns)
-  split, _, _ = predict.read_npz(str(path), manifest)
+  split, _, _ = npz_input.read(str(path), manifest)
   assert not split.available[2, 0]
   assert np.isfinite(split.features["audio"]).all()
 
@@ -906,14 +907,14 @@ def test_predict_npz_label_outside_the_models_range(mosi_dir, tmp_path):
   np.savez(path, group_id=raw.group_id, label=label,
            **runs.feature_columns(raw))
   with pytest.raises(schema.DataError) as error:
-    predict.read_npz(str(path), manifest)
+    npz_input.read(str(path), manifest)
   lo, hi = manifest.label_range
   assert str(error.value) == (f"{path}: label: 2 values that are not a "
                               f"finite score in [{lo}, {hi}]")
   label[[1, 4]] = [hi, lo]  # The ends are in it.
   np.savez(path, group_id=raw.group_id, label=label,
            **runs.feature_columns(raw))
-  assert predict.read_npz(str(path), manifest)[1].all()
+  assert npz_input.read(str(path), manifest)[1].all()
 
 
 def test_predict_input_that_is_not_an_npz(mosi_dir, tmp_path):
@@ -923,7 +924,7 @@ def test_predict_input_that_is_not_an_npz(mosi_dir, tmp_path):
   path = tmp_path / "new.csv"
   path.write_text("group_id,audio\nv1,0.5\n")
   with pytest.raises(schema.DataError) as error:
-    predict.read_npz(str(path), manifest)
+    npz_input.read(str(path), manifest)
   assert str(error.value) == (
       f"{path}: --input: not an .npz file (not a zip archive)")
 
@@ -995,42 +996,42 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   path = tmp_path / "keys.npz"
   np.savez(path, video_id=raw.group_id, score=raw.label,
            **runs.feature_columns(raw))
-  split, known, _ = predict.read_npz(
+  split, known, _ = npz_input.read(
       str(path), manifest, keys=("group_id=video_id", "label=score"))
   np.testing.assert_array_equal(split.label, raw.label)
   assert known.all()
   with pytest.raises(schema.DataError, match="group_id: missing"):
-    predict.read_npz(str(path), manifest)
+    npz_input.read(str(path), manifest)
   speaker = np.where(np.arange(n) == 0, "alone", "crowd")
   np.savez(path, group_id=raw.group_id, position=raw.position,
            **runs.feature_columns(raw))
   with pytest.raises(schema.DataError, match="speaker: missing"):
-    predict.read_npz(str(path), manifest, speaker_norm=("audio",))
+    npz_input.read(str(path), manifest, speaker_norm=("audio",))
   # Without a session key every row is session 0, as convert reads it.
   np.savez(path, group_id=raw.group_id, speaker=speaker, position=raw.position,
            **runs.feature_columns(raw))
-  alone, _, notes = predict.read_npz(str(path), manifest,
-                                     speaker_norm=("audio",))
+  alone, _, notes = npz_input.read(str(path), manifest,
+                                   speaker_norm=("audio",))
   assert notes[0] == (f"{path}: no 'session' key: every row is session 0, so "
                       "a speaker id is one speaker across the file (as "
                       "data_prep.convert reads it)")
   np.savez(path, group_id=raw.group_id, speaker=speaker, position=raw.position,
            session=np.zeros(n, np.int64), **runs.feature_columns(raw))
-  zero, _, _ = predict.read_npz(str(path), manifest, speaker_norm=("audio",))
+  zero, _, _ = npz_input.read(str(path), manifest, speaker_norm=("audio",))
   for field in ("session", "speaker"):
     np.testing.assert_array_equal(getattr(alone, field), getattr(zero, field))
   np.savez(path, group_id=raw.group_id, speaker=speaker,
            session=np.ones(n, np.int64), position=raw.position,
            **runs.feature_columns(raw))
-  _, _, notes = predict.read_npz(str(path), manifest, speaker_norm=("audio",))
+  _, _, notes = npz_input.read(str(path), manifest, speaker_norm=("audio",))
   assert len(notes) == 1 and "1 speaker(s) with a single utterance (1|alone)" \
       in notes[0]
-  _, _, notes = predict.read_npz(str(path), manifest)
+  _, _, notes = npz_input.read(str(path), manifest)
   assert not notes
   # A key no field reads (a misspelt availability column) is named.
   np.savez(path, group_id=raw.group_id, position=raw.position,
            audio_available=np.zeros(n, np.int64), **runs.feature_columns(raw))
-  _, _, notes = predict.read_npz(str(path), manifest)
+  _, _, notes = npz_input.read(str(path), manifest)
   assert notes == [f"{path.name}: keys not read: audio_available (the fields "
                    "are "
                    f"{', '.join(npz_columns.FIELDS)}; --key FIELD=KEY maps "
@@ -1059,7 +1060,7 @@ def test_predict_npz_class_labels_by_name(mosi_dir, tmp_path):
   path = tmp_path / "named.npz"
   np.savez(path, group_id=raw.group_id, position=raw.position, label=names,
            **runs.feature_columns(raw))
-  split, known, notes = predict.read_npz(str(path), manifest)
+  split, known, notes = npz_input.read(str(path), manifest)
   np.testing.assert_array_equal(known, names != "")
   np.testing.assert_array_equal(split.label[known],
                                 (np.arange(len(raw)) % 4)[known])
@@ -1069,7 +1070,7 @@ def test_predict_npz_class_labels_by_name(mosi_dir, tmp_path):
            **runs.feature_columns(raw))
   with pytest.raises(schema.DataError, match="label: 1 label.s. not among "
                      "the classes neg,neu,pos: 'Pos'"):
-    predict.read_npz(str(path), manifest)
+    npz_input.read(str(path), manifest)
 
 
 def test_predict_npz_rows_that_cannot_be_told_apart(mosi_dir, tmp_path):
@@ -1084,7 +1085,7 @@ def test_predict_npz_rows_that_cannot_be_told_apart(mosi_dir, tmp_path):
   path = tmp_path / "rows.npz"
   def read(keys=(), **columns):
     np.savez(path, **columns)
-    return predict.read_npz(str(path), manifest, keys=keys)
+    return npz_input.read(str(path), manifest, keys=keys)
   with pytest.raises(schema.DataError, match="utt_id: no utterances found"):
     read(group_id=raw.group_id[:0], **{m: x[:0] for m, x in features.items()})
   utt_id = raw.utt_id.copy()
