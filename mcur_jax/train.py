@@ -8,7 +8,7 @@ selection of each member's best epoch on validation, checkpoints, a stop
 on request) -> `finish` (evaluation of the selected models under every
 protocol, `evaluation.py`, test once and at the end; calibration,
 results.json, results.md and figures). A dataset with folds runs the
-three once per fold. One run at a time holds a workdir (`workdir.lock`).
+three once per fold. One run at a time holds a workdir (`workdir_lock.py`).
 
 * An epoch (`epoch.py`) is one compiled `lax.scan` over batches of
   windows drawn on device from (seed, epoch) (`groups.train_plan`: groups
@@ -45,6 +45,7 @@ from mcur_jax import timing
 from mcur_jax import transfer
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
+from mcur_jax import workdir_lock
 
 # Bad input (config, data, workdir): the entry points report it in one
 # `error:` line with exit status 2, no traceback.
@@ -78,7 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     validate.ConfigError: a config value that cannot run, a config or data
       that differ from those of the checkpoints it would resume
       (`workdir.check_resume`), a workdir another run holds
-      (`workdir.WorkdirBusy`), checkpoints that are all damaged or a disk
+      (`workdir_lock.WorkdirBusy`), checkpoints that are all damaged or a disk
       too full to save one (`checkpoint.CheckpointError`).
     schema.DataError, tfrecord.CorruptRecordError: bad prepared data.
   """
@@ -89,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "prepared/<dataset>, else generate synthetic data)")
   # Absolute, so that the run's config.json finds its data from anywhere.
   config.data_dir = os.path.abspath(config.data_dir)
-  with workdir_lib.lock(workdir):
+  with workdir_lock.lock(workdir):
     manifest = schema.Manifest.load(config.data_dir)
     all_folds = bool(manifest.folds) and not config.fold
     _check_kind(workdir, all_folds)

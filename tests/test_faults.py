@@ -30,6 +30,7 @@ from mcur_jax import sweep_report
 from mcur_jax import train
 from mcur_jax import validate
 from mcur_jax import workdir as workdir_lib
+from mcur_jax import workdir_lock
 from tests import runs
 
 # About 4 minutes on 2 cores: conftest schedules the slow modules first.
@@ -296,7 +297,7 @@ def test_second_run_on_a_busy_workdir_is_refused_and_a_killed_one_frees_it(
   finally:
     first.send_signal(signal.SIGKILL)
     first.wait()
-  with workdir_lib.lock(str(workdir)):
+  with workdir_lock.lock(str(workdir)):
     pass
 
 
@@ -311,13 +312,13 @@ def test_a_run_that_wrote_nothing_leaves_its_workdir_as_it_found_it(
   (used / "metrics.jsonl").write_text("")
   for workdir in (new, empty, used):
     with pytest.raises(validate.ConfigError):
-      with workdir_lib.lock(str(workdir)):
-        assert (workdir / workdir_lib.LOCK_FILE).exists()
+      with workdir_lock.lock(str(workdir)):
+        assert (workdir / workdir_lock.LOCK_FILE).exists()
         raise validate.ConfigError("config.num_epochs", "0, must be >= 1")
   assert not new.exists()
   assert empty.is_dir() and not list(empty.iterdir())
   assert sorted(p.name for p in used.iterdir()) == [
-      workdir_lib.LOCK_FILE, "metrics.jsonl"]
+      workdir_lock.LOCK_FILE, "metrics.jsonl"]
 
 
 def test_a_lock_file_removed_while_taken_is_taken_again(tmp_path,
@@ -326,19 +327,19 @@ def test_a_lock_file_removed_while_taken_is_taken_again(tmp_path,
   test removes it between the open and the flock) locks the file that is
   there now, not the removed one, which a third run could not see."""
   workdir = tmp_path / "w"
-  path = workdir / workdir_lib.LOCK_FILE
-  real_flock, calls = workdir_lib.fcntl.flock, []
+  path = workdir / workdir_lock.LOCK_FILE
+  real_flock, calls = workdir_lock.fcntl.flock, []
   def flock_after_a_removal(handle, operation):
     calls.append(operation)
     if len(calls) == 1:
       os.remove(path)
     return real_flock(handle, operation)
-  monkeypatch.setattr(workdir_lib.fcntl, "flock", flock_after_a_removal)
-  with workdir_lib.lock(str(workdir)):
+  monkeypatch.setattr(workdir_lock.fcntl, "flock", flock_after_a_removal)
+  with workdir_lock.lock(str(workdir)):
     assert path.exists() and path.read_text().startswith("pid ")
-    monkeypatch.setattr(workdir_lib.fcntl, "flock", real_flock)
-    with pytest.raises(workdir_lib.WorkdirBusy):
-      with workdir_lib.lock(str(workdir)):
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", real_flock)
+    with pytest.raises(workdir_lock.WorkdirBusy):
+      with workdir_lock.lock(str(workdir)):
         pass
   assert len(calls) >= 2
 
