@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mcur_jax import metrics
+
 # The task losses (config.task_loss) that train each task (schema.TASKS).
 TASK_LOSSES = {"regression": ("l1", "mse"), "classification": ("ce",)}
 POSITIVES = ("class_and_combo", "class", "combo", "class_plus_combo")
@@ -87,13 +89,13 @@ def sugr(per_sample: jax.Array, s: jax.Array, *, s_max: float,
 
 def category(label: jax.Array, task: str, rule: str = "sign") -> jax.Array:
   """Integer category of each label for MCB-CL: the class, or for
-  regression the sign (y >= 0 vs y < 0) or the 7-class rounding."""
+  regression the sign (y >= 0 vs y < 0) or the 7 classes of Acc-7."""
   if task == "classification":
     return label.astype(jnp.int32)
   if rule == "sign":
     return (label >= 0).astype(jnp.int32)
   if rule == "seven":
-    return jnp.round(jnp.clip(label, -3, 3)).astype(jnp.int32)
+    return metrics.seven(label, jnp).astype(jnp.int32)
   raise ValueError(f"regression category {rule!r} not in "
                    f"{REGRESSION_CATEGORIES}")
 

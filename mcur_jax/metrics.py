@@ -101,15 +101,20 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
   return float((x * y).sum() / denom) if denom > 0 else float("nan")
 
 
+def seven(x, xp=np):
+  """The 7 classes of sentiment scores as the field's code (MMSA/MulT) has
+  them for Acc-7: clip to [-3, 3], then round halves to even (-2.5 -> -2,
+  0.5 -> 0, 1.5 -> 2); `xp` is numpy or jax.numpy (MCB-CL's `seven`
+  categories, `losses.category`)."""
+  return xp.round(xp.clip(x, -3, 3))
+
+
 def regression(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
   """MOSI/MOSEI metrics of predicted scores [N] against labels [N]."""
   pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
   nonzero = label != 0
   non0 = (label[nonzero] > 0, pred[nonzero] > 0)
   has0 = (label >= 0, pred >= 0)
-  # Acc-7 as the field's code (MMSA/MulT): clip to [-3, 3], then np.round,
-  # which rounds halves to even (-2.5 -> -2, 0.5 -> 0, 1.5 -> 2).
-  seven = lambda x: np.round(np.clip(x, -3, 3))
   return {
       "acc2_non0": accuracy(*non0), "f1_non0": weighted_f1(*non0),
       "acc2_has0": accuracy(*has0), "f1_has0": weighted_f1(*has0),
