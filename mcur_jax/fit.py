@@ -62,10 +62,9 @@ def stop_requested() -> bool:
   return workdir_lib.agree(STOP_REQUESTED.is_set())
 
 
-
-
 def _finite(stats) -> bool:
   return all(np.isfinite(v).all() for v in stats.values())
+
 
 def _fold_label(config, manifest) -> str:
   """The run header's fold, e.g. ' fold 2/5 (test: session 2)'; '' for a

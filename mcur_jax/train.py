@@ -74,13 +74,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   and std over folds and seeds).
 
   Raises:
-    TrainingDiverged: a loss became NaN/inf (the last good checkpoint and
-      the logs stay).
+    fit.TrainingDiverged: a loss became NaN/inf (the last good checkpoint
+      and the logs stay).
+    fit.Interrupted: a stop was requested (`fit.STOP_REQUESTED`, Ctrl-C).
     validate.ConfigError: a config value that cannot run, a config or data
       that differ from those of the checkpoints it would resume
       (`workdir.check_resume`), a workdir another run holds
-      (`workdir_lock.WorkdirBusy`), checkpoints that are all damaged or a disk
-      too full to save one (`checkpoint.CheckpointError`).
+      (`workdir_lock.WorkdirBusy`), checkpoints that are all damaged or a
+      disk too full to save one (`checkpoint.CheckpointError`).
     schema.DataError, tfrecord.CorruptRecordError: bad prepared data.
   """
   if not config.data_dir:
@@ -166,7 +167,6 @@ def _train_fold(config, workdir: str) -> dict:
     with phases.phase("train"):
       state = fit_lib.fit(run, phases)
     return finish(run, state, phases, compiled)
-
 
 
 def finish(run: run_lib.Run, state: dict, phases: timing.Phases,

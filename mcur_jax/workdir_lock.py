@@ -37,8 +37,8 @@ def _holder(workdir: str) -> str:
 
 
 def _remove_temporaries(workdir: str) -> None:
-  """Removes what `workdir.replacing` left from runs killed while writing (checkpoint
-  folders are orbax's to clean)."""
+  """Removes what `workdir.replacing` left from runs killed while writing
+  (checkpoint folders are orbax's to clean)."""
   for folder, subfolders, files in os.walk(workdir):
     if "checkpoints" in subfolders:
       subfolders.remove("checkpoints")
