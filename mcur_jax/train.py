@@ -57,7 +57,6 @@ INPUT_ERRORS = (validate.ConfigError, schema.DataError,
 RUN_FAILURES = INPUT_ERRORS + (fit_lib.TrainingDiverged,)
 
 
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains every seed of `config` on `config.data_dir` (made absolute);
   writes `WORKDIR/{config.json, data.json, metrics.jsonl, checkpoints/,
