@@ -23,7 +23,8 @@ flags.DEFINE_string("data_dir", None, "prepared directory to predict "
 flags.DEFINE_enum("split", "test", list(schema.SPLITS),
                   "split of the prepared directory")
 flags.DEFINE_integer("fold", None, "fold of a cross-validated --data_dir "
-                     "(default: the run's own fold)")
+                     "(default: the run's own fold); on a cross-validated "
+                     "--workdir, only that fold's models predict")
 flags.DEFINE_string("input", None, "an .npz of features instead (labels "
                     "optional; format in data_prep/formats/npz.py; speaker "
                     "and session keys for a run with speaker_norm)")

@@ -218,7 +218,9 @@ def predict(workdir: str, *, data_dir: str | None = None,
   Args:
     workdir: a finished run's workdir. A cross-validated run (fold<k>/)
       predicts each fold's `split` with that fold's models (out-of-fold
-      predictions for test); an npz then needs one fold's workdir.
+      predictions for test), or with `data_fold` that fold's `split` with
+      that fold's models only (the other folds' models trained on its
+      utterances); an npz then needs one fold's workdir.
     data_dir: a prepared directory (default: the run's own data).
     split: its split to predict (default "test").
     data_fold: the fold of a cross-validated `data_dir` whose `split` to
@@ -256,6 +258,14 @@ def predict(workdir: str, *, data_dir: str | None = None,
       raise validate.ConfigError("--workdir", f"{workdir} is cross-"
                                  "validated: pass one fold's workdir (e.g. "
                                  f"{folds[0]}) to predict an npz")
+    if data_fold is not None:
+      # Fold k's split with fold k's models: the other folds' trained on it.
+      chosen = [d for d in folds if schema.fold_of(d) == data_fold]
+      if not chosen:
+        raise validate.ConfigError("--fold", f"{data_fold}: {workdir} has "
+                                   "no models of that fold (its folds: "
+                                   f"{[schema.fold_of(d) for d in folds]})")
+      folds = chosen
     parts = [predict(d, data_dir=data_dir, split=split,
                      combination=combination, ensemble=ensemble, keys=keys,
                      data_fold=data_fold)

@@ -275,3 +275,22 @@ def test_predict_a_fixed_split_directory_with_a_fold_run(all_folds, tmp_path):
   target = schema.Manifest.load(config.data_dir)
   with pytest.raises(validate.ConfigError, match="pass one of"):
     predict._data_fold(config.data_dir, target, None, None)
+
+
+def test_predict_one_fold_of_a_cross_validated_run(all_folds):
+  """`data_fold` on the cross-validated workdir predicts that fold's split
+  with that fold's models only, each utterance once: the other folds'
+  models trained on its utterances. A fold the run lacks is refused."""
+  workdir, _ = all_folds
+  data_dir = checkpoint.load_config(str(workdir / "fold3")).data_dir
+  found, _ = predict.predict(str(workdir), data_dir=data_dir, data_fold=3,
+                             split="valid")
+  alone, _ = predict.predict(str(workdir / "fold3"), data_dir=data_dir,
+                             data_fold=3, split="valid")
+  assert set(found.columns["fold"]) == {3}
+  assert found.columns == alone.columns
+  assert found.columns["utt_id"] == data.load(
+      data_dir, fold=3, normalized=False).valid.utt_id.tolist()
+  with pytest.raises(validate.ConfigError,
+                     match=r"--fold: 9: .* no models of that fold"):
+    predict.predict(str(workdir), data_dir=data_dir, data_fold=9)
