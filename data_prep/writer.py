@@ -224,7 +224,8 @@ def _empty_class_notes(table: Table) -> list[str]:
                        minlength=len(table.classes))
   empty = [c for c, k in zip(table.classes, counts) if not k]
   return [f"label: no utterance of class {', '.join(empty)} (of "
-          f"{', '.join(table.classes)}): check the dataset's classes"] if (
+          f"{', '.join(table.classes)}): check the label key (--key "
+          "label=...) and the dataset's classes"] if (
               empty) else []
 
 

@@ -7,12 +7,12 @@ each group (a note says so), `split` is not read, and keys may be named as
 `data_prep.convert --key` names them. A modality the model was trained
 without (dims 0 in its manifest) or with another feature size is an error
 naming the key; a modality the model knows but the file lacks is absent
-for every utterance (the model is built for that), and a note says so.
-For a run's `speaker_norm`, the `speaker` key is required and `session`
-read (speaker ids count within a session; without it every row is session
-0, as `data_prep.convert` reads such a file, and a note says so); a note
-names any speaker with a single utterance, whose features per-speaker
-standardisation leaves all zero.
+for every utterance (the model is built for that), and a note says so. For
+a run's `speaker_norm` modalities that the file has, the `speaker` key is
+required and `session` read (speaker ids count within a session; without
+it every row is session 0, as `data_prep.convert` reads such a file, and a
+note says so); a note names any speaker with a single utterance, whose
+features per-speaker standardisation leaves all zero.
 """
 
 import numpy as np
@@ -47,14 +47,22 @@ def read(path: str, manifest: schema.Manifest, keys=(),
                    "group's utterances are predicted in context in the "
                    "order of their rows; give their positions if the rows "
                    "are in another order")
-    speaker = columns.text("speaker", n, required=bool(speaker_norm))
+    features, available, _ = npz_columns.read_features(columns, n)
+    per_speaker = speaker_modalities(available, speaker_norm)
+    if per_speaker and not columns.has("speaker"):
+      raise schema.DataError(
+          path, columns.name("speaker"), "missing: the model standardises "
+          f"{' and '.join(per_speaker)} per speaker (its run's "
+          "speaker_norm), so each utterance needs its speaker id (keys in "
+          "the file: "
+          f"{', '.join(columns.files)}; map one with --key speaker=KEY)")
+    speaker = columns.text("speaker", n, required=False)
     session = columns.get("session", npz_columns.INTEGERS, n,
                           required=False)
-    if speaker_norm and session is None:
+    if per_speaker and session is None:
       notes.append(f"{path}: no {columns.name('session')!r} key: every "
                    "row is session 0, so a speaker id is one speaker "
                    "across the file (as data_prep.convert reads it)")
-    features, available, _ = npz_columns.read_features(columns, n)
     notes += columns.unread_note()
   for j, m in enumerate(schema.MODALITIES):
     dims, want = features[m].shape[1], manifest.dims[m]
@@ -94,14 +102,22 @@ def read(path: str, manifest: schema.Manifest, keys=(),
       features=features, available=available, speaker=speaker,
       session=session)
   utterance_rows.check_ids(split, {"utt_id": path})
-  if speaker_norm and speaker is not None:
+  if per_speaker and speaker is not None:
     ids, counts = np.unique(normalization.speakers(split), return_counts=True)
     if (counts == 1).any():
       notes.append(
           f"{path}: {int((counts == 1).sum())} speaker(s) with a single "
           f"utterance ({', '.join(ids[counts == 1][:5])}"
           f"{', ...' if (counts == 1).sum() > 5 else ''}): standardised with "
-          f"their own statistics (speaker_norm: {', '.join(speaker_norm)}), "
+          f"their own statistics (speaker_norm: {', '.join(per_speaker)}), "
           "their features are all zero; give each speaker's other "
           "utterances too")
   return split, known, notes
+
+
+def speaker_modalities(available: np.ndarray, speaker_norm) -> list[str]:
+  """The `speaker_norm` modalities some row of the input has ([N, 3]
+  `available`): only they take each speaker's statistics, and only they
+  need speaker ids (a modality absent throughout stays zero)."""
+  return [m for m in speaker_norm
+          if available[:, schema.MODALITIES.index(m)].any()]

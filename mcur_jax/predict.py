@@ -293,8 +293,10 @@ def predict(workdir: str, *, data_dir: str | None = None,
     stats = run_stats(workdir, config, manifest, data_dir)
   if npz:
     raw, known, notes = npz_input.read(npz, manifest, keys, per_speaker)
-    rows = normalization.standardize({"input": raw}, stats, per_speaker,
-                                     npz)["input"]
+    rows = normalization.standardize(
+        {"input": raw}, stats,
+        npz_input.speaker_modalities(raw.available, per_speaker),
+        npz)["input"]
   else:
     if data_dir:
       target = schema.Manifest.load(data_dir)

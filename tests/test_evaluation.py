@@ -986,7 +986,8 @@ def test_predict_combination_the_model_lacks_names_the_modality(mixed,
 
 def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   """An npz's keys may be named as `data_prep.convert --key` names them;
-  with a run's speaker_norm the speaker key is required, and session
+  with a run's speaker_norm the speaker key is required (unless the file
+  lacks those modalities), and session
   (speaker ids count within a session) defaults to 0 with a note, as
   convert reads a file without it; a speaker with one utterance,
   whose per-speaker standardisation leaves zeros, gets a note."""
@@ -1005,8 +1006,15 @@ def test_predict_npz_keys_and_speaker_fields(mosi_dir, tmp_path):
   speaker = np.where(np.arange(n) == 0, "alone", "crowd")
   np.savez(path, group_id=raw.group_id, position=raw.position,
            **runs.feature_columns(raw))
-  with pytest.raises(schema.DataError, match="speaker: missing"):
+  with pytest.raises(schema.DataError, match="speaker: missing: the model "
+                     "standardises audio per speaker"):
     npz_input.read(str(path), manifest, speaker_norm=("audio",))
+  # Without the audio there is nothing to standardise per speaker.
+  text_only = {k: v for k, v in runs.feature_columns(raw).items()
+               if k == "text"}
+  np.savez(path, group_id=raw.group_id, position=raw.position, **text_only)
+  _, _, notes = npz_input.read(str(path), manifest, speaker_norm=("audio",))
+  assert not [n for n in notes if "session" in n], notes
   # Without a session key every row is session 0, as convert reads it.
   np.savez(path, group_id=raw.group_id, speaker=speaker, position=raw.position,
            **runs.feature_columns(raw))

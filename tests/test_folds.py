@@ -277,10 +277,12 @@ def test_predict_a_fixed_split_directory_with_a_fold_run(all_folds, tmp_path):
     predict._data_fold(config.data_dir, target, None, None)
 
 
-def test_predict_one_fold_of_a_cross_validated_run(all_folds):
+def test_predict_one_fold_of_a_cross_validated_run(all_folds, tmp_path):
   """`data_fold` on the cross-validated workdir predicts that fold's split
   with that fold's models only, each utterance once: the other folds'
-  models trained on its utterances. A fold the run lacks is refused."""
+  models trained on its utterances. A fold the run lacks is refused. An
+  npz without audio needs no speaker ids, though the run standardises
+  audio per speaker."""
   workdir, _ = all_folds
   data_dir = checkpoint.load_config(str(workdir / "fold3")).data_dir
   found, _ = predict.predict(str(workdir), data_dir=data_dir, data_fold=3,
@@ -294,3 +296,10 @@ def test_predict_one_fold_of_a_cross_validated_run(all_folds):
   with pytest.raises(validate.ConfigError,
                      match=r"--fold: 9: .* no models of that fold"):
     predict.predict(str(workdir), data_dir=data_dir, data_fold=9)
+  raw = data.load(data_dir, fold=3, normalized=False).valid
+  path = tmp_path / "text.npz"
+  np.savez(path, group_id=raw.group_id, position=raw.position,
+           text=raw.features["text"])
+  text, _ = predict.predict(str(workdir / "fold3"), npz=str(path))
+  assert set(text.columns["combination"]) == {"t"}
+  assert len(text) == len(alone)

@@ -316,7 +316,8 @@ def test_a_class_without_utterances_is_noted(tmp_path, capsys):
   path = _save(tmp_path, columns)
   assert _convert(path, tmp_path / "out", dataset="iemocap4") == 0
   note = ("label: no utterance of class angry (of happy, sad, neutral, "
-          "angry): check the dataset's classes")
+          "angry): check the label key (--key label=...) and the dataset's "
+          "classes")
   assert note in schema.Manifest.load(tmp_path / "out").notes
   assert f"note: {note}" in capsys.readouterr().out
 
