@@ -94,7 +94,8 @@ def parse_value(config: ml_collections.ConfigDict, field: str, text: str):
   so a `;` stands for a comma inside one: tuples as `a;b`, and
   comma-separated strings (`speaker_norm=audio;text` is "audio,text")."""
   if field not in config:
-    raise validate.ConfigError(f"--grid {field}", "no such config field")
+    raise validate.ConfigError(f"--grid {field}", "no such config field"
+                               + validate.did_you_mean(field, config.keys()))
   current = config[field]
   if isinstance(current, bool):
     if text.lower() not in ("true", "false", "1", "0"):

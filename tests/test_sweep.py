@@ -42,7 +42,8 @@ def test_product_and_grid_points_parse_with_the_fields_types():
       config, ["speaker_norm=,audio;text"])] == ["", "audio,text"]
   assert sweep.product(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"},
                                               {"a": 2, "b": "x"}]
-  with pytest.raises(ValueError, match="no such config field"):
+  with pytest.raises(ValueError, match="lr: no such config field; did you "
+                     "mean 'learning_rate'"):
     sweep.grid_points(config, ["lr=1"])
   with pytest.raises(validate.ConfigError, match="is not a bool"):
     sweep.grid_points(config, ["sugr=maybe"])
