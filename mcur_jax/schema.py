@@ -191,9 +191,11 @@ class Manifest:
     try:
       with open(path, encoding="utf-8") as f:
         raw = json.load(f)
-    except FileNotFoundError:
-      raise DataError(path, "manifest", "not found: not a prepared directory"
-                      " (make one with `python -m data_prep.convert`)") from None
+    except (FileNotFoundError, NotADirectoryError):
+      what = ("a file, not a prepared directory" if os.path.isfile(directory)
+              else "not found: not a prepared directory")
+      raise DataError(path, "manifest", f"{what} (make one with `python -m "
+                      "data_prep.convert`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise DataError(path, "manifest", f"not valid JSON ({e})") from None
     if not isinstance(raw, dict):

@@ -57,3 +57,17 @@ def test_a_modality_of_dim_0_is_clean(tmp_path, capsys):
   assert "dims: audio 0, text 4, video 2" in out
   assert "available: audio 0, text 20" in out
   assert "OK: 60 records verified" in out
+
+
+def test_a_file_or_a_missing_directory_is_one_line(tmp_path, capsys):
+  """An npz given where a prepared directory is wanted (convert's input,
+  say) is named as a file, not reported as an OS error."""
+  path = tmp_path / "features.npz"
+  path.write_bytes(b"PK")
+  assert inspect.main([str(path)]) == 2
+  assert capsys.readouterr().err == (
+      f"error: {path / schema.MANIFEST}: manifest: a file, not a prepared "
+      "directory (make one with `python -m data_prep.convert`)\n")
+  assert inspect.main([str(tmp_path / "none")]) == 2
+  assert "manifest: not found: not a prepared directory" in (
+      capsys.readouterr().err)
