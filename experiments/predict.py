@@ -29,7 +29,8 @@ flags.DEFINE_string("input", None, "an .npz of features instead (labels "
                     "optional; format in data_prep/formats/npz.py; speaker "
                     "and session keys for a run with speaker_norm)")
 flags.DEFINE_string("combination", None, "use only these modalities, e.g. at "
-                    "(default: every modality each utterance has)")
+                    "(any order; default: every modality each utterance "
+                    "has)")
 flags.DEFINE_bool("ensemble", False, "one row per utterance from the seeds' "
                   "ensemble (default: one row per utterance and seed)")
 flags.DEFINE_multi_string("key", [], "FIELD=NPZKEY: the --input npz key of "

@@ -19,6 +19,14 @@ BITS = np.array([1, 2, 4, 3, 5, 6, 7], np.int32)
 MASKS = (BITS[:, None] >> np.arange(3)) & 1 == 1
 
 
+def named(text: str) -> str:
+  """The name in `NAMES` of a combination written in any order ("ta" ->
+  "at"); `text` unchanged where it names none (the caller's error)."""
+  if len(set(text)) == len(text) and set(text) <= set(NAMES[-1]):
+    return "".join(m for m in NAMES[-1] if m in text)
+  return text
+
+
 def bits_of(mask: jax.Array) -> jax.Array:
   """[..., 3] bool -> int bit mask (0 = no modality); NumPy in, NumPy out
   (no device work for the host's masks)."""

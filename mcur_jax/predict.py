@@ -227,7 +227,8 @@ def predict(workdir: str, *, data_dir: str | None = None,
       predict; default the run's own fold (None for fixed splits).
     npz: an .npz of features instead of a prepared directory.
     keys: FIELD=NPZKEY pairs naming the npz's keys (e.g. "label=label4").
-    combination: restrict every utterance to these modalities (e.g. "at").
+    combination: restrict every utterance to these modalities (e.g. "at",
+      or "ta").
     ensemble: one row per utterance from the seeds' ensemble.
 
   Raises:
@@ -249,6 +250,8 @@ def predict(workdir: str, *, data_dir: str | None = None,
   if split not in schema.SPLITS:
     raise validate.ConfigError("--split", f"{split!r}, not one of "
                                f"{schema.SPLITS}")
+  if combination is not None:
+    combination = combos.named(combination)
   if combination is not None and combination not in combos.NAMES:
     raise validate.ConfigError("--combination", f"{combination!r}, not one "
                                f"of {combos.NAMES}")

@@ -29,6 +29,16 @@ def test_names_bits_masks_follow_design():
     assert combos.BITS[c] == sum({"a": 1, "t": 2, "v": 4}[x] for x in name)
 
 
+def test_a_combination_in_any_order_is_named():
+  """Every order of a combination's letters names it; anything else is
+  left as written, for the caller's error to quote."""
+  for name in combos.NAMES:
+    for order in itertools.permutations(name):
+      assert combos.named("".join(order)) == name
+  for text in ("", "aa", "ax", "atvv", "AT"):
+    assert combos.named(text) == text
+
+
 def test_bits_of():
   """Bits of every mask, on any leading shape; the empty mask is 0."""
   np.testing.assert_array_equal(combos.bits_of(jnp.asarray(ALL_AVAILABLE)),
