@@ -331,9 +331,11 @@ def execute(argv, job, cache: str | None = None) -> None:
   the data found (and its dataset taken), and failures a user can fix
   turned into one `error:` line and an exit status (2: bad data,
   arguments or workdir, or a full disk; 3: training diverged; 130:
-  stopped by Ctrl-C, `process.stop_at_epoch_end_on_ctrl_c`). A
-  distributed job that finished shuts its processes down together
-  (`jax.distributed.shutdown`, a barrier) while the interpreter is whole.
+  stopped by Ctrl-C, `process.stop_at_epoch_end_on_ctrl_c`). A workdir
+  the command made and left empty, but for an empty compilation cache
+  folder in it (a refused sweep's), is removed. A distributed job that
+  finished shuts its processes down together (`jax.distributed.shutdown`,
+  a barrier) while the interpreter is whole.
   Left to JAX's exit handler, which tears the backends down first, process
   0 once aborted at exit in the coordination service's gRPC server
   shutdown (SIGABRT, exit -6; one 2-process test run of many)."""
@@ -342,9 +344,10 @@ def execute(argv, job, cache: str | None = None) -> None:
   if config.distributed:
     initialize_distributed()
   restore_ctrl_c = process.stop_at_epoch_end_on_ctrl_c()
+  created, used_cache = not os.path.exists(workdir), None
   try:
     with process.user_errors(workdir, resumes=True):
-      compilation_cache_from_flags(cache)
+      used_cache = compilation_cache_from_flags(cache)
       take_data(config, workdir)
       job(config, workdir)
       if config.distributed:
@@ -360,6 +363,21 @@ def execute(argv, job, cache: str | None = None) -> None:
     sys.exit(130)
   finally:
     restore_ctrl_c()
+    if created:
+      _remove_if_empty(workdir, used_cache)
+
+
+def _remove_if_empty(workdir: str, cache: str | None) -> None:
+  """Removes `cache` if it is a folder of `workdir` that holds nothing,
+  then `workdir` if it holds nothing: what a command refused at its checks
+  left in a workdir it made (a sweep's compilation cache folder)."""
+  inside = cache and os.path.dirname(os.path.abspath(cache)) == (
+      os.path.abspath(workdir))
+  for folder in [cache] * bool(inside) + [workdir]:
+    try:
+      os.rmdir(folder)
+    except OSError:  # Not empty, or not there.
+      pass
 
 
 def define_flags(name: str, workdir: str, cache: str = USER_CACHE) -> None:

@@ -302,10 +302,13 @@ def test_data_dir_points_take_their_dataset_and_an_absolute_path(
 
 
 def test_bad_grid_exits_2_with_one_line(env, data_dir, tmp_path):
-  proc = run_sweep(env, data_dir, tmp_path, "--grid", "nope=1")
+  """A misspelt --grid field: exit 2 with one line, and no workdir left
+  behind (not even the compilation cache folder the sweep made in it)."""
+  proc = run_sweep(env, data_dir, tmp_path / "sweep", "--grid", "nope=1")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
       "error: --grid nope: no such config field"]
+  assert not (tmp_path / "sweep").exists()
   # A field both in the sweep file's points and in --grid: refused, not
   # silently taken from the grid.
   proc = run_sweep(env, data_dir, tmp_path, "--sweep",
