@@ -56,7 +56,7 @@ def main(argv) -> None:
   with process.user_errors(FLAGS.out):
     predict.write_csv(found, FLAGS.out)
   for note in notes:
-    print(f"NOTE: {note}")
+    print(f"note: {note}")
   print(f"wrote {len(found)} rows to {FLAGS.out}")
 
 
